@@ -21,8 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an experiment (Prefect flow): prepare → train → evaluate → report")
     p.add_argument("config", help="experiment YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set training.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.epochs=3 (repeatable)",
+    )
 
     p = sub.add_parser("serve", help="serve the compare flow as a deployment on a cron schedule")
     p.add_argument("config")
@@ -34,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="registered dataset name, local file, or Hub id")
     _add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--instruction-templates", action="store_true",
-                   help="wrap instructions in open-instruct-style phrasings first (seeded)")
+    p.add_argument(
+        "--instruction-templates",
+        action="store_true",
+        help="wrap instructions in open-instruct-style phrasings first (seeded)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--single-turn", action="store_true", help="drop multi-turn conversations")
 
@@ -60,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     _add_data_dir(p)
     p.add_argument("--out", default="eval-out", help="directory for <benchmark>.json")
-    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="benchmark option, e.g. --option num_fewshot=5")
+    p.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="benchmark option, e.g. --option num_fewshot=5",
+    )
 
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
     p.add_argument("run_dir")
@@ -71,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return _dispatch(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

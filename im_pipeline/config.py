@@ -71,7 +71,8 @@ class DataConfig(_Strict):
         "tulu", description="Prompt template: the paper's Tulu template or the tokenizer's chat template."
     )
     instruction_templates: bool = Field(
-        False, description="Wrap instructions in open-instruct-style phrasings (seeded), as the paper's Dolly/Alpaca runs."
+        False,
+        description="Wrap instructions in open-instruct-style phrasings (seeded), as the paper's Dolly/Alpaca runs.",
     )
     max_length: int = Field(512, ge=8, description="Maximum tokens per example.")
     on_overlength: Literal["truncate", "drop"] = Field("truncate", description="Policy for examples over max_length.")
@@ -131,10 +132,13 @@ class BenchmarkConfig(_Strict):
 
 class JudgeConfig(_Strict):
     kind: Literal["local_hf", "openai"] = Field(
-        "local_hf", description="'local_hf': a local model compares label probabilities; 'openai': an "
-        "OpenAI-compatible endpoint (hosted API or local vLLM)."
+        "local_hf",
+        description="'local_hf': a local model compares label probabilities; 'openai': an "
+        "OpenAI-compatible endpoint (hosted API or local vLLM).",
     )
-    model: str = Field("smollm2-135m-instruct", description="Judge model: model source (local_hf) or model name (openai).")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Judge model: model source (local_hf) or model name (openai)."
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible base URL (openai judge).")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
     max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on transient errors.")
@@ -159,7 +163,10 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     arms: list[ArmConfig] = Field(
-        default_factory=lambda: [ArmConfig(name="IT", loss_mode=LossMode.it), ArmConfig(name="IM", loss_mode=LossMode.im)],
+        default_factory=lambda: [
+            ArmConfig(name="IT", loss_mode=LossMode.it),
+            ArmConfig(name="IM", loss_mode=LossMode.im),
+        ],
         min_length=1,
         description="The arms compared; they differ in loss mode and extras.",
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import BenchmarkConfig, JudgeConfig
-from im_pipeline.provenance import library_versions, git_commit, write_json
+from im_pipeline.provenance import git_commit, library_versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def run_benchmark(name: str, ctx: EvalContext, cfg: BenchmarkConfig) -> Path:
         record.update(out)
     except BenchmarkSkipped as skip:
         log.warning("benchmark %s skipped: %s", name, skip)
-        record.update({"status": "skipped", "reason": str(skip), "metric": None, "value": None,
-                       "stderr": None, "n": 0})
+        record.update({"status": "skipped", "reason": str(skip), "metric": None, "value": None, "stderr": None, "n": 0})
     record["wall_time_s"] = round(time.perf_counter() - start, 3)
     record["git_commit"] = git_commit()
     record["versions"] = library_versions()

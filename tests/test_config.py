@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from im_pipeline.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    load_config,
+    write_resolved_config,
+)
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = _write(tmp_path, {"name": "x", "arms": [{"name": "IT", "loss_mode": "it"}]})
+    cfg = load_config(path, ["training.epochs=3", "arms.0.kl_coef=0.5", "seeds=[1, 2]", "data.n=16"])
+    assert cfg.training.epochs == 3
+    assert cfg.arms[0].kl_coef == 0.5
+    assert cfg.seeds == [1, 2]
+    assert cfg.data.n == 16
+    assert cfg.run_dir("IT", 1) == Path("runs/x/IT/seed-1")
+
+
+def test_bad_enum_names_key_value_and_allowed(tmp_path):
+    path = _write(tmp_path, {"name": "x", "arms": [{"name": "A", "loss_mode": "imm"}]})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "arms.0.loss_mode" in msg and "'imm'" in msg
+    assert "'it'" in msg and "'im_release'" in msg and "'weighted'" in msg
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, {"name": "x", "training": {"epochz": 2}})
+    with pytest.raises(ConfigError, match=r"training\.epochz: unknown key"):
+        load_config(path)
+
+
+def test_bad_number_names_key(tmp_path):
+    path = _write(tmp_path, {"name": "x"})
+    with pytest.raises(ConfigError, match=r"training\.learning_rate.*-1"):
+        load_config(path, ["training.learning_rate=-1"])
+
+
+def test_weighted_needs_lambda_and_lambda_needs_weighted():
+    with pytest.raises(ConfigError, match="prompt_loss_weight"):
+        from im_pipeline.config import config_from_dict
+
+        config_from_dict({"name": "x", "arms": [{"name": "W", "loss_mode": "weighted"}]})
+    with pytest.raises(ConfigError, match="only used with loss_mode 'weighted'"):
+        from im_pipeline.config import config_from_dict
+
+        config_from_dict({"name": "x", "arms": [{"name": "W", "loss_mode": "it", "prompt_loss_weight": 0.5}]})
+
+
+def test_duplicate_arm_names_rejected():
+    from im_pipeline.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="unique"):
+        config_from_dict({"name": "x", "arms": [{"name": "A", "loss_mode": "it"}, {"name": "A", "loss_mode": "im"}]})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training", "must look like key.path=value"),
+        ("=3", "empty key"),
+        ("arms.5.loss_mode=im", "not an index"),
+        ("name.sub=1", "is a value, not a section"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides({"name": "x", "arms": [{"name": "IT", "loss_mode": "it"}]}, [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listy)
+
+
+def test_resolved_config_round_trips_and_hash_is_stable(tmp_path, monkeypatch):
+    cfg = ExperimentConfig(name="x")
+    out = write_resolved_config(cfg, tmp_path / "run", arm="IT", seed=0)
+    data = yaml.safe_load(out.read_text())
+    assert data["_arm"] == "IT" and data["_seed"] == 0
+    assert data["_config_hash"] == cfg.config_hash()
+    clean = {k: v for k, v in data.items() if not k.startswith("_")}
+    assert ExperimentConfig.model_validate(clean).config_hash() == cfg.config_hash()
+    changed = cfg.model_copy(update={"seeds": [1]})
+    assert changed.config_hash() != cfg.config_hash()
+
+
+def test_data_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(tmp_path))
+    assert ExperimentConfig(name="x").resolved_data_dir() == tmp_path.resolve()
+    assert ExperimentConfig(name="x", data_dir="/elsewhere").resolved_data_dir() == Path("/elsewhere")
+    monkeypatch.delenv("IM_PIPELINE_DATA_DIR")
+    assert ExperimentConfig(name="x").resolved_data_dir() is None
