@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid. The message names key, value and allowed values."""
 
 
-class LossMode(str, Enum):
+class LossMode(StrEnum):
     """Which tokens get loss. The only difference between the arms of an experiment."""
 
     it = "it"  # assistant content + EOS
