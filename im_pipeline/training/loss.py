@@ -1,0 +1,138 @@
+"""Per-token weighted causal-LM loss and the KL term to a frozen reference model.
+
+Why by hand: ``transformers``' ``ForCausalLMLoss`` and TRL's ``compute_loss_func`` see only binary labels
+(``-100`` or not); the λ-weighted prompt loss (``prompt_loss_weight``) and the per-sequence normalisation of the
+paper's code need a weight per target token, which no library loss takes.
+
+Conventions (shared with :mod:`im_pipeline.training.masking`):
+
+* ``labels[b, i]`` and ``weights[b, i]`` describe token ``i`` *as a target*; the loss shifts by one, so the logits
+  at position ``i`` predict token ``i + 1``. Position 0 is never a target.
+* ``labels == -100`` marks positions that never get loss (padding, template tokens in ``im``/``it``); their weight
+  is ignored (treated as 0).
+
+Normalisation (``normalisation``):
+
+* ``"sequence"`` (paper code, batch size 1): each sequence's weighted token mean, ``Σ_i w_i·ce_i / Σ_i w_i``, then the
+  mean over the sequences that have any weight. Every example weighs the same, whatever its length.
+* ``"token"``: ``Σ w_i·ce_i / Σ w_i`` over the whole batch. Long examples weigh more.
+
+Gradient accumulation: pass ``num_items`` = the denominator over the *whole* accumulated batch (the weight sum for
+``"token"``, the number of weighted sequences for ``"sequence"``, see :func:`loss_denominator`); the function then
+returns this micro-batch's share of the accumulated loss, and the sum over micro-batches is exactly the loss one
+big batch would have had. Without ``num_items`` the denominator is this batch's own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+NORMALISATIONS = ("sequence", "token")
+
+
+def _check_normalisation(normalisation: str) -> None:
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"loss normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+
+
+def shifted_weights(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Target weights aligned with ``logits[:, :-1]``: ``weights[:, 1:]``, zero where the label is ignored."""
+    if labels.shape != weights.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and weights {tuple(weights.shape)} must have the same shape")
+    w = weights[:, 1:].to(torch.float32)
+    return torch.where(labels[:, 1:] == IGNORE_INDEX, torch.zeros_like(w), w)
+
+
+def loss_denominator(labels: torch.Tensor, weights: torch.Tensor, normalisation: str = "sequence") -> torch.Tensor:
+    """The denominator of one (micro-)batch: weight sum ('token') or number of weighted sequences ('sequence').
+
+    Summed over the micro-batches of an optimiser step, it is the ``num_items`` for :func:`weighted_lm_loss`.
+    """
+    _check_normalisation(normalisation)
+    w = shifted_weights(labels, weights)
+    if normalisation == "token":
+        return w.sum()
+    return (w.sum(dim=1) > 0).sum().to(torch.float32)
+
+
+def reduce_token_values(
+    values: torch.Tensor,
+    w: torch.Tensor,
+    normalisation: str = "sequence",
+    num_items: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Reduce per-target values ``[B, T-1]`` with already-shifted weights ``w`` per the normalisation."""
+    _check_normalisation(normalisation)
+    weighted = values * w
+    if normalisation == "token":
+        total = weighted.sum()
+        denom = w.sum() if num_items is None else num_items
+    else:
+        per_seq_weight = w.sum(dim=1)
+        has_weight = per_seq_weight > 0
+        per_seq = weighted.sum(dim=1) / per_seq_weight.clamp_min(torch.finfo(w.dtype).tiny)
+        total = (per_seq * has_weight).sum()
+        denom = has_weight.sum() if num_items is None else num_items
+    denom = torch.as_tensor(denom, dtype=total.dtype, device=total.device)
+    # A batch without any weighted target (e.g. everything truncated away) contributes 0, not NaN.
+    return total / denom.clamp_min(1e-12) if bool(denom > 0) else total * 0.0
+
+
+def weighted_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    normalisation: str = "sequence",
+    *,
+    num_items: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Weighted next-token cross-entropy.
+
+    Args:
+        logits: ``[B, T, V]`` model outputs.
+        labels: ``[B, T]`` token ids, ``-100`` where the token is never a target.
+        weights: ``[B, T]`` weight of token ``i`` as a target (aligned with ``labels``).
+        normalisation: ``"sequence"`` or ``"token"`` (see the module docstring).
+        num_items: denominator over the whole accumulated batch (gradient accumulation); ``None`` = this batch's.
+    """
+    if logits.dim() != 3 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be [B, T, V] with [B, T] = labels {tuple(labels.shape)}")
+    w = shifted_weights(labels, weights)
+    targets = labels[:, 1:]
+    ce = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(w)
+    return reduce_token_values(ce, w, normalisation, num_items)
+
+
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Full-distribution KL(p_model ‖ p_ref) per position, ``[B, T]`` (summed over the vocabulary).
+
+    Direction: forward KL from the trained model's next-token distribution to the frozen base model's,
+    ``Σ_v p_θ(v) (log p_θ(v) − log p_ref(v))`` — the regulariser of paper Eq. 5, which keeps the fine-tuned model's
+    predictions close to the base model's. Gradients flow only through ``logits``.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    logq = F.log_softmax(ref_logits.detach().float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(dim=-1)
+
+
+def weighted_kl(
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    normalisation: str = "sequence",
+    *,
+    num_items: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """KL(model ‖ ref) at the positions that predict weighted targets (e.g. the IT mask: output tokens), reduced
+    like :func:`weighted_lm_loss`."""
+    w = shifted_weights(labels, weights)
+    kl = token_kl(logits[:, :-1], ref_logits[:, :-1])
+    return reduce_token_values(kl, w, normalisation, num_items)
