@@ -1,1 +1,26 @@
-"""data package."""
+"""Data layer: sources (registered name | local file | Hub id), normalisation to messages, policies,
+Table-5 length statistics, seeded subsampling / ratio-targeted selection, held-out split."""
+
+from im_pipeline.data.normalise import DataError, normalise_record
+from im_pipeline.data.prepare import PreparedData, prepare_data
+from im_pipeline.data.select import select_by_ratio, split_held_out, subsample
+from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records, read_jsonl, resolve_data_dir, write_jsonl
+from im_pipeline.data.stats import example_lengths, length_stats
+
+__all__ = [
+    "REGISTRY",
+    "DataError",
+    "DatasetSpec",
+    "PreparedData",
+    "example_lengths",
+    "length_stats",
+    "load_records",
+    "normalise_record",
+    "prepare_data",
+    "read_jsonl",
+    "resolve_data_dir",
+    "select_by_ratio",
+    "split_held_out",
+    "subsample",
+    "write_jsonl",
+]

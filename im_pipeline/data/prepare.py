@@ -1,0 +1,158 @@
+"""Turn a :class:`~im_pipeline.config.DataConfig` into the training and held-out sets of an experiment.
+
+Steps, each recorded in ``PreparedData.report``:
+
+1. load + normalise the training source (``multi_turn``, ``instruction_templates`` with the seed);
+2. ``on_duplicate_id`` policy (``drop``: keep the first occurrence; ``error``: :class:`DataError` naming both places);
+3. ``on_empty`` policy for empty instructions or outputs (``drop`` or ``error``);
+4. held-out set: a separate source (same policies; training examples identical to a held-out one are
+   removed) or ``held_out_size`` examples split off by a seeded hash;
+5. ``select_ratio`` (the n examples with ratio closest to α) or ``n`` (seeded, order-independent subsample);
+6. Table-5 statistics of what is actually used, plus word-count maxima. The over-length policy
+   (``on_overlength``) needs a tokenizer and is applied in training.
+
+Nothing is written unless everything succeeded: with ``out_dir`` the files are written at the end,
+each atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import DataConfig
+from im_pipeline.data.normalise import DataError
+from im_pipeline.data.select import select_by_ratio, split_held_out, subsample
+from im_pipeline.data.sources import Loaded, load_source, write_jsonl
+from im_pipeline.data.stats import length_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """The examples an experiment trains and measures held-out loss on, and what was done to get them."""
+
+    train: list[dict[str, Any]]
+    held_out: list[dict[str, Any]]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _apply_policies(loaded: Loaded, cfg: DataConfig, label: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    actions: dict[str, Any] = {"dropped_duplicate_id": [], "dropped_empty": []}
+    seen: dict[str, str] = {}
+    kept: list[tuple[dict[str, Any], str]] = []
+    for rec, where in zip(loaded.records, loaded.locations, strict=True):
+        if rec["id"] in seen:
+            if cfg.on_duplicate_id == "error":
+                raise DataError(
+                    f"{where}: duplicate id {rec['id']!r} (first seen at {seen[rec['id']]}); "
+                    "policy data.on_duplicate_id=error (use 'drop' to keep the first occurrence)"
+                )
+            actions["dropped_duplicate_id"].append(rec["id"])
+            continue
+        seen[rec["id"]] = where
+        kept.append((rec, where))
+    out = []
+    for rec, where in kept:
+        empty = [m["role"] for m in rec["messages"] if m["role"] != "system" and not m["content"].strip()]
+        if empty:
+            what = "instruction" if empty[0] == "user" else "output"
+            if cfg.on_empty == "error":
+                raise DataError(
+                    f"{where}: example {rec['id']!r} has an empty {what}; "
+                    "policy data.on_empty=error (use 'drop' to skip such examples)"
+                )
+            actions["dropped_empty"].append(rec["id"])
+            continue
+        out.append(rec)
+    for key in ("dropped_duplicate_id", "dropped_empty"):
+        if actions[key]:
+            log.warning("%s: %s %d examples (%s)", label, key.replace("_", " "), len(actions[key]), actions[key][:5])
+    actions["dropped_multi_turn"] = loaded.dropped_multi_turn
+    actions["loaded"] = len(loaded.records) + loaded.dropped_multi_turn
+    actions["kept"] = len(out)
+    actions["origin"] = loaded.origin
+    return out, actions
+
+
+def _content_key(rec: dict[str, Any]) -> str:
+    return json.dumps([(m["role"], m["content"].strip()) for m in rec["messages"]], ensure_ascii=False)
+
+
+def prepare_data(
+    cfg: DataConfig, data_dir: Path | str | None, seed: int, *, out_dir: Path | str | None = None
+) -> PreparedData:
+    """Load, clean, split and subsample the data of an experiment (see the module docstring).
+
+    With ``out_dir``, writes ``train.jsonl``, ``held_out.jsonl`` and ``data_stats.json`` there
+    once everything has succeeded. Raises :class:`DataError` on malformed data or a policy error.
+    """
+    opts = {"multi_turn": cfg.multi_turn, "instruction_templates": cfg.instruction_templates, "seed": seed}
+    train_loaded = load_source(cfg.train, data_dir, **opts)
+    train, train_actions = _apply_policies(train_loaded, cfg, f"train ({cfg.train})")
+    report: dict[str, Any] = {
+        "train_source": cfg.train,
+        "held_out_source": cfg.held_out or f"split from {cfg.train}",
+        "seed": seed,
+        "policies": {
+            "on_empty": cfg.on_empty,
+            "on_duplicate_id": cfg.on_duplicate_id,
+            "on_overlength": f"{cfg.on_overlength} (applied at tokenisation, max_length={cfg.max_length})",
+            "multi_turn": cfg.multi_turn,
+            "instruction_templates": cfg.instruction_templates,
+        },
+        "actions": {"train": train_actions},
+    }
+
+    if cfg.held_out:
+        held_loaded = load_source(cfg.held_out, data_dir, **opts)
+        held_out, held_actions = _apply_policies(held_loaded, cfg, f"held_out ({cfg.held_out})")
+        held_keys = {_content_key(r) for r in held_out}
+        before = len(train)
+        train = [r for r in train if _content_key(r) not in held_keys]
+        report["actions"]["held_out"] = held_actions
+        report["actions"]["train_removed_overlapping_held_out"] = before - len(train)
+    else:
+        train, held_out = split_held_out(train, cfg.held_out_size, seed)
+        report["actions"]["held_out_split"] = len(held_out)
+
+    available = len(train)
+    selection: dict[str, Any] = {"available": available}
+    if cfg.select_ratio is not None:
+        k = cfg.n or available
+        train = select_by_ratio(train, cfg.select_ratio, min(k, available), seed=seed)
+        selection.update(method="ratio", alpha=cfg.select_ratio, k=k)
+    elif cfg.n is not None:
+        train = subsample(train, cfg.n, seed)
+        selection.update(method="subsample", n=cfg.n)
+    else:
+        selection["method"] = "all"
+    if cfg.n is not None and cfg.n > available:
+        selection["warning"] = f"asked for n={cfg.n} but only {available} examples are available; using all"
+        log.warning(selection["warning"])
+    selection["selected"] = len(train)
+    report["selection"] = selection
+    if not train:
+        raise DataError(f"no training examples left from {cfg.train!r} after the policies: {report['actions']}")
+
+    report["stats"] = {"train": length_stats(train), "held_out": length_stats(held_out)}
+    prepared = PreparedData(train=train, held_out=held_out, report=report)
+    if out_dir is not None:
+        write_prepared(prepared, Path(out_dir))
+    return prepared
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
+    """Write ``train.jsonl``, ``held_out.jsonl`` and ``data_stats.json`` (each atomically)."""
+    write_jsonl(prepared.train, out_dir / "train.jsonl")
+    write_jsonl(prepared.held_out, out_dir / "held_out.jsonl")
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".data_stats.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(prepared.report, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, out_dir / "data_stats.json")

@@ -1,0 +1,360 @@
+"""Where training data come from: a registered name, a local file, or a Hugging Face Hub id.
+
+Registered datasets have a Hub id (the real loading path, used when online) and a path relative to
+the offline data directory (``--data-dir`` / config ``data_dir`` / ``$IM_PIPELINE_DATA_DIR``). A
+local copy in the data directory always wins, so air-gapped machines never touch the network.
+A dataset that is neither local nor reachable fails with a :class:`DataError` that names the Hub id
+and where to put a local copy.
+
+Files: ``.jsonl`` (one example per line) or ``.json`` (a list of examples); each example in the
+normalised messages format or Alpaca style (see :mod:`im_pipeline.data.normalise`). Every problem
+is reported as one :class:`DataError` naming the file and the line (JSONL) or record index (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import DATA_DIR_ENV
+from im_pipeline.data.normalise import DataError, Phraser, is_multi_turn, normalise_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset."""
+
+    name: str
+    description: str
+    local_path: str | None  # relative to the data directory
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_data_files: str | None = None
+    hub_split: str = "train"
+    single_turn_only: bool = False
+    upstream: str = ""  # where the file originally comes from (for people building a local copy)
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec(
+            "lima",
+            "LIMA, all conversations (1,000 single-turn + multi-turn; the paper's 1,030; local copy 1,029)",
+            "lima/lima.json",
+            hub_id="GAIR/lima",
+            upstream="hiyouga/LLaMA-Factory data/lima.json @ b9cdff4 (Alpaca style with history)",
+        ),
+        DatasetSpec(
+            "lima_full",
+            "alias of 'lima': all LIMA conversations including the multi-turn ones",
+            "lima/lima.json",
+            hub_id="GAIR/lima",
+        ),
+        DatasetSpec(
+            "lima_1k",
+            "LIMA single-turn subset (1,000 conversations)",
+            "lima/lima.json",
+            hub_id="GAIR/lima",
+            single_turn_only=True,
+        ),
+        DatasetSpec(
+            "dolly_3k",
+            "AlpaGasus Dolly 3k (ChatGPT-filtered databricks-dolly-15k)",
+            "alpagasus/dolly_3k.json",
+            upstream="gpt4life/alpagasus data/filtered/dolly_3k.json",
+        ),
+        DatasetSpec(
+            "alpaca_5k",
+            "AlpaGasus Alpaca 5k: Alpaca 52k filtered by Claude, threshold 4.5 (claude_t45)",
+            "alpagasus/claude_t45.json",
+            upstream="gpt4life/alpagasus data/filtered/claude_t45.json",
+        ),
+        DatasetSpec(
+            "alpaca_random_9k",
+            "9k random Alpaca examples (AlpaGasus random baseline)",
+            "alpagasus/random_9k.json",
+            upstream="gpt4life/alpagasus data/random/random_9k.json",
+        ),
+        DatasetSpec(
+            "alpaca_chatgpt_9k",
+            "AlpaGasus Alpaca 9k filtered by ChatGPT (the paper's 'Dolly 9k' label); Hub copy is unofficial",
+            "alpagasus/chatgpt_9k.json",
+            hub_id="mlabonne/alpagasus",
+            upstream="gpt4life/alpagasus data/filtered/chatgpt_9k.json",
+        ),
+        DatasetSpec(
+            "less_mmlu_chat",
+            "LESS-selected Tulu V2 subset for MMLU (paper: 'Less MMLU Chat')",
+            "less/mmlu_chat.jsonl",
+            hub_id="princeton-nlp/less_data",
+            hub_data_files="mmlu*",
+        ),
+        DatasetSpec(
+            "less_bbh_icl",
+            "LESS-selected Tulu V2 subset for BBH (paper: 'Less BBH ICL')",
+            "less/bbh_icl.jsonl",
+            hub_id="princeton-nlp/less_data",
+            hub_data_files="bbh*",
+        ),
+        DatasetSpec(
+            "less_tydiqa",
+            "LESS-selected Tulu V2 subset for TyDiQA (paper: 'Less TydiQA')",
+            "less/tydiqa.jsonl",
+            hub_id="princeton-nlp/less_data",
+            hub_data_files="tydiqa*",
+        ),
+    ]
+}
+
+
+@dataclass
+class Loaded:
+    """Records plus where each came from (for error messages in later policies)."""
+
+    records: list[dict[str, Any]]
+    locations: list[str]
+    origin: str  # the file or Hub id actually read
+    dropped_multi_turn: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- data directory ---------------------------------------------------------------------------------
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """The data directory: the argument, else ``$IM_PIPELINE_DATA_DIR``, else None."""
+    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def hub_offline() -> bool:
+    """True when the Hub must not be contacted (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``)."""
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def _decode(path: Path, data: bytes, line: int | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = line if line is not None else data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}: line {at}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
+
+
+def read_raw_file(path: str | Path) -> list[tuple[Any, str]]:
+    """Parse a ``.json`` / ``.jsonl`` file into ``(raw example, location)`` pairs, location like ``f: line 3``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path}: file is empty (expected JSON or JSONL examples)")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl" or (suffix != ".json" and data.lstrip()[:1] == b"{"):
+        return _read_jsonl_raw(path, data)
+    text = _decode(path, data)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        truncated = not text[exc.pos :].strip() or "Unterminated" in exc.msg
+        hint = " (the file looks truncated)" if truncated else ""
+        raise DataError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}{hint}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list):
+        raise DataError(
+            f"{path}: top level must be a list of examples (or JSONL, one object per line), got {type(obj).__name__}"
+        )
+    if not obj:
+        raise DataError(f"{path}: contains no examples (empty list)")
+    return [(raw, f"{path}: record {i}") for i, raw in enumerate(obj)]
+
+
+def _read_jsonl_raw(path: Path, data: bytes) -> list[tuple[Any, str]]:
+    out: list[tuple[Any, str]] = []
+    lines = data.split(b"\n")
+    for n, raw_line in enumerate(lines, start=1):
+        if not raw_line.strip():
+            continue
+        line = _decode(path, raw_line, n)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            last = n == len(lines) and not data.endswith(b"\n")
+            hint = " (the file looks truncated)" if last else ""
+            raise DataError(f"{path}: line {n}: not valid JSON: {exc.msg}{hint}") from None
+        out.append((obj, f"{path}: line {n}"))
+    return out
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file of JSON objects (an empty file gives ``[]``).
+
+    Raises :class:`DataError` naming file and line for bad JSON, bad UTF-8 or a non-object line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    for obj, where in _read_jsonl_raw(path, path.read_bytes()):
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+    return rows
+
+
+def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write records as JSONL atomically (temporary file + rename): a failure leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def _normalise_all(
+    raws: list[tuple[Any, str]], source: str, phrase: Phraser | None, id_prefix: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    width = max(5, len(str(len(raws))))
+    records, locations = [], []
+    for i, (raw, where) in enumerate(raws):
+        records.append(
+            normalise_record(raw, source=source, default_id=f"{id_prefix}-{i:0{width}d}", where=where, phrase=phrase)
+        )
+        locations.append(where)
+    return records, locations
+
+
+def _load_hub(hub_id: str, spec: DatasetSpec | None, source: str, phrase: Phraser | None) -> Loaded:
+    """Load from the Hub with ``datasets.load_dataset`` (only reached when online)."""
+    import datasets  # imported lazily: heavy, and only this path needs it
+
+    kwargs: dict[str, Any] = {"split": spec.hub_split if spec else "train"}
+    if spec and spec.hub_config:
+        kwargs["name"] = spec.hub_config
+    if spec and spec.hub_data_files:
+        kwargs["data_files"] = spec.hub_data_files
+    log.info("loading %s from the Hugging Face Hub (%s)", source, hub_id)
+    try:
+        ds = datasets.load_dataset(hub_id, **kwargs)
+    except Exception as exc:  # network, auth (gated sets such as GAIR/lima), missing files
+        raise DataError(
+            f"could not load {hub_id!r} from the Hugging Face Hub: {exc}. {_local_copy_hint(spec, None)}"
+        ) from exc
+    raws = [(dict(row), f"{hub_id}: record {i}") for i, row in enumerate(ds)]
+    records, locations = _normalise_all(raws, source, phrase, source)
+    return Loaded(records, locations, origin=f"hub:{hub_id}")
+
+
+def _local_copy_hint(spec: DatasetSpec | None, data_dir: Path | None) -> str:
+    if spec is None or spec.local_path is None:
+        return "To use a local copy, pass the path of a .json/.jsonl file instead."
+    where = f"{data_dir}/{spec.local_path}" if data_dir else f"<data dir>/{spec.local_path}"
+    up = f" (original file: {spec.upstream})" if spec.upstream else ""
+    return (
+        f"To provide a local copy, save it as {where}{up} and pass --data-dir (or set ${DATA_DIR_ENV}), "
+        "or pass the file path itself instead of the name."
+    )
+
+
+def load_source(
+    source: str,
+    data_dir: str | Path | None = None,
+    *,
+    multi_turn: bool = True,
+    instruction_templates: bool = False,
+    seed: int = 0,
+) -> Loaded:
+    """Like :func:`load_records`, but also returns where each record came from."""
+    from im_pipeline.data.phrasings import make_phraser
+
+    phrase = make_phraser(seed) if instruction_templates else None
+    ddir = resolve_data_dir(data_dir)
+    spec = REGISTRY.get(source)
+    if spec is not None:
+        local = ddir / spec.local_path if ddir and spec.local_path else None
+        if local is not None and local.is_file():
+            records, locations = _normalise_all(read_raw_file(local), spec.name, phrase, spec.name)
+            loaded = Loaded(records, locations, origin=str(local))
+        elif spec.hub_id and not hub_offline():
+            loaded = _load_hub(spec.hub_id, spec, spec.name, phrase)
+        else:
+            why = f"{local} does not exist" if local else f"no data directory set (--data-dir or ${DATA_DIR_ENV})"
+            hub = (
+                f"it is on the Hugging Face Hub as {spec.hub_id!r}, but the Hub is offline (HF_HUB_OFFLINE=1)"
+                if spec.hub_id
+                else "it has no Hub copy"
+            )
+            raise DataError(f"dataset {source!r} is not available: {why}; {hub}. {_local_copy_hint(spec, ddir)}")
+        single_only = spec.single_turn_only or not multi_turn
+    elif Path(source).expanduser().exists():
+        path = Path(source).expanduser()
+        name = path.name.split(".")[0]
+        records, locations = _normalise_all(read_raw_file(path), name, phrase, name)
+        loaded = Loaded(records, locations, origin=str(path))
+        single_only = not multi_turn
+    elif "/" in source and not source.startswith((".", "/")) and source.count("/") == 1:
+        if hub_offline():
+            raise DataError(
+                f"{source!r} is not a registered dataset or a local file, and the Hugging Face Hub is offline "
+                "(HF_HUB_OFFLINE=1). Pass the path of a local .json/.jsonl copy instead."
+            )
+        loaded = _load_hub(source, None, source.split("/")[-1], phrase)
+        single_only = not multi_turn
+    else:
+        names = ", ".join(REGISTRY)
+        raise DataError(
+            f"unknown dataset {source!r}: not a registered name ({names}), a file, or a Hub id (owner/name)"
+        )
+
+    if single_only:
+        keep = [i for i, r in enumerate(loaded.records) if not is_multi_turn(r)]
+        loaded.dropped_multi_turn = len(loaded.records) - len(keep)
+        loaded.records = [loaded.records[i] for i in keep]
+        loaded.locations = [loaded.locations[i] for i in keep]
+    log.info("loaded %d examples from %s", len(loaded.records), loaded.origin)
+    return loaded
+
+
+def load_records(
+    source: str,
+    data_dir: str | Path | None = None,
+    *,
+    multi_turn: bool = True,
+    instruction_templates: bool = False,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Load and normalise a dataset: a registered name, a local ``.json``/``.jsonl`` file, or a Hub id.
+
+    ``multi_turn=False`` drops conversations with more than one user turn. ``instruction_templates``
+    wraps each instruction in an open-instruct-style phrasing chosen by ``(seed, id)``.
+    Raises :class:`DataError` (a ``ValueError``) naming the file and line/record on malformed data.
+    """
+    return load_source(
+        source, data_dir, multi_turn=multi_turn, instruction_templates=instruction_templates, seed=seed
+    ).records
