@@ -1,0 +1,199 @@
+"""Per-token loss weights for every loss mode, computed from character spans, and the collator.
+
+The conversation is rendered (:func:`im_pipeline.data.templates.render`), every *character* gets a
+weight from the span it belongs to, and every token gets the weight of one of its characters via
+the fast tokenizer's offsets. No token-id matching, so it is right for any tokenizer.
+
+Character weights per mode (λ = ``prompt_loss_weight``):
+
+========================  ====  ====  ==========  ========
+span                      it    im    im_release  weighted
+========================  ====  ====  ==========  ========
+assistant content         1     1     1           1
+eos after assistant       1     1     1           1
+user content              0     1     1           λ
+system content            0     1     1           λ
+template text             0     0     1 (*)       0
+========================  ====  ====  ==========  ========
+
+System content is part of the instruction: the paper's Eq. 4 puts loss on the instruction, so
+``im`` trains on it like user content and ``weighted`` gives it λ; ``it`` never does.
+
+(*) ``im_release`` reproduces the released code (``use_lm_loss``): it tries to mask the role
+markers by matching the token ids of ``"<|user|>\\n"`` etc. tokenised *with* BOS, which only
+matches the very start of the text, so only the leading ``<s><|user|>\\n`` (the first header) is
+masked. Here: every character from the first content character to the end of the last
+content/eos span gets weight 1. The trailing newline after the final EOS weighs 0 (the released
+code strips it from the text, so it is never a target there).
+
+Token rule: a token's weight is the weight of its first non-whitespace character (its first
+character if it is all whitespace). So a token that merges template punctuation with content,
+e.g. ``".\\n"`` at the end of a user turn, belongs to the content it starts with, and a token
+like ``"\\nHello"`` belongs to the content word it predicts. Tokens without characters (BOS and
+other special tokens the tokenizer adds) weigh 0, and position 0 is never a target.
+
+``loss_weights[i]`` is the weight of *predicting* ``input_ids[i]`` from ``input_ids[:i]``
+(aligned with ``input_ids``, like Hugging Face ``labels``); the loss does the shift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from im_pipeline.data.templates import Rendered, render
+
+MODES = ("it", "im", "im_release", "weighted")
+IGNORE_INDEX = -100
+
+
+def _span_weight(role: str, kind: str, mode: str, lam: float) -> float:
+    if kind == "template":
+        return 0.0
+    if role == "assistant":  # content or eos
+        return 1.0
+    # user / system content
+    return {"it": 0.0, "im": 1.0, "im_release": 1.0, "weighted": lam}[mode]
+
+
+def char_weights(rendered: Rendered, mode: str, prompt_loss_weight: float | None = None) -> list[float]:
+    """Weight of every character of ``rendered.text`` under ``mode`` (see the module docstring)."""
+    lam = _check_mode(mode, prompt_loss_weight)
+    weights = [0.0] * len(rendered.text)
+    for span in rendered.spans:
+        w = _span_weight(span.role, span.kind, mode, lam)
+        if w:
+            weights[span.start : span.end] = [w] * (span.end - span.start)
+    if mode == "im_release":
+        trained = [s for s in rendered.spans if s.kind != "template"]
+        if trained:
+            start, end = trained[0].start, trained[-1].end
+            weights[start:end] = [1.0] * (end - start)
+    return weights
+
+
+def _check_mode(mode: str, prompt_loss_weight: float | None) -> float:
+    if mode not in MODES:
+        raise ValueError(f"unknown loss mode {mode!r}; allowed: {list(MODES)}")
+    if mode == "weighted":
+        if prompt_loss_weight is None:
+            raise ValueError("loss mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
+        if not 0.0 <= float(prompt_loss_weight) <= 1.0:
+            raise ValueError(f"prompt_loss_weight must be in [0, 1], got {prompt_loss_weight}")
+        return float(prompt_loss_weight)
+    return 0.0
+
+
+def token_weights(text: str, offsets: Sequence[tuple[int, int]], weights: Sequence[float]) -> list[float]:
+    """Map character weights to tokens by the first-non-whitespace-character rule."""
+    out: list[float] = []
+    for start, end in offsets:
+        if end <= start:  # special token added by the tokenizer (BOS), no characters
+            out.append(0.0)
+            continue
+        pos = next((p for p in range(start, end) if not text[p].isspace()), start)
+        out.append(weights[pos])
+    return out
+
+
+def tokenize_rendered(rendered: Rendered, tokenizer: Any, template: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of the rendered text (BOS added once, special tokens kept)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("masking needs a fast (Rust) tokenizer: character offsets come from return_offsets_mapping")
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (template == "chat_template" and bos and rendered.text.startswith(bos))
+    enc = tokenizer(rendered.text, add_special_tokens=add_special, return_offsets_mapping=True, truncation=False)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    # The EOS written into the text must come out as the special token, else the model never learns to stop.
+    for span in rendered.spans:
+        if span.kind != "eos":
+            continue
+        inside = [i for i, (s, e) in enumerate(offsets) if s < span.end and e > span.start]
+        piece = rendered.text[span.start : span.end]
+        if len(inside) != 1 or tokenizer.convert_tokens_to_ids(piece) != ids[inside[0]]:
+            raise ValueError(f"end-of-turn token {piece!r} was not tokenised as one special token by this tokenizer")
+    return ids, offsets
+
+
+def encode_example(
+    record: dict,
+    tokenizer: Any,
+    *,
+    mode: str,
+    prompt_loss_weight: float | None = None,
+    template: str = "tulu",
+    max_length: int = 512,
+) -> dict:
+    """Tokenise one normalised record and weight every target position.
+
+    Returns ``input_ids``, ``loss_weights`` (this mode), ``it_weights`` (the IT mask, for held-out
+    loss on output tokens), ``truncated`` (the sequence was cut at ``max_length``, keeping its
+    start) and ``n_targets`` (positions with weight > 0).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if not isinstance(record, dict) or "messages" not in record:
+        raise ValueError(f"record must be a dict with 'messages', got {record!r:.80}")
+    messages = record["messages"]
+    rendered = render(messages, template, tokenizer)
+    ids, offsets = tokenize_rendered(rendered, tokenizer, template)
+    weights = token_weights(rendered.text, offsets, char_weights(rendered, mode, prompt_loss_weight))
+    it = token_weights(rendered.text, offsets, char_weights(rendered, "it"))
+    weights[0] = it[0] = 0.0  # nothing predicts the first token
+    truncated = len(ids) > max_length
+    ids, weights, it = ids[:max_length], weights[:max_length], it[:max_length]
+    return {
+        "input_ids": ids,
+        "loss_weights": weights,
+        "it_weights": it,
+        "truncated": truncated,
+        "n_targets": sum(1 for w in weights if w > 0),
+    }
+
+
+class WeightedCollator:
+    """Pad encoded examples to the longest in the batch (right padding) and build tensors.
+
+    Emits ``input_ids``, ``attention_mask``, ``labels`` (``-100`` where the weight is 0 or padding),
+    ``loss_weights`` and ``it_weights`` (float, 0 on padding). Other keys are dropped.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        if pad_token_id is None:
+            raise ValueError("WeightedCollator needs a pad_token_id (set tokenizer.pad_token)")
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(features)
+        input_ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, length), dtype=torch.long)
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        loss_weights = torch.zeros((n, length), dtype=torch.float32)
+        it_weights = torch.zeros((n, length), dtype=torch.float32)
+        for row, f in enumerate(features):
+            k = len(f["input_ids"])
+            if not (len(f["loss_weights"]) == len(f["it_weights"]) == k):
+                raise ValueError(f"example {row}: input_ids, loss_weights and it_weights differ in length")
+            ids = torch.tensor(f["input_ids"], dtype=torch.long)
+            w = torch.tensor(f["loss_weights"], dtype=torch.float32)
+            input_ids[row, :k] = ids
+            attention_mask[row, :k] = 1
+            loss_weights[row, :k] = w
+            it_weights[row, :k] = torch.tensor(f["it_weights"], dtype=torch.float32)
+            labels[row, :k] = torch.where(w > 0, ids, torch.full_like(ids, IGNORE_INDEX))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "loss_weights": loss_weights,
+            "it_weights": it_weights,
+        }
