@@ -127,3 +127,11 @@ def test_named_datasets_offline(data_dir: Path) -> None:
         assert len(recs) == n, name
         assert len({r["id"] for r in recs}) == n
     assert len(load_records("lima", data_dir, multi_turn=False)) == 1000
+
+
+def test_utf8_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    line = json.dumps({"instruction": "Café?", "output": "Oui."})
+    path.write_bytes(b"\xef\xbb\xbf" + (line + "\r\n" + line + "\r\n").encode())
+    recs = load_records(str(path))
+    assert len(recs) == 2 and recs[0]["messages"][0]["content"] == "Café?"

@@ -13,6 +13,7 @@ is reported as one :class:`DataError` naming the file and the line (JSONL) or re
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -162,6 +163,8 @@ def read_raw_file(path: str | Path) -> list[tuple[Any, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):  # tolerate a UTF-8 byte-order mark (common from Windows editors)
+        data = data[len(codecs.BOM_UTF8) :]
     if not data.strip():
         raise DataError(f"{path}: file is empty (expected JSON or JSONL examples)")
     suffix = path.suffix.lower()
