@@ -1,1 +1,24 @@
-"""training package."""
+"""Training: label masking per loss mode, weighted loss, the Trainer subclass (KL, NEFTune), ``train_arm``."""
+
+from im_pipeline.training.loss import loss_denominator, weighted_kl, weighted_lm_loss
+from im_pipeline.training.masking import WeightedCollator, encode_example
+from im_pipeline.training.trainer import (
+    TrainLogCallback,
+    WeightedLossTrainer,
+    build_training_arguments,
+    output_token_loss,
+    train_arm,
+)
+
+__all__ = [
+    "TrainLogCallback",
+    "WeightedCollator",
+    "WeightedLossTrainer",
+    "build_training_arguments",
+    "encode_example",
+    "loss_denominator",
+    "output_token_loss",
+    "train_arm",
+    "weighted_kl",
+    "weighted_lm_loss",
+]

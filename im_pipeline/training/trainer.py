@@ -1,0 +1,570 @@
+"""Train one arm: a ``transformers.Trainer`` subclass with per-token loss weights, KL and NEFTune.
+
+The training loop is ``transformers.Trainer``'s own; this module adds only what it cannot do:
+
+* :class:`WeightedLossTrainer` overrides ``compute_loss`` (per-token weights from
+  :class:`~im_pipeline.training.masking.WeightedCollator`, see :mod:`im_pipeline.training.loss`) and
+  ``get_batch_samples`` (the loss denominator over the whole accumulated batch, so gradient accumulation gives the
+  same loss as one big batch — Trainer's own ``num_items_in_batch`` counts labels ``!= -100``, which is wrong for
+  λ-weights and for per-sequence normalisation).
+* KL(model ‖ frozen base) over the output tokens (IT mask), weighted by ``kl_coef`` (paper Eq. 5).
+* NEFTune through Trainer's own ``neftune_noise_alpha`` (a forward hook on the input embeddings that adds noise only
+  while the module is in training mode; removed when ``train()`` returns).
+* :class:`TrainLogCallback` writes ``train_log.jsonl`` (train loss, held-out loss on output tokens, tokens/s,
+  padding fraction) and logs progress.
+
+:func:`train_arm` ties it together: encode → Trainer → checkpoints every ``save_steps`` (resumed after a crash) →
+final ``save_pretrained`` model in ``run_dir/checkpoint/`` → ``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from im_pipeline.config import ArmConfig, ExperimentConfig, stable_hash
+from im_pipeline.training.loss import IGNORE_INDEX, loss_denominator, weighted_kl, weighted_lm_loss
+
+log = logging.getLogger(__name__)
+
+TRAIN_LOG = "train_log.jsonl"
+TRAIN_SUMMARY = "train_summary.json"
+FINAL_DIR = "checkpoint"
+TRAINER_CKPT_DIR = "trainer_checkpoints"
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+# -- the Trainer subclass ---------------------------------------------------------------------------------------------
+
+
+class WeightedLossTrainer(Trainer):
+    """``Trainer`` whose loss is :func:`weighted_lm_loss` (+ ``kl_coef`` · KL to ``ref_model`` on output tokens).
+
+    Batches must carry ``input_ids``, ``attention_mask``, ``labels``, ``loss_weights`` and ``it_weights`` (the
+    :class:`WeightedCollator` output); use ``remove_unused_columns=False``.
+
+    Gradient accumulation: ``get_batch_samples`` sums the denominators (:func:`loss_denominator`) of all micro-batches
+    of the optimiser step; each micro-batch's loss is its share of the accumulated loss, so the gradient equals that of
+    one big batch under either normalisation. Hence ``loss_is_scaled_for_ga = True``.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_normalisation: str = "sequence",
+        kl_coef: float = 0.0,
+        ref_model: PreTrainedModel | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if kl_coef > 0 and ref_model is None:
+            raise ValueError("kl_coef > 0 needs ref_model (the frozen base model)")
+        self.loss_normalisation = loss_normalisation
+        self.kl_coef = kl_coef
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            ref_model.to(self.args.device)
+        self._denominators: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Running counters since the last log (read and reset in ``log``).
+        self._window = {"real_tokens": 0, "padded_tokens": 0, "lm_loss": 0.0, "kl": 0.0, "micro_batches": 0}
+
+    # Public Trainer hook: collects the micro-batches of one optimiser step.
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        norm = self.loss_normalisation
+        if batch_samples:
+            loss_n = sum(loss_denominator(b["labels"], b["loss_weights"], norm) for b in batch_samples)
+            kl_n = sum(loss_denominator(b["labels"], b["it_weights"], norm) for b in batch_samples)
+            self._denominators = (loss_n.to(device), kl_n.to(device))
+        else:
+            self._denominators = None
+        return batch_samples, self._denominators[0] if self._denominators is not None else None
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        for key in ("labels", "loss_weights", "it_weights"):
+            if key not in inputs:
+                raise KeyError(f"batch lacks {key!r}: use WeightedCollator and remove_unused_columns=False")
+        labels, weights, it_weights = inputs["labels"], inputs["loss_weights"], inputs["it_weights"]
+        model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        # No labels to the model: its own (unweighted) loss would be wasted work.
+        outputs = model(**model_inputs)
+        # Accumulated-batch denominators only while training; evaluation batches are normalised on their own.
+        loss_n, kl_n = self._denominators if (model.training and self._denominators is not None) else (None, None)
+        lm_loss = weighted_lm_loss(outputs.logits, labels, weights, self.loss_normalisation, num_items=loss_n)
+        loss = lm_loss
+        kl = None
+        if self.kl_coef > 0:
+            with torch.no_grad():
+                ref_logits = self.ref_model(**model_inputs).logits
+            kl = weighted_kl(outputs.logits, ref_logits, labels, it_weights, self.loss_normalisation, num_items=kl_n)
+            loss = loss + self.kl_coef * kl
+        if model.training:
+            mask = inputs["attention_mask"]
+            self._window["real_tokens"] += int(mask.sum())
+            self._window["padded_tokens"] += int(mask.numel())
+            self._window["lm_loss"] += float(lm_loss.detach())
+            self._window["kl"] += float(kl.detach()) if kl is not None else 0.0
+            self._window["micro_batches"] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the token counts and the loss parts of the window since the last log to training logs."""
+        if "loss" in logs:
+            w = self._window
+            steps = max(self.state.global_step - getattr(self, "_last_window_step", 0), 1)
+            logs["tokens"] = w["real_tokens"]
+            logs["padded_tokens"] = w["padded_tokens"]
+            logs["padding_fraction"] = 1.0 - w["real_tokens"] / w["padded_tokens"] if w["padded_tokens"] else 0.0
+            if self.kl_coef > 0:
+                # Per-step values (each micro-batch holds its share of the step's loss, so sums are per step).
+                logs["lm_loss"] = w["lm_loss"] / steps
+                logs["kl"] = w["kl"] / steps
+            self._window = dict.fromkeys(w, 0)
+            self._window["lm_loss"] = self._window["kl"] = 0.0
+            self._last_window_step = self.state.global_step
+        super().log(logs, start_time)
+
+
+# -- held-out loss on output tokens ----------------------------------------------------------------------------------
+
+
+def _encode_records(
+    records: Sequence[dict],
+    tokenizer: Any,
+    *,
+    mode: str,
+    prompt_loss_weight: float | None,
+    template: str,
+    max_length: int,
+    on_overlength: str = "truncate",
+) -> tuple[list[dict], dict[str, int]]:
+    """Encode records with ``encode_example`` and apply the over-length policy.
+
+    ``encode_example`` keeps the first ``max_length`` tokens (as open-instruct does) and says whether it cut; with
+    ``on_overlength="drop"`` such examples are dropped instead. Examples left without any output-token target (IT
+    mask; e.g. a prompt longer than ``max_length``) are dropped in every mode, so all arms train on the same examples.
+    """
+    from im_pipeline.training.masking import encode_example
+
+    if on_overlength not in ("truncate", "drop"):
+        raise ValueError(f"on_overlength must be 'truncate' or 'drop', got {on_overlength!r}")
+    out: list[dict] = []
+    stats = {"n_in": len(records), "n_truncated": 0, "n_dropped_overlength": 0, "n_dropped_no_output": 0}
+    for rec in records:
+        enc = encode_example(
+            rec, tokenizer, mode=mode, prompt_loss_weight=prompt_loss_weight, template=template, max_length=max_length
+        )
+        if enc["truncated"]:
+            if on_overlength == "drop":
+                stats["n_dropped_overlength"] += 1
+                continue
+            stats["n_truncated"] += 1
+        if not any(w > 0 for w in enc["it_weights"][1:]):
+            stats["n_dropped_no_output"] += 1
+            continue
+        out.append(
+            {
+                "input_ids": list(enc["input_ids"]),
+                "loss_weights": [float(x) for x in enc["loss_weights"]],
+                "it_weights": [float(x) for x in enc["it_weights"]],
+            }
+        )
+    stats["n_out"] = len(out)
+    return out, stats
+
+
+@torch.no_grad()
+def _encoded_output_loss(model: torch.nn.Module, encoded: Sequence[dict], pad_token_id: int, batch_size: int) -> float:
+    """Token-mean CE over the IT-mask targets of pre-encoded examples (model put in eval mode, then restored)."""
+    from im_pipeline.training.masking import WeightedCollator
+
+    if not encoded:
+        raise ValueError("no examples to compute the output-token loss on")
+    collate = WeightedCollator(pad_token_id)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0.0
+    # Sorted by length: less padding, same result (the token mean does not depend on the order).
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = collate([encoded[i] for i in order[start : start + batch_size]])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = torch.where(batch["it_weights"] > 0, batch["input_ids"], torch.full_like(batch["input_ids"], -100))
+            w = torch.where(labels[:, 1:] == IGNORE_INDEX, 0.0, batch["it_weights"][:, 1:].float())
+            n = float(w.sum())
+            total += float(weighted_lm_loss(logits, labels, batch["it_weights"], "token")) * n
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+def output_token_loss(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict],
+    *,
+    template: str = "tulu",
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> float:
+    """Mean cross-entropy over the output tokens (IT mask: assistant content + EOS) of ``records``.
+
+    Token mean over all output tokens of all records (not per-example), the same for every arm, so IT and IM runs are
+    comparable. Over-length examples are truncated to ``max_length``. The model is evaluated in eval mode (no dropout,
+    no NEFTune noise) and its mode restored afterwards.
+    """
+    encoded, _ = _encode_records(
+        records, tokenizer, mode="it", prompt_loss_weight=None, template=template, max_length=max_length
+    )
+    return _encoded_output_loss(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+# -- logging callback -----------------------------------------------------------------------------------------------
+
+
+class TrainLogCallback(TrainerCallback):
+    """Writes ``train_log.jsonl``: one line per logging step (step, epoch, train loss, tokens/s, padding fraction,
+    and ``held_out_loss`` on output tokens at evaluation steps); logs progress with ``logging``.
+
+    Held-out loss is computed every ``eval_steps`` optimiser steps (None: at the end of each epoch) and at the last
+    step. On resume, lines after the checkpoint's step are dropped (those steps are trained again).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        held_out: Sequence[dict],
+        pad_token_id: int,
+        *,
+        eval_steps: int | None,
+        steps_per_epoch: int,
+        batch_size: int,
+    ) -> None:
+        self.path = path
+        self.held_out = held_out
+        self.pad_token_id = pad_token_id
+        self.eval_steps = eval_steps
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.batch_size = batch_size
+        self._pending_held_out: float | None = None
+        self._last_time: float | None = None
+        self.eval_seconds = 0.0
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.truncate_after(state.global_step)
+        self._last_time = time.perf_counter()
+
+    def _is_eval_step(self, state) -> bool:
+        step = state.global_step
+        if step >= state.max_steps:
+            return True
+        if self.eval_steps:
+            return step % self.eval_steps == 0
+        return step % self.steps_per_epoch == 0
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.held_out and self._is_eval_step(state):
+            t0 = time.perf_counter()
+            self._pending_held_out = _encoded_output_loss(model, self.held_out, self.pad_token_id, self.batch_size)
+            self.eval_seconds += time.perf_counter() - t0
+            control.should_log = True  # make sure this step gets a line
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        now = time.perf_counter()
+        # Training time of the window = wall time minus the held-out evaluation inside it.
+        eval_s = self.eval_seconds
+        self.eval_seconds = 0.0
+        seconds = max(now - (self._last_time or now) - eval_s, 1e-9)
+        self._last_time = now
+        row = {
+            "step": state.global_step,
+            "epoch": round(float(logs.get("epoch", state.epoch or 0.0)), 4),
+            "train_loss": logs["loss"],
+            "held_out_loss": self._pending_held_out,
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens": logs.get("tokens"),
+            "padded_tokens": logs.get("padded_tokens"),
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(logs["tokens"] / seconds, 2) if logs.get("tokens") else None,
+            "padding_fraction": round(logs.get("padding_fraction", 0.0), 4),
+        }
+        for key in ("lm_loss", "kl"):
+            if key in logs:
+                row[key] = logs[key]
+        self._pending_held_out = None
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        held = f" held-out {row['held_out_loss']:.4f}" if row["held_out_loss"] is not None else ""
+        log.info(
+            "step %d/%d epoch %.2f loss %.4f%s | %s tok/s, padding %.0f%%",
+            state.global_step,
+            state.max_steps,
+            row["epoch"],
+            row["train_loss"],
+            held,
+            row["tokens_per_s"],
+            100 * row["padding_fraction"],
+        )
+
+
+# -- train_arm --------------------------------------------------------------------------------------------------
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _fingerprint(cfg: ExperimentConfig, arm: ArmConfig, seed: int, train: list[dict], held_out: list[dict]) -> str:
+    """What determines the trained model: model, data settings, training settings, arm, seed, the data itself."""
+    return stable_hash(
+        {
+            "model": cfg.model.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json"),
+            "training": cfg.training.model_dump(mode="json", exclude={"threads"}),
+            "arm": arm.model_dump(mode="json"),
+            "seed": seed,
+            "train": stable_hash(train, 32),
+            "held_out": stable_hash(held_out, 32),
+        },
+        32,
+    )
+
+
+def _is_finished(run_dir: Path, fingerprint: str) -> dict | None:
+    summary_path = run_dir / TRAIN_SUMMARY
+    final = run_dir / FINAL_DIR
+    if not (summary_path.is_file() and (final / "config.json").is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("fingerprint") == fingerprint else None
+
+
+def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, output_dir: Path) -> TrainingArguments:
+    """``TrainingArguments`` from ``cfg.training`` (+ the arm's NEFTune α and the seed)."""
+    t = cfg.training
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        # transformers 5 takes the warm-up ratio as a float < 1 in warmup_steps.
+        warmup_steps=min(t.warmup_ratio, 0.999),
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        activation_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        eval_strategy="no",  # held-out loss on output tokens comes from TrainLogCallback
+        seed=seed,
+        data_seed=seed,
+        neftune_noise_alpha=arm.neftune_alpha,
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
+        fp16=cfg.model.dtype == "float16" and torch.cuda.is_available(),
+    )
+
+
+def train_arm(
+    cfg: ExperimentConfig,
+    arm: ArmConfig,
+    seed: int,
+    train: list[dict],
+    held_out: list[dict],
+    run_dir: Path,
+    *,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict:
+    """Train one arm with one seed; return (and write) ``train_summary.json``.
+
+    Writes ``run_dir/checkpoint/`` (final ``save_pretrained`` model + tokenizer), ``run_dir/train_log.jsonl`` and
+    ``run_dir/train_summary.json``. Intermediate Trainer checkpoints go to ``run_dir/trainer_checkpoints/`` every
+    ``save_steps`` and are resumed from after a crash; they are deleted once the final model is saved. A finished run
+    with the same fingerprint (model, data, training settings, arm, seed, data content) is returned as is.
+    ``callbacks`` are extra ``TrainerCallback``s (e.g. for tests).
+    """
+    from im_pipeline.models import load_model_and_tokenizer
+    from im_pipeline.training.masking import WeightedCollator
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not train:
+        raise ValueError("train_arm: the training set is empty")
+    fingerprint = _fingerprint(cfg, arm, seed, train, held_out)
+    done = _is_finished(run_dir, fingerprint)
+    if done is not None:
+        log.info("%s seed %d: finished run found in %s, not retraining", arm.name, seed, run_dir)
+        return done
+
+    ckpt_root = run_dir / TRAINER_CKPT_DIR
+    fp_file = ckpt_root / FINGERPRINT_FILE
+    stale = not fp_file.is_file() or json.loads(fp_file.read_text()).get("fingerprint") != fingerprint
+    if ckpt_root.exists() and stale:
+        log.warning("%s: trainer checkpoints from a different configuration; starting afresh", ckpt_root)
+        shutil.rmtree(ckpt_root)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    fp_file.write_text(json.dumps({"fingerprint": fingerprint}))
+    resume = get_last_checkpoint(str(ckpt_root))
+    log_path = run_dir / TRAIN_LOG
+    if resume is None and log_path.exists():
+        log_path.unlink()  # a fresh start: the old log belongs to an abandoned run
+
+    t = cfg.training
+    threads = t.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model.source, dtype=cfg.model.dtype, cache_dir=cfg.model.cache_dir, revision=cfg.model.revision
+    )
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"tokenizer of {cfg.model.source} has no pad token")
+    ref_model = None
+    if arm.kl_coef > 0:
+        ref_model, _ = load_model_and_tokenizer(
+            cfg.model.source, dtype=cfg.model.dtype, cache_dir=cfg.model.cache_dir, revision=cfg.model.revision
+        )
+
+    enc_kw = {"template": cfg.data.template, "max_length": cfg.data.max_length, "on_overlength": cfg.data.on_overlength}
+    train_enc, train_stats = _encode_records(
+        train, tokenizer, mode=str(arm.loss_mode), prompt_loss_weight=arm.prompt_loss_weight, **enc_kw
+    )
+    held_enc, held_stats = _encode_records(held_out, tokenizer, mode="it", prompt_loss_weight=None, **enc_kw)
+    if not train_enc:
+        raise ValueError(f"no training example left after encoding ({train_stats})")
+    log.info(
+        "%s seed %d: %d train / %d held-out examples encoded (%s)",
+        arm.name,
+        seed,
+        len(train_enc),
+        len(held_enc),
+        train_stats,
+    )
+
+    args = build_training_arguments(cfg, arm, seed, ckpt_root)
+    micro_batches = math.ceil(len(train_enc) / t.batch_size)
+    steps_per_epoch = max(math.ceil(micro_batches / t.gradient_accumulation_steps), 1)
+    log_cb = TrainLogCallback(
+        log_path,
+        held_enc,
+        tokenizer.pad_token_id,
+        eval_steps=t.eval_steps,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=cfg.evaluation.batch_size,
+    )
+    trainer = WeightedLossTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_enc,
+        data_collator=WeightedCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[log_cb, *callbacks],
+        loss_normalisation=t.loss_normalisation,
+        kl_coef=arm.kl_coef,
+        ref_model=ref_model,
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through TrainLogCallback's logging instead
+    if resume:
+        log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    final_dir = run_dir / FINAL_DIR
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    trainer.model.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+
+    rows = _read_log(log_path)
+    train_rows = [r for r in rows if r.get("tokens")]
+    held_rows = [r for r in rows if r.get("held_out_loss") is not None]
+    tokens = sum(r["tokens"] for r in train_rows)
+    seconds = sum(r["seconds"] for r in train_rows)
+    padded = sum(r["padded_tokens"] for r in train_rows)
+    summary = {
+        "arm": arm.name,
+        "seed": seed,
+        "mode": str(arm.loss_mode),
+        "prompt_loss_weight": arm.prompt_loss_weight,
+        "neftune_alpha": arm.neftune_alpha,
+        "kl_coef": arm.kl_coef,
+        "loss_normalisation": t.loss_normalisation,
+        "model": cfg.model.source,
+        "steps": result.global_step,
+        "epochs": rows[-1]["epoch"] if rows else None,
+        "final_train_loss": train_rows[-1]["train_loss"] if train_rows else None,
+        "mean_train_loss": result.training_loss,
+        "final_held_out_loss": held_rows[-1]["held_out_loss"] if held_rows else None,
+        "held_out_loss_on": "output tokens (IT mask), token mean",
+        "train_tokens": tokens,
+        "train_seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
+        "padding_fraction": round(1 - tokens / padded, 4) if padded else None,
+        "wall_time_s": round(time.perf_counter() - t_start, 2),
+        "resumed_from": Path(resume).name if resume else None,
+        "threads": threads,
+        "n_train": len(train_enc),
+        "n_held_out": len(held_enc),
+        "encoding": {"train": train_stats, "held_out": held_stats},
+        "fingerprint": fingerprint,
+        "checkpoint": FINAL_DIR,
+    }
+    (run_dir / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # large; the final model is in checkpoint/
+    log.info(
+        "%s seed %d: done in %.0f s, final train loss %s, held-out %s",
+        arm.name,
+        seed,
+        summary["wall_time_s"],
+        summary["final_train_loss"],
+        summary["final_held_out_loss"],
+    )
+    return summary
