@@ -1,0 +1,442 @@
+"""MMLU and TruthfulQA (mc2) through lm-evaluation-harness, online or offline.
+
+Scoring is lm-eval's own: the already-loaded model is wrapped in ``lm_eval.models.huggingface.HFLM``
+and evaluated with ``lm_eval.simple_evaluate``. Two task sources:
+
+* ``hub``: lm-eval's standard tasks (``mmlu_<subject>``, ``truthfulqa_mc2``), which download their
+  datasets from the Hugging Face Hub.
+* ``local``: the project's task YAMLs (``im_pipeline/evaluation/tasks/``) that ``include:`` the
+  installed standard task YAML and swap only the dataset for the local files in the data directory
+  (``<data_dir>/mmlu/{dev,test}/<subject>_{dev,test}.csv``, ``<data_dir>/truthfulqa/mc_task.json``).
+  Prompts, few-shot sampling and metrics are therefore the standard ones. The data directory is only
+  known at run time, so the YAMLs are filled in and written to a temporary include path per run and
+  loaded with ``TaskManager(include_path=..., include_defaults=False)`` (no 15 s index of every
+  built-in task).
+
+``source: auto`` (the default) uses the Hub when ``HF_HUB_OFFLINE`` is unset and huggingface.co is
+reachable, else the local files.
+
+Options (``BenchmarkConfig.options``):
+
+* MMLU: ``num_fewshot`` (0 or 5; shots from the dev split), ``subjects`` (list, or comma-separated
+  string, to restrict subjects), ``apply_chat_template`` (bool), ``source`` (auto | hub | local).
+  ``limit`` is per subject.
+* TruthfulQA: ``apply_chat_template``, ``source``; ``limit`` is the number of questions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import socket
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+MMLU_GROUP = "im_pipeline_mmlu"
+TRUTHFULQA_LOCAL_TASK = "truthfulqa_mc2_local"
+SOURCES = ("auto", "hub", "local")
+DATA_HINT = (
+    "pass --data-dir DIR (or set ${env} / the config's data_dir) to a directory holding {layout}; "
+    "or evaluate online (HF_HUB_OFFLINE unset, huggingface.co reachable) with the standard lm-eval task"
+)
+
+
+class LocalDataError(ValueError):
+    """A local benchmark file is malformed. The message names the file (and line or record)."""
+
+
+# -- local data: readers used both for up-front validation and as lm-eval's custom_dataset --------
+
+
+def lm_eval_tasks_dir() -> Path:
+    """The directory of lm-eval's installed task YAMLs."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def standard_mmlu_subjects() -> list[str]:
+    """The 57 subjects of lm-eval's standard ``mmlu`` group (from its installed YAMLs, no import of lm_eval)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("lm_eval is not installed")
+    default = Path(spec.origin).parent / "tasks" / "mmlu" / "default"
+    return sorted(p.stem.removeprefix("mmlu_") for p in default.glob("mmlu_*.yaml"))
+
+
+def mmlu_file(data_dir: Path, subject: str, split: str) -> Path:
+    return Path(data_dir) / "mmlu" / split / f"{subject}_{split}.csv"
+
+
+def read_mmlu_csv(path: Path, subject: str) -> list[dict[str, Any]]:
+    """Read one local MMLU CSV into the fields of the Hub dataset ``cais/mmlu``.
+
+    Expects the header ``question,choice0,choice1,choice2,choice3,answer`` and answers 0-3.
+    Raises :class:`LocalDataError` naming the file and line for anything else.
+    """
+    path = Path(path)
+    docs: list[dict[str, Any]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header != MMLU_HEADER:
+                raise LocalDataError(f"{path}: header must be {','.join(MMLU_HEADER)!r}, got {header!r}")
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(MMLU_HEADER):
+                    raise LocalDataError(f"{path}:{line}: expected {len(MMLU_HEADER)} fields, got {len(row)}")
+                question, *choices, answer = row
+                if answer.strip() not in {"0", "1", "2", "3"}:
+                    raise LocalDataError(f"{path}:{line}: answer must be 0, 1, 2 or 3, got {answer!r}")
+                if not question.strip():
+                    raise LocalDataError(f"{path}:{line}: empty question")
+                docs.append({"question": question, "subject": subject, "choices": choices, "answer": int(answer)})
+    except UnicodeDecodeError as exc:
+        raise LocalDataError(f"{path}: not UTF-8 text ({exc})") from None
+    except csv.Error as exc:
+        raise LocalDataError(f"{path}: not valid CSV ({exc})") from None
+    if not docs:
+        raise LocalDataError(f"{path}: no questions")
+    return docs
+
+
+def load_mmlu_subject(data_dir: str, subject: str, **_: Any) -> Any:
+    """lm-eval ``custom_dataset`` for one MMLU subject: a DatasetDict with ``test`` and ``dev`` splits."""
+    import datasets
+
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list(read_mmlu_csv(mmlu_file(Path(data_dir), subject, split), subject))
+            for split in ("test", "dev")
+        }
+    )
+
+
+def _targets(path: Path, i: int, item: dict[str, Any], key: str) -> dict[str, list]:
+    targets = item.get(key)
+    if not isinstance(targets, dict) or not targets:
+        raise LocalDataError(f"{path}: record {i}: {key!r} must be a non-empty mapping answer -> 0/1")
+    labels = list(targets.values())
+    if any(label not in (0, 1) or isinstance(label, bool) for label in labels):
+        raise LocalDataError(f"{path}: record {i}: {key!r} labels must be 0 or 1")
+    if 1 not in labels:
+        raise LocalDataError(f"{path}: record {i}: {key!r} has no true answer")
+    return {"choices": [str(c) for c in targets], "labels": labels}
+
+
+def read_truthfulqa(path: Path) -> list[dict[str, Any]]:
+    """Read TruthfulQA's ``mc_task.json`` into the fields of the Hub dataset (``multiple_choice``).
+
+    Each record ``{question, mc1_targets: {answer: 0/1}, mc2_targets: {...}}`` becomes
+    ``{question, mc1_targets: {choices, labels}, mc2_targets: {choices, labels}}`` (answer order kept).
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LocalDataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, list) or not raw:
+        raise LocalDataError(f"{path}: expected a non-empty JSON list of questions")
+    docs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
+            raise LocalDataError(f"{path}: record {i}: needs a non-empty 'question' string")
+        mc1 = _targets(path, i, item, "mc1_targets")
+        if mc1["labels"][0] != 1:
+            raise LocalDataError(f"{path}: record {i}: the first mc1 answer must be the true one")
+        mc2 = _targets(path, i, item, "mc2_targets")
+        docs.append({"question": item["question"], "mc1_targets": mc1, "mc2_targets": mc2})
+    return docs
+
+
+def load_truthfulqa(path: str, **_: Any) -> Any:
+    """lm-eval ``custom_dataset`` for TruthfulQA: a DatasetDict with the ``validation`` split."""
+    import datasets
+
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(read_truthfulqa(Path(path)))})
+
+
+# -- task definitions --------------------------------------------------------------------------
+
+
+def _fill(template: str, out: Path, **values: str) -> Path:
+    """Fill a task YAML template (values JSON-quoted, valid YAML scalars) and write it to ``out``."""
+    text = string.Template((TASKS_DIR / template).read_text(encoding="utf-8"))
+    out.write_text(text.substitute({k: json.dumps(v) for k, v in values.items()}), encoding="utf-8")
+    return out
+
+
+def write_local_mmlu_tasks(data_dir: Path, subjects: list[str], out_dir: Path) -> list[str]:
+    """Write one offline task YAML per subject into ``out_dir``; returns the task names."""
+    std = lm_eval_tasks_dir() / "mmlu" / "default"
+    names = []
+    for subject in subjects:
+        name = f"mmlu_local_{subject}"
+        _fill(
+            "mmlu_local_subject.yaml",
+            out_dir / f"{name}.yaml",
+            include=str(std / f"mmlu_{subject}.yaml"),
+            task=name,
+            subject=subject,
+            data_dir=str(data_dir),
+            dataset_path=str(Path(data_dir) / "mmlu"),
+        )
+        names.append(name)
+    return names
+
+
+def write_local_truthfulqa_task(data_dir: Path, out_dir: Path) -> str:
+    """Write the offline ``truthfulqa_mc2`` task YAML into ``out_dir``; returns the task name."""
+    _fill(
+        "truthfulqa_mc2_local.yaml",
+        out_dir / f"{TRUTHFULQA_LOCAL_TASK}.yaml",
+        include=str(lm_eval_tasks_dir() / "truthfulqa" / "truthfulqa_mc2.yaml"),
+        task=TRUTHFULQA_LOCAL_TASK,
+        dataset_path=str(Path(data_dir) / "truthfulqa" / "mc_task.json"),
+    )
+    return TRUTHFULQA_LOCAL_TASK
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True unless ``HF_HUB_OFFLINE`` is set or huggingface.co cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _source(opts: dict[str, Any]) -> str:
+    source = str(opts.get("source", "auto"))
+    if source not in SOURCES:
+        raise ValueError(f"option source={source!r}: allowed {list(SOURCES)}")
+    if source == "auto":
+        source = "hub" if hub_reachable() else "local"
+    return source
+
+
+def _data_dir(ctx: EvalContext, benchmark: str, layout: str) -> Path:
+    value = ctx.data_dir or os.environ.get(DATA_DIR_ENV)
+    if not value:
+        raise BenchmarkSkipped(
+            f"{benchmark}: offline (Hub unreachable or HF_HUB_OFFLINE set) and no data directory; "
+            + DATA_HINT.replace("${env}", DATA_DIR_ENV).format(layout=layout)
+        )
+    return Path(value).expanduser().resolve()
+
+
+def _check_options(opts: dict[str, Any], allowed: set[str], benchmark: str) -> None:
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ValueError(f"{benchmark}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+        return value.lower() in {"true", "1", "yes", "on"}
+    raise ValueError(f"option {name}={value!r}: expected true or false")
+
+
+def _evaluate(
+    ctx: EvalContext,
+    tasks: list[Any],
+    *,
+    include_path: Path | None,
+    include_defaults: bool,
+    num_fewshot: int | None,
+    limit: int | None,
+    apply_chat_template: bool,
+) -> dict[str, Any]:
+    """Run lm-eval on the context's (already loaded) model; returns simple_evaluate's result dict."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = ctx.model_and_tokenizer()
+    if apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"apply_chat_template=true but the tokenizer of {ctx.model_source} has no chat template")
+    # include_defaults=True indexes all built-in task YAMLs (~15 s); only needed for the standard tasks.
+    manager = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ctx.batch_size)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=apply_chat_template,
+        log_samples=False,
+        bootstrap_iters=1000,
+    )
+    if results is None:  # only for non-zero ranks in distributed runs
+        raise RuntimeError("lm-eval returned no results")
+    return results
+
+
+def _metric(results: dict[str, Any], task: str, metric: str) -> tuple[float, float | None]:
+    row = results["results"][task]
+    value = row[f"{metric},none"]
+    stderr = row.get(f"{metric}_stderr,none")
+    return float(value), (float(stderr) if isinstance(stderr, (int, float)) else None)
+
+
+def _n(results: dict[str, Any], task: str) -> int:
+    return int(results["n-samples"][task]["effective"])
+
+
+def _subjects(opts: dict[str, Any]) -> list[str]:
+    known = standard_mmlu_subjects()
+    chosen = opts.get("subjects")
+    if chosen is None:
+        return known
+    if isinstance(chosen, str):
+        chosen = [s.strip() for s in chosen.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown or not chosen:
+        raise ValueError(f"mmlu: unknown subject(s) {unknown or chosen}; known: {', '.join(known)}")
+    return sorted(set(chosen), key=chosen.index)
+
+
+def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """MMLU accuracy (lm-eval), 0- or 5-shot, ``cfg.limit`` questions per subject.
+
+    Returns metric "acc", value (micro-average over the items scored, as lm-eval's ``mmlu`` group),
+    stderr (pooled), n, and a per-subject breakdown.
+    """
+    opts = dict(cfg.options)
+    _check_options(opts, {"num_fewshot", "subjects", "apply_chat_template", "source"}, "mmlu")
+    num_fewshot = int(opts.get("num_fewshot", 0))
+    if not 0 <= num_fewshot <= 5:
+        raise ValueError(f"mmlu: num_fewshot must be 0-5 (the dev split holds 5 per subject), got {num_fewshot}")
+    chat = _as_bool(opts.get("apply_chat_template", False), "apply_chat_template")
+    subjects = _subjects(opts)
+    source = _source(opts)
+
+    with tempfile.TemporaryDirectory(prefix="im-pipeline-mmlu-") as tmp:
+        include_path = Path(tmp)
+        if source == "hub":
+            task_of = {s: f"mmlu_{s}" for s in subjects}
+        else:
+            data_dir = _data_dir(ctx, "mmlu", "mmlu/{dev,test}/<subject>_{dev,test}.csv")
+            for subject in subjects:  # fail before loading the model, naming the file
+                for split in ("test", "dev"):
+                    path = mmlu_file(data_dir, subject, split)
+                    if not path.is_file():
+                        raise BenchmarkSkipped(
+                            f"mmlu: local file missing: {path}; "
+                            + DATA_HINT.replace("${env}", DATA_DIR_ENV).format(
+                                layout="mmlu/{dev,test}/<subject>_{dev,test}.csv"
+                            )
+                        )
+                    read_mmlu_csv(path, subject)
+            task_of = dict(zip(subjects, write_local_mmlu_tasks(data_dir, subjects, include_path), strict=True))
+        # A group file, not an inline dict: lm-eval 0.4.13 passes an inline group's keys on to its tasks.
+        _fill("mmlu_group.yaml", Path(tmp) / "mmlu_group.yaml", group=MMLU_GROUP, tasks=list(task_of.values()))
+        log.info("mmlu (%s): %d subjects, %d-shot, limit %s per subject", source, len(subjects), num_fewshot, cfg.limit)
+        results = _evaluate(
+            ctx,
+            [MMLU_GROUP],
+            include_path=include_path,
+            include_defaults=source == "hub",
+            num_fewshot=num_fewshot,
+            limit=cfg.limit,
+            apply_chat_template=chat,
+        )
+
+    per_subject = {}
+    for subject, task in task_of.items():
+        value, stderr = _metric(results, task, "acc")
+        per_subject[subject] = {"acc": value, "stderr": stderr, "n": _n(results, task)}
+    value, stderr = _metric(results, MMLU_GROUP, "acc")
+    return {
+        "metric": "acc",
+        "value": value,
+        "stderr": stderr,
+        "n": sum(s["n"] for s in per_subject.values()),
+        "num_fewshot": num_fewshot,
+        "apply_chat_template": chat,
+        "source": source,
+        "tasks": "lm-eval mmlu_<subject>" if source == "hub" else "lm-eval mmlu_<subject> with local data",
+        "subjects": per_subject,
+    }
+
+
+def run_truthfulqa(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """TruthfulQA mc2 (lm-eval ``truthfulqa_mc2``, 0-shot with its QA primer) on ``cfg.limit`` questions."""
+    opts = dict(cfg.options)
+    _check_options(opts, {"apply_chat_template", "source"}, "truthfulqa")
+    chat = _as_bool(opts.get("apply_chat_template", False), "apply_chat_template")
+    source = _source(opts)
+    with tempfile.TemporaryDirectory(prefix="im-pipeline-truthfulqa-") as tmp:
+        if source == "hub":
+            include_path, task = None, "truthfulqa_mc2"
+        else:
+            data_dir = _data_dir(ctx, "truthfulqa", "truthfulqa/mc_task.json")
+            path = data_dir / "truthfulqa" / "mc_task.json"
+            if not path.is_file():
+                raise BenchmarkSkipped(
+                    f"truthfulqa: local file missing: {path}; "
+                    + DATA_HINT.replace("${env}", DATA_DIR_ENV).format(layout="truthfulqa/mc_task.json")
+                )
+            read_truthfulqa(path)
+            include_path = Path(tmp)
+            task = write_local_truthfulqa_task(data_dir, include_path)
+        log.info("truthfulqa_mc2 (%s): limit %s", source, cfg.limit)
+        results = _evaluate(
+            ctx,
+            [task],
+            include_path=include_path,
+            include_defaults=source == "hub",
+            num_fewshot=None,
+            limit=cfg.limit,
+            apply_chat_template=chat,
+        )
+    value, stderr = _metric(results, task, "acc")
+    return {
+        "metric": "mc2",
+        "value": value,
+        "stderr": stderr,
+        "n": _n(results, task),
+        "apply_chat_template": chat,
+        "source": source,
+        "tasks": "lm-eval truthfulqa_mc2" if source == "hub" else "lm-eval truthfulqa_mc2 with local data",
+    }
+
+
+__all__: list[str] = [
+    "LocalDataError",
+    "hub_reachable",
+    "load_mmlu_subject",
+    "load_truthfulqa",
+    "read_mmlu_csv",
+    "read_truthfulqa",
+    "run_mmlu",
+    "run_truthfulqa",
+    "standard_mmlu_subjects",
+    "write_local_mmlu_tasks",
+    "write_local_truthfulqa_task",
+]
