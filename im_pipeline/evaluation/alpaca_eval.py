@@ -1,0 +1,439 @@
+"""AlpacaEval 1.0 / 2.0: win rate of the model's outputs against reference outputs, by a configurable judge.
+
+Steps: the 805 instructions and the reference outputs (1.0: ``text_davinci_003``; 2.0: ``gpt4_1106_preview``)
+come from ``<data_dir>/alpaca_eval/<reference>/model_outputs.json`` offline, else from the Hub through
+``alpaca_eval``'s own dataset loading. The model answers each instruction with the training template
+(``render_prompt``, greedy). ``alpaca_eval``'s pairwise annotator (its prompt template for the version, its
+seeded random swap of the two outputs, its parser) asks the judge (:mod:`im_pipeline.evaluation.judges`) which
+output is better, and ``alpaca_eval.metrics`` turns the preferences into a win rate and its standard error.
+The length-controlled win rate needs a file from the Hub; it is reported only when that works.
+
+Options (``evaluation.alpaca_eval.options``):
+
+- ``version``: 1 (default) or 2.
+- ``annotator``: an ``alpaca_eval`` evaluator config name (default ``alpaca_eval_gpt4`` for 1.0,
+  ``weighted_alpaca_eval_gpt4_turbo`` for 2.0); the judge replaces its model.
+- ``max_new_tokens`` (default 512): generation budget per answer; output length matters to AlpacaEval.
+- ``cache_dir``: where generations and judge verdicts are cached (default ``<out_dir>/alpaca_eval``).
+- ``guided_choice`` (default false): send vLLM's ``guided_choice`` to an OpenAI-compatible judge server.
+- ``judge_concurrency`` (default 4): parallel requests to an OpenAI-compatible judge.
+- ``seed`` (default 123): which instructions a ``limit`` picks (``alpaca_eval``'s own ``max_instances`` seed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import BenchmarkConfig, JudgeConfig, stable_hash
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+from im_pipeline.evaluation.judges import (
+    AnnotationCache,
+    LocalHFJudge,
+    judge_identity,
+    make_fn_completions,
+    protocol_for,
+)
+from im_pipeline.provenance import write_json
+
+log = logging.getLogger(__name__)
+
+VERSIONS: dict[int, dict[str, str]] = {
+    1: {"reference": "text_davinci_003", "annotator": "alpaca_eval_gpt4", "hub_config": "alpaca_eval"},
+    2: {
+        "reference": "gpt4_1106_preview",
+        "annotator": "weighted_alpaca_eval_gpt4_turbo",
+        "hub_config": "alpaca_eval_gpt4_baseline",
+    },
+}
+N_OFFICIAL = 805
+_LOCAL_JUDGES: dict[tuple[str, str], LocalHFJudge] = {}
+
+
+def _alpaca_eval() -> Any:
+    """Import ``alpaca_eval`` without letting it raise the root logger to INFO (it does so on import)."""
+    root = logging.getLogger()
+    level = root.level
+    import alpaca_eval.annotators.pairwise_evaluator
+    import alpaca_eval.metrics
+    import alpaca_eval.utils
+
+    root.setLevel(level)
+    return alpaca_eval
+
+
+# -- inputs -------------------------------------------------------------------------------------------------
+
+
+def reference_path(data_dir: Path | None, reference: str) -> Path | None:
+    return Path(data_dir) / "alpaca_eval" / reference / "model_outputs.json" if data_dir else None
+
+
+def load_reference(version: int, data_dir: Path | None) -> tuple[list[dict[str, Any]], str]:
+    """Reference records (``instruction``, ``output``, ``generator``, ``dataset``) and where they came from.
+
+    Offline file first; the Hub (``alpaca_eval``'s loader) when the file is missing and the Hub is allowed.
+    Raises :class:`BenchmarkSkipped` naming the missing file when neither works.
+    """
+    spec = VERSIONS[version]
+    path = reference_path(data_dir, spec["reference"])
+    if path is not None and path.is_file():
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        bad = [i for i, r in enumerate(records) if not {"instruction", "output"} <= set(r)]
+        if bad:
+            raise ValueError(f"{path}: record {bad[0]} lacks 'instruction'/'output'")
+        return records, str(path)
+    where = str(path) if path else "<data_dir>/alpaca_eval/" + spec["reference"] + "/model_outputs.json (no data_dir)"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise BenchmarkSkipped(
+            f"AlpacaEval {version}.0 reference outputs not found at {where}, and HF_HUB_OFFLINE "
+            "is set (set data_dir / IM_PIPELINE_DATA_DIR to a directory holding them)"
+        )
+    try:
+        from alpaca_eval import constants
+
+        dataset = constants.get_alpaca_eval_data(spec["hub_config"])
+        return [dict(r) for r in dataset], f"hub:tatsu-lab/alpaca_eval/{spec['hub_config']}"
+    except Exception as exc:
+        raise BenchmarkSkipped(
+            f"AlpacaEval {version}.0 reference outputs not found at {where}, and the Hub "
+            f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+
+
+def select(records: list[dict[str, Any]], limit: int | None, seed: int = 123) -> list[dict[str, Any]]:
+    """All records, or ``limit`` of them picked as ``alpaca_eval evaluate --max_instances`` does (seeded shuffle).
+
+    Each gets ``index``: its position in the full set (the length-controlled GLM keys on it).
+    """
+    import pandas as pd
+
+    rows = [dict(r, index=i) for i, r in enumerate(records)]
+    if limit is None or limit >= len(rows):
+        return rows
+    order = pd.DataFrame({"i": range(len(rows))}).sample(frac=1, random_state=seed)["i"].tolist()
+    return [rows[i] for i in order[:limit]]
+
+
+def _weights_fingerprint(source: str) -> str | None:
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return stable_hash([(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files])
+
+
+# -- generation -------------------------------------------------------------------------------------------
+
+
+def generate_outputs(ctx: EvalContext, instructions: list[str], *, max_new_tokens: int, cache_dir: Path) -> list[str]:
+    """The model's greedy answers (training template), cached per (model, template, settings) and instruction."""
+    from im_pipeline.data.templates import render_prompt
+    from im_pipeline.evaluation.generation import GenerationConfig, generate
+
+    stop = ("<|user|>", "<|system|>", "<|assistant|>") if ctx.template == "tulu" else ()
+    settings = {
+        "model": ctx.model_source,
+        "weights": _weights_fingerprint(ctx.model_source),
+        "template": ctx.template,
+        "max_new_tokens": max_new_tokens,
+        "stop": list(stop),
+        "dtype": ctx.dtype,
+    }
+    path = cache_dir / f"generations-{stable_hash(settings)}.json"
+    cached: dict[str, str] = {}
+    if path.is_file():
+        cached = json.loads(path.read_text(encoding="utf-8")).get("outputs", {})
+    todo = [s for s in dict.fromkeys(instructions) if s not in cached]
+    log.info(
+        "AlpacaEval generation: %d instructions, %d cached, %d to generate",
+        len(instructions),
+        len(instructions) - len(todo),
+        len(todo),
+    )
+    if todo:
+        model, tokenizer = ctx.model_and_tokenizer()
+        prompts = [
+            render_prompt([{"role": "user", "content": s}], template=ctx.template, tokenizer=tokenizer) for s in todo
+        ]
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop, batch_size=ctx.batch_size)
+        outs = generate(model, tokenizer, prompts, cfg)
+        cached.update({s: o[0].strip() for s, o in zip(todo, outs, strict=True)})
+        write_json(path, {"settings": settings, "outputs": cached})
+    return [cached[s] for s in instructions]
+
+
+# -- judging ------------------------------------------------------------------------------------------------
+
+
+def annotator_config(name: str) -> dict[str, Any]:
+    """One ``alpaca_eval`` evaluator config (``evaluators_configs/<name>/configs.yaml``), prompt path made absolute."""
+    ae = _alpaca_eval()
+    base = ae.constants.EVALUATORS_CONFIG_DIR
+    path = base / name / "configs.yaml"
+    if not path.is_file():
+        known = sorted(p.name for p in base.iterdir() if (p / "configs.yaml").is_file())
+        raise ValueError(f"unknown alpaca_eval annotator {name!r}; known: {known}")
+    configs = ae.utils.load_configs(path)
+    if len(configs) != 1:
+        raise ValueError(f"annotator {name!r} is a pool of {len(configs)} annotators; use a single one")
+    config = dict(next(iter(configs.values())))
+    config["prompt_template"] = str(base / config["prompt_template"])
+    return config
+
+
+def _local_judge(judge: JudgeConfig, dtype: str, cache_dir: str | None) -> LocalHFJudge:
+    key = (judge.model, dtype)
+    if key not in _LOCAL_JUDGES:
+        _LOCAL_JUDGES.clear()  # keep at most one judge model in memory
+        _LOCAL_JUDGES[key] = LocalHFJudge(judge.model, dtype=dtype, cache_dir=cache_dir)
+    return _LOCAL_JUDGES[key]
+
+
+def annotate(
+    pairs: list[dict[str, Any]],
+    judge: JudgeConfig,
+    annotator: str,
+    cache: AnnotationCache,
+    *,
+    guided_choice: bool = False,
+    concurrency: int = 4,
+    local_judge: LocalHFJudge | None = None,
+    chunk: int = 16,
+) -> tuple[list[dict[str, Any]], int]:
+    """Preference for each pair (``instruction``, ``output_1`` = reference, ``output_2`` = model).
+
+    ``preference``: 1 = reference better, 2 = model better, in between for weighted judges, 1.5 for identical
+    outputs, None when the judge's answer did not parse. Verdicts are looked up in / added to ``cache`` (saved
+    after each chunk, so an interrupted run keeps what it paid for). Returns (annotations, new judge calls).
+    """
+    import pandas as pd
+
+    ae = _alpaca_eval()
+    config = annotator_config(annotator)
+    identity = judge_identity(judge)
+    keys = [AnnotationCache.key(identity, annotator, p["instruction"], p["output_1"], p["output_2"]) for p in pairs]
+    todo = [
+        i
+        for i, (p, k) in enumerate(zip(pairs, keys, strict=True))
+        if cache.get(k) is None and p["output_1"] != p["output_2"]
+    ]
+    calls = 0
+    if todo:
+        protocol = protocol_for(config)
+        if judge.kind == "local_hf" and local_judge is None:
+            local_judge = _local_judge(judge, "float32", None)
+        fn = make_fn_completions(
+            judge, protocol, guided_choice=guided_choice, concurrency=concurrency, local_judge=local_judge
+        )
+        kwargs = {k: v for k, v in config.items() if k not in ("fn_completions", "pretty_name", "link")}
+        kwargs.setdefault("completions_kwargs", {})["model_name"] = judge.model
+        single = ae.annotators.pairwise_evaluator.SinglePairwiseAnnotator(
+            fn_completions=fn, seed=0, annotation_column="preference", completion_column="raw_completion", **kwargs
+        )
+        log.info(
+            "AlpacaEval judging %d pairs with %s (%s); %d cached",
+            len(todo),
+            identity,
+            annotator,
+            len(pairs) - len(todo),
+        )
+        for start in range(0, len(todo), chunk):
+            idx = todo[start : start + chunk]
+            df = pd.DataFrame(
+                [
+                    {
+                        "instruction": pairs[i]["instruction"],
+                        "output_1": pairs[i]["output_1"],
+                        "output_2": pairs[i]["output_2"],
+                        "_key": keys[i],
+                    }
+                    for i in idx
+                ]
+            )
+            done = single(df)
+            calls += len(idx)
+            by_key = {row["_key"]: row for row in done.to_dict(orient="records")}
+            for i in idx:
+                row = by_key.get(keys[i])
+                if row is None or pd.isna(row.get("preference")):
+                    log.warning(
+                        "judge answer for instruction %r did not parse; not cached", pairs[i]["instruction"][:60]
+                    )
+                    continue
+                raw = row.get("raw_completion")
+                cache.put(
+                    keys[i],
+                    {
+                        "preference": float(row["preference"]),
+                        "raw_completion": raw if isinstance(raw, str) else json.dumps(raw, default=str)[:2000],
+                    },
+                )
+            cache.save()
+    annotations = []
+    for p, k in zip(pairs, keys, strict=True):
+        hit = cache.get(k)
+        pref = 1.5 if p["output_1"] == p["output_2"] else (hit["preference"] if hit else None)
+        annotations.append({**p, "annotator": annotator, "preference": pref, "switched": shown_switched(p)})
+    return annotations, calls
+
+
+def shown_switched(pair: dict[str, Any], seed: int = 0) -> bool:
+    """Whether ``alpaca_eval`` showed the judge the model output first (its seeded swap, recomputed)."""
+    ae = _alpaca_eval()
+    # Same seed string as SinglePairwiseAnnotator's RandomSwitchTwoColumnsProcessor (switch column + instruction).
+    return bool(
+        ae.utils.random_seeded_choice(
+            seed="is_switched_outputs" + pair["instruction"] + str(seed), choices=[False, True]
+        )
+    )
+
+
+# -- metrics --------------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    """Win rate (percent) and its standard error via ``alpaca_eval.metrics``; LC win rate when available."""
+    import pandas as pd
+
+    ae = _alpaca_eval()
+    rows = [a for a in annotations if a["preference"] is not None]
+    if not rows:
+        raise RuntimeError("no judge annotation parsed; cannot compute a win rate")
+    df = pd.DataFrame(rows)
+    out = ae.metrics.get_winrate(df)
+    result: dict[str, Any] = {
+        "win_rate": float(out["win_rate"]),
+        "standard_error": float(out["standard_error"]),
+        "discrete_win_rate": float(out["discrete_win_rate"]),
+        "n_wins": int(out["n_wins"]),
+        "n_wins_base": int(out["n_wins_base"]),
+        "n_draws": int(out["n_draws"]),
+        "n_total": int(out["n_total"]),
+        "n_unparsed": len(annotations) - len(rows),
+    }
+    # Position bias of the judge: how often it preferred whichever output it saw first.
+    shown = [a for a in rows if a.get("switched") is not None and a["preference"] != 1.5]
+    if shown:
+        first = [(a["preference"] < 1.5) != bool(a["switched"]) for a in shown]
+        result["judge_prefers_first_shown"] = round(sum(first) / len(first), 4)
+    try:
+        lc = ae.metrics.get_length_controlled_winrate(df.copy(), save_weights_dir=None)
+        result["length_controlled_win_rate"] = float(lc["length_controlled_winrate"])
+        result["lc_standard_error"] = float(lc["lc_standard_error"])
+    except Exception as exc:
+        result["length_controlled_win_rate"] = None
+        result["lc_unavailable"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return result
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------
+
+
+def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """AlpacaEval (``options.version`` 1 or 2) on ``ctx.model_source`` with ``ctx.judge``; see the module docs."""
+    opts = dict(cfg.options)
+    version = int(opts.get("version", 1))
+    if version not in VERSIONS:
+        raise ValueError(f"alpaca_eval options.version must be 1 or 2, got {opts.get('version')!r}")
+    spec = VERSIONS[version]
+    annotator = str(opts.get("annotator") or spec["annotator"])
+    max_new_tokens = int(opts.get("max_new_tokens", 512))
+    cache_dir = Path(opts.get("cache_dir") or Path(ctx.out_dir) / "alpaca_eval")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    reference, source = load_reference(version, ctx.data_dir)
+    chosen = select(reference, cfg.limit, seed=int(opts.get("seed", 123)))
+    instructions = [r["instruction"] for r in chosen]
+
+    t0 = time.perf_counter()
+    outputs = generate_outputs(ctx, instructions, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    t_gen = time.perf_counter() - t0
+
+    generator = ctx.arm or Path(ctx.model_source).name or ctx.model_source
+    pairs = [
+        {
+            "instruction": r["instruction"],
+            "dataset": r.get("dataset"),
+            "index": r["index"],
+            "output_1": r["output"],
+            "generator_1": r.get("generator", spec["reference"]),
+            "output_2": out,
+            "generator_2": generator,
+        }
+        for r, out in zip(chosen, outputs, strict=True)
+    ]
+    cache = AnnotationCache(cache_dir / "judge_cache.json")
+    t1 = time.perf_counter()
+    local = _local_judge(ctx.judge, ctx.dtype, ctx.cache_dir) if ctx.judge.kind == "local_hf" else None
+    annotations, calls = annotate(
+        pairs,
+        ctx.judge,
+        annotator,
+        cache,
+        guided_choice=bool(opts.get("guided_choice", False)),
+        concurrency=int(opts.get("judge_concurrency", 4)),
+        local_judge=local,
+    )
+    t_judge = time.perf_counter() - t1
+    metrics = compute_metrics(annotations)
+
+    tag = f"v{version}"
+    write_json(
+        cache_dir / f"model_outputs_{tag}.json",
+        [
+            {"instruction": p["instruction"], "output": p["output_2"], "generator": generator, "dataset": p["dataset"]}
+            for p in pairs
+        ],
+    )
+    write_json(cache_dir / f"annotations_{tag}.json", annotations)
+
+    model_chars = [len(o) for o in outputs]
+    ref_chars = [len(r["output"]) for r in chosen]
+    return {
+        "metric": "win_rate",
+        "value": metrics["win_rate"],
+        "stderr": metrics["standard_error"],
+        "n": metrics["n_total"],
+        "unit": "percent",
+        "version": f"{version}.0",
+        "reference": spec["reference"],
+        "annotator": annotator,
+        "judge": judge_identity(ctx.judge),
+        **{k: v for k, v in metrics.items() if k not in ("win_rate", "standard_error", "n_total")},
+        "lc_note": None
+        if len(chosen) == N_OFFICIAL
+        else f"LC win rate is calibrated on all {N_OFFICIAL} instructions; this run used {len(chosen)}",
+        "avg_length": {
+            "model_chars": round(statistics.mean(model_chars), 1),
+            "reference_chars": round(statistics.mean(ref_chars), 1),
+            "model_words": round(statistics.mean(_words(o) for o in outputs), 1),
+            "reference_words": round(statistics.mean(_words(r["output"]) for r in chosen), 1),
+        },
+        "instructions_source": source,
+        "generation": {
+            "template": ctx.template,
+            "max_new_tokens": max_new_tokens,
+            "temperature": 0.0,
+            "seconds": round(t_gen, 2),
+        },
+        "judge_calls": calls,
+        "judge_seconds": round(t_judge, 2),
+        "artifacts": {
+            "model_outputs": str(cache_dir / f"model_outputs_{tag}.json"),
+            "annotations": str(cache_dir / f"annotations_{tag}.json"),
+            "judge_cache": str(cache.path),
+        },
+    }
