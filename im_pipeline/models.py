@@ -283,14 +283,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _hub_offline() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    with contextlib.suppress(Exception):
+    """Whether the Hub is off: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` if set, else huggingface_hub's view."""
+    values = [os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")]
+    if any(values):
+        return any(v in {"1", "true", "yes", "on"} for v in values)
+    try:
         from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    return False
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _how_to_provide(source: str) -> str:
