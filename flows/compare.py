@@ -1,0 +1,261 @@
+"""The main flow: prepare data → (arm × seed: train → evaluate) + base model → aggregate → report.
+
+Wiring only: the work is done by the library through the thin tasks in ``tasks/``. Every (arm, seed)
+training run and every (model, benchmark) evaluation is its own task run, submitted to the flow's
+task runner, so they could run on different workers (see docs/scale_out.md). Caching: see
+``tasks/cache.py`` — a re-run of an unchanged experiment recomputes only the report, editing one
+arm recomputes only that arm, and a killed run resumes from the checkpoints it left.
+
+``im-pipeline run CONFIG`` calls :func:`run_command`, which runs the flow in-process against
+Prefect's ephemeral local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set,
+against that server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+_ENV_DEFAULTS = {
+    # Library progress (im_pipeline.* loggers) goes to the Prefect UI with the task logs.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "im_pipeline",
+    # Air-gapped friendly: the Prefect server must not try to reach the internet.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+for _k, _v in _ENV_DEFAULTS.items():
+    os.environ.setdefault(_k, _v)
+
+from prefect import allow_failure, flow, get_run_logger  # noqa: E402
+from prefect.artifacts import (  # noqa: E402
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from im_pipeline.config import (  # noqa: E402
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    write_resolved_config,
+)
+from im_pipeline.provenance import provenance, write_json  # noqa: E402
+from tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
+from tasks.evaluate import evaluate_task, release_model  # noqa: E402
+from tasks.prepare import prepare_data_task  # noqa: E402
+from tasks.report import report_task  # noqa: E402
+from tasks.train import train_task  # noqa: E402
+
+BENCHMARK_ORDER = ("overfitting", "mmlu", "truthfulqa", "humaneval", "alpaca_eval")
+"""Evaluation order per model: cheap loss-based first, generation-heavy last."""
+
+MAX_WORKERS = int(os.environ.get("IM_PIPELINE_MAX_WORKERS", "1"))
+"""Concurrent task runs in one flow process. 1 on a CPU box (runs would fight for the cores);
+raise it on a multi-GPU machine, or use a distributed task runner (docs/scale_out.md)."""
+
+STAGES = ("prepare", "train", "evaluate", "report")
+HISTORY = 20  # flow runs kept in timings.json
+
+
+def resolve_config(config: dict[str, Any] | str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """A config from a YAML path or a dict (a deployment's parameter), with ``key=value`` overrides."""
+    if isinstance(config, str):
+        return load_config(config, overrides)
+    return config_from_dict(apply_overrides(config, overrides or []), "<flow parameter>")
+
+
+def _slug(text: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower())
+    return "-".join(p for p in out.split("-") if p) or "experiment"
+
+
+def _record(fut: Any) -> dict[str, Any]:
+    """State and timing of one finished task future."""
+    state = fut.state
+    info: dict[str, Any] = {"state": state.name}
+    if state.is_completed():
+        res = fut.result()
+        cached = state.name == "Cached" or not res.get("computed", True)
+        info.update(res, computed=not cached, seconds=0.0 if state.name == "Cached" else res["seconds"])
+    return info
+
+
+@flow(name="im-compare", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary."""
+    t0, started = time.perf_counter(), time.time()
+    log = get_run_logger()
+    cfg = resolve_config(config, overrides)
+    root = cfg.run_root()
+    write_resolved_config(cfg, root)
+    data_out = root / "data"
+    benches = [b for b in BENCHMARK_ORDER if getattr(cfg.evaluation, b).enabled]
+    log.info(
+        "experiment %s: arms %s, seeds %s, benchmarks %s", cfg.name, [a.name for a in cfg.arms], cfg.seeds, benches
+    )
+
+    # 1. data (the training keys depend on its content, so wait for it)
+    dkey = data_key(cfg)
+    prep = prepare_data_task.with_options(
+        refresh_cache=not is_done(data_out / "data_stats.json", data_out, "data", dkey)
+    )
+    prep_future = prep.submit(cfg, dkey, str(data_out))
+    data_hash = prep_future.result()["data_hash"]
+
+    # 2. base model once, then every arm × seed: train → evaluate
+    futures: dict[str, Any] = {}
+
+    def submit_evals(arm: str, seed: int | None, out_dir: Path, model: str, model_key: str, after: Any) -> None:
+        for b in benches:
+            ek = eval_key(cfg, model_key, b, getattr(cfg.evaluation, b), data_hash)
+            fresh = not is_done(out_dir / "eval" / f"{b}.json", out_dir / "eval", b, ek)
+            futures[f"evaluate/{arm}/{seed}/{b}"] = evaluate_task.with_options(refresh_cache=fresh).submit(
+                cfg,
+                arm,
+                seed,
+                b,
+                ek,
+                str(out_dir),
+                model,
+                model_key,
+                str(data_out),
+                wait_for=[after] if after is not None else None,
+            )
+
+    if cfg.evaluation.evaluate_base:
+        submit_evals(BASE_ARM, None, root / BASE_ARM, cfg.model.source, base_key(cfg), None)
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            rd = cfg.run_dir(arm.name, seed)
+            tk = train_key(cfg, arm, seed, data_hash)
+            fresh = not is_done(rd / "train_summary.json", rd, "train", tk)
+            tf = train_task.with_options(refresh_cache=fresh).submit(cfg, arm.name, seed, tk, str(rd), str(data_out))
+            futures[f"train/{arm.name}/{seed}"] = tf
+            submit_evals(arm.name, seed, rd, str(rd / "checkpoint"), tk, tf)
+
+    # 3. progress in the UI while the work runs
+    total = len(futures)
+    progress_id = create_progress_artifact(
+        progress=0.0,
+        key=f"{_slug(cfg.name)}-progress",
+        description=f"{cfg.name}: {total} training/evaluation task runs",
+    )
+    for i, _ in enumerate(as_completed(list(futures.values())), start=1):
+        update_progress_artifact(progress_id, progress=100.0 * i / total)
+    release_model()
+
+    # 4. timings so far, then the report (always rebuilt: cheap, and it must see all results)
+    records = {"prepare/data": _record(prep_future)} | {name: _record(f) for name, f in futures.items()}
+    failed = sorted(name for name, r in records.items() if r["state"] not in ("Completed", "Cached"))
+    entry = _timing_entry(records, started)
+    _save_timings(root, entry)
+    report_dir = Path(cfg.report_dir) / cfg.name
+    rep_future = report_task.submit(str(root), str(report_dir), wait_for=[allow_failure(f) for f in futures.values()])
+    rep = rep_future.result()
+    entry["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
+    entry["total_seconds"] = round(time.perf_counter() - t0, 3)
+    _save_timings(root, entry)
+
+    # 5. results in the UI
+    key = _slug(cfg.name)
+    create_markdown_artifact(
+        Path(rep["report"]).read_text(encoding="utf-8"),
+        key=f"{key}-report",
+        description=f"IT vs IM report for {cfg.name}",
+    )
+    if rep.get("table"):
+        create_table_artifact(rep["table"], key=f"{key}-comparison", description="benchmark × arm (mean ± stderr)")
+    summary = {
+        "experiment": cfg.name,
+        "run_root": str(root),
+        "report": rep["report"],
+        "failed": failed,
+        "timings": entry,
+    }
+    print(format_timings(entry))
+    if failed:
+        log.error("failed task runs: %s", ", ".join(failed))
+    return summary
+
+
+def _timing_entry(records: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
+    stages: dict[str, dict[str, Any]] = {s: {"seconds": 0.0, "computed": 0, "cached": 0} for s in STAGES}
+    for name, r in records.items():
+        st = stages[name.split("/", 1)[0]]
+        if r.get("computed"):
+            st["computed"] += 1
+            st["seconds"] = round(st["seconds"] + r.get("seconds", 0.0), 3)
+        elif r["state"] in ("Completed", "Cached"):
+            st["cached"] += 1
+            st["seconds"] = round(st["seconds"] + r.get("seconds", 0.0), 3)
+    tasks = {name: {k: r.get(k) for k in ("state", "seconds", "computed")} for name, r in records.items()}
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "stages": stages,
+        "tasks": tasks,
+        "machine": provenance()["machine"],
+        "max_workers": MAX_WORKERS,
+    }
+
+
+def _save_timings(root: Path, entry: dict[str, Any]) -> None:
+    """Append (or update) this flow run's entry in runs/<experiment>/timings.json."""
+    path = root / "timings.json"
+    history: list[dict[str, Any]] = []
+    if path.is_file():
+        history = json.loads(path.read_text(encoding="utf-8")).get("runs", [])
+    if history and history[-1].get("started") == entry["started"]:
+        history[-1] = entry
+    else:
+        history.append(entry)
+    write_json(path, {"runs": history[-HISTORY:]})
+
+
+def format_timings(entry: dict[str, Any], total: float | None = None) -> str:
+    """The wall-time table printed at the end of a run."""
+    lines = ["", "stage      wall (s)  computed  cached"]
+    for name in STAGES:
+        st = entry["stages"].get(name, {})
+        lines.append(f"{name:<10} {st.get('seconds', 0.0):>8.1f}  {st.get('computed', 0):>8}  {st.get('cached', 0):>6}")
+    flow_total = entry.get("total_seconds")
+    if flow_total is not None:
+        lines.append(f"{'flow':<10} {flow_total:>8.1f}")
+    if total is not None:
+        lines.append(f"{'total':<10} {total:>8.1f}   (including Prefect start-up)")
+    return "\n".join(lines)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``im-pipeline run CONFIG [--set k=v ...]``: run the compare flow, print wall times per stage."""
+    t0 = time.perf_counter()
+    cfg = load_config(args.config, args.overrides)  # validate before starting Prefect: clear errors first
+    where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
+    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds) on {where}")
+    state = compare_flow(cfg.to_dict(), return_state=True)
+    summary = state.result(raise_on_failure=False)
+    total = time.perf_counter() - t0
+    if not isinstance(summary, dict):
+        print(f"error: the flow did not finish: {state.message or summary}")
+        return 1
+    _record_total(Path(summary["run_root"]), total)
+    print(format_timings(summary["timings"], total))
+    print(f"\nreport: {summary['report']}")
+    if summary["failed"]:
+        print(f"failed task runs: {', '.join(summary['failed'])}")
+        return 1
+    return 0
+
+
+def _record_total(root: Path, total: float) -> None:
+    path = root / "timings.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["runs"][-1]["command_seconds"] = round(total, 3)
+    write_json(path, data)

@@ -1,0 +1,43 @@
+"""Task options shared by the wrappers: result persistence for the cache, retries only on I/O."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# Deterministic failures (a missing file, a bad value) are never retried; network/judge errors are.
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_TRANSIENT_NAMES = {
+    "APIConnectionError",
+    "APITimeoutError",
+    "RateLimitError",
+    "InternalServerError",
+    "ConnectError",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "RemoteDisconnected",
+    "HfHubHTTPError",
+}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for I/O errors worth a retry (network, judge API, downloads)."""
+    if exc is None or isinstance(exc, _NOT_TRANSIENT):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    return type(exc).__name__ in _TRANSIENT_NAMES
+
+
+def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the failure is transient I/O."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as err:  # the result itself may be unreadable
+        exc = err
+    return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+def done(stage: str, seconds: float, computed: bool, **extra: Any) -> dict[str, Any]:
+    """What every task returns: enough for the flow's timing table."""
+    return {"stage": stage, "seconds": round(seconds, 3), "computed": computed, "finished_at": time.time(), **extra}

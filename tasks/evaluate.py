@@ -1,0 +1,78 @@
+"""Prefect task: one benchmark on one model (an arm's checkpoint or the base model)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from im_pipeline.config import ExperimentConfig
+from tasks.cache import BASE_ARM, is_done, prefect_cache_key, write_stamp
+from tasks.common import done, retry_on_io
+
+_LOADED: dict[str, Any] = {}  # the last loaded (model, tokenizer), shared by consecutive tasks in one process
+
+
+@task(
+    name="evaluate",
+    cache_key_fn=prefect_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_on_io,
+    task_run_name="eval-{benchmark}-{arm}-seed-{seed}",
+)
+def evaluate_task(
+    cfg: ExperimentConfig,
+    arm: str,
+    seed: int | None,
+    benchmark: str,
+    key: str,
+    out_dir: str,
+    model_dir: str,
+    model_key: str,
+    data_dir: str,
+) -> dict[str, Any]:
+    """Run ``benchmark`` on ``model_dir`` and write ``out_dir/eval/<benchmark>.json`` (skipped when done)."""
+    start, eval_dir = time.perf_counter(), Path(out_dir) / "eval"
+    computed = not is_done(eval_dir / f"{benchmark}.json", eval_dir, benchmark, key)
+    if computed:
+        from im_pipeline.data import read_jsonl
+        from im_pipeline.evaluation import EvalContext, run_benchmark
+
+        ev = cfg.evaluation
+        ctx = EvalContext(
+            model_source=model_dir,
+            out_dir=eval_dir,
+            data_dir=cfg.resolved_data_dir(),
+            arm=arm,
+            seed=seed,
+            config_hash=key,
+            template=cfg.data.template,
+            batch_size=ev.batch_size,
+            judge=ev.judge,
+            dtype=cfg.model.dtype,
+            cache_dir=cfg.model.cache_dir,
+        )
+        if benchmark == "overfitting":
+            data = Path(data_dir)
+            ctx.extra = {
+                "train": read_jsonl(data / "train.jsonl"),
+                "held_out": read_jsonl(data / "held_out.jsonl"),
+                "run_dir": None if arm == BASE_ARM else str(out_dir),
+            }
+        identity = (model_dir, model_key, cfg.model.dtype)
+        if _LOADED.get("identity") == identity:
+            ctx._loaded = _LOADED["pair"]
+        run_benchmark(benchmark, ctx, getattr(ev, benchmark))
+        if ctx._loaded is not None:
+            _LOADED.update(identity=identity, pair=ctx._loaded)
+        write_stamp(eval_dir, benchmark, key)
+    return done("evaluate", time.perf_counter() - start, computed, arm=arm, seed=seed, benchmark=benchmark)
+
+
+def release_model() -> None:
+    """Forget the shared loaded model (frees memory at the end of a flow)."""
+    _LOADED.clear()

@@ -1,0 +1,21 @@
+"""Prefect task: aggregate the run directory and write the Markdown report (always recomputed: cheap)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.common import done
+
+
+@task(name="report")
+def report_task(run_root: str, report_dir: str) -> dict[str, Any]:
+    """Build reports/<experiment>/REPORT.md + figures from the run directory's JSON files."""
+    from im_pipeline.report.build import build_report
+
+    start = time.perf_counter()
+    result = build_report(Path(run_root), Path(report_dir))
+    return done("report", time.perf_counter() - start, True, **result)

@@ -1,0 +1,33 @@
+"""Prefect task: train one arm with one seed (runs/<experiment>/<arm>/seed-<s>/)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from im_pipeline.config import ExperimentConfig
+from tasks.cache import clear_stale_run, is_done, prefect_cache_key, write_stamp
+from tasks.common import done
+
+
+@task(name="train-arm", cache_key_fn=prefect_cache_key, persist_result=True, task_run_name="train-{arm}-seed-{seed}")
+def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: str, data_dir: str) -> dict[str, Any]:
+    """Train (or resume, or skip when done under the same key) and return the train summary."""
+    start, run_dir = time.perf_counter(), Path(out_dir)
+    computed = not is_done(run_dir / "train_summary.json", run_dir, "train", key)
+    if computed:
+        from im_pipeline.data import read_jsonl
+        from im_pipeline.training import train_arm
+
+        if clear_stale_run(run_dir, key):
+            print(f"{arm}/seed-{seed}: settings changed, removed the old run directory {run_dir}")
+        write_stamp(run_dir, "train-started", key)  # an interrupted run with this key resumes
+        data = Path(data_dir)
+        train_arm(
+            cfg, cfg.arm(arm), seed, read_jsonl(data / "train.jsonl"), read_jsonl(data / "held_out.jsonl"), run_dir
+        )
+        write_stamp(run_dir, "train", key)
+    return done("train", time.perf_counter() - start, computed, arm=arm, seed=seed)
