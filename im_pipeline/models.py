@@ -263,8 +263,10 @@ def _cached_conversion(name: str, root: Path, get_gguf: Callable[[], Path], clea
     with _file_lock(root / "locks" / f"{name}.lock"):
         if _is_complete_hf_dir(target):  # converted by another process while we waited
             return target
-        if target.exists():  # left by an older, interrupted layout; never trust it
+        if target.exists():  # incomplete (no provenance file): never trust it
             shutil.rmtree(target)
+        for stale in target.parent.glob(f".{name}.tmp-*"):  # left by a killed process (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         gguf = get_gguf()
         try:
             with _atomic_dir(target) as tmp:

@@ -214,9 +214,13 @@ def test_crash_during_conversion_leaves_no_cache(
     with pytest.raises(RuntimeError, match="killed"):
         resolve_model(str(tiny_gguf), cache_dir=str(tmp_path))
     assert list((tmp_path / "models").iterdir()) == []
+    # A SIGKILLed conversion leaves its temporary dir behind; the next conversion (holding the lock) removes it.
+    stale = tmp_path / "models" / f".{models._gguf_cache_key(tiny_gguf)}.tmp-killed"
+    stale.mkdir()
     monkeypatch.setattr(models, "convert_gguf", real)
     out = Path(resolve_model(str(tiny_gguf), cache_dir=str(tmp_path)))
     assert (out / PROVENANCE_FILE).is_file()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [out.name]
 
 
 def test_directory_with_one_gguf_is_a_gguf_source(tiny_gguf: Path, tmp_path: Path) -> None:
