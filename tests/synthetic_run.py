@@ -119,6 +119,11 @@ def make_experiment(
                 )
                 + "\n"
             )
+    for arm, tl, te, bleu in (("IT", 1.0, 1.6, 20.0), ("IM", 1.1, 1.4, 17.5)):
+        _write(
+            root / arm / f"seed-{seeds[0]}" / "eval" / "overfitting.json",
+            result("overfitting", "bleu4", bleu, 1.5, 4, train_loss=tl, test_loss=te, loss_gap=te - tl),
+        )
     _write(root / "base" / "eval" / "mmlu.json", result("mmlu", "acc", 0.25, 0.05, 10, arm="base"))
     _write(
         root / "timings.json",

@@ -57,6 +57,11 @@ def test_report_tables_and_figures(runs: Path, tmp_path: Path) -> None:
     assert "Paper (reference, LLaMA-2-7B): gain = 18.85·ln(ratio) + 25.83" in text
     # overfitting + provenance
     assert _row(text, "IM")[1:4] == ["0", "1.500", "1.250"]
+    im_rows = [ln for ln in text.splitlines() if ln.startswith("| IM | 0 |")]
+    assert "| IM | 0 | 1.100 | 1.400 | 0.300 | 17.50 ± 1.50 | 4 |" in im_rows
+    bleu = _row(text, "Memorisation (BLEU-4 vs training outputs)")
+    assert bleu[1] == "bleu4" and bleu[4:7] == ["20.00 ± 1.50", "17.50 ± 1.50", "-2.50 [-6.66, 1.66]"]
+    # (only seed 0 has it: one-seed CI ± 1.96·√(1.5²+1.5²) = ± 4.16)
     assert "Config hash: `deadbeef0001`" in text and "`abc123`" in text and "local_hf:tiny" in text
     figs = {Path(f).name for f in out["figures"]}
     assert figs == {"comparison.png", "length_ratio.png", "loss_curves.png"}

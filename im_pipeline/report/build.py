@@ -25,7 +25,7 @@ BENCH_LABEL = {
     "truthfulqa": "TruthfulQA",
     "humaneval": "HumanEval",
     "alpaca_eval": "AlpacaEval",
-    "overfitting": "Overfitting (held-out loss)",
+    "overfitting": "Memorisation (BLEU-4 vs training outputs)",
 }
 CHANCE_PERCENT = {"mmlu": 25.0, "humaneval": 0.0, "alpaca_eval": 50.0}
 HOW_TO_PROVIDE = {
@@ -90,7 +90,7 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
         bench = row["benchmark"]
         rec = _first_record(run, bench)
         k = factor(rec, bench)
-        digits = 3 if bench == "overfitting" else 1
+        digits = 2 if bench == "overfitting" else 1
         unit = "%" if k == 100.0 or (rec or {}).get("unit") == "percent" else ""
         metric = f"{row['metric'] or ''}{' (' + unit + ')' if unit else ''}"
         cells = []
@@ -137,7 +137,8 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
         else "",
         "Chance levels: MMLU 25% (4 options), HumanEval 0, AlpacaEval 50% (a model judged against outputs of "
         "its own quality). ¹ TruthfulQA mc2 has no fixed chance level (a uniform model scores #true/#choices "
-        "per question). Overfitting row: held-out loss on output tokens, lower is better.",
+        "per question). Memorisation row: BLEU-4 of greedy generations against the training outputs "
+        "(0–100, lower = less copying).",
     ]
     return _md_table(header, md_rows) + "\n\n" + "\n".join(f"- {n}" for n in notes if n), records
 
@@ -292,18 +293,6 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
     ]
     ov = run.results.get("overfitting", {})
     ov_rows = []
-    numeric_keys: list[str] = []
-    for by_seed in ov.values():
-        for r in by_seed.values():
-            if agg.ok(r):
-                for k, v in r.items():
-                    if (
-                        isinstance(v, (int, float))
-                        and not isinstance(v, bool)
-                        and k not in ("value", "stderr", "n", "limit", "seed", "wall_time_s")
-                        and k not in numeric_keys
-                    ):
-                        numeric_keys.append(k)
     for arm in [agg.BASE, *arms]:
         for seed, r in sorted(ov.get(arm, {}).items(), key=lambda kv: kv[0] or 0):
             if agg.ok(r):
@@ -311,16 +300,23 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
                     [
                         arm,
                         "–" if seed is None else seed,
-                        f"{r.get('metric')} = {_f(r['value'], 3)}",
-                        *[_f(r.get(k), 3) if isinstance(r.get(k), float) else r.get(k, "–") for k in numeric_keys],
+                        _f(r.get("train_loss"), 3),
+                        _f(r.get("test_loss"), 3),
+                        _f(r.get("loss_gap"), 3),
+                        f"{_f(r['value'], 2)} ± {_f(r.get('stderr'), 2)}",
+                        r.get("n", "–"),
                     ]
                 )
     if ov_rows:
         parts.append(
-            "Overfitting benchmark (train vs held-out loss on output tokens, BLEU-4 of greedy generations "
-            "against the training outputs, as the paper's Table 2):"
+            "Overfitting benchmark: loss on output tokens (IT mask, the same measure for every arm) of "
+            "training and held-out conversations, and BLEU-4 of greedy generations for training prompts "
+            "against their training outputs (paper Table 2; lower = less memorisation; stderr by "
+            "bootstrap over items):"
         )
-        parts.append(_md_table(["arm", "seed", "main metric", *numeric_keys], ov_rows))
+        parts.append(
+            _md_table(["arm", "seed", "train loss", "test loss", "gap (test − train)", "BLEU-4", "BLEU items"], ov_rows)
+        )
     fig = _loss_figure(run, fig_dir)
     if fig:
         parts.append(f"![loss curves](figures/{fig.name})")
