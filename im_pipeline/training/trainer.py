@@ -45,6 +45,46 @@ TRAINER_CKPT_DIR = "trainer_checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"
 
 
+# -- length-grouped sampling -------------------------------------------------------------------------------------------
+
+
+class LengthGroupedEpochSampler(torch.utils.data.Sampler[int]):
+    """Index order with micro-batches of similar length, reproducible per epoch (for exact resume).
+
+    Per epoch: a seeded random permutation, cut into mega-batches of ``mega_batches`` batches; each mega-batch is
+    sorted by length, cut into batches of ``batch_size`` and the batch order shuffled. ``batch_size`` is the
+    examples per *optimiser step* (micro-batch × accumulation): the examples of a step do not depend on how it is
+    split into micro-batches, and consecutive micro-batches stay sorted, so each is of similar length. Less padding than
+    ``transformers``' ``LengthGroupedSampler`` (which sorts mega-batches of ``4 × batch`` on small sets) and, unlike
+    it, seeded by ``seed + epoch`` rather than the global RNG — so a run resumed in a later epoch sees the same order
+    as an uninterrupted one. The Trainer calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 64) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = max(mega_batches, 1) * batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        out: list[int] = []
+        for start in range(0, len(perm), self.mega):
+            chunk = sorted(perm[start : start + self.mega], key=lambda i: self.lengths[i], reverse=True)
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            for b in torch.randperm(len(batches), generator=g).tolist():
+                out.extend(batches[b])
+        return iter(out)
+
+
 # -- the Trainer subclass ---------------------------------------------------------------------------------------------
 
 
@@ -81,6 +121,16 @@ class WeightedLossTrainer(Trainer):
         self._denominators: tuple[torch.Tensor, torch.Tensor] | None = None
         # Running counters since the last log (read and reset in ``log``).
         self._window = {"real_tokens": 0, "padded_tokens": 0, "lm_loss": 0.0, "kl": 0.0, "micro_batches": 0}
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        # Trainer's sampler hook (TRL overrides it too): our length grouping, seeded per epoch.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            lengths = [len(x["input_ids"]) for x in dataset]
+            step_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedEpochSampler(lengths, step_batch, seed)
+        return super()._get_train_sampler(train_dataset)
 
     # Public Trainer hook: collects the micro-batches of one optimiser step.
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
