@@ -83,6 +83,8 @@ def _check_mode(mode: str, prompt_loss_weight: float | None) -> float:
         if not 0.0 <= float(prompt_loss_weight) <= 1.0:
             raise ValueError(f"prompt_loss_weight must be in [0, 1], got {prompt_loss_weight}")
         return float(prompt_loss_weight)
+    if prompt_loss_weight is not None:
+        raise ValueError(f"prompt_loss_weight is only used with loss mode 'weighted' (got mode {mode!r})")
     return 0.0
 
 
