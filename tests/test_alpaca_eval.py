@@ -104,6 +104,15 @@ def test_local_judge_end_to_end_and_rerun_is_free(tmp_path, tiny_model_dir, monk
     assert result["version"] == "1.0" and result["reference"] == "text_davinci_003"
     assert result["annotator"] == "alpaca_eval_gpt4" and result["judge_calls"] == 4
     assert result["instructions_source"].endswith("text_davinci_003/model_outputs.json")
+    # the recomputed swap agrees with what the judge actually saw: its raw answer ranks the first-shown output
+    from alpaca_eval.completion_parsers import ranking_parser
+
+    cache = json.loads(Path(result["artifacts"]["judge_cache"]).read_text())
+    annotations = json.loads(Path(result["artifacts"]["annotations"]).read_text())
+    ident = result["judge"]
+    for a in annotations:
+        raw = cache[ae.AnnotationCache.key(ident, "alpaca_eval_gpt4", a["instruction"], a["output_1"], a["output_2"])]
+        assert a["first_shown_won"] == [ranking_parser(raw["raw_completion"])[0] == 1]
 
     # a re-run neither generates nor judges again, and gives the same numbers
     import im_pipeline.evaluation.generation as generation
@@ -161,3 +170,29 @@ def test_real_reference_file_version_2(tmp_path, tiny_model_dir, data_dir):
     result = ae.run_alpaca_eval(ctx, BenchmarkConfig(limit=2, options={"version": 2, "max_new_tokens": 4}))
     assert result["n"] == 2 and "this run used 2" in result["lc_note"]
     assert result["avg_length"]["reference_chars"] > result["avg_length"]["model_chars"]
+
+
+def test_both_orders_averages_the_two_presentations(tmp_path, tiny_model_dir):
+    data_dir = fake_data_dir(tmp_path / "data")
+    ctx = make_ctx(tiny_model_dir, tmp_path / "out", data_dir, JudgeConfig(model=str(tiny_model_dir)))
+    cfg = BenchmarkConfig(limit=3, options={"version": 1, "max_new_tokens": 6, "both_orders": True})
+    result = ae.run_alpaca_eval(ctx, cfg)
+    assert result["judge_calls"] == 6 and result["both_orders"] is True
+    annotations = json.loads(Path(result["artifacts"]["annotations"]).read_text())
+    cache = json.loads(Path(result["artifacts"]["judge_cache"]).read_text())
+    ident = {"kind": "local_hf", "model": str(tiny_model_dir), "base_url_host": None}
+    for a in annotations:
+        fwd = cache[
+            ae.AnnotationCache.key(
+                ident, "alpaca_eval_gpt4|both-orders", a["instruction"], a["output_1"], a["output_2"]
+            )
+        ]["preference"]
+        rev = cache[
+            ae.AnnotationCache.key(
+                ident, "alpaca_eval_gpt4|both-orders", a["instruction"], a["output_2"], a["output_1"]
+            )
+        ]["preference"]
+        assert a["preference"] == pytest.approx((fwd + 3 - rev) / 2)
+        assert len(a["first_shown_won"]) == 2
+    won = [w for a in annotations for w in a["first_shown_won"]]
+    assert result["judge_prefers_first_shown"] == pytest.approx(sum(won) / len(won), abs=1e-4)

@@ -15,6 +15,8 @@ Options (``evaluation.alpaca_eval.options``):
   ``weighted_alpaca_eval_gpt4_turbo`` for 2.0); the judge replaces its model.
 - ``max_new_tokens`` (default 512): generation budget per answer; output length matters to AlpacaEval.
 - ``cache_dir``: where generations and judge verdicts are cached (default ``<out_dir>/alpaca_eval``).
+- ``both_orders`` (default false): judge each pair in both orders and average, cancelling the judge's position
+  bias (worth it for small local judges; doubles judge cost). Default is ``alpaca_eval``'s seeded random order.
 - ``guided_choice`` (default false): send vLLM's ``guided_choice`` to an OpenAI-compatible judge server.
 - ``judge_concurrency`` (default 4): parallel requests to an OpenAI-compatible judge.
 - ``seed`` (default 123): which instructions a ``limit`` picks (``alpaca_eval``'s own ``max_instances`` seed).
@@ -204,6 +206,7 @@ def annotate(
     annotator: str,
     cache: AnnotationCache,
     *,
+    both_orders: bool = False,
     guided_choice: bool = False,
     concurrency: int = 4,
     local_judge: LocalHFJudge | None = None,
@@ -211,21 +214,34 @@ def annotate(
 ) -> tuple[list[dict[str, Any]], int]:
     """Preference for each pair (``instruction``, ``output_1`` = reference, ``output_2`` = model).
 
-    ``preference``: 1 = reference better, 2 = model better, in between for weighted judges, 1.5 for identical
-    outputs, None when the judge's answer did not parse. Verdicts are looked up in / added to ``cache`` (saved
-    after each chunk, so an interrupted run keeps what it paid for). Returns (annotations, new judge calls).
+    ``preference``: 1 = reference better, 2 = model better, in between for weighted judges (or averaged orders),
+    1.5 for identical outputs, None when the judge's answer did not parse. Default: ``alpaca_eval``'s protocol,
+    one verdict per pair with the two outputs in a seeded random order. ``both_orders``: the judge sees each pair
+    both ways and the two verdicts are averaged, which cancels a judge's position bias (small judges have a lot)
+    at twice the cost. ``first_shown_won``: per verdict, whether the judge preferred the output it saw first.
+    Verdicts are looked up in / added to ``cache`` (saved after each chunk, so an interrupted run keeps what it
+    paid for). Returns (annotations, new judge calls).
     """
     import pandas as pd
 
     ae = _alpaca_eval()
     config = annotator_config(annotator)
     identity = judge_identity(judge)
-    keys = [AnnotationCache.key(identity, annotator, p["instruction"], p["output_1"], p["output_2"]) for p in pairs]
-    todo = [
-        i
-        for i, (p, k) in enumerate(zip(pairs, keys, strict=True))
-        if cache.get(k) is None and p["output_1"] != p["output_2"]
-    ]
+    tag = f"{annotator}|both-orders" if both_orders else annotator
+    # presentations: (instruction, output_1, output_2) as handed to alpaca_eval, per pair
+    shown: list[list[tuple[str, str, str]]] = []
+    for p in pairs:
+        forward = (p["instruction"], p["output_1"], p["output_2"])
+        shown.append([forward, (p["instruction"], p["output_2"], p["output_1"])] if both_orders else [forward])
+    keys = [[AnnotationCache.key(identity, tag, *s) for s in per] for per in shown]
+    todo = list(
+        {
+            k: s
+            for per, ks in zip(shown, keys, strict=True)
+            for s, k in zip(per, ks, strict=True)
+            if cache.get(k) is None and s[1] != s[2]
+        }.items()
+    )
     calls = 0
     if todo:
         protocol = protocol_for(config)
@@ -237,52 +253,47 @@ def annotate(
         kwargs = {k: v for k, v in config.items() if k not in ("fn_completions", "pretty_name", "link")}
         kwargs.setdefault("completions_kwargs", {})["model_name"] = judge.model
         single = ae.annotators.pairwise_evaluator.SinglePairwiseAnnotator(
-            fn_completions=fn, seed=0, annotation_column="preference", completion_column="raw_completion", **kwargs
+            fn_completions=fn,
+            seed=0,
+            annotation_column="preference",
+            completion_column="raw_completion",
+            is_randomize_output_order=not both_orders,
+            **kwargs,
         )
-        log.info(
-            "AlpacaEval judging %d pairs with %s (%s); %d cached",
-            len(todo),
-            identity,
-            annotator,
-            len(pairs) - len(todo),
-        )
+        log.info("AlpacaEval: %d judge calls with %s (%s); %d pairs", len(todo), identity, tag, len(pairs))
         for start in range(0, len(todo), chunk):
-            idx = todo[start : start + chunk]
-            df = pd.DataFrame(
-                [
-                    {
-                        "instruction": pairs[i]["instruction"],
-                        "output_1": pairs[i]["output_1"],
-                        "output_2": pairs[i]["output_2"],
-                        "_key": keys[i],
-                    }
-                    for i in idx
-                ]
-            )
+            part = todo[start : start + chunk]
+            df = pd.DataFrame([{"instruction": s[0], "output_1": s[1], "output_2": s[2], "_key": k} for k, s in part])
             done = single(df)
-            calls += len(idx)
+            calls += len(part)
             by_key = {row["_key"]: row for row in done.to_dict(orient="records")}
-            for i in idx:
-                row = by_key.get(keys[i])
+            for k, s in part:
+                row = by_key.get(k)
                 if row is None or pd.isna(row.get("preference")):
-                    log.warning(
-                        "judge answer for instruction %r did not parse; not cached", pairs[i]["instruction"][:60]
-                    )
+                    log.warning("judge answer for instruction %r did not parse; not cached", s[0][:60])
                     continue
                 raw = row.get("raw_completion")
-                cache.put(
-                    keys[i],
-                    {
-                        "preference": float(row["preference"]),
-                        "raw_completion": raw if isinstance(raw, str) else json.dumps(raw, default=str)[:2000],
-                    },
-                )
+                raw = raw if isinstance(raw, str) else json.dumps(raw, default=str)
+                cache.put(k, {"preference": float(row["preference"]), "raw_completion": raw[:2000]})
             cache.save()
+
     annotations = []
-    for p, k in zip(pairs, keys, strict=True):
-        hit = cache.get(k)
-        pref = 1.5 if p["output_1"] == p["output_2"] else (hit["preference"] if hit else None)
-        annotations.append({**p, "annotator": annotator, "preference": pref, "switched": shown_switched(p)})
+    for p, ks in zip(pairs, keys, strict=True):
+        if p["output_1"] == p["output_2"]:
+            annotations.append({**p, "annotator": tag, "preference": 1.5, "first_shown_won": []})
+            continue
+        prefs, first_won = [], []
+        for j, k in enumerate(ks):
+            hit = cache.get(k)
+            if hit is None:
+                continue
+            pref = hit["preference"] if j == 0 else 3.0 - hit["preference"]  # back to (reference, model)
+            prefs.append(pref)
+            model_first = (j == 1) if both_orders else shown_switched(p)
+            if pref != 1.5:
+                first_won.append((pref > 1.5) == model_first)
+        preference = sum(prefs) / len(prefs) if prefs else None
+        annotations.append({**p, "annotator": tag, "preference": preference, "first_shown_won": first_won})
     return annotations, calls
 
 
@@ -324,11 +335,9 @@ def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
         "n_total": int(out["n_total"]),
         "n_unparsed": len(annotations) - len(rows),
     }
-    # Position bias of the judge: how often it preferred whichever output it saw first.
-    shown = [a for a in rows if a.get("switched") is not None and a["preference"] != 1.5]
-    if shown:
-        first = [(a["preference"] < 1.5) != bool(a["switched"]) for a in shown]
-        result["judge_prefers_first_shown"] = round(sum(first) / len(first), 4)
+    # Position bias of the judge: how often it preferred whichever output it saw first (0.5 = none).
+    first = [won for a in rows for won in a.get("first_shown_won", [])]
+    result["judge_prefers_first_shown"] = round(sum(first) / len(first), 4) if first else None
     try:
         lc = ae.metrics.get_length_controlled_winrate(df.copy(), save_weights_dir=None)
         result["length_controlled_win_rate"] = float(lc["length_controlled_winrate"])
@@ -383,6 +392,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         ctx.judge,
         annotator,
         cache,
+        both_orders=bool(opts.get("both_orders", False)),
         guided_choice=bool(opts.get("guided_choice", False)),
         concurrency=int(opts.get("judge_concurrency", 4)),
         local_judge=local,
@@ -411,6 +421,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "version": f"{version}.0",
         "reference": spec["reference"],
         "annotator": annotator,
+        "both_orders": bool(opts.get("both_orders", False)),
         "judge": judge_identity(ctx.judge),
         **{k: v for k, v in metrics.items() if k not in ("win_rate", "standard_error", "n_total")},
         "lc_note": None
