@@ -133,6 +133,17 @@ def test_train_arm_writes_all_files_and_does_not_retrain(tiny_model_dir, tmp_pat
         train_arm(make_cfg(tiny_model_dir, learning_rate=2e-3), arm, 0, train, held, run)
 
 
+def test_kl_logged_and_zero_before_the_first_update(tiny_model_dir, tmp_path):
+    cfg = make_cfg(tiny_model_dir, max_steps=2, loss_normalisation="token")
+    arm = ArmConfig(name="KL", loss_mode="it", kl_coef=0.5)
+    train_arm(cfg, arm, 0, make_records(4), make_records(6)[4:], tmp_path / "kl")
+    rows = [json.loads(ln) for ln in (tmp_path / "kl" / "train_log.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the model still equals the frozen base
+    assert rows[1]["kl"] > 1e-7  # after one update it has moved away
+    for r in rows:
+        assert r["train_loss"] == pytest.approx(r["lm_loss"] + 0.5 * r["kl"], rel=1e-5)
+
+
 @pytest.mark.parametrize("normalisation", ["token", "sequence"])
 def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path, normalisation):
     train, held = make_records(8), make_records(10)[8:]

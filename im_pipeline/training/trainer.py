@@ -120,7 +120,11 @@ class WeightedLossTrainer(Trainer):
             ref_model.to(self.args.device)
         self._denominators: tuple[torch.Tensor, torch.Tensor] | None = None
         # Running counters since the last log (read and reset in ``log``).
-        self._window = {"real_tokens": 0, "padded_tokens": 0, "lm_loss": 0.0, "kl": 0.0, "micro_batches": 0}
+        self._window = self._empty_window()
+
+    @staticmethod
+    def _empty_window() -> dict[str, float]:
+        return {"real_tokens": 0, "padded_tokens": 0, "lm_loss": 0.0, "kl": 0.0, "steps": 0}
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         # Trainer's sampler hook (TRL overrides it too): our length grouping, seeded per epoch.
@@ -135,6 +139,7 @@ class WeightedLossTrainer(Trainer):
     # Public Trainer hook: collects the micro-batches of one optimiser step.
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window["steps"] += 1
         norm = self.loss_normalisation
         if batch_samples:
             loss_n = sum(loss_denominator(b["labels"], b["loss_weights"], norm) for b in batch_samples)
@@ -174,14 +179,13 @@ class WeightedLossTrainer(Trainer):
             self._window["padded_tokens"] += int(mask.numel())
             self._window["lm_loss"] += float(lm_loss.detach())
             self._window["kl"] += float(kl.detach()) if kl is not None else 0.0
-            self._window["micro_batches"] += 1
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the token counts and the loss parts of the window since the last log to training logs."""
         if "loss" in logs:
             w = self._window
-            steps = max(self.state.global_step - getattr(self, "_last_window_step", 0), 1)
+            steps = max(w["steps"], 1)
             logs["tokens"] = w["real_tokens"]
             logs["padded_tokens"] = w["padded_tokens"]
             logs["padding_fraction"] = 1.0 - w["real_tokens"] / w["padded_tokens"] if w["padded_tokens"] else 0.0
@@ -189,9 +193,7 @@ class WeightedLossTrainer(Trainer):
                 # Per-step values (each micro-batch holds its share of the step's loss, so sums are per step).
                 logs["lm_loss"] = w["lm_loss"] / steps
                 logs["kl"] = w["kl"] / steps
-            self._window = dict.fromkeys(w, 0)
-            self._window["lm_loss"] = self._window["kl"] = 0.0
-            self._last_window_step = self.state.global_step
+            self._window = self._empty_window()
         super().log(logs, start_time)
 
 
@@ -549,7 +551,7 @@ def train_arm(
         tokenizer.pad_token_id,
         eval_steps=t.eval_steps,
         steps_per_epoch=steps_per_epoch,
-        batch_size=cfg.evaluation.batch_size,
+        batch_size=t.batch_size,
     )
     trainer = WeightedLossTrainer(
         model=model,
