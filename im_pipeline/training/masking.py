@@ -88,16 +88,23 @@ def _check_mode(mode: str, prompt_loss_weight: float | None) -> float:
     return 0.0
 
 
+def anchor_positions(text: str, offsets: Sequence[tuple[int, int]]) -> list[int | None]:
+    """For every token, the character that decides its weight: its first non-whitespace character
+    (its first character if it is all whitespace); None for tokens without characters (BOS)."""
+    out: list[int | None] = []
+    for start, end in offsets:
+        if end <= start:
+            out.append(None)
+            continue
+        piece = text[start:end]
+        skip = len(piece) - len(piece.lstrip())
+        out.append(start + skip if skip < len(piece) else start)
+    return out
+
+
 def token_weights(text: str, offsets: Sequence[tuple[int, int]], weights: Sequence[float]) -> list[float]:
     """Map character weights to tokens by the first-non-whitespace-character rule."""
-    out: list[float] = []
-    for start, end in offsets:
-        if end <= start:  # special token added by the tokenizer (BOS), no characters
-            out.append(0.0)
-            continue
-        pos = next((p for p in range(start, end) if not text[p].isspace()), start)
-        out.append(weights[pos])
-    return out
+    return [0.0 if p is None else weights[p] for p in anchor_positions(text, offsets)]
 
 
 def tokenize_rendered(rendered: Rendered, tokenizer: Any, template: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -142,8 +149,10 @@ def encode_example(
     messages = record["messages"]
     rendered = render(messages, template, tokenizer)
     ids, offsets = tokenize_rendered(rendered, tokenizer, template)
-    weights = token_weights(rendered.text, offsets, char_weights(rendered, mode, prompt_loss_weight))
-    it = token_weights(rendered.text, offsets, char_weights(rendered, "it"))
+    anchors = anchor_positions(rendered.text, offsets)
+    chars, it_chars = char_weights(rendered, mode, prompt_loss_weight), char_weights(rendered, "it")
+    weights = [0.0 if p is None else chars[p] for p in anchors]
+    it = [0.0 if p is None else it_chars[p] for p in anchors]
     weights[0] = it[0] = 0.0  # nothing predicts the first token
     truncated = len(ids) > max_length
     ids, weights, it = ids[:max_length], weights[:max_length], it[:max_length]
