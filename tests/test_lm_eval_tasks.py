@@ -307,3 +307,41 @@ def test_chat_template_needs_one(lm_eval_mod, tiny, data_dir: Path, tmp_path: Pa
     cfg = BenchmarkConfig(limit=1, options={"apply_chat_template": True})
     with pytest.raises(ValueError, match="no chat template"):
         run_truthfulqa(_ctx(tmp_path, data_dir, loaded=tiny), cfg)
+
+
+@pytest.mark.slow
+def test_hub_and_local_definitions_give_the_same_scores(
+    lm_eval_mod, tiny, data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The standard tasks (source=hub, Hub download replaced by the local rows) and the offline tasks give identical
+    results on the same model and items: same prompts, same scoring. Slow: indexes every built-in lm-eval task."""
+    import datasets
+
+    real_load = datasets.load_dataset
+
+    def fake_hub(path, name=None, **kwargs):
+        if path == "cais/mmlu":
+            return datasets.DatasetDict(
+                {
+                    s: datasets.Dataset.from_list(_hub_mmlu_rows(data_dir / "mmlu" / s / f"{name}_{s}.csv", name))
+                    for s in ("test", "dev")
+                }
+            )
+        if path == "truthfulqa/truthful_qa" and name == "multiple_choice":
+            raw = json.loads((data_dir / "truthfulqa" / "mc_task.json").read_text(encoding="utf-8"))
+            docs = [
+                {"question": r["question"]}
+                | {k: {"choices": list(r[k]), "labels": list(r[k].values())} for k in ("mc1_targets", "mc2_targets")}
+                for r in raw
+            ]
+            return datasets.DatasetDict({"validation": datasets.Dataset.from_list(docs)})
+        return real_load(path, name, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    ctx = _ctx(tmp_path, data_dir, loaded=tiny)
+    for fn, opts, limit in ((run_mmlu, {"subjects": SUBJECTS, "num_fewshot": 1}, 3), (run_truthfulqa, {}, 3)):
+        hub = fn(ctx, BenchmarkConfig(limit=limit, options={**opts, "source": "hub"}))
+        local = fn(ctx, BenchmarkConfig(limit=limit, options={**opts, "source": "local"}))
+        assert hub["source"] == "hub" and local["source"] == "local"
+        for key in ("value", "stderr", "n", "subjects"):
+            assert hub.get(key) == local.get(key), (fn.__name__, key)
