@@ -79,6 +79,7 @@ def _slug(text: str) -> str:
 
 def _record(fut: Any) -> dict[str, Any]:
     """State and timing of one finished task future."""
+    fut.wait()  # sets the final state locally (otherwise .state asks the API, which may lag behind)
     state = fut.state
     info: dict[str, Any] = {"state": state.name}
     if state.is_completed():

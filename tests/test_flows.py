@@ -1,0 +1,175 @@
+"""A real Prefect run of the compare flow on a tiny model: files, report, artifacts, caching, per-arm invalidation.
+
+Uses Prefect's test harness (a temporary database behind an ephemeral API) once per session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("prefect")
+from prefect.testing.utilities import prefect_test_harness
+
+from im_pipeline.config import config_from_dict
+
+SPECIALS = ["Paris", "fox", "sum", "dog"]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    storage = tmp_path_factory.mktemp("prefect-storage")
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}),
+    ):
+        yield
+
+
+def _records(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"ex-{i}",
+            "source": "test",
+            "messages": [
+                {"role": "user", "content": f"Question {i}: tell me about the {SPECIALS[i % 4]} please."},
+                {"role": "assistant", "content": f"Answer {i}: the {SPECIALS[(i + 1) % 4]} is here and well."},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def tiny_config(tmp: Path, model_dir: Path, **arms_extra: Any) -> dict[str, Any]:
+    data = tmp / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _records(12)))
+    off = {"enabled": False}
+    return {
+        "name": "tiny-flow",
+        "model": {"source": str(model_dir)},
+        "data": {"train": str(data), "held_out_size": 4, "max_length": 64},
+        "arms": [{"name": "IT", "loss_mode": "it"}, {"name": "IM", "loss_mode": "im", **arms_extra}],
+        "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "threads": 1},
+        "evaluation": {
+            "mmlu": off,
+            "truthfulqa": off,
+            "alpaca_eval": off,
+            "humaneval": {"enabled": False},
+            "overfitting": {"limit": 2, "options": {"max_new_tokens": 4, "bootstrap": 0}},
+            "batch_size": 4,
+        },
+        "seeds": [0],
+        "output_dir": str(tmp / "runs"),
+        "report_dir": str(tmp / "reports"),
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One cold run of the compare flow, shared by the tests below (they run in file order)."""
+    from flows.compare import compare_flow
+
+    tmp = tmp_path_factory.mktemp("flow")
+    cfg = tiny_config(tmp, tiny_model_dir)
+    return {"tmp": tmp, "cfg": cfg, "root": tmp / "runs" / "tiny-flow", "summary": compare_flow(cfg)}
+
+
+def test_compare_flow_end_to_end(first_run: dict[str, Any]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    summary, root, tmp = first_run["summary"], first_run["root"], first_run["tmp"]
+    assert summary["failed"] == []
+    for arm in ("IT", "IM"):
+        rd = root / arm / "seed-0"
+        assert (rd / "checkpoint" / "config.json").is_file()
+        assert json.loads((rd / "train_summary.json").read_text())["arm"] == arm
+        ov = json.loads((rd / "eval" / "overfitting.json").read_text())
+        assert ov["status"] == "ok" and ov["metric"] == "bleu4" and ov["train_loss"] > 0
+    assert json.loads((root / "base" / "eval" / "overfitting.json").read_text())["arm"] == "base"
+    assert {"train.jsonl", "held_out.jsonl", "data_stats.json"} <= {p.name for p in (root / "data").iterdir()}
+    report = Path(summary["report"])
+    assert report == tmp / "reports" / "tiny-flow" / "REPORT.md"
+    text = report.read_text()
+    assert "# IT vs IM: tiny-flow" in text and "| Memorisation (BLEU-4 vs training outputs) |" in text
+    assert (report.parent / "figures" / "loss_curves.png").is_file()
+    stages = summary["timings"]["stages"]
+    assert stages["train"]["computed"] == 2 and stages["evaluate"]["computed"] == 3
+    timings = json.loads((root / "timings.json").read_text())["runs"][-1]
+    assert timings["total_seconds"] > 0 and set(timings["stages"]) == {"prepare", "train", "evaluate", "report"}
+
+    async def _artifacts() -> set[str]:
+        async with get_client() as client:
+            keys = ["tiny-flow-report", "tiny-flow-comparison", "tiny-flow-progress"]
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+            return {a.key for a in arts}
+
+    import asyncio
+
+    assert asyncio.run(_artifacts()) == {"tiny-flow-report", "tiny-flow-comparison", "tiny-flow-progress"}
+
+
+def test_rerun_recomputes_nothing_but_the_report(first_run: dict[str, Any]) -> None:
+    from flows.compare import compare_flow
+
+    root = first_run["root"]
+    files = [*root.glob("*/seed-0/train_summary.json"), *root.glob("*/*/eval/*.json"), *root.glob("base/eval/*.json")]
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    again = compare_flow(first_run["cfg"])
+    st = again["timings"]["stages"]
+    assert again["failed"] == []
+    assert st["train"]["computed"] == 0 and st["evaluate"]["computed"] == 0 and st["prepare"]["computed"] == 0
+    assert st["train"]["cached"] == 2 and st["evaluate"]["cached"] == 3 and st["report"]["computed"] == 1
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+@pytest.mark.slow
+def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], tiny_model_dir: Path) -> None:
+    from flows.compare import compare_flow
+
+    root = first_run["root"]
+    it_summary, im_summary = (root / a / "seed-0" / "train_summary.json" for a in ("IT", "IM"))
+    before = {p: p.stat().st_mtime_ns for p in (it_summary, im_summary)}
+    changed = tiny_config(first_run["tmp"], tiny_model_dir, neftune_alpha=5.0)
+    third = compare_flow(changed)
+    st = third["timings"]["stages"]
+    assert st["train"]["computed"] == 1 and st["evaluate"]["computed"] == 1
+    assert it_summary.stat().st_mtime_ns == before[it_summary]
+    assert im_summary.stat().st_mtime_ns != before[im_summary]
+    assert json.loads(im_summary.read_text())["neftune_alpha"] == 5.0
+
+    # a deleted result is recomputed even though Prefect remembers its key
+    (root / "IT" / "seed-0" / "eval" / "overfitting.json").unlink()
+    fourth = compare_flow(changed)
+    assert fourth["timings"]["stages"]["evaluate"]["computed"] == 1
+    assert (root / "IT" / "seed-0" / "eval" / "overfitting.json").is_file()
+
+
+def test_cache_keys_are_per_arm(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tasks.cache import eval_key, train_key
+
+    a = config_from_dict(tiny_config(tmp_path, tiny_model_dir))
+    b = config_from_dict(tiny_config(tmp_path, tiny_model_dir, kl_coef=0.1))
+    assert train_key(a, a.arm("IT"), 0, "h") == train_key(b, b.arm("IT"), 0, "h")
+    assert train_key(a, a.arm("IM"), 0, "h") != train_key(b, b.arm("IM"), 0, "h")
+    assert train_key(a, a.arm("IT"), 0, "h") != train_key(a, a.arm("IT"), 1, "h")
+    assert train_key(a, a.arm("IT"), 0, "h") != train_key(a, a.arm("IT"), 0, "other-data")
+    # an evaluation key follows its model and its own benchmark settings only
+    k = train_key(a, a.arm("IT"), 0, "h")
+    ov = a.evaluation.overfitting
+    assert eval_key(a, k, "overfitting", ov, "h") == eval_key(b, k, "overfitting", b.evaluation.overfitting, "h")
+    c = config_from_dict({**tiny_config(tmp_path, tiny_model_dir), "name": "renamed"})
+    assert train_key(a, a.arm("IT"), 0, "h") == train_key(c, c.arm("IT"), 0, "h")
+
+
+def test_transient_errors_only_are_retried() -> None:
+    from tasks.common import is_transient
+
+    assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError())
+    assert not is_transient(FileNotFoundError("x")) and not is_transient(ValueError("bad"))
+    assert not is_transient(RuntimeError("bug"))
