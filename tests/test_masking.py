@@ -169,6 +169,14 @@ def test_eos_is_the_special_token(fixture_tok, sp_tok):
         assert all(enc["loss_weights"][i] == 1.0 for i in eos_positions)
 
 
+def test_eos_that_is_not_a_special_token_is_refused(tiny_model_dir: Path):
+    """An EOS string the tokenizer splits into pieces would never teach the model to stop: refuse it."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.eos_token = "<|end|>"  # not in the vocabulary: byte-level pieces
+    with pytest.raises(ValueError, match="not tokenised as one special token"):
+        encode_example(SINGLE, tok, mode="it")
+
+
 def test_chat_template_masks(tiny_model_dir: Path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
