@@ -46,14 +46,24 @@ MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
 MMLU_GROUP = "im_pipeline_mmlu"
 TRUTHFULQA_LOCAL_TASK = "truthfulqa_mc2_local"
 SOURCES = ("auto", "hub", "local")
-DATA_HINT = (
-    "pass --data-dir DIR (or set ${env} / the config's data_dir) to a directory holding {layout}; "
-    "or evaluate online (HF_HUB_OFFLINE unset, huggingface.co reachable) with the standard lm-eval task"
-)
 
 
 class LocalDataError(ValueError):
     """A local benchmark file is malformed. The message names the file (and line or record)."""
+
+
+def _data_hint(layout: str) -> str:
+    return (
+        f"pass --data-dir DIR (or set ${DATA_DIR_ENV} / the config's data_dir) to a directory holding {layout}; "
+        "or evaluate online (HF_HUB_OFFLINE unset, huggingface.co reachable) with the standard lm-eval task"
+    )
+
+
+class _QuietCustomDataset(logging.Filter):
+    """Drops lm-eval's per-task hint about passing kwargs to a ``custom_dataset`` (one line per MMLU subject)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
 
 
 # -- local data: readers used both for up-front validation and as lm-eval's custom_dataset --------
@@ -240,8 +250,7 @@ def _data_dir(ctx: EvalContext, benchmark: str, layout: str) -> Path:
     value = ctx.data_dir or os.environ.get(DATA_DIR_ENV)
     if not value:
         raise BenchmarkSkipped(
-            f"{benchmark}: offline (Hub unreachable or HF_HUB_OFFLINE set) and no data directory; "
-            + DATA_HINT.replace("${env}", DATA_DIR_ENV).format(layout=layout)
+            f"{benchmark}: offline (Hub unreachable or HF_HUB_OFFLINE set) and no data directory; " + _data_hint(layout)
         )
     return Path(value).expanduser().resolve()
 
@@ -281,17 +290,22 @@ def _evaluate(
     # include_defaults=True indexes all built-in task YAMLs (~15 s); only needed for the standard tasks.
     manager = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ctx.batch_size)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=manager,
-        apply_chat_template=apply_chat_template,
-        fewshot_as_multiturn=apply_chat_template,
-        log_samples=False,
-        bootstrap_iters=1000,
-    )
+    quiet, task_log = _QuietCustomDataset(), logging.getLogger("lm_eval.api.task")
+    task_log.addFilter(quiet)
+    try:
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            apply_chat_template=apply_chat_template,
+            fewshot_as_multiturn=apply_chat_template,
+            log_samples=False,
+            bootstrap_iters=1000,
+        )
+    finally:
+        task_log.removeFilter(quiet)
     if results is None:  # only for non-zero ranks in distributed runs
         raise RuntimeError("lm-eval returned no results")
     return results
@@ -346,12 +360,8 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
                 for split in ("test", "dev"):
                     path = mmlu_file(data_dir, subject, split)
                     if not path.is_file():
-                        raise BenchmarkSkipped(
-                            f"mmlu: local file missing: {path}; "
-                            + DATA_HINT.replace("${env}", DATA_DIR_ENV).format(
-                                layout="mmlu/{dev,test}/<subject>_{dev,test}.csv"
-                            )
-                        )
+                        layout = "mmlu/{dev,test}/<subject>_{dev,test}.csv"
+                        raise BenchmarkSkipped(f"mmlu: local file missing: {path}; {_data_hint(layout)}")
                     read_mmlu_csv(path, subject)
             task_of = dict(zip(subjects, write_local_mmlu_tasks(data_dir, subjects, include_path), strict=True))
         # A group file, not an inline dict: lm-eval 0.4.13 passes an inline group's keys on to its tasks.
@@ -399,8 +409,7 @@ def run_truthfulqa(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             path = data_dir / "truthfulqa" / "mc_task.json"
             if not path.is_file():
                 raise BenchmarkSkipped(
-                    f"truthfulqa: local file missing: {path}; "
-                    + DATA_HINT.replace("${env}", DATA_DIR_ENV).format(layout="truthfulqa/mc_task.json")
+                    f"truthfulqa: local file missing: {path}; {_data_hint('truthfulqa/mc_task.json')}"
                 )
             read_truthfulqa(path)
             include_path = Path(tmp)
