@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -109,7 +110,13 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
         refresh_cache=not is_done(data_out / "data_stats.json", data_out, "data", dkey)
     )
     prep_future = prep.submit(cfg, dkey, str(data_out))
-    data_hash = prep_future.result()["data_hash"]
+    prepared = prep_future.result()
+    data_hash = prepared["data_hash"]
+    if prepared.get("unavailable"):
+        log.warning(
+            "training data unavailable, so no arm is trained; evaluating the base model only: %s",
+            prepared["unavailable"],
+        )
 
     # 2. base model once, then every arm × seed: train → evaluate
     futures: dict[str, Any] = {}
@@ -133,7 +140,9 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
 
     if cfg.evaluation.evaluate_base:
         submit_evals(BASE_ARM, None, root / BASE_ARM, cfg.model.source, base_key(cfg), None)
-    for seed in cfg.seeds:
+    elif not data_hash:
+        log.error("nothing to do: no training data and evaluation.evaluate_base is false")
+    for seed in cfg.seeds if data_hash else []:
         for arm in cfg.arms:
             rd = cfg.run_dir(arm.name, seed)
             tk = train_key(cfg, arm, seed, data_hash)
@@ -143,7 +152,7 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
             submit_evals(arm.name, seed, rd, str(rd / "checkpoint"), tk, tf)
 
     # 3. progress in the UI while the work runs
-    total = len(futures)
+    total = max(len(futures), 1)
     progress_id = create_progress_artifact(
         progress=0.0,
         key=f"{_slug(cfg.name)}-progress",
@@ -237,6 +246,8 @@ def format_timings(entry: dict[str, Any], total: float | None = None) -> str:
 def run_command(args: argparse.Namespace) -> int:
     """``im-pipeline run CONFIG [--set k=v ...]``: run the compare flow, print wall times per stage."""
     t0 = time.perf_counter()
+    for noisy in ("httpx", "httpcore"):  # one line per API call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = load_config(args.config, args.overrides)  # validate before starting Prefect: clear errors first
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
     print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds) on {where}")

@@ -56,8 +56,8 @@ def evaluate_task(
             dtype=cfg.model.dtype,
             cache_dir=cfg.model.cache_dir,
         )
-        if benchmark == "overfitting":
-            data = Path(data_dir)
+        data = Path(data_dir)
+        if benchmark == "overfitting" and (data / "train.jsonl").is_file():
             ctx.extra = {
                 "train": read_jsonl(data / "train.jsonl"),
                 "held_out": read_jsonl(data / "held_out.jsonl"),

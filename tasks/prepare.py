@@ -9,8 +9,23 @@ from typing import Any
 from prefect import task
 
 from im_pipeline.config import ExperimentConfig
+from im_pipeline.provenance import write_json
 from tasks.cache import DATA_SEED, files_hash, is_done, prefect_cache_key, write_stamp
 from tasks.common import done, retry_on_io
+
+UNAVAILABLE = "unavailable.json"
+
+
+def _local_copy_missing(cfg: ExperimentConfig) -> bool:
+    """True when a training/held-out set is a registered dataset whose local copy is not there."""
+    from im_pipeline.data import REGISTRY
+
+    data_dir = cfg.resolved_data_dir()
+    for source in (cfg.data.train, cfg.data.held_out):
+        spec = REGISTRY.get(source) if source else None
+        if spec is not None and (data_dir is None or not spec.local_path or not (data_dir / spec.local_path).is_file()):
+            return True
+    return False
 
 
 @task(
@@ -22,14 +37,28 @@ from tasks.common import done, retry_on_io
     retry_condition_fn=retry_on_io,
 )
 def prepare_data_task(cfg: ExperimentConfig, key: str, out_dir: str) -> dict[str, Any]:
-    """Write train.jsonl, held_out.jsonl and data_stats.json; return their content hash."""
+    """Write train.jsonl, held_out.jsonl and data_stats.json; return their content hash.
+
+    A registered training set with neither a local copy nor a reachable Hub is not an error: the
+    result says ``unavailable`` (and ``data/unavailable.json`` says why and how to provide it), so the
+    flow can still evaluate the base model on what the packages ship.
+    """
     start, out = time.perf_counter(), Path(out_dir)
     paths = (out / "train.jsonl", out / "held_out.jsonl")
     computed = not is_done(out / "data_stats.json", out, "data", key)
     if computed:
-        from im_pipeline.data import prepare_data
+        from im_pipeline.data import DataError, prepare_data
 
         out.mkdir(parents=True, exist_ok=True)
-        prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=out)  # writes the three files
+        try:
+            prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=out)  # writes the three files
+        except DataError as exc:
+            if not _local_copy_missing(cfg):
+                raise
+            for stale in (*paths, out / "data_stats.json"):
+                stale.unlink(missing_ok=True)
+            write_json(out / UNAVAILABLE, {"train_source": cfg.data.train, "reason": str(exc)})
+            return done("prepare", time.perf_counter() - start, computed, data_hash=None, unavailable=str(exc))
+        (out / UNAVAILABLE).unlink(missing_ok=True)
         write_stamp(out, "data", key)
     return done("prepare", time.perf_counter() - start, computed, data_hash=files_hash(*paths))

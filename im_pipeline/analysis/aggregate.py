@@ -60,6 +60,7 @@ class RunResults:
     train_summaries: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     train_logs: dict[str, dict[int, list[dict[str, Any]]]] = field(default_factory=dict)
     data_stats: dict[str, Any] | None = None
+    data_unavailable: dict[str, Any] | None = None  # data/unavailable.json: why no arm could be trained
     timings: dict[str, Any] | None = None
 
     def arm_config(self, arm: str) -> dict[str, Any]:
@@ -120,6 +121,8 @@ def load_run(root: Path) -> RunResults:
     run = RunResults(experiment=config.get("name", root.name), root=root, config=config)
     if (root / "data" / "data_stats.json").is_file():
         run.data_stats = _read_json(root / "data" / "data_stats.json")
+    if (root / "data" / "unavailable.json").is_file():
+        run.data_unavailable = _read_json(root / "data" / "unavailable.json")
     if (root / "timings.json").is_file():
         run.timings = _read_json(root / "timings.json")
 

@@ -145,6 +145,12 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
 
 def skipped_section(run: agg.RunResults) -> str:
     lines = []
+    if run.data_unavailable:
+        arms = ", ".join(a.get("name", "?") for a in run.config.get("arms", [])) or "all arms"
+        lines.append(
+            f"- **Training ({arms})**: training set `{run.data_unavailable.get('train_source')}` unavailable, "
+            f"so only the base model was evaluated: {run.data_unavailable.get('reason')}"
+        )
     for bench, by_arm in run.results.items():
         reasons: dict[str, list[str]] = {}
         for arm, by_seed in by_arm.items():
@@ -165,6 +171,8 @@ def skipped_section(run: agg.RunResults) -> str:
 def data_section(run: agg.RunResults) -> str:
     ds = run.data_stats or {}
     stats = ds.get("stats") or {}
+    if not stats and run.data_unavailable:
+        return f"Training data unavailable: {run.data_unavailable.get('reason')}"
     if not stats:
         return "No data statistics in the run directory (`data/data_stats.json` missing)."
     header = ["set", "source", "n", "instruction words (mean)", "output words (mean)", "ratio", "paper Table 5"]
