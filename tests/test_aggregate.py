@@ -93,7 +93,7 @@ def test_load_run_and_comparison_rows(tmp_path: Path) -> None:
     assert run.arms == ["IT", "IM"] and run.seeds == [0, 1]
     assert agg.it_im_arms(run) == ("IT", "IM")
     rows = {r["benchmark"]: r for r in agg.comparison_rows(run)}
-    assert set(rows) == {"mmlu", "alpaca_eval", "humaneval"}
+    assert list(rows) == ["mmlu", "humaneval", "alpaca_eval", "overfitting"]  # canonical order
     assert rows["mmlu"]["arms"]["base"]["mean"] == 0.25
     assert rows["mmlu"]["arms"]["IM"]["mean"] == pytest.approx(0.37)
     assert rows["mmlu"]["delta"]["delta"] == pytest.approx(0.05)
