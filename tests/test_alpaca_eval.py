@@ -196,3 +196,33 @@ def test_both_orders_averages_the_two_presentations(tmp_path, tiny_model_dir):
         assert len(a["first_shown_won"]) == 2
     won = [w for a in annotations for w in a["first_shown_won"]]
     assert result["judge_prefers_first_shown"] == pytest.approx(sum(won) / len(won), abs=1e-4)
+
+
+def test_hub_path_when_no_offline_file(tmp_path, monkeypatch):
+    """No local file and the Hub allowed: alpaca_eval's loader, else the raw JSON file of the Hub dataset."""
+    import alpaca_eval.constants
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub_file = fake_data_dir(tmp_path / "hub") / "alpaca_eval" / "text_davinci_003" / "model_outputs.json"
+    asked = []
+
+    def script_loader(name):
+        raise RuntimeError("Dataset scripts are no longer supported")
+
+    def download(repo, filename, repo_type):
+        asked.append((repo, filename, repo_type))
+        return str(hub_file)
+
+    monkeypatch.setattr(alpaca_eval.constants, "get_alpaca_eval_data", script_loader)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    records, source = ae.load_reference(1, tmp_path / "empty")
+    assert len(records) == len(REFERENCE) and source == "hub:tatsu-lab/alpaca_eval/alpaca_eval.json"
+    assert asked == [("tatsu-lab/alpaca_eval", "alpaca_eval.json", "dataset")]
+
+    def unreachable(*a, **k):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(BenchmarkSkipped, match=r"gpt4_1106_preview/model_outputs\.json.*connection refused"):
+        ae.load_reference(2, tmp_path / "empty")

@@ -99,16 +99,26 @@ def load_reference(version: int, data_dir: Path | None) -> tuple[list[dict[str, 
             f"AlpacaEval {version}.0 reference outputs not found at {where}, and HF_HUB_OFFLINE "
             "is set (set data_dir / IM_PIPELINE_DATA_DIR to a directory holding them)"
         )
-    try:
+    errors = []
+    try:  # alpaca_eval's own loader (a dataset script: datasets >= 4 no longer runs those)
         from alpaca_eval import constants
 
         dataset = constants.get_alpaca_eval_data(spec["hub_config"])
         return [dict(r) for r in dataset], f"hub:tatsu-lab/alpaca_eval/{spec['hub_config']}"
     except Exception as exc:
-        raise BenchmarkSkipped(
-            f"AlpacaEval {version}.0 reference outputs not found at {where}, and the Hub "
-            f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-        ) from None
+        errors.append(f"{type(exc).__name__}: {str(exc)[:150]}")
+    try:  # the JSON file that script reads
+        from huggingface_hub import hf_hub_download
+
+        filename = f"{spec['hub_config']}.json"
+        local = hf_hub_download("tatsu-lab/alpaca_eval", filename, repo_type="dataset")
+        records = json.loads(Path(local).read_text(encoding="utf-8"))
+        return records, f"hub:tatsu-lab/alpaca_eval/{filename}"
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {str(exc)[:150]}")
+    raise BenchmarkSkipped(
+        f"AlpacaEval {version}.0 reference outputs not found at {where}, and the Hub failed: {'; '.join(errors)}"
+    )
 
 
 def select(records: list[dict[str, Any]], limit: int | None, seed: int = 123) -> list[dict[str, Any]]:
@@ -167,9 +177,11 @@ def generate_outputs(ctx: EvalContext, instructions: list[str], *, max_new_token
             render_prompt([{"role": "user", "content": s}], template=ctx.template, tokenizer=tokenizer) for s in todo
         ]
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop, batch_size=ctx.batch_size)
-        outs = generate(model, tokenizer, prompts, cfg)
-        cached.update({s: o[0].strip() for s, o in zip(todo, outs, strict=True)})
-        write_json(path, {"settings": settings, "outputs": cached})
+        step = max(32, 4 * ctx.batch_size)  # save every few batches: an interrupted run keeps its generations
+        for start in range(0, len(todo), step):
+            outs = generate(model, tokenizer, prompts[start : start + step], cfg)
+            cached.update({s: o[0].strip() for s, o in zip(todo[start : start + step], outs, strict=True)})
+            write_json(path, {"settings": settings, "outputs": cached})
     return [cached[s] for s in instructions]
 
 
