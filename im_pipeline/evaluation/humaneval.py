@@ -160,7 +160,14 @@ def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     """Benchmark entry point (see the module docstring). Writes ``humaneval_samples.jsonl`` to ``ctx.out_dir``."""
     opts = _options(cfg)
     problems = load_problems(cfg.limit)
-    tokenizer = ctx.model_and_tokenizer()[1] if opts["chat"] and opts["backend"] == "hf" else None
+    tokenizer = None
+    if opts["chat"]:  # the template may need the tokenizer (EOS string, chat_template)
+        if opts["backend"] == "hf":
+            tokenizer = ctx.model_and_tokenizer()[1]
+        else:
+            from im_pipeline.models import load_tokenizer
+
+            tokenizer = load_tokenizer(ctx.model_source, cache_dir=ctx.cache_dir)
     prompts = [build_prompt(p, chat=opts["chat"], template=ctx.template, tokenizer=tokenizer) for p in problems]
     stop = tuple(opts["stop"]) + (("\n```",) if opts["chat"] else ())
     seed = opts["seed"] if opts["seed"] is not None else (ctx.seed or 0)
