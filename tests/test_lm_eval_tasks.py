@@ -309,6 +309,21 @@ def test_chat_template_needs_one(lm_eval_mod, tiny, data_dir: Path, tmp_path: Pa
         run_truthfulqa(_ctx(tmp_path, data_dir, loaded=tiny), cfg)
 
 
+def test_mmlu_with_chat_template(lm_eval_mod, tiny, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import copy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tokenizer = tiny
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    cfg = BenchmarkConfig(limit=1, options={"subjects": "anatomy", "apply_chat_template": "true", "num_fewshot": 1})
+    result = run_mmlu(_ctx(tmp_path, data_dir, loaded=(model, tokenizer)), cfg)
+    assert result["apply_chat_template"] is True and result["n"] == 1 and result["value"] in (0.0, 1.0)
+
+
 @pytest.mark.slow
 def test_hub_and_local_definitions_give_the_same_scores(
     lm_eval_mod, tiny, data_dir: Path, tmp_path: Path, monkeypatch
