@@ -26,6 +26,8 @@ _ENV_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "im_pipeline",
     # Air-gapped friendly: the Prefect server must not try to reach the internet.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The ephemeral server can take > 20 s (the default limit) to start on a busy 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)

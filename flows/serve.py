@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -37,11 +38,14 @@ def serve_command(args: argparse.Namespace) -> int:
     config_path = str(Path(args.config).resolve())
     api = os.environ.get("PREFECT_API_URL")
     if not api:
+        # Prefect's ephemeral server has no scheduler: the cron would never fire.
         print(
-            "warning: PREFECT_API_URL is not set, so this uses a temporary local server that lives only as long "
-            "as this process; start `prefect server start` and set PREFECT_API_URL to keep the schedule and "
-            "see it in the UI"
+            "error: schedules need a running Prefect server. Start one (e.g. `prefect server start` in another "
+            "terminal) and set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api); "
+            "see docs/scale_out.md",
+            file=sys.stderr,
         )
+        return 2
     name = deployment_name(cfg.name)
     print(
         f"serving deployment 'im-compare/{name}' with cron {args.cron!r} on {api or 'a temporary local server'} "
