@@ -261,6 +261,13 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     del loaded
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    # transformers' GemmaTokenizer defaults to left padding and save_pretrained does not record padding_side; pin
+    # every converted tokenizer to the training convention (right), so batches padded with tokenizer.pad() keep
+    # their position ids. (Generation pads by hand.)
+    tok_cfg_path = out_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg["padding_side"] = "right"
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
     st = gguf.stat()
     provenance = {
         "source_gguf": str(gguf.resolve()),

@@ -162,6 +162,7 @@ def test_gguf_file_loads_same_weights_and_tokens(tiny_model_dir: Path, tiny_gguf
     ids = ref_tok(TEXT, add_special_tokens=False).input_ids
     assert tok(TEXT, add_special_tokens=False).input_ids == ids
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
+    assert tok.padding_side == "right"
     assert torch.equal(_logits(model, ids), _logits(ref_model, ids))
 
     # The cache entry is a plain safetensors HF directory, loadable without this module.
@@ -365,6 +366,7 @@ def test_real_offline_model_loads_and_gives_finite_logits(name: str, eos: str, b
     model, tok = load_model_and_tokenizer(name)
     assert model.num_parameters() == params
     assert tok.eos_token == eos and model.config.eos_token_id == tok.eos_token_id
+    assert tok.padding_side == "right"
     assert tok.pad_token_id is not None and tok.pad_token_id < model.get_input_embeddings().num_embeddings
     enc = tok(WIKI, return_tensors="pt")
     assert (enc.input_ids[0, 0].item() == tok.bos_token_id) is bos_added
