@@ -96,7 +96,8 @@ class WeightedLossTrainer(Trainer):
 
     Gradient accumulation: ``get_batch_samples`` sums the denominators (:func:`loss_denominator`) of all micro-batches
     of the optimiser step; each micro-batch's loss is its share of the accumulated loss, so the gradient equals that of
-    one big batch under either normalisation. Hence ``loss_is_scaled_for_ga = True``.
+    one big batch under either normalisation. Hence ``loss_is_scaled_for_ga = True``. Under data parallelism the
+    denominators are summed over processes too (untested here: CPU-only CI).
     """
 
     loss_is_scaled_for_ga = True
@@ -144,7 +145,13 @@ class WeightedLossTrainer(Trainer):
         if batch_samples:
             loss_n = sum(loss_denominator(b["labels"], b["loss_weights"], norm) for b in batch_samples)
             kl_n = sum(loss_denominator(b["labels"], b["it_weights"], norm) for b in batch_samples)
-            self._denominators = (loss_n.to(device), kl_n.to(device))
+            loss_n, kl_n = loss_n.to(device), kl_n.to(device)
+            if self.args.world_size > 1:
+                # Data parallel: the denominator of the global batch. DDP averages gradients over processes, so
+                # compute_loss multiplies by world_size to keep sum(share) = the global batch's loss.
+                loss_n = self.accelerator.gather(loss_n.reshape(1)).sum()
+                kl_n = self.accelerator.gather(kl_n.reshape(1)).sum()
+            self._denominators = (loss_n, kl_n)
         else:
             self._denominators = None
         return batch_samples, self._denominators[0] if self._denominators is not None else None
@@ -173,6 +180,8 @@ class WeightedLossTrainer(Trainer):
                 ref_logits = self.ref_model(**model_inputs).logits
             kl = weighted_kl(outputs.logits, ref_logits, labels, it_weights, self.loss_normalisation, num_items=kl_n)
             loss = loss + self.kl_coef * kl
+        if model.training and loss_n is not None and self.args.world_size > 1:
+            loss = loss * self.args.world_size
         if model.training:
             mask = inputs["attention_mask"]
             self._window["real_tokens"] += int(mask.sum())
