@@ -336,6 +336,23 @@ def test_offline_hub_id_says_how_to_provide_a_local_dir(
     assert "offline" in msg and "--local-dir" in msg and "smollm2-135m-instruct" in msg
 
 
+def test_offline_hub_id_in_the_hf_cache_resolves_to_its_snapshot(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = tmp_path / "hub"
+    repo = hub / "models--some-org--tiny"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    resolved = resolve_model("some-org/tiny")
+    assert Path(resolved) == repo / "snapshots" / sha
+    model, tok = load_model_and_tokenizer("some-org/tiny")
+    assert tok.pad_token == "<pad>" and type(model).__name__ == "LlamaForCausalLM"
+
+
 def test_online_hub_id_is_passed_through(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
