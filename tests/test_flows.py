@@ -173,3 +173,24 @@ def test_transient_errors_only_are_retried() -> None:
     assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError())
     assert not is_transient(FileNotFoundError("x")) and not is_transient(ValueError("bad"))
     assert not is_transient(RuntimeError("bug"))
+
+
+def test_without_training_data_only_the_base_model_is_evaluated(
+    prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.compare import compare_flow
+
+    monkeypatch.delenv("IM_PIPELINE_DATA_DIR", raising=False)
+    cfg = tiny_config(tmp_path, tiny_model_dir)
+    cfg.update(name="no-data", data={**cfg["data"], "train": "lima"}, data_dir=None)
+    summary = compare_flow(cfg)
+    root = tmp_path / "runs" / "no-data"
+    assert summary["failed"] == []
+    assert summary["timings"]["stages"]["train"]["computed"] == 0
+    assert not (root / "IT").exists() and not (root / "data" / "train.jsonl").exists()
+    assert "lima" in json.loads((root / "data" / "unavailable.json").read_text())["reason"]
+    base = json.loads((root / "base" / "eval" / "overfitting.json").read_text())
+    assert base["status"] == "skipped"
+    text = Path(summary["report"]).read_text()
+    assert "**Training (IT, IM)**: training set `lima` unavailable" in text
+    assert "Training data unavailable:" in text
