@@ -92,7 +92,7 @@ def _record(fut: Any) -> dict[str, Any]:
     return info
 
 
-@flow(name="im-compare", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=True)
+@flow(name="im-compare", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=False)
 def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary."""
     t0, started = time.perf_counter(), time.time()
@@ -192,7 +192,7 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
         "failed": failed,
         "timings": entry,
     }
-    print(format_timings(entry))
+    log.info("wall time per stage:%s", format_timings(entry))
     if failed:
         log.error("failed task runs: %s", ", ".join(failed))
     return summary

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from im_pipeline.config import ExperimentConfig
 from tasks.cache import clear_stale_run, is_done, prefect_cache_key, write_stamp
@@ -23,7 +23,7 @@ def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: st
         from im_pipeline.training import train_arm
 
         if clear_stale_run(run_dir, key):
-            print(f"{arm}/seed-{seed}: settings changed, removed the old run directory {run_dir}")
+            get_run_logger().info("%s/seed-%s: settings changed, removed the old run directory %s", arm, seed, run_dir)
         write_stamp(run_dir, "train-started", key)  # an interrupted run with this key resumes
         data = Path(data_dir)
         train_arm(
