@@ -163,3 +163,53 @@ def test_degraded_mode_uses_reliability_guard(monkeypatch, tmp_path: Path):
     assert r.status == "failed"
     r = run_program("while True:\n    pass\n", timeout=1)
     assert r.status == "timeout"
+
+
+NON_ROOT_SCRIPT = """
+import importlib.util, json, socket, sys
+spec = importlib.util.spec_from_file_location("sbx", sys.argv[1])
+sbx = importlib.util.module_from_spec(spec)
+sys.modules["sbx"] = sbx
+spec.loader.exec_module(sbx)
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+port = server.getsockname()[1]
+out = {"isolation": sbx.isolation()}
+out["ok"] = sbx.run_program("print('hi')").status
+out["net"] = sbx.run_program(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)").status
+out["tmp"] = sbx.run_program("open('/tmp/im_sbx_nonroot_probe', 'w').write('x')").status
+out["loop"] = sbx.run_program("while True: pass", timeout=1).status
+print(json.dumps(out))
+"""
+
+
+def test_unprivileged_user_gets_namespaces_via_user_namespace():
+    """The non-root path (CI runners): net + mount isolation inside an unprivileged user namespace."""
+    import json
+    import shutil
+    import subprocess
+
+    python = "/usr/bin/python3"
+    if os.geteuid() != 0 or not sandbox._world_accessible(python) or not shutil.which("setpriv"):
+        pytest.skip("needs root (to become an unprivileged user), setpriv and a world-executable /usr/bin/python3")
+    probe = Path("/tmp/im_sbx_nonroot_probe")
+    probe.unlink(missing_ok=True)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = subprocess.run(
+        [*as_nobody, python, "-c", NON_ROOT_SCRIPT, sandbox.__file__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    if proc.returncode != 0 and "Permission denied" in proc.stderr:
+        pytest.skip(f"the unprivileged user cannot read the sandbox module: {proc.stderr[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    if not out["isolation"]["net"]:
+        pytest.skip("unprivileged user namespaces are not allowed on this machine")
+    assert out["isolation"]["uid"] is False
+    assert out == {**out, "ok": "passed", "net": "failed", "loop": "timeout"}
+    assert not probe.exists()  # the write went to the private /tmp (or failed)
