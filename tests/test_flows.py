@@ -194,3 +194,29 @@ def test_without_training_data_only_the_base_model_is_evaluated(
     text = Path(summary["report"]).read_text()
     assert "**Training (IT, IM)**: training set `lima` unavailable" in text
     assert "Training data unavailable:" in text
+
+
+def test_a_failed_arm_does_not_stop_the_others(
+    prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import im_pipeline.training as training
+    from flows.compare import compare_flow
+
+    real = training.train_arm
+
+    def flaky(cfg, arm, *args, **kwargs):
+        if arm.name == "IM":
+            raise RuntimeError("simulated crash in IM training")
+        return real(cfg, arm, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_arm", flaky)
+    cfg = tiny_config(tmp_path, tiny_model_dir)
+    cfg.update(name="one-fails")
+    cfg["evaluation"]["evaluate_base"] = False
+    summary = compare_flow(cfg)
+    assert summary["failed"] == ["evaluate/IM/0/overfitting", "train/IM/0"]
+    root = tmp_path / "runs" / "one-fails"
+    assert (root / "IT" / "seed-0" / "eval" / "overfitting.json").is_file()
+    assert not (root / "IM" / "seed-0" / "train_summary.json").exists()
+    text = Path(summary["report"]).read_text()
+    assert "| IT | 0 |" in text  # the report is still built from what finished
