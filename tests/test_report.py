@@ -97,3 +97,16 @@ def test_report_one_seed_no_test(tmp_path: Path) -> None:
 def test_report_missing_run_dir(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path / "nope", tmp_path / "out")
+
+
+def test_report_lists_failed_task_runs(tmp_path: Path) -> None:
+    import json
+
+    root = make_experiment(
+        tmp_path / "runs", "f", ratio=0.5, n=10, seeds=(0,), values={"mmlu": {"IT": [0.5], "IM": [0.6]}}
+    )
+    timings = json.loads((root / "timings.json").read_text())
+    timings["runs"][-1]["tasks"] = {"train/IM/0": {"state": "Failed"}, "train/IT/0": {"state": "Cached"}}
+    (root / "timings.json").write_text(json.dumps(timings))
+    text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
+    assert "**Failed in the latest flow run** (see its logs; results of earlier runs may be shown): train/IM/0" in text

@@ -121,9 +121,16 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
     kinds = {s.get("stderr_kind") for r in rows for s in r["arms"].values() if s}
     seeds = len(run.seeds)
     notes = [
-        "Cells: mean ± stderr. "
-        + ("With one seed the stderr is the benchmark's item-level standard error; " if "items" in kinds else "")
-        + ("with several seeds it is the standard error across seeds. " if "seeds" in kinds else ""),
+        "Cells: mean ± stderr"
+        + "".join(
+            part
+            for kind, part in (
+                ("items", "; with one seed, the benchmark's item-level standard error"),
+                ("seeds", "; with several seeds, the standard error across seeds"),
+            )
+            if kind in kinds
+        )
+        + ".",
         (
             f"{im} − {it}: "
             + (
@@ -143,8 +150,21 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
     return _md_table(header, md_rows) + "\n\n" + "\n".join(f"- {n}" for n in notes if n), records
 
 
+def failed_tasks(run: agg.RunResults) -> list[str]:
+    """Task runs of the latest flow run that did not finish (from timings.json)."""
+    runs = (run.timings or {}).get("runs") or []
+    tasks = runs[-1].get("tasks", {}) if runs else {}
+    return sorted(name for name, t in tasks.items() if t.get("state") not in ("Completed", "Cached"))
+
+
 def skipped_section(run: agg.RunResults) -> str:
     lines = []
+    failed = failed_tasks(run)
+    if failed:
+        lines.append(
+            f"- **Failed in the latest flow run** (see its logs; results of earlier runs may be shown): "
+            f"{', '.join(failed)}"
+        )
     if run.data_unavailable:
         arms = ", ".join(a.get("name", "?") for a in run.config.get("arms", [])) or "all arms"
         lines.append(
@@ -338,11 +358,12 @@ def provenance_section(run: agg.RunResults) -> str:
     versions: dict[str, Any] = next((r["versions"] for r in recs if r.get("versions")), {})
     judges = sorted({str(r.get("judge")) for r in recs if r.get("judge")})
     if not judges and cfg.get("evaluation", {}).get("judge"):
-        judges = [str(cfg["evaluation"]["judge"])]
+        j = cfg["evaluation"]["judge"]
+        judges = [f"{j.get('kind')}:{j.get('model')} configured, not used (no AlpacaEval result)"]
+    origin = (((run.data_stats or {}).get("actions") or {}).get("train") or {}).get("origin")
     lines = [
         f"- Model: `{cfg.get('model', {}).get('source', '?')}` (dtype {cfg.get('model', {}).get('dtype', '?')})",
-        f"- Data: `{cfg.get('data', {}).get('train', '?')}` "
-        f"(data dir: `{cfg.get('data_dir') or '$IM_PIPELINE_DATA_DIR'}`)",
+        f"- Data: `{cfg.get('data', {}).get('train', '?')}` (read from `{origin or cfg.get('data_dir') or '?'}`)",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
         f"- Config hash: `{cfg.get('_config_hash', '?')}`",
         f"- Git commit(s) of the results: {', '.join(f'`{c}`' for c in commits) or '?'}",
