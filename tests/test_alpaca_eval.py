@@ -97,7 +97,9 @@ def test_local_judge_end_to_end_and_rerun_is_free(tmp_path, tiny_model_dir, monk
     data_dir = fake_data_dir(tmp_path / "data")
     judge = JudgeConfig(kind="local_hf", model=str(tiny_model_dir))
     ctx = make_ctx(tiny_model_dir, tmp_path / "out", data_dir, judge)
-    cfg = BenchmarkConfig(limit=4, options={"version": 1, "max_new_tokens": 6})
+    cfg = BenchmarkConfig(
+        limit=4, options={"version": 1, "max_new_tokens": 6, "annotator": "alpaca_eval_gpt4", "both_orders": False}
+    )
     result = json.loads(run_benchmark("alpaca_eval", ctx, cfg).read_text())
     _check_result(result, ctx.out_dir, 4)
     assert result["judge"] == {"kind": "local_hf", "model": str(tiny_model_dir), "base_url_host": None}
@@ -175,21 +177,22 @@ def test_real_reference_file_version_2(tmp_path, tiny_model_dir, data_dir):
 def test_both_orders_averages_the_two_presentations(tmp_path, tiny_model_dir):
     data_dir = fake_data_dir(tmp_path / "data")
     ctx = make_ctx(tiny_model_dir, tmp_path / "out", data_dir, JudgeConfig(model=str(tiny_model_dir)))
-    cfg = BenchmarkConfig(limit=3, options={"version": 1, "max_new_tokens": 6, "both_orders": True})
+    cfg = BenchmarkConfig(limit=3, options={"version": 1, "max_new_tokens": 6})  # local judge: both orders, weighted
     result = ae.run_alpaca_eval(ctx, cfg)
     assert result["judge_calls"] == 6 and result["both_orders"] is True
+    assert result["annotator"] == "weighted_alpaca_eval_gpt4_turbo" and result["reference"] == "text_davinci_003"
     annotations = json.loads(Path(result["artifacts"]["annotations"]).read_text())
     cache = json.loads(Path(result["artifacts"]["judge_cache"]).read_text())
     ident = {"kind": "local_hf", "model": str(tiny_model_dir), "base_url_host": None}
     for a in annotations:
         fwd = cache[
             ae.AnnotationCache.key(
-                ident, "alpaca_eval_gpt4|both-orders", a["instruction"], a["output_1"], a["output_2"]
+                ident, "weighted_alpaca_eval_gpt4_turbo|both-orders", a["instruction"], a["output_1"], a["output_2"]
             )
         ]["preference"]
         rev = cache[
             ae.AnnotationCache.key(
-                ident, "alpaca_eval_gpt4|both-orders", a["instruction"], a["output_2"], a["output_1"]
+                ident, "weighted_alpaca_eval_gpt4_turbo|both-orders", a["instruction"], a["output_2"], a["output_1"]
             )
         ]["preference"]
         assert a["preference"] == pytest.approx((fwd + 3 - rev) / 2)

@@ -12,11 +12,14 @@ Options (``evaluation.alpaca_eval.options``):
 
 - ``version``: 1 (default) or 2.
 - ``annotator``: an ``alpaca_eval`` evaluator config name (default ``alpaca_eval_gpt4`` for 1.0,
-  ``weighted_alpaca_eval_gpt4_turbo`` for 2.0); the judge replaces its model.
+  ``weighted_alpaca_eval_gpt4_turbo`` for 2.0; for a ``local_hf`` judge ``weighted_alpaca_eval_gpt4_turbo``
+  for both, see ``LOCAL_JUDGE_ANNOTATOR``); the judge replaces its model. Annotators with ``ranking_parser`` or
+  ``logprob_parser`` work with every judge; others only with an OpenAI-compatible one.
 - ``max_new_tokens`` (default 512): generation budget per answer; output length matters to AlpacaEval.
 - ``cache_dir``: where generations and judge verdicts are cached (default ``<out_dir>/alpaca_eval``).
-- ``both_orders`` (default false): judge each pair in both orders and average, cancelling the judge's position
-  bias (worth it for small local judges; doubles judge cost). Default is ``alpaca_eval``'s seeded random order.
+- ``both_orders`` (default: true for ``local_hf`` judges, false otherwise): judge each pair in both orders and
+  average, cancelling the judge's position bias (doubles judge cost). Otherwise ``alpaca_eval``'s seeded random
+  order. The result's ``judge_prefers_first_shown`` measures the bias (0.5 = none).
 - ``guided_choice`` (default false): send vLLM's ``guided_choice`` to an OpenAI-compatible judge server.
 - ``judge_concurrency`` (default 4): parallel requests to an OpenAI-compatible judge.
 - ``seed`` (default 123): which instructions a ``limit`` picks (``alpaca_eval``'s own ``max_instances`` seed).
@@ -54,6 +57,11 @@ VERSIONS: dict[int, dict[str, str]] = {
     },
 }
 N_OFFICIAL = 805
+# Small local judges are almost fully position-biased (smollm2-135m-instruct picked the first-shown output in
+# 20/20 pairs with alpaca_eval_gpt4's prompt, the second-shown one in 40/40 with the m/M prompt). Under
+# alpaca_eval's random swap their hard verdicts are coin flips; label probabilities averaged over both orders
+# cancel the bias and keep what signal there is. Hence these defaults for local_hf judges.
+LOCAL_JUDGE_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 _LOCAL_JUDGES: dict[tuple[str, str], LocalHFJudge] = {}
 
 
@@ -370,7 +378,9 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     if version not in VERSIONS:
         raise ValueError(f"alpaca_eval options.version must be 1 or 2, got {opts.get('version')!r}")
     spec = VERSIONS[version]
-    annotator = str(opts.get("annotator") or spec["annotator"])
+    local = ctx.judge.kind == "local_hf"
+    annotator = str(opts.get("annotator") or (LOCAL_JUDGE_ANNOTATOR if local else spec["annotator"]))
+    both_orders = bool(opts.get("both_orders", local))
     max_new_tokens = int(opts.get("max_new_tokens", 512))
     cache_dir = Path(opts.get("cache_dir") or Path(ctx.out_dir) / "alpaca_eval")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -404,7 +414,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         ctx.judge,
         annotator,
         cache,
-        both_orders=bool(opts.get("both_orders", False)),
+        both_orders=both_orders,
         guided_choice=bool(opts.get("guided_choice", False)),
         concurrency=int(opts.get("judge_concurrency", 4)),
         local_judge=local,
@@ -433,7 +443,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "version": f"{version}.0",
         "reference": spec["reference"],
         "annotator": annotator,
-        "both_orders": bool(opts.get("both_orders", False)),
+        "both_orders": both_orders,
         "judge": judge_identity(ctx.judge),
         **{k: v for k, v in metrics.items() if k not in ("win_rate", "standard_error", "n_total")},
         "lc_note": None
