@@ -408,7 +408,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     ]
     cache = AnnotationCache(cache_dir / "judge_cache.json")
     t1 = time.perf_counter()
-    local = _local_judge(ctx.judge, ctx.dtype, ctx.cache_dir) if ctx.judge.kind == "local_hf" else None
+    local_judge = _local_judge(ctx.judge, ctx.dtype, ctx.cache_dir) if local else None
     annotations, calls = annotate(
         pairs,
         ctx.judge,
@@ -417,7 +417,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         both_orders=both_orders,
         guided_choice=bool(opts.get("guided_choice", False)),
         concurrency=int(opts.get("judge_concurrency", 4)),
-        local_judge=local,
+        local_judge=local_judge,
     )
     t_judge = time.perf_counter() - t1
     metrics = compute_metrics(annotations)

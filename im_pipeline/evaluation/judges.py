@@ -211,6 +211,10 @@ class LocalHFJudge:
             from im_pipeline.models import load_model_and_tokenizer
 
             model, tokenizer = load_model_and_tokenizer(source, dtype=dtype, cache_dir=cache_dir)
+            import torch
+
+            if torch.cuda.is_available():
+                model = model.to("cuda")
         self.model, self.tokenizer = model, tokenizer
         self.model.eval()
         self.calls = 0
