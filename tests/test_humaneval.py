@@ -117,6 +117,22 @@ def test_chat_prompt_uses_training_template():
     assert "<|assistant|>\n" in chat and chat.endswith("```python\n" + problem["prompt"])
 
 
+def test_chat_mode_stops_at_code_fence(monkeypatch, tmp_path, tiny_model_dir):
+    problem = load_problems(1)[0]
+    seen = []
+
+    def fake_generate(ctx, prompts, gen, backend):
+        seen.append((prompts, gen))
+        return [["```\nThis function returns the answer."] for _ in prompts]
+
+    monkeypatch.setattr(humaneval, "_generate", fake_generate)
+    ctx = EvalContext(model_source=str(tiny_model_dir), out_dir=tmp_path)
+    res = run_humaneval(ctx, BenchmarkConfig(limit=1, options={"chat": True}))
+    prompts, gen = seen[0]
+    assert prompts[0].startswith("<|user|>\n") and prompts[0].endswith(problem["prompt"])
+    assert gen.stop == (*STOP_SEQUENCES, "```") and res["prompt_format"] == "chat:tulu"
+
+
 def test_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
     ctx = EvalContext(model_source=str(tiny_model_dir), out_dir=tmp_path, arm="base", seed=0)
     cfg = BenchmarkConfig(limit=2, options={"max_new_tokens": 8})

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_INSTRUCTION = "Complete the following python function.\n\n\n"
 CHAT_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
+CHAT_STOP = ("```",)
 SAMPLES_FILE = "humaneval_samples.jsonl"
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -169,7 +170,9 @@ def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
 
             tokenizer = load_tokenizer(ctx.model_source, cache_dir=ctx.cache_dir)
     prompts = [build_prompt(p, chat=opts["chat"], template=ctx.template, tokenizer=tokenizer) for p in problems]
-    stop = tuple(opts["stop"]) + (("\n```",) if opts["chat"] else ())
+    # Chat answers close their code block; the fence can be the very first generated text (the prompt ends
+    # with a newline), so stop at "```" itself rather than at "\n```".
+    stop = tuple(opts["stop"]) + (CHAT_STOP if opts["chat"] else ())
     seed = opts["seed"] if opts["seed"] is not None else (ctx.seed or 0)
     n = opts["n"]
     log.info("humaneval: %d problems x %d samples x temperatures %s", len(problems), n, opts["temperatures"])
