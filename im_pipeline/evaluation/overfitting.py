@@ -116,10 +116,10 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     model, tokenizer = ctx.model_and_tokenizer()
     train_sample = _sample(train, max(loss_examples, n_bleu), seed)
     loss_train = train_sample[:loss_examples]
-    log.info("overfitting: output-token loss on %d train / %d held-out records", len(loss_train), len(held_out or []))
+    loss_held = _sample(held_out, loss_examples, seed) if held_out else []
+    log.info("overfitting: output-token loss on %d train / %d held-out records", len(loss_train), len(loss_held))
     kw = {"template": ctx.template, "max_length": max_length, "batch_size": ctx.batch_size}
     train_loss = output_token_loss(model, tokenizer, loss_train, **kw)
-    loss_held = _sample(held_out, loss_examples, seed) if held_out else []
     test_loss = output_token_loss(model, tokenizer, loss_held, **kw) if loss_held else None
 
     bleu_items = train_sample[:n_bleu]
