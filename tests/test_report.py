@@ -110,3 +110,19 @@ def test_report_lists_failed_task_runs(tmp_path: Path) -> None:
     (root / "timings.json").write_text(json.dumps(timings))
     text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
     assert "**Failed in the latest flow run** (see its logs; results of earlier runs may be shown): train/IM/0" in text
+
+
+def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> None:
+    import json
+
+    first = build_report(runs / "exp-a", tmp_path / "r")
+    mtimes = {f: Path(f).stat().st_mtime_ns for f in first["figures"]}
+    second = build_report(runs / "exp-a", tmp_path / "r")
+    assert {f: Path(f).stat().st_mtime_ns for f in second["figures"]} == mtimes
+    assert "](figures/comparison.png)" in Path(second["report"]).read_text()
+    res = runs / "exp-a" / "IM" / "seed-0" / "eval" / "mmlu.json"
+    rec = json.loads(res.read_text())
+    rec["value"] = 0.9
+    res.write_text(json.dumps(rec))
+    third = build_report(runs / "exp-a", tmp_path / "r")
+    assert all(Path(f).stat().st_mtime_ns != mtimes[f] for f in third["figures"])

@@ -10,6 +10,7 @@ fits overlaid as reference), overfitting (train/held-out loss, curves, BLEU over
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -283,7 +284,7 @@ def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
         f"gain = {n['slope']}·ln(n) + {n['intercept']} (Tulu V2 subsets, {n['range'][0]:,}–{n['range'][1]:,} "
         "examples). Reference only, not results of this pipeline."
     )
-    fig = _length_ratio_figure(points, fits, fig_dir)
+    fig = _figure(fig_dir, "length_ratio.png", _length_ratio_figure, points, fits, fig_dir)
     if fig:
         txt.append(f"\n![length ratio](figures/{fig.name})")
     return "\n\n".join(txt[:2]) + "\n\n" + "\n".join(txt[2:])
@@ -345,7 +346,7 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
         parts.append(
             _md_table(["arm", "seed", "train loss", "test loss", "gap (test − train)", "BLEU-4", "BLEU items"], ov_rows)
         )
-    fig = _loss_figure(run, fig_dir)
+    fig = _figure(fig_dir, "loss_curves.png", _loss_figure, run, fig_dir)
     if fig:
         parts.append(f"![loss curves](figures/{fig.name})")
     return "\n\n".join(parts)
@@ -431,7 +432,34 @@ def provenance_section(run: agg.RunResults) -> str:
     return "\n".join(lines)
 
 
-# -- figures --------------------------------------------------------------------------------------------------------
+# -- figures -----------------------------------------------------------------------------------------------------------
+
+_REUSE: set[Path] = set()  # figure directories whose figures are up to date for this build
+
+
+def _figure(fig_dir: Path, name: str, fn: Any, *args: Any) -> Path | None:
+    """Render a figure, or reuse it when the report's inputs did not change since it was drawn."""
+    if fig_dir in _REUSE:
+        return fig_dir / name if (fig_dir / name).is_file() else None
+    return fn(*args)
+
+
+def _inputs_key(run: agg.RunResults) -> str:
+    """Hash of everything the figures are drawn from: result files of this and sibling runs, and this code."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for root in sorted(p for p in run.root.parent.iterdir() if p.is_dir()):
+        for f in sorted(
+            [
+                *root.glob("config.yaml"),
+                *root.glob("data/*.json"),
+                *root.glob("*/eval/*.json"),
+                *root.glob("*/seed-*/eval/*.json"),
+                *root.glob("*/seed-*/train_*"),
+            ]
+        ):
+            h.update(str(f.relative_to(run.root.parent)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _plt():
@@ -574,8 +602,14 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     report_dir = Path(report_dir)
     fig_dir = report_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for old in fig_dir.glob("*.png"):
-        old.unlink()
+    stamp, key = fig_dir / ".inputs", _inputs_key(run)
+    _REUSE.clear()
+    if stamp.is_file() and stamp.read_text() == key:
+        _REUSE.add(fig_dir)  # same inputs as the last build: keep its figures (matplotlib costs seconds)
+    else:
+        stamp.unlink(missing_ok=True)
+        for old in fig_dir.glob("*.png"):
+            old.unlink()
     rows = agg.comparison_rows(run)
     cfg = run.config
     table_md, table_records = comparison_section(run, rows)
@@ -606,7 +640,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         "## Results",
         table_md,
     ]
-    comp = _comparison_figure(run, rows, fig_dir)
+    comp = _figure(fig_dir, "comparison.png", _comparison_figure, run, rows, fig_dir)
     if comp:
         sections.append(f"![comparison](figures/{comp.name})")
     sections += [
@@ -622,6 +656,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         provenance_section(run),
         f"\n_Built by `im-pipeline report {run.root}` from the run directory's JSON files only._",
     ]
+    stamp.write_text(key)
     text = "\n\n".join(s for s in sections if s) + "\n"
     out = report_dir / "REPORT.md"
     out.write_text(text, encoding="utf-8")
