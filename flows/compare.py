@@ -17,6 +17,8 @@ import argparse
 import json
 import logging
 import os
+import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from im_pipeline.config import (  # noqa: E402
     load_config,
     write_resolved_config,
 )
-from im_pipeline.provenance import provenance, write_json  # noqa: E402
+from im_pipeline.provenance import machine, write_json  # noqa: E402
 from tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
 from tasks.evaluate import evaluate_task, release_model  # noqa: E402
 from tasks.prepare import prepare_data_task  # noqa: E402
@@ -213,9 +215,16 @@ def _timing_entry(records: dict[str, dict[str, Any]], started: float) -> dict[st
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "stages": stages,
         "tasks": tasks,
-        "machine": provenance()["machine"],
+        "machine": _machine(),
         "max_workers": MAX_WORKERS,
     }
+
+
+def _machine() -> dict[str, Any]:
+    """provenance.machine() without importing torch just for it (a cached re-run never needs torch)."""
+    if "torch" in sys.modules:
+        return machine()
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
 
 
 def _save_timings(root: Path, entry: dict[str, Any]) -> None:

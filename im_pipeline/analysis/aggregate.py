@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from scipy import stats as sps
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +184,8 @@ def delta_stats(
     im: dict[int | None, dict[str, Any]], it: dict[int | None, dict[str, Any]], confidence: float = 0.95
 ) -> dict[str, Any] | None:
     """IM − IT on one benchmark: mean difference, 95% CI, paired t-test when ≥ 2 common seeds."""
+    from scipy import stats as sps  # imported here: scipy costs a second and most callers never need it
+
     common = sorted(s for s in im.keys() & it.keys() if ok(im[s]) and ok(it[s]))
     if not common:
         return None
@@ -275,6 +276,8 @@ def fit_line(xs: list[float], ys: list[float]) -> dict[str, float] | None:
     """Least-squares line y = slope·x + intercept (+ r²); None with fewer than 2 distinct x."""
     if len(xs) < 2 or len(set(xs)) < 2:
         return None
+    from scipy import stats as sps
+
     res = sps.linregress(xs, ys)
     return {"slope": float(res.slope), "intercept": float(res.intercept), "r2": float(res.rvalue**2), "n": len(xs)}
 
