@@ -55,20 +55,25 @@ class Timer(TrainerCallback):
         return self.t1 - self.t0
 
 
-class CountingCollator:
-    """Wraps a collator; counts real (attention_mask) and padded tokens of every batch it builds."""
+class TokenCounter:
+    """Wraps a trainer's ``compute_loss``; counts real (attention_mask) and padded tokens of the batches trained on.
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    Counting in the collator would over-count: accelerate's data loader fetches one batch ahead.
+    """
+
+    def __init__(self, trainer: Any) -> None:
         self.real = 0
         self.padded = 0
+        self._inner = trainer.compute_loss
+        trainer.compute_loss = self
 
-    def __call__(self, features: list) -> dict:
-        batch = self.inner(features)
-        mask = batch["attention_mask"]
-        self.real += int(mask.sum())
-        self.padded += int(mask.numel())
-        return batch
+    def __call__(self, model: Any, inputs: dict, *args: Any, **kwargs: Any) -> Any:
+        if model.training:
+            mask = inputs.get("attention_mask")
+            mask = mask if mask is not None else torch.ones_like(inputs["input_ids"])
+            self.real += int(mask.sum())
+            self.padded += int(mask.numel())
+        return self._inner(model, inputs, *args, **kwargs)
 
 
 def load_lima(data_dir: Path | None, n: int) -> list[dict]:
@@ -163,8 +168,7 @@ def run_trl(args: argparse.Namespace, train: list[dict], work: Path) -> dict:
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[timer]
     )
-    counter = CountingCollator(trainer.data_collator)
-    trainer.data_collator = counter
+    counter = TokenCounter(trainer)
     out = trainer.train()
     trainer.model.save_pretrained(work / "trl" / "final")
     tok.save_pretrained(work / "trl" / "final")
