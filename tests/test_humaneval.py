@@ -37,7 +37,7 @@ def test_first_20_canonical_solutions_pass_in_the_sandbox():
     assert _canonical_failures(problems) == []
 
 
-@pytest.mark.slow  # ~15-25 s on 2 shared cores
+@pytest.mark.slow  # 9-22 s on 2 shared cores, depending on load
 def test_all_164_canonical_solutions_pass_in_the_sandbox():
     problems = load_problems()
     assert len(problems) == 164
