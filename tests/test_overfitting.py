@@ -11,7 +11,7 @@ from im_pipeline.config import BenchmarkConfig
 from im_pipeline.data.templates import render_prompt
 from im_pipeline.evaluation import generation
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
-from im_pipeline.evaluation.overfitting import _sample, bleu4, run_overfitting, split_prompt
+from im_pipeline.evaluation.overfitting import _sample, bleu4, run_overfitting, split_prompt, truncate_to_tokens
 
 
 def _rec(i: int, multi: bool = False) -> dict:
@@ -85,7 +85,7 @@ def test_bleu_pairs_each_prompt_with_its_own_output(tiny, tmp_path: Path, monkey
         return [[answer_of[p]] for p in prompts]
 
     monkeypatch.setattr(generation, "generate", memorising)
-    cfg = BenchmarkConfig(limit=8, options={"loss_examples": 2, "max_new_tokens": 4, "bootstrap": 0})
+    cfg = BenchmarkConfig(limit=8, options={"loss_examples": 2, "max_new_tokens": 64, "bootstrap": 0})
     out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN, held_out=HELD), cfg)
     assert out["value"] == pytest.approx(100.0) and len(prompts_seen) == 8
     assert all(p.endswith("<|assistant|>\n") for p in prompts_seen)
@@ -109,3 +109,25 @@ def test_overfitting_without_held_out_reports_no_test_loss(tiny, tmp_path: Path)
     cfg = BenchmarkConfig(limit=2, options={"loss_examples": 2, "max_new_tokens": 3, "bootstrap": 0})
     out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), cfg)
     assert out["test_loss"] is None and out["loss_gap"] is None and out["n_test_loss"] == 0 and out["n"] == 2
+
+
+def test_references_are_cut_to_the_generation_budget(tiny, tmp_path: Path, monkeypatch) -> None:
+    """A model that reproduces the first max_new_tokens tokens of each output scores 100 against the budget-cut
+    references, but much less against the full ones (brevity penalty)."""
+    _, tok = tiny
+    budget = 5
+    answer_of = {render_prompt(split_prompt(r)[0], "tulu", tok): split_prompt(r)[1] for r in TRAIN}
+
+    def prefix_memoriser(model, tokenizer, prompts, cfg, progress=True):
+        assert cfg.max_new_tokens == budget
+        return [[truncate_to_tokens(answer_of[p], tokenizer, budget)] for p in prompts]
+
+    monkeypatch.setattr(generation, "generate", prefix_memoriser)
+    cfg = BenchmarkConfig(limit=4, options={"loss_examples": 1, "max_new_tokens": budget, "bootstrap": 0})
+    out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), cfg)
+    assert out["value"] == pytest.approx(100.0)
+    assert out["n_references_truncated"] == 4 and out["bleu4_full_reference"] < 50.0
+    ids = tok("The answer is 14, because 7 and 7 make 14.", add_special_tokens=False)["input_ids"]
+    assert len(ids) > budget
+    cut = truncate_to_tokens("The answer is 14, because 7 and 7 make 14.", tok, budget)
+    assert tok(cut, add_special_tokens=False)["input_ids"] == ids[:budget]

@@ -5,7 +5,11 @@
   the training package), so IT and IM are comparable. IM's claim: a smaller train/test gap.
 * **Memorisation, BLEU-4.** Greedy generations for ``limit`` training prompts, scored with
   sacrebleu's corpus BLEU against their training outputs. Lower = less copying of the training
-  outputs (paper Table 2, LIMA: IT 18.15 vs IM 17.30).
+  outputs (paper Table 2, LIMA: IT 18.15 vs IM 17.30). The references are cut to the generation
+  budget (their first ``max_new_tokens`` tokens): with capped generation and long outputs (LIMA:
+  ~440 words) the brevity penalty would otherwise drive every score to ~0 whatever the overlap.
+  With a budget that covers the outputs this is the plain BLEU; the BLEU against the full
+  references is recorded too (``bleu4_full_reference``).
 
 Records come from ``ctx.extra`` (``train_records``/``held_out_records``, or ``train``/``held_out`` as
 the pipeline's evaluate task passes them), or, for a standalone ``im-pipeline eval``, from the
@@ -59,6 +63,14 @@ def split_prompt(record: dict) -> tuple[list[dict], str]:
     if last is None or last == 0:
         raise ValueError(f"record {record.get('id')!r}: needs a non-assistant message followed by an assistant answer")
     return messages[:last], messages[last]["content"]
+
+
+def truncate_to_tokens(text: str, tokenizer: Any, max_tokens: int) -> str:
+    """``text`` cut to its first ``max_tokens`` tokens (the generation budget)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
 
 
 def bleu4(hypotheses: list[str], references: list[str], *, bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -138,7 +150,10 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "overfitting: greedy generation for %d training prompts (max %d new tokens)", n_bleu, gen_cfg.max_new_tokens
     )
     hypotheses = [c[0].strip() for c in generate(model, tokenizer, prompts, gen_cfg)]
-    bleu = bleu4(hypotheses, references, bootstrap=int(opts.get("bootstrap", 200)), seed=seed)
+    budget_refs = [truncate_to_tokens(r, tokenizer, gen_cfg.max_new_tokens) for r in references]
+    bootstrap = int(opts.get("bootstrap", 200))
+    bleu = bleu4(hypotheses, budget_refs, bootstrap=bootstrap, seed=seed)
+    bleu_full = bleu4(hypotheses, references, bootstrap=0)
     return {
         "metric": "bleu4",
         "value": bleu["score"],
@@ -150,6 +165,8 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "n_train_loss": len(loss_train),
         "n_test_loss": len(loss_held),
         "bleu": {k: v for k, v in bleu.items() if k not in ("score", "stderr")},
+        "bleu4_full_reference": bleu_full["score"],
+        "n_references_truncated": sum(b != r for b, r in zip(budget_refs, references, strict=True)),
         "max_new_tokens": gen_cfg.max_new_tokens,
         "template": ctx.template,
         "examples": [
