@@ -358,6 +358,13 @@ def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     # Position bias of the judge: how often it preferred whichever output it saw first (0.5 = none).
     first = [won for a in rows for won in a.get("first_shown_won", [])]
     result["judge_prefers_first_shown"] = round(sum(first) / len(first), 4) if first else None
+    # The LC win rate needs a Hub file (df_gamed.csv): don't spend huggingface_hub's retries offline.
+    from im_pipeline.evaluation.lm_eval_tasks import hub_reachable
+
+    if not hub_reachable():
+        result["length_controlled_win_rate"] = None
+        result["lc_unavailable"] = "offline: the length-controlled win rate needs a file from the Hugging Face Hub"
+        return result
     try:
         lc = ae.metrics.get_length_controlled_winrate(df.copy(), save_weights_dir=None)
         result["length_controlled_win_rate"] = float(lc["length_controlled_winrate"])
