@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import BenchmarkConfig, JudgeConfig, stable_hash
-from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, hub_reachable
 from im_pipeline.evaluation.judges import (
     AnnotationCache,
     LocalHFJudge,
@@ -359,8 +359,6 @@ def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     first = [won for a in rows for won in a.get("first_shown_won", [])]
     result["judge_prefers_first_shown"] = round(sum(first) / len(first), 4) if first else None
     # The LC win rate needs a Hub file (df_gamed.csv): don't spend huggingface_hub's retries offline.
-    from im_pipeline.evaluation.lm_eval_tasks import hub_reachable
-
     if not hub_reachable():
         result["length_controlled_win_rate"] = None
         result["lc_unavailable"] = "offline: the length-controlled win rate needs a file from the Hugging Face Hub"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +58,17 @@ class EvalContext:
 
             self._loaded = load_model_and_tokenizer(self.model_source, dtype=self.dtype, cache_dir=self.cache_dir)
         return self._loaded
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True unless ``HF_HUB_OFFLINE`` is set or huggingface.co cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def get_benchmark(name: str) -> Benchmark:

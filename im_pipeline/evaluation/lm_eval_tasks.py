@@ -30,14 +30,13 @@ import csv
 import json
 import logging
 import os
-import socket
 import string
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig
-from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -224,17 +223,6 @@ def write_local_truthfulqa_task(data_dir: Path, out_dir: Path) -> str:
 
 
 # -- running ----------------------------------------------------------------------------------
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True unless ``HF_HUB_OFFLINE`` is set or huggingface.co cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _source(opts: dict[str, Any]) -> str:
