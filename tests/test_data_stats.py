@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from im_pipeline.analysis.paper_reference import TABLE5_LENGTH_STATS
-from im_pipeline.data import length_stats, load_records
+from im_pipeline.data import DataError, length_stats, load_records
 from im_pipeline.data.phrasings import TEMPLATES_NO_INPUT, TEMPLATES_WITH_INPUT, phrase, template_index
 from im_pipeline.data.stats import example_lengths, format_stats_table
 
@@ -90,3 +90,38 @@ def test_instruction_templates_lengthen_dolly_and_alpaca(data_dir: Path) -> None
         assert templ["instruction_words_mean"] > plain["instruction_words_mean"] + 3
         assert templ["ratio"] > plain["ratio"]
         assert abs(templ["ratio"] - paper) < abs(plain["ratio"] - paper)
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "instruction", "output", "ratio"),
+    [
+        ("paper_lima", 1030, 41.72, 442.75, 0.094),
+        ("paper_dolly_3k", 2996, None, None, 0.644),
+        ("paper_alpaca_5k", 5305, None, None, 0.567),
+    ],
+)
+def test_paper_processed_sources_give_table5_exactly(
+    name: str, n: int, instruction: float | None, output: float | None, ratio: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The paper's own processed files (paper_processed/, read via $IM_PIPELINE_DATA_DIR) give Table 5's numbers."""
+    import json
+    import os
+
+    from im_pipeline.cli import main
+
+    root = os.environ.get("IM_PIPELINE_DATA_DIR")
+    if not root or not (Path(root) / "paper_processed").is_dir():
+        pytest.skip(f"paper_processed/ not found under IM_PIPELINE_DATA_DIR={root!r} (see its SOURCE.md)")
+    assert main(["data", "stats", name, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == n
+    assert round(out["ratio"], 3) == ratio
+    if instruction is not None:
+        assert round(out["instruction_words_mean"], 2) == instruction
+        assert round(out["output_words_mean"], 2) == output
+    assert out["paper_table5"]["ratio"] == round(ratio, 2 if name != "paper_lima" else 3)
+
+
+def test_paper_source_missing_names_where_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"paper_processed/lima_data.jsonl.*ZhengxiangShi/InstructionModelling"):
+        load_records("paper_lima", tmp_path)

@@ -28,7 +28,12 @@ TABLE5_LENGTH_STATS: dict[str, dict[str, float]] = {
     "science": {"ratio": 24.74},
     "tulu_v2": {"ratio": 0.58},
 }
-TABLE5_ALIASES = {"lima_full": "lima"}
+TABLE5_ALIASES = {
+    "lima_full": "lima",
+    "paper_lima": "lima",
+    "paper_dolly_3k": "dolly_3k",
+    "paper_alpaca_5k": "alpaca_5k",
+}
 
 # Table 1 (LLaMA-2-7B): AlpacaEval 1.0 win rate, IT vs IM.
 TABLE1_ALPACA_EVAL_1: dict[str, dict[str, float]] = {

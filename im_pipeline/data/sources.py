@@ -43,6 +43,8 @@ class DatasetSpec:
     upstream: str = ""  # where the file originally comes from (for people building a local copy)
 
 
+_PAPER_DATA = "GitHub ZhengxiangShi/InstructionModelling @ 325b77e, data"
+
 REGISTRY: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
@@ -90,6 +92,27 @@ REGISTRY: dict[str, DatasetSpec] = {
             "alpagasus/chatgpt_9k.json",
             hub_id="mlabonne/alpagasus",
             upstream="gpt4life/alpagasus data/filtered/chatgpt_9k.json",
+        ),
+        # The paper's own processed training files (released code, data/ @ 325b77e): Tulu ``messages`` format with
+        # the open-instruct instruction phrasings already applied. Table 5's counting rule on these gives the paper's
+        # numbers exactly. Offline only (no Hub copy).
+        DatasetSpec(
+            "paper_lima",
+            "LIMA as the paper trained on it (1,030 conversations incl. multi-turn; released lima_data.jsonl)",
+            "paper_processed/lima_data.jsonl",
+            upstream=f"{_PAPER_DATA}/lima_data.jsonl",
+        ),
+        DatasetSpec(
+            "paper_dolly_3k",
+            "AlpaGasus Dolly 3k as the paper trained on it (2,996; instruction phrasings applied)",
+            "paper_processed/alpagasus_3k_dolly.jsonl",
+            upstream=f"{_PAPER_DATA}/alpagasus_3k_dolly.jsonl",
+        ),
+        DatasetSpec(
+            "paper_alpaca_5k",
+            "AlpaGasus Alpaca 5k (claude_t45) as the paper trained on it (5,305; instruction phrasings applied)",
+            "paper_processed/alpagasus_claude_t45_alpaca.jsonl",
+            upstream=f"{_PAPER_DATA}/alpagasus_claude_t45_alpaca.jsonl",
         ),
         DatasetSpec(
             "less_mmlu_chat",
