@@ -59,9 +59,16 @@ class ModelConfig(_Strict):
 class DataConfig(_Strict):
     train: str = Field("lima", description="Training set: a registered name, a local file, or a Hub id.")
     held_out: str | None = Field(
-        None, description="Held-out set for test loss; null = split held_out_size examples off the training source."
+        None,
+        description="Test set for the overfitting analyses: any named source, file or Hub id (another data set, as "
+        "the paper; nothing is removed from training); null = split held_out_size examples off the training source.",
     )
-    held_out_size: int = Field(32, ge=0, description="Examples split off for the held-out set.")
+    held_out_size: int = Field(
+        32,
+        ge=0,
+        description="Held-out examples: split off the training source (held_out null), or a seeded sample of the "
+        "held_out set (0 = all of it).",
+    )
     n: int | None = Field(None, ge=1, description="Subsample this many training examples (null = all).")
     select_ratio: float | None = Field(
         None, gt=0, description="Pick the n examples whose instruction/output ratio is closest to this α."
@@ -88,6 +95,12 @@ class ArmConfig(_Strict):
     )
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise α (paper: 5); training only.")
     kl_coef: float = Field(0.0, ge=0.0, description="Weight of KL(model || frozen base) over output tokens.")
+    kl_form: Literal["full", "release"] = Field(
+        "full",
+        description="'full': KL(model || base) over the whole next-token distribution (paper Eq. 5); 'release': "
+        "the released src/finetune.py's log p_model(y) - log p_base(y) at the target token, reduced like the NLL "
+        "(for an IT arm loss = (1-c)*NLL + const: no gradient at kl_coef=1).",
+    )
 
     @model_validator(mode="after")
     def _check_weight(self) -> ArmConfig:

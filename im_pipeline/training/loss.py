@@ -87,6 +87,7 @@ def weighted_lm_loss(
     normalisation: str = "sequence",
     *,
     num_items: torch.Tensor | float | None = None,
+    token_losses: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted next-token cross-entropy.
 
@@ -96,18 +97,26 @@ def weighted_lm_loss(
         weights: ``[B, T]`` weight of token ``i`` as a target (aligned with ``labels``).
         normalisation: ``"sequence"`` or ``"token"`` (see the module docstring).
         num_items: denominator over the whole accumulated batch (gradient accumulation); ``None`` = this batch's.
+        token_losses: :func:`token_ce` of ``logits`` if already computed (shared with :func:`release_kl`).
     """
     if logits.dim() != 3 or logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be [B, T, V] with [B, T] = labels {tuple(labels.shape)}")
     w = shifted_weights(labels, weights)
+    ce = token_ce(logits, labels) if token_losses is None else token_losses
+    return reduce_token_values(ce, w, normalisation, num_items)
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-target cross-entropy ``[B, T-1]`` (``-log p(label)``; 0 where the label is ignored)."""
+    if logits.dim() != 3 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be [B, T, V] with [B, T] = labels {tuple(labels.shape)}")
     targets = labels[:, 1:]
-    ce = F.cross_entropy(
+    return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.size(-1)).float(),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",
-    ).view_as(w)
-    return reduce_token_values(ce, w, normalisation, num_items)
+    ).view_as(targets)
 
 
 def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -136,3 +145,37 @@ def weighted_kl(
     w = shifted_weights(labels, weights)
     kl = token_kl(logits[:, :-1], ref_logits[:, :-1])
     return reduce_token_values(kl, w, normalisation, num_items)
+
+
+KL_FORMS = ("full", "release")
+
+
+def target_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log p(label)`` at each target, ``[B, T-1]`` (0 where the label is ignored); gradients flow."""
+    return -token_ce(logits, labels)
+
+
+def release_kl(
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    normalisation: str = "sequence",
+    *,
+    num_items: torch.Tensor | float | None = None,
+    token_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The released code's "KL" (``src/finetune.py`` → ``utils.compute_kl_divergence_loss_target_token`` with
+    ``compute_kl_penalty(kl_penalty="kl")``): ``log p_θ(y) − log p_ref(y)`` at the *target token* only, averaged over
+    the weighted targets with the same reduction as the NLL (:func:`reduce_token_values`).
+
+    Not a divergence: its expectation under the data is not ≥ 0, and where it shares tokens and denominator with the
+    NLL (``-log p_θ(y)``), ``NLL + c·KL = (1 − c)·NLL − c·mean(log p_ref(y))``: the gradient is ``(1 − c)`` times the
+    NLL's and vanishes at ``c = 1``. ``token_logprobs`` (``-token_ce``, as the NLL computed it) may be passed so the
+    two terms share one graph node and the cancellation at ``c = 1`` is exact in floating point.
+    """
+    w = shifted_weights(labels, weights)
+    logp = target_token_logprobs(logits, labels) if token_logprobs is None else token_logprobs
+    with torch.no_grad():
+        ref_logp = target_token_logprobs(ref_logits.detach(), labels)
+    return reduce_token_values(logp - ref_logp, w, normalisation, num_items)

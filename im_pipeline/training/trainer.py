@@ -34,7 +34,17 @@ from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainerCallb
 from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig, stable_hash
-from im_pipeline.training.loss import IGNORE_INDEX, loss_denominator, weighted_kl, weighted_lm_loss
+from im_pipeline.training.loss import (
+    IGNORE_INDEX,
+    KL_FORMS,
+    loss_denominator,
+    reduce_token_values,
+    release_kl,
+    shifted_weights,
+    token_ce,
+    weighted_kl,
+    weighted_lm_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +118,17 @@ class WeightedLossTrainer(Trainer):
         loss_normalisation: str = "sequence",
         kl_coef: float = 0.0,
         ref_model: PreTrainedModel | None = None,
+        kl_form: str = "full",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs ref_model (the frozen base model)")
+        if kl_form not in KL_FORMS:
+            raise ValueError(f"kl_form must be one of {KL_FORMS}, got {kl_form!r}")
         self.loss_normalisation = loss_normalisation
         self.kl_coef = kl_coef
+        self.kl_form = kl_form
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -125,7 +139,7 @@ class WeightedLossTrainer(Trainer):
 
     @staticmethod
     def _empty_window() -> dict[str, float]:
-        return {"real_tokens": 0, "padded_tokens": 0, "lm_loss": 0.0, "kl": 0.0, "steps": 0}
+        return {"real_tokens": 0, "padded_tokens": 0, "lm_loss": 0.0, "kl": 0.0, "it_loss": 0.0, "steps": 0}
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         # Trainer's sampler hook (TRL overrides it too): our length grouping, seeded per epoch.
@@ -172,13 +186,29 @@ class WeightedLossTrainer(Trainer):
         outputs = model(**model_inputs)
         # Accumulated-batch denominators only while training; evaluation batches are normalised on their own.
         loss_n, kl_n = self._denominators if (model.training and self._denominators is not None) else (None, None)
-        lm_loss = weighted_lm_loss(outputs.logits, labels, weights, self.loss_normalisation, num_items=loss_n)
+        ce = token_ce(outputs.logits, labels)
+        lm_loss = weighted_lm_loss(
+            outputs.logits, labels, weights, self.loss_normalisation, num_items=loss_n, token_losses=ce
+        )
         loss = lm_loss
         kl = None
         if self.kl_coef > 0:
             with torch.no_grad():
                 ref_logits = self.ref_model(**model_inputs).logits
-            kl = weighted_kl(outputs.logits, ref_logits, labels, it_weights, self.loss_normalisation, num_items=kl_n)
+            if self.kl_form == "release":
+                kl = release_kl(
+                    outputs.logits,
+                    ref_logits,
+                    labels,
+                    it_weights,
+                    self.loss_normalisation,
+                    num_items=kl_n,
+                    token_logprobs=-ce,
+                )
+            else:
+                kl = weighted_kl(
+                    outputs.logits, ref_logits, labels, it_weights, self.loss_normalisation, num_items=kl_n
+                )
             loss = loss + self.kl_coef * kl
         if model.training and loss_n is not None and self.args.world_size > 1:
             loss = loss * self.args.world_size
@@ -187,6 +217,12 @@ class WeightedLossTrainer(Trainer):
             self._window["real_tokens"] += int(mask.sum())
             self._window["padded_tokens"] += int(mask.numel())
             self._window["lm_loss"] += float(lm_loss.detach())
+            # The output-token loss under the IT mask, for every arm (this micro-batch's share of the step): the
+            # train curve that is comparable between IT and IM (each arm's own loss covers different tokens).
+            with torch.no_grad():
+                self._window["it_loss"] += float(
+                    reduce_token_values(ce.detach(), shifted_weights(labels, it_weights), self.loss_normalisation, kl_n)
+                )
             self._window["kl"] += float(kl.detach()) if kl is not None else 0.0
         return (loss, outputs) if return_outputs else loss
 
@@ -198,8 +234,9 @@ class WeightedLossTrainer(Trainer):
             logs["tokens"] = w["real_tokens"]
             logs["padded_tokens"] = w["padded_tokens"]
             logs["padding_fraction"] = 1.0 - w["real_tokens"] / w["padded_tokens"] if w["padded_tokens"] else 0.0
+            # Per-step values (each micro-batch holds its share of the step's loss, so sums are per step).
+            logs["it_mask_loss"] = w["it_loss"] / steps
             if self.kl_coef > 0:
-                # Per-step values (each micro-batch holds its share of the step's loss, so sums are per step).
                 logs["lm_loss"] = w["lm_loss"] / steps
                 logs["kl"] = w["kl"] / steps
             self._window = self._empty_window()
@@ -384,7 +421,7 @@ class TrainLogCallback(TrainerCallback):
             "tokens_per_s": round(logs["tokens"] / seconds, 2) if logs.get("tokens") else None,
             "padding_fraction": round(logs.get("padding_fraction", 0.0), 4),
         }
-        for key in ("lm_loss", "kl"):
+        for key in ("it_mask_loss", "lm_loss", "kl"):
             if key in logs:
                 row[key] = logs[key]
         self._pending_held_out = None
@@ -572,6 +609,7 @@ def train_arm(
         loss_normalisation=t.loss_normalisation,
         kl_coef=arm.kl_coef,
         ref_model=ref_model,
+        kl_form=arm.kl_form,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through TrainLogCallback's logging instead
     if resume:
@@ -597,6 +635,7 @@ def train_arm(
         "prompt_loss_weight": arm.prompt_loss_weight,
         "neftune_alpha": arm.neftune_alpha,
         "kl_coef": arm.kl_coef,
+        "kl_form": arm.kl_form if arm.kl_coef > 0 else None,
         "loss_normalisation": t.loss_normalisation,
         "model": cfg.model.source,
         "steps": result.global_step,
