@@ -50,12 +50,19 @@ def test_subsample_and_ratio_selection(tmp_path: Path) -> None:
     assert len(big.train) == 40 and "warning" in big.report["selection"]
 
 
-def test_separate_held_out_source_removes_overlap(tmp_path: Path) -> None:
+def test_separate_held_out_source_keeps_training_whole(tmp_path: Path) -> None:
     train = _write(tmp_path, "t.jsonl", [_msg("a", "q1", "a1"), _msg("b", "q2", "a2"), _msg("c", "q3", "a3")])
-    held = _write(tmp_path, "h.jsonl", [_msg("z", "q2", "a2")])
-    prep = prepare_data(DataConfig(train=train, held_out=held), None, seed=0)
-    assert [r["id"] for r in prep.train] == ["a", "c"] and [r["id"] for r in prep.held_out] == ["z"]
-    assert prep.report["actions"]["train_removed_overlapping_held_out"] == 1
+    held = _write(tmp_path, "h.jsonl", [_msg("z", "q2", "a2"), _msg("y", "q9", "a9"), _msg("x", "q8", "a8")])
+    prep = prepare_data(DataConfig(train=train, held_out=held, held_out_size=0), None, seed=0)
+    assert [r["id"] for r in prep.train] == ["a", "b", "c"]  # nothing removed from training
+    assert sorted(r["id"] for r in prep.held_out) == ["x", "y", "z"]
+    assert prep.report["actions"]["held_out_also_in_train"] == 1
+    assert prep.report["held_out_kind"] == "another data set"
+    # held_out_size samples the other set (seeded); a split is labelled as such.
+    two = prepare_data(DataConfig(train=train, held_out=held, held_out_size=2), None, seed=0)
+    assert len(two.held_out) == 2 and len(two.train) == 3
+    split = prepare_data(DataConfig(train=train, held_out_size=1), None, seed=0)
+    assert split.report["held_out_kind"] == "in-distribution split" and len(split.train) == 2
 
 
 def test_instruction_templates_and_multi_turn_options(tmp_path: Path) -> None:

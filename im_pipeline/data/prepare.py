@@ -5,8 +5,9 @@ Steps, each recorded in ``PreparedData.report``:
 1. load + normalise the training source (``multi_turn``, ``instruction_templates`` with the seed);
 2. ``on_duplicate_id`` policy (``drop``: keep the first occurrence; ``error``: :class:`DataError` naming both places);
 3. ``on_empty`` policy for empty instructions or outputs (``drop`` or ``error``);
-4. held-out set: a separate source (same policies; training examples identical to a held-out one are
-   removed) or ``held_out_size`` examples split off by a seeded hash;
+4. held-out set: another data set (same policies; a seeded sample of ``held_out_size`` examples, 0 = all;
+   nothing is removed from training, examples present in both are counted) or ``held_out_size`` examples
+   split off the training source by a seeded hash; ``held_out_kind`` records which;
 5. ``select_ratio`` (the n examples with ratio closest to α) or ``n`` (seeded, order-independent subsample);
 6. Table-5 statistics of what is actually used, plus word-count maxima. The over-length policy
    (``on_overlength``) needs a tokenizer and is applied in training.
@@ -111,16 +112,21 @@ def prepare_data(
     }
 
     if cfg.held_out:
+        # Another data set as the test set (the paper's protocol: a Tulu V2 sample for LIMA-trained models). The
+        # training set stays whole; examples that also occur in the training set are only counted.
         held_loaded = load_source(cfg.held_out, data_dir, **opts)
         held_out, held_actions = _apply_policies(held_loaded, cfg, f"held_out ({cfg.held_out})")
-        held_keys = {_content_key(r) for r in held_out}
-        before = len(train)
-        train = [r for r in train if _content_key(r) not in held_keys]
+        if cfg.held_out_size and len(held_out) > cfg.held_out_size:
+            held_out = subsample(held_out, cfg.held_out_size, seed)
+            held_actions["sampled"] = len(held_out)
+        train_keys = {_content_key(r) for r in train}
         report["actions"]["held_out"] = held_actions
-        report["actions"]["train_removed_overlapping_held_out"] = before - len(train)
+        report["actions"]["held_out_also_in_train"] = sum(_content_key(r) in train_keys for r in held_out)
+        report["held_out_kind"] = "another data set"
     else:
         train, held_out = split_held_out(train, cfg.held_out_size, seed)
         report["actions"]["held_out_split"] = len(held_out)
+        report["held_out_kind"] = "in-distribution split"
 
     available = len(train)
     selection: dict[str, Any] = {"available": available}
