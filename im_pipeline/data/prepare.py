@@ -29,7 +29,7 @@ from typing import Any
 from im_pipeline.config import DataConfig
 from im_pipeline.data.normalise import DataError
 from im_pipeline.data.select import select_by_ratio, split_held_out, subsample
-from im_pipeline.data.sources import Loaded, load_source, write_jsonl
+from im_pipeline.data.sources import Loaded, load_source
 from im_pipeline.data.stats import length_stats
 
 log = logging.getLogger(__name__)
@@ -155,10 +155,27 @@ def prepare_data(
 
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
-    """Write ``train.jsonl``, ``held_out.jsonl`` and ``data_stats.json`` (each atomically)."""
-    write_jsonl(prepared.train, out_dir / "train.jsonl")
-    write_jsonl(prepared.held_out, out_dir / "held_out.jsonl")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".data_stats.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(prepared.report, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, out_dir / "data_stats.json")
+    """Write ``train.jsonl``, ``held_out.jsonl`` and ``data_stats.json``: all three or none.
+
+    Each goes to a unique temporary file first; only when all three are complete are they renamed,
+    so a failure (or a concurrent writer) never leaves a partial or mixed set.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[str, Path]] = []
+    try:
+        for name, records in (("train.jsonl", prepared.train), ("held_out.jsonl", prepared.held_out)):
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            temps.append((tmp, out_dir / name))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".data_stats.", suffix=".tmp")
+        temps.append((tmp, out_dir / "data_stats.json"))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(prepared.report, f, indent=2, ensure_ascii=False)
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise

