@@ -61,6 +61,9 @@ def evaluate_task(
             ctx.extra = {
                 "train": read_jsonl(data / "train.jsonl"),
                 "held_out": read_jsonl(data / "held_out.jsonl"),
+                "held_out_kind": f"another data set ({cfg.data.held_out})"
+                if cfg.data.held_out
+                else f"in-distribution split of {cfg.data.train}",
                 "run_dir": None if arm == BASE_ARM else str(out_dir),
             }
         identity = (model_dir, model_key, cfg.model.dtype)

@@ -60,7 +60,7 @@ def tiny_config(tmp: Path, model_dir: Path, **arms_extra: Any) -> dict[str, Any]
             "truthfulqa": off,
             "alpaca_eval": off,
             "humaneval": {"enabled": False},
-            "overfitting": {"limit": 2, "options": {"max_new_tokens": 4, "bootstrap": 0}},
+            "overfitting": {"limit": 2, "options": {"max_new_tokens": 4}},
             "batch_size": 4,
         },
         "seeds": [0],

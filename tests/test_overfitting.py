@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
 import sacrebleu
+import torch
+import torch.nn.functional as F
 
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.data.templates import render_prompt
 from im_pipeline.evaluation import generation
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
-from im_pipeline.evaluation.overfitting import _sample, bleu4, run_overfitting, split_prompt, truncate_to_tokens
+from im_pipeline.evaluation.overfitting import _sample, bleu4, output_token_losses, run_overfitting, split_prompt
+from im_pipeline.training import encode_example, output_token_loss
 
 
 def _rec(i: int, multi: bool = False) -> dict:
@@ -39,14 +43,18 @@ def _ctx(tmp_path: Path, tiny, **extra) -> EvalContext:
     return EvalContext(model_source="no-such-model", out_dir=tmp_path, batch_size=4, extra=extra, _loaded=tiny)
 
 
-def test_bleu4_matches_sacrebleu_and_bounds() -> None:
-    hyps = ["the cat sat on the mat today", "a dog barked loudly at night"]
-    refs = ["the cat sat on the mat", "the dog barked at the moon at night"]
-    out = bleu4(hyps, refs, bootstrap=50)
-    assert out["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
-    assert 0 < out["score"] < 100 and out["stderr"] > 0
-    assert bleu4(refs, refs)["score"] == pytest.approx(100.0)
-    assert bleu4(["zzz qqq xxx yyy"], ["the cat sat on the mat"], bootstrap=0)["score"] == 0.0
+def test_bleu4_is_mean_sentence_bleu_against_whole_references() -> None:
+    hyps = ["the cat sat on the mat today", "a dog barked loudly at night", "zzz qqq", "one two three", "x y z w"]
+    refs = ["the cat sat on the mat", "the dog barked at the moon at night", "the end", "one two three four", "x y"]
+    out = bleu4(hyps, refs)
+    sentence = [sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(hyps, refs, strict=True)]
+    assert out["sentence"] == pytest.approx(sentence)
+    assert out["mean_sentence_bleu"] == pytest.approx(sum(sentence) / 5)
+    assert out["corpus"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert out["mean_sentence_bleu"] != pytest.approx(out["corpus"], abs=0.5)  # two different measures
+    assert out["stderr"] == pytest.approx(statistics.stdev(sentence) / 5**0.5)
+    assert bleu4(refs, refs)["mean_sentence_bleu"] == pytest.approx(100.0)
+    assert bleu4(hyps[:2], refs[:2])["stderr"] is None  # too few items for a standard error
 
 
 def test_split_prompt_uses_last_assistant_turn() -> None:
@@ -57,20 +65,52 @@ def test_split_prompt_uses_last_assistant_turn() -> None:
 
 
 def test_overfitting_tiny_model(tiny, tmp_path: Path) -> None:
-    from im_pipeline.training import output_token_loss
-
     model, tok = tiny
-    cfg = BenchmarkConfig(limit=3, options={"loss_examples": 5, "max_new_tokens": 6, "bootstrap": 20})
+    cfg = BenchmarkConfig(limit=3, options={"loss_examples": 5, "max_new_tokens": 6})
     out = run_overfitting(_ctx(tmp_path, tiny, train_records=TRAIN, held_out_records=HELD), cfg)
     assert out["metric"] == "bleu4" and out["n"] == 3
     assert out["n_train_loss"] == 5 and out["n_test_loss"] == 3
-    # exactly the shared output-token loss on the seeded sample (the same items for every arm)
-    assert out["train_loss"] == pytest.approx(output_token_loss(model, tok, _sample(TRAIN, 5, 0), batch_size=4))
-    assert out["test_loss"] == pytest.approx(output_token_loss(model, tok, _sample(HELD, 5, 0), batch_size=4))
+    # token mean: exactly the shared output-token loss on the seeded sample (the same items for every arm)
+    assert out["train_loss_token_mean"] == pytest.approx(
+        output_token_loss(model, tok, _sample(TRAIN, 5, 0), batch_size=4), rel=1e-5
+    )
+    assert out["test_loss_token_mean"] == pytest.approx(
+        output_token_loss(model, tok, _sample(HELD, 5, 0), batch_size=4), rel=1e-5
+    )
+    # per-example mean (released compute_loss.py, batch 1): each example alone through F.cross_entropy
+    ref = []
+    for rec in _sample(TRAIN, 5, 0):
+        enc = encode_example(rec, tok, mode="it", max_length=512)
+        ids = torch.tensor([enc["input_ids"]])
+        keep = torch.tensor(enc["it_weights"][1:]) > 0
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        ref.append(F.cross_entropy(logits[keep], ids[0, 1:][keep]).item())
+    assert out["train_loss"] == pytest.approx(sum(ref) / len(ref), rel=1e-5)
+    assert out["items"]["train_loss"] == pytest.approx(
+        {r["id"]: v for r, v in zip(_sample(TRAIN, 5, 0), ref, strict=True)}, rel=1e-5
+    )
+    assert out["train_loss"] != pytest.approx(out["train_loss_token_mean"], rel=1e-6)
     assert out["loss_gap"] == pytest.approx(out["test_loss"] - out["train_loss"])
-    assert 0.0 <= out["value"] <= 100.0 and out["stderr"] is not None
+    assert set(out["items"]["bleu4"]) == {r["id"] for r in _sample(TRAIN, 5, 0)[:3]}
+    assert out["value"] == pytest.approx(sum(out["items"]["bleu4"].values()) / 3)
+    assert out["stderr"] is None  # 3 items: too few for a standard error
+    assert out["held_out_kind"] == "in-distribution split"
     assert out["train_loss"] > 3.0  # random tiny model: near ln(vocab) ≈ 6.2, not trained
     assert len(out["examples"]) == 3 and out["examples"][0]["id"] == _sample(TRAIN, 5, 0)[0]["id"]
+    other = run_overfitting(
+        _ctx(tmp_path, tiny, train_records=TRAIN, held_out_records=HELD, held_out_kind="another data set (x)"), cfg
+    )
+    assert other["held_out_kind"] == "another data set (x)"
+
+
+def test_output_token_losses_per_example_independent_of_batching(tiny) -> None:
+    model, tok = tiny
+    one = output_token_losses(model, tok, TRAIN, template="tulu", max_length=512, batch_size=1)
+    four = output_token_losses(model, tok, TRAIN, template="tulu", max_length=512, batch_size=4)
+    assert [e["id"] for e in one] == [r["id"] for r in TRAIN]
+    for a, b in zip(one, four, strict=True):
+        assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
 def test_bleu_pairs_each_prompt_with_its_own_output(tiny, tmp_path: Path, monkeypatch) -> None:
@@ -85,7 +125,7 @@ def test_bleu_pairs_each_prompt_with_its_own_output(tiny, tmp_path: Path, monkey
         return [[answer_of[p]] for p in prompts]
 
     monkeypatch.setattr(generation, "generate", memorising)
-    cfg = BenchmarkConfig(limit=8, options={"loss_examples": 2, "max_new_tokens": 64, "bootstrap": 0})
+    cfg = BenchmarkConfig(limit=8, options={"loss_examples": 2, "max_new_tokens": 64})
     out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN, held_out=HELD), cfg)
     assert out["value"] == pytest.approx(100.0) and len(prompts_seen) == 8
     assert all(p.endswith("<|assistant|>\n") for p in prompts_seen)
@@ -106,28 +146,25 @@ def test_overfitting_without_records_skips(tiny, tmp_path: Path) -> None:
 
 
 def test_overfitting_without_held_out_reports_no_test_loss(tiny, tmp_path: Path) -> None:
-    cfg = BenchmarkConfig(limit=2, options={"loss_examples": 2, "max_new_tokens": 3, "bootstrap": 0})
+    cfg = BenchmarkConfig(limit=2, options={"loss_examples": 2, "max_new_tokens": 3})
     out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), cfg)
     assert out["test_loss"] is None and out["loss_gap"] is None and out["n_test_loss"] == 0 and out["n"] == 2
 
 
-def test_references_are_cut_to_the_generation_budget(tiny, tmp_path: Path, monkeypatch) -> None:
-    """A model that reproduces the first max_new_tokens tokens of each output scores 100 against the budget-cut
-    references, but much less against the full ones (brevity penalty)."""
+def test_references_are_whole(tiny, tmp_path: Path, monkeypatch) -> None:
+    """References are never cut to the generation budget: a model that reproduces only the first tokens of each
+    output scores well below 100 (brevity penalty), as the paper's BLEU against the training output would."""
     _, tok = tiny
     budget = 5
     answer_of = {render_prompt(split_prompt(r)[0], "tulu", tok): split_prompt(r)[1] for r in TRAIN}
 
     def prefix_memoriser(model, tokenizer, prompts, cfg, progress=True):
         assert cfg.max_new_tokens == budget
-        return [[truncate_to_tokens(answer_of[p], tokenizer, budget)] for p in prompts]
+        return [
+            [tokenizer.decode(tokenizer(answer_of[p], add_special_tokens=False)["input_ids"][:budget])] for p in prompts
+        ]
 
     monkeypatch.setattr(generation, "generate", prefix_memoriser)
-    cfg = BenchmarkConfig(limit=4, options={"loss_examples": 1, "max_new_tokens": budget, "bootstrap": 0})
+    cfg = BenchmarkConfig(limit=4, options={"loss_examples": 1, "max_new_tokens": budget})
     out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), cfg)
-    assert out["value"] == pytest.approx(100.0)
-    assert out["n_references_truncated"] == 4 and out["bleu4_full_reference"] < 50.0
-    ids = tok("The answer is 14, because 7 and 7 make 14.", add_special_tokens=False)["input_ids"]
-    assert len(ids) > budget
-    cut = truncate_to_tokens("The answer is 14, because 7 and 7 make 14.", tok, budget)
-    assert tok(cut, add_special_tokens=False)["input_ids"] == ids[:budget]
+    assert out["value"] < 50.0 and out["bleu"]["corpus_brevity_penalty"] < 1.0

@@ -1,15 +1,21 @@
 """Overfitting analyses (paper, Additional Experiments 1 and 2), as one benchmark.
 
-* **Train vs test loss on output tokens.** Mean cross-entropy over the assistant tokens (IT mask) of
-  training and held-out conversations, the same measure for every arm (``output_token_loss`` from
-  the training package), so IT and IM are comparable. IM's claim: a smaller train/test gap.
-* **Memorisation, BLEU-4.** Greedy generations for ``limit`` training prompts, scored with
-  sacrebleu's corpus BLEU against their training outputs. Lower = less copying of the training
-  outputs (paper Table 2, LIMA: IT 18.15 vs IM 17.30). The references are cut to the generation
-  budget (their first ``max_new_tokens`` tokens): with capped generation and long outputs (LIMA:
-  ~440 words) the brevity penalty would otherwise drive every score to ~0 whatever the overlap.
-  With a budget that covers the outputs this is the plain BLEU; the BLEU against the full
-  references is recorded too (``bleu4_full_reference``).
+* **Train vs test loss on output tokens.** Cross-entropy over the assistant tokens (IT mask) of training
+  and held-out conversations, the same measure for every arm, so IT and IM are comparable. Two
+  reductions, both reported: the **per-example mean** (each example's token mean, then the mean over
+  examples: the released ``compute_loss.py`` with batch size 1; the headline ``train_loss`` /
+  ``test_loss``) and the **token mean** over all output tokens (``*_token_mean``). The test set is
+  ``data.held_out`` (another data set, as the paper, or an in-distribution split: the pipeline passes
+  ``held_out_kind`` and the result records it). IM's claim: a smaller train/test gap.
+* **Memorisation, BLEU-4.** Greedy generations for ``limit`` training prompts, each scored with
+  sacrebleu's *sentence* BLEU against its whole training output; the headline value is the mean of
+  these (paper Table 2: "average BLEU of each generation against its training output"; LIMA: IT 18.15
+  vs IM 17.30). sacrebleu's corpus BLEU over the same pairs is recorded too (``bleu4_corpus``).
+  References are never cut: a generation budget shorter than the outputs lowers BLEU through the
+  brevity penalty, and that is part of the measure (``max_new_tokens`` is recorded).
+
+Per-item records (``items``: per-example train/test losses and sentence BLEU, by example id) let the
+report pair arms item by item (:mod:`im_pipeline.analysis.stats`).
 
 Records come from ``ctx.extra`` (``train_records``/``held_out_records``, or ``train``/``held_out`` as
 the pipeline's evaluate task passes them), or, for a standalone ``im-pipeline eval``, from the
@@ -17,22 +23,26 @@ options ``train=SOURCE`` / ``held_out=SOURCE`` (any source ``load_records`` acce
 
 Options: ``loss_examples`` (default 128: train and held-out loss on at most this many records each,
 a seeded sample, identical across arms), ``max_new_tokens`` (default 256), ``max_length`` (512),
-``sample_seed`` (0), ``train``, ``held_out``.
+``sample_seed`` (0), ``train``, ``held_out``, ``held_out_kind`` (a label for standalone use).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import statistics
 from typing import Any
 
+import torch
+
+from im_pipeline.analysis.stats import MIN_ITEMS
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {"loss_examples", "max_new_tokens", "max_length", "sample_seed", "train", "held_out", "bootstrap"}
+OPTIONS = {"loss_examples", "max_new_tokens", "max_length", "sample_seed", "train", "held_out", "held_out_kind"}
 STOP_TULU = ("<|user|>", "<|system|>")  # the next turn of the Tulu template: the answer is over
 
 
@@ -65,41 +75,77 @@ def split_prompt(record: dict) -> tuple[list[dict], str]:
     return messages[:last], messages[last]["content"]
 
 
-def truncate_to_tokens(text: str, tokenizer: Any, max_tokens: int) -> str:
-    """``text`` cut to its first ``max_tokens`` tokens (the generation budget)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text
-    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
-
-
-def bleu4(hypotheses: list[str], references: list[str], *, bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    """sacrebleu corpus BLEU-4 (default 13a tokenisation), with a bootstrap standard error over items.
-
-    sacrebleu has no standard error for a single system (its bootstrap is for paired system
-    comparison), so the items are resampled here: stderr = std of corpus BLEU over resamples.
-    """
+def bleu4(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
+    """Mean sentence BLEU-4 (sacrebleu defaults: 13a tokenisation, exp smoothing) of each hypothesis against
+    its own whole reference, plus sacrebleu's corpus BLEU over the same pairs."""
     import sacrebleu
 
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"need as many hypotheses as references (>= 1), got {len(hypotheses)} and {len(references)}")
+    sentence = [sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(hypotheses, references, strict=True)]
     metric = sacrebleu.BLEU()
-    score = metric.corpus_score(hypotheses, [references])
-    stderr = None
-    if bootstrap > 0 and len(hypotheses) > 1:
-        rng = random.Random(seed)
-        n = len(hypotheses)
-        samples = []
-        for _ in range(bootstrap):
-            idx = [rng.randrange(n) for _ in range(n)]
-            samples.append(sacrebleu.corpus_bleu([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score)
-        stderr = statistics.stdev(samples)
+    corpus = metric.corpus_score(hypotheses, [references])
+    n = len(sentence)
     return {
-        "score": score.score,
-        "stderr": stderr,
-        "precisions": [round(p, 3) for p in score.precisions],
-        "brevity_penalty": round(score.bp, 4),
-        "hyp_len": score.sys_len,
-        "ref_len": score.ref_len,
+        "mean_sentence_bleu": statistics.fmean(sentence),
+        "stderr": statistics.stdev(sentence) / math.sqrt(n) if n >= MIN_ITEMS else None,
+        "sentence": sentence,
+        "corpus": corpus.score,
+        "corpus_precisions": [round(p, 3) for p in corpus.precisions],
+        "corpus_brevity_penalty": round(corpus.bp, 4),
+        "hyp_len": corpus.sys_len,
+        "ref_len": corpus.ref_len,
         "signature": str(metric.get_signature()),
+    }
+
+
+@torch.no_grad()
+def output_token_losses(
+    model: Any, tokenizer: Any, records: list[dict], *, template: str, max_length: int, batch_size: int
+) -> list[dict[str, Any]]:
+    """Per-example output-token loss (IT mask): ``{"id", "loss" (token mean), "tokens"}`` per record that has output
+    tokens left after truncation to ``max_length``. Eval mode (no dropout, no NEFTune noise), mode restored."""
+    from im_pipeline.training.loss import shifted_weights, token_ce
+    from im_pipeline.training.masking import WeightedCollator, encode_example
+
+    items: list[tuple[str, dict]] = []
+    for i, rec in enumerate(records):
+        enc = encode_example(rec, tokenizer, mode="it", template=template, max_length=max_length)
+        if any(w > 0 for w in enc["it_weights"][1:]):
+            feats = {k: [float(x) for x in enc[k]] for k in ("loss_weights", "it_weights")}
+            items.append((str(rec.get("id", i)), {"input_ids": list(enc["input_ids"]), **feats}))
+    collate = WeightedCollator(tokenizer.pad_token_id)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(items)), key=lambda j: len(items[j][1]["input_ids"]))
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([items[j][1] for j in chunk]).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = torch.where(batch["it_weights"] > 0, batch["input_ids"], torch.full_like(batch["input_ids"], -100))
+            w = shifted_weights(labels, batch["it_weights"])
+            sums = (token_ce(logits, labels) * w).sum(dim=1)
+            counts = w.sum(dim=1)
+            for j, s, c in zip(chunk, sums.tolist(), counts.tolist(), strict=True):
+                out[j] = {"id": items[j][0], "loss": s / c, "tokens": int(c)}
+    finally:
+        model.train(was_training)
+    return [out[j] for j in range(len(items))]
+
+
+def loss_summary(per_example: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-example mean (released code) and token mean of per-example output-token losses."""
+    if not per_example:
+        return {"per_example_mean": None, "token_mean": None, "n": 0, "tokens": 0}
+    tokens = sum(e["tokens"] for e in per_example)
+    return {
+        "per_example_mean": statistics.fmean(e["loss"] for e in per_example),
+        "token_mean": sum(e["loss"] * e["tokens"] for e in per_example) / tokens,
+        "n": len(per_example),
+        "tokens": tokens,
     }
 
 
@@ -120,10 +166,12 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     max_length = int(opts.get("max_length", 512))
     seed = int(opts.get("sample_seed", 0))
     n_bleu = min(cfg.limit or 16, len(train))
+    held_out_kind = ctx.extra.get("held_out_kind") or opts.get("held_out_kind")
+    if held_out_kind is None and opts.get("held_out") is not None:
+        held_out_kind = f"another data set ({opts['held_out']})"
 
     from im_pipeline.data.templates import render_prompt
     from im_pipeline.evaluation.generation import GenerationConfig, generate
-    from im_pipeline.training import output_token_loss
 
     model, tokenizer = ctx.model_and_tokenizer()
     train_sample = _sample(train, max(loss_examples, n_bleu), seed)
@@ -131,8 +179,9 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     loss_held = _sample(held_out, loss_examples, seed) if held_out else []
     log.info("overfitting: output-token loss on %d train / %d held-out records", len(loss_train), len(loss_held))
     kw = {"template": ctx.template, "max_length": max_length, "batch_size": ctx.batch_size}
-    train_loss = output_token_loss(model, tokenizer, loss_train, **kw)
-    test_loss = output_token_loss(model, tokenizer, loss_held, **kw) if loss_held else None
+    train_items = output_token_losses(model, tokenizer, loss_train, **kw)
+    test_items = output_token_losses(model, tokenizer, loss_held, **kw) if loss_held else []
+    tr, te = loss_summary(train_items), loss_summary(test_items)
 
     bleu_items = train_sample[:n_bleu]
     prompts, references = [], []
@@ -150,25 +199,38 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "overfitting: greedy generation for %d training prompts (max %d new tokens)", n_bleu, gen_cfg.max_new_tokens
     )
     hypotheses = [c[0].strip() for c in generate(model, tokenizer, prompts, gen_cfg)]
-    budget_refs = [truncate_to_tokens(r, tokenizer, gen_cfg.max_new_tokens) for r in references]
-    bootstrap = int(opts.get("bootstrap", 200))
-    bleu = bleu4(hypotheses, budget_refs, bootstrap=bootstrap, seed=seed)
-    bleu_full = bleu4(hypotheses, references, bootstrap=0)
+    bleu = bleu4(hypotheses, references)
+    ids = [str(r.get("id", i)) for i, r in enumerate(bleu_items)]
+
+    def gap(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
     return {
         "metric": "bleu4",
-        "value": bleu["score"],
+        "value": bleu["mean_sentence_bleu"],
         "stderr": bleu["stderr"],
         "n": n_bleu,
-        "train_loss": train_loss,
-        "test_loss": test_loss,
-        "loss_gap": None if test_loss is None else test_loss - train_loss,
-        "n_train_loss": len(loss_train),
-        "n_test_loss": len(loss_held),
-        "bleu": {k: v for k, v in bleu.items() if k not in ("score", "stderr")},
-        "bleu4_full_reference": bleu_full["score"],
-        "n_references_truncated": sum(b != r for b, r in zip(budget_refs, references, strict=True)),
+        "bleu4_definition": "mean over generations of sacrebleu sentence BLEU-4 against the whole training output",
+        "bleu4_corpus": bleu["corpus"],
+        "train_loss": tr["per_example_mean"],
+        "test_loss": te["per_example_mean"],
+        "loss_gap": gap(tr["per_example_mean"], te["per_example_mean"]),
+        "train_loss_token_mean": tr["token_mean"],
+        "test_loss_token_mean": te["token_mean"],
+        "loss_gap_token_mean": gap(tr["token_mean"], te["token_mean"]),
+        "loss_reduction": "train_loss/test_loss: per-example mean of output-token means (released compute_loss.py); "
+        "*_token_mean: mean over all output tokens",
+        "n_train_loss": tr["n"],
+        "n_test_loss": te["n"],
+        "held_out_kind": held_out_kind or ("in-distribution split" if held_out else None),
+        "bleu": {k: v for k, v in bleu.items() if k not in ("mean_sentence_bleu", "stderr", "sentence", "corpus")},
         "max_new_tokens": gen_cfg.max_new_tokens,
         "template": ctx.template,
+        "items": {
+            "train_loss": {e["id"]: e["loss"] for e in train_items},
+            "test_loss": {e["id"]: e["loss"] for e in test_items},
+            "bleu4": dict(zip(ids, bleu["sentence"], strict=True)),
+        },
         "examples": [
             {"id": r.get("id"), "generation": h[:300], "reference": ref[:300]}
             for r, h, ref in zip(bleu_items[:3], hypotheses[:3], references[:3], strict=True)
