@@ -137,7 +137,14 @@ def test_openai_judge_end_to_end_through_http(tmp_path, tiny_model_dir, monkeypa
     with StubOpenAIServer(str(tiny_model_dir), api_key=KEY, fail_first=1) as srv:
         judge = JudgeConfig(kind="openai", model="tiny-judge", base_url=srv.base_url, api_key_env="IM_TEST_ALPACA_KEY")
         cfg = BenchmarkConfig(
-            limit=5, options={"version": 2, "max_new_tokens": 6, "guided_choice": True, "judge_concurrency": 1}
+            limit=5,
+            options={
+                "version": 2,
+                "max_new_tokens": 6,
+                "guided_choice": True,
+                "judge_concurrency": 1,
+                "both_orders": False,  # one call per pair: this test counts HTTP requests
+            },
         )
         result = json.loads(
             run_benchmark("alpaca_eval", make_ctx(tiny_model_dir, out, data_dir, judge), cfg).read_text()
@@ -199,6 +206,26 @@ def test_both_orders_averages_the_two_presentations(tmp_path, tiny_model_dir):
         assert len(a["first_shown_won"]) == 2
     won = [w for a in annotations for w in a["first_shown_won"]]
     assert result["judge_prefers_first_shown"] == pytest.approx(sum(won) / len(won), abs=1e-4)
+    share = sum(won) / len(won)
+    assert result["judge_position_biased"] is (max(share, 1 - share) >= 0.9)
+    # per-instruction win shares (preference − 1), keyed by the instruction's index, for paired comparisons
+    assert result["items"]["win"] == {str(a["index"]): pytest.approx(a["preference"] - 1) for a in annotations}
+    assert sum(result["items"]["win"].values()) / 3 * 100 == pytest.approx(result["value"])
+
+
+def test_position_bias_flag(monkeypatch):
+    """compute_metrics flags a judge whose first-shown output wins >= 90% of decided verdicts."""
+    monkeypatch.setattr(ae, "hub_reachable", lambda: False)
+    rows = [
+        {"index": i, "preference": p, "first_shown_won": w, "output_1": "a", "output_2": "b", "instruction": "q"}
+        for i, (p, w) in enumerate([(1.5, [True, True])] * 9 + [(1.5, [True, False])])
+    ]
+    m = ae.compute_metrics(rows)
+    assert m["judge_prefers_first_shown"] == pytest.approx(19 / 20) and m["judge_position_biased"] is True
+    rows[0]["first_shown_won"] = [False, False]
+    rows[1]["first_shown_won"] = [False, False]
+    m = ae.compute_metrics(rows)
+    assert m["judge_prefers_first_shown"] == pytest.approx(15 / 20) and m["judge_position_biased"] is False
 
 
 def test_hub_path_when_no_offline_file(tmp_path, monkeypatch):

@@ -106,6 +106,8 @@ def test_run_humaneval_aggregates_exactly(monkeypatch, tmp_path):
     assert res["per_temperature"]["0.1"] == {"pass@1": pytest.approx(2 / 3), "pass@2": 1.0}
     assert res["stderr"] == pytest.approx(np.std([1, 0.5, 0.5], ddof=1) / math.sqrt(3))
     assert res["status_counts"] == {"passed": 8, "failed": 4}
+    # per task, for paired comparisons: problem 0 always passes, the others pass half their samples
+    assert res["items"]["pass@1"] == {problems[0]["task_id"]: 1.0, **{p["task_id"]: 0.5 for p in problems[1:]}}
     lines = [json.loads(x) for x in (tmp_path / "humaneval_samples.jsonl").read_text().splitlines()]
     assert len(lines) == 3 * 2 * 2
     assert {(x["task_id"], x["temperature"], x["sample"]) for x in lines} == {

@@ -285,6 +285,11 @@ def test_mmlu_tiny_model_offline(lm_eval_mod, tiny, data_dir: Path, tmp_path: Pa
     # the group value is lm-eval's size-weighted mean of the subjects
     assert result["value"] == pytest.approx(sum(s["acc"] * s["n"] for s in per) / 4)
     assert result["stderr"] is not None and result["stderr"] >= 0
+    # per-item correctness (lm-eval's logged samples), keyed subject/doc_id, for paired comparisons
+    items = result["items"]["acc"]
+    assert sorted(items) == sorted(f"{s}/{i}" for s in SUBJECTS for i in range(2))
+    assert set(items.values()) <= {0.0, 1.0}
+    assert sum(items.values()) / 4 == pytest.approx(result["value"])
     for key in ("wall_time_s", "git_commit", "versions", "model", "arm", "seed", "config_hash"):
         assert key in result
 
@@ -297,6 +302,8 @@ def test_truthfulqa_tiny_model_offline(lm_eval_mod, tiny, data_dir: Path, tmp_pa
     assert result["n"] == 2
     assert 0.0 < result["value"] < 1.0  # a probability mass over true answers, never exactly 0 or 1
     assert result["stderr"] is not None
+    items = result["items"]["mc2"]
+    assert sorted(items) == ["0", "1"] and sum(items.values()) / 2 == pytest.approx(result["value"])
 
 
 def test_chat_template_needs_one(lm_eval_mod, tiny, data_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -17,9 +17,11 @@ Options (``evaluation.alpaca_eval.options``):
   ``logprob_parser`` work with every judge; others only with an OpenAI-compatible one.
 - ``max_new_tokens`` (default 512): generation budget per answer; output length matters to AlpacaEval.
 - ``cache_dir``: where generations and judge verdicts are cached (default ``<out_dir>/alpaca_eval``).
-- ``both_orders`` (default: true for ``local_hf`` judges, false otherwise): judge each pair in both orders and
-  average, cancelling the judge's position bias (doubles judge cost). Otherwise ``alpaca_eval``'s seeded random
-  order. The result's ``judge_prefers_first_shown`` measures the bias (0.5 = none).
+- ``both_orders`` (default true, for every judge): judge each pair in both orders and average, cancelling the
+  judge's position bias (doubles judge cost); false: ``alpaca_eval``'s seeded random order. The result's
+  ``judge_prefers_first_shown`` measures the bias (0.5 = none); ``judge_position_biased`` is true when one
+  position wins >= 90% of the decided verdicts (:data:`POSITION_BIAS_LIMIT`): the win rate is then not a
+  measurement of the outputs, and the report says so instead of interpreting it.
 - ``guided_choice`` (default false): send vLLM's ``guided_choice`` to an OpenAI-compatible judge server.
 - ``judge_concurrency`` (default 4): parallel requests to an OpenAI-compatible judge.
 - ``seed`` (default 123): which instructions a ``limit`` picks (``alpaca_eval``'s own ``max_instances`` seed).
@@ -57,6 +59,8 @@ VERSIONS: dict[int, dict[str, str]] = {
     },
 }
 N_OFFICIAL = 805
+POSITION_BIAS_LIMIT = 0.9
+"""A judge whose first-shown (or second-shown) output wins at least this share of decided verdicts is biased."""
 # Small local judges are almost fully position-biased (smollm2-135m-instruct picked the first-shown output in
 # 20/20 pairs with alpaca_eval_gpt4's prompt, the second-shown one in 40/40 with the m/M prompt). Under
 # alpaca_eval's random swap their hard verdicts are coin flips; label probabilities averaged over both orders
@@ -357,7 +361,12 @@ def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     }
     # Position bias of the judge: how often it preferred whichever output it saw first (0.5 = none).
     first = [won for a in rows for won in a.get("first_shown_won", [])]
-    result["judge_prefers_first_shown"] = round(sum(first) / len(first), 4) if first else None
+    share = sum(first) / len(first) if first else None
+    result["judge_prefers_first_shown"] = round(share, 4) if share is not None else None
+    result["judge_verdicts_with_position"] = len(first)
+    result["judge_position_biased"] = share is not None and max(share, 1 - share) >= POSITION_BIAS_LIMIT
+    # Per instruction: the model's share of the win (preference 1 = reference, 2 = model), for paired comparisons.
+    result["items"] = {"win": {str(a["index"]): float(a["preference"]) - 1.0 for a in rows}}
     # The LC win rate needs a Hub file (df_gamed.csv): don't spend huggingface_hub's retries offline.
     if not hub_reachable():
         result["length_controlled_win_rate"] = None
@@ -385,7 +394,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     spec = VERSIONS[version]
     local = ctx.judge.kind == "local_hf"
     annotator = str(opts.get("annotator") or (LOCAL_JUDGE_ANNOTATOR if local else spec["annotator"]))
-    both_orders = bool(opts.get("both_orders", local))
+    both_orders = bool(opts.get("both_orders", True))
     max_new_tokens = int(opts.get("max_new_tokens", 512))
     cache_dir = Path(opts.get("cache_dir") or Path(ctx.out_dir) / "alpaca_eval")
     cache_dir.mkdir(parents=True, exist_ok=True)

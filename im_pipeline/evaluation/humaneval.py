@@ -326,6 +326,9 @@ def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "best_temperature": float(best),
         "per_temperature": per_temperature,
         "per_problem_pass@1": {p["task_id"]: float(v) for p, v in zip(problems, per_problem_pass1[best], strict=True)},
+        # The same per task, under the key every benchmark uses for paired comparisons (a task's pass@1 at the
+        # reported temperature: 0/1 with one greedy sample, the unbiased estimate with n samples).
+        "items": {"pass@1": {p["task_id"]: float(v) for p, v in zip(problems, per_problem_pass1[best], strict=True)}},
         "status_counts": status_counts,
         "options": {**opts, "stop": list(stop), "seed": seed},
         "prompt_format": "chat:" + ctx.template if opts["chat"] else "raw",

@@ -289,7 +289,7 @@ def _evaluate(
             task_manager=manager,
             apply_chat_template=apply_chat_template,
             fewshot_as_multiturn=apply_chat_template,
-            log_samples=False,
+            log_samples=True,  # per-item scores, so arms can be compared item by item (paired statistics)
             bootstrap_iters=1000,
         )
     finally:
@@ -304,6 +304,12 @@ def _metric(results: dict[str, Any], task: str, metric: str) -> tuple[float, flo
     value = row[f"{metric},none"]
     stderr = row.get(f"{metric}_stderr,none")
     return float(value), (float(stderr) if isinstance(stderr, (int, float)) else None)
+
+
+def _items(results: dict[str, Any], task: str, metric: str, prefix: str = "") -> dict[str, float]:
+    """Per-item scores from lm-eval's logged samples: ``{prefix + doc_id: metric value}``."""
+    samples = (results.get("samples") or {}).get(task) or []
+    return {f"{prefix}{s['doc_id']}": float(s[metric]) for s in samples if metric in s}
 
 
 def _n(results: dict[str, Any], task: str) -> int:
@@ -365,10 +371,11 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             apply_chat_template=chat,
         )
 
-    per_subject = {}
+    per_subject, items = {}, {}
     for subject, task in task_of.items():
         value, stderr = _metric(results, task, "acc")
         per_subject[subject] = {"acc": value, "stderr": stderr, "n": _n(results, task)}
+        items.update(_items(results, task, "acc", prefix=f"{subject}/"))
     value, stderr = _metric(results, MMLU_GROUP, "acc")
     return {
         "metric": "acc",
@@ -380,6 +387,7 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "source": source,
         "tasks": "lm-eval mmlu_<subject>" if source == "hub" else "lm-eval mmlu_<subject> with local data",
         "subjects": per_subject,
+        "items": {"acc": items},
     }
 
 
@@ -421,6 +429,7 @@ def run_truthfulqa(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "apply_chat_template": chat,
         "source": source,
         "tasks": "lm-eval truthfulqa_mc2" if source == "hub" else "lm-eval truthfulqa_mc2 with local data",
+        "items": {"mc2": _items(results, task, "acc")},
     }
 
 
