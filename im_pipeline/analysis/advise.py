@@ -1,9 +1,19 @@
 """``im-pipeline advise``: should the loss also cover the instruction, for this dataset?
 
-Predicts the relative AlpacaEval 1.0 gain of Instruction Modelling over Instruction Tuning from the
-dataset's instruction/output length ratio and size, with the paper's Figure 2 fits
-(:mod:`im_pipeline.analysis.paper_reference`). The fits come from LLaMA-2/OPT 7B-scale runs; they are
-a prior for deciding what to run, not a result: run the comparison to know.
+Predicts the relative AlpacaEval 1.0 gain of Instruction Modelling over Instruction Tuning, (IM − IT) / IT · 100,
+from the dataset's instruction/output length ratio and its size, with a 95% *prediction interval*. Every fit says
+which points it uses (all from :mod:`im_pipeline.analysis.paper_reference`):
+
+* ``ratio_and_size`` (the headline): ``gain ~ ln(ratio) + ln(n)`` on the Figure 2 (left) points whose dataset size
+  is known (printed in the figure, or matched to Table 1 / Table 5);
+* ``ratio``: ``gain ~ ln(ratio)`` on all Figure 2 (left) points (it reproduces the legend fit 18.85·x + 25.83);
+* ``table1``: ``gain ~ ln(ratio)`` on the 7 Table 1 datasets (AlpacaEval 1.0 IT/IM at Table 5 ratios);
+* ``size``: ``gain ~ ln(n)`` on the Figure 2 (right) Tulu V2 subsets — all at ratio ≈ 10, so it is used only for
+  datasets with a ratio in 3–30 and 1,000–35,000 examples.
+
+The recommendation follows the headline interval: IM when all of it is above 0, IT when all of it is below 0,
+otherwise **uncertain** (run both arms). The fits come from LLaMA-2 7B-scale runs with a GPT-4 judge: a prior for
+deciding what to run, not a result. Every sentence of :func:`format_advice` is built from the numbers it prints.
 """
 
 from __future__ import annotations
@@ -14,108 +24,225 @@ import math
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.analysis.paper_reference import (
-    FIG2_GAIN_VS_LOG_NUM_EXAMPLES,
-    FIG2_GAIN_VS_LOG_RATIO,
-    PAPER,
-    TABLE5_LENGTH_STATS,
-    gain_from_num_examples,
-    gain_from_ratio,
-    observed_gain,
-)
+from im_pipeline.analysis import paper_reference as paper
+from im_pipeline.analysis.stats import ols_prediction
 
-CLEAR_GAIN_PCT = 5.0  # predicted relative gains within ±5% are treated as "no clear difference"
+CONFIDENCE = 0.95
+SIZE_FIT_RATIO_RANGE = (3.0, 30.0)  # the right panel's subsets have ratio about 10
+# Dataset sizes of the Table 1 sets (the released code's data files; LESS sets: 13.5k as printed in Figure 2).
+TABLE1_SIZES = {
+    "lima": 1_030,
+    "dolly_3k": 2_996,
+    "alpaca_5k": 5_305,
+    "alpaca_chatgpt_9k": 9_229,
+    "less_tydiqa": 13_500,
+    "less_mmlu_chat": 13_500,
+    "less_bbh_icl": 13_500,
+}
+TABLE1_LABELS = {"alpaca_chatgpt_9k": "Dolly 9k (the paper's label; AlpaGasus chatgpt_9k)"}
 
 
-def break_even_ratio() -> float:
-    """Length ratio at which the Figure 2 ratio fit predicts no gain (about 0.25)."""
-    return math.exp(-FIG2_GAIN_VS_LOG_RATIO["intercept"] / FIG2_GAIN_VS_LOG_RATIO["slope"])
+def _fit(name: str, points: str, model: str, xs: list[list[float]], ys: list[float], x0: list[float]) -> dict:
+    res = ols_prediction(xs, ys, x0, CONFIDENCE)
+    lo = [min(x[i] for x in xs) for i in range(len(x0))]
+    hi = [max(x[i] for x in xs) for i in range(len(x0))]
+    res.update(
+        name=name,
+        points=points,
+        model=model,
+        extrapolation=any(not lo[i] <= x0[i] <= hi[i] for i in range(len(x0))),
+    )
+    return res
 
 
-def nearest_paper_dataset(ratio: float) -> dict[str, Any] | None:
-    """The paper dataset whose Table-5 ratio is closest in log space, with its Table-1 observed gain."""
+def fits_for(ratio: float, n: int) -> dict[str, dict[str, Any]]:
+    """The four fits (see the module docstring) evaluated at this dataset's ratio and size."""
+    lr, ln = math.log(ratio), math.log(n)
+    left = paper.FIG2_RATIO_POINTS
+    sized = [p for p in left if p[3] is not None]
+    t1 = [(paper.TABLE5_LENGTH_STATS[k]["ratio"], paper.observed_gain(k)) for k in paper.TABLE1_ALPACA_EVAL_1]
+    size_lo, size_hi = paper.FIG2_GAIN_VS_LOG_NUM_EXAMPLES["range"]
+    fits = {
+        "ratio_and_size": _fit(
+            "ratio_and_size",
+            f"the {len(sized)} Figure 2 (left) points of known size: " + ", ".join(p[2].split(" (")[0] for p in sized),
+            "gain = b0 + b1·ln(ratio) + b2·ln(n)",
+            [[math.log(p[0]), math.log(p[3])] for p in sized],  # type: ignore[arg-type]
+            [p[1] for p in sized],
+            [lr, ln],
+        ),
+        "ratio": _fit(
+            "ratio",
+            f"all {len(left)} Figure 2 (left) points (transcribed; they reproduce the legend fit 18.85·x + 25.83)",
+            "gain = b0 + b1·ln(ratio)",
+            [[math.log(p[0])] for p in left],
+            [p[1] for p in left],
+            [lr],
+        ),
+        "table1": _fit(
+            "table1",
+            f"the {len(t1)} Table 1 datasets (AlpacaEval 1.0 IT vs IM at their Table 5 ratios)",
+            "gain = b0 + b1·ln(ratio)",
+            [[math.log(r)] for r, _ in t1],
+            [g for _, g in t1],
+            [lr],
+        ),
+    }
+    size = _fit(
+        "size",
+        f"the {len(paper.FIG2_SIZE_POINTS)} Figure 2 (right) points: Tulu V2 subsets of "
+        f"{size_lo:,}–{size_hi:,} examples, ratio about 10",
+        "gain = b0 + b1·ln(n)",
+        [[math.log(k)] for k, _ in paper.FIG2_SIZE_POINTS],
+        [g for _, g in paper.FIG2_SIZE_POINTS],
+        [ln],
+    )
+    lo_r, hi_r = SIZE_FIT_RATIO_RANGE
+    reasons = []
+    if not lo_r <= ratio <= hi_r:
+        reasons.append(f"ratio {ratio:.3g} is outside {lo_r:g}–{hi_r:g}")
+    if not size_lo <= n <= size_hi:
+        reasons.append(f"{n:,} examples is outside {size_lo:,}–{size_hi:,}")
+    size["applicable"] = not reasons
+    size["not_applicable_because"] = "; ".join(reasons) or None
+    fits["size"] = size
+    return fits
+
+
+def nearest_paper_dataset(ratio: float, n: int | None = None) -> dict[str, Any] | None:
+    """The Table 1 dataset closest in (ln ratio, ln size) (ln ratio alone when ``n`` is None), with its observed
+    gain."""
     best = None
-    for name, ref in TABLE5_LENGTH_STATS.items():
-        gain = observed_gain(name)
-        if gain is None:
-            continue
-        dist = abs(math.log(ratio) - math.log(ref["ratio"]))
+    for name in paper.TABLE1_ALPACA_EVAL_1:
+        ref_ratio = paper.TABLE5_LENGTH_STATS[name]["ratio"]
+        dist = (math.log(ratio) - math.log(ref_ratio)) ** 2
+        if n is not None:
+            dist += (math.log(n) - math.log(TABLE1_SIZES[name])) ** 2
         if best is None or dist < best[0]:
-            best = (dist, name, ref["ratio"], gain)
+            best = (dist, name)
     if best is None:
         return None
-    return {"name": best[1], "ratio": best[2], "observed_gain_pct": round(best[3], 2)}
+    name = best[1]
+    return {
+        "name": name,
+        "label": TABLE1_LABELS.get(name, name),
+        "ratio": paper.TABLE5_LENGTH_STATS[name]["ratio"],
+        "n": TABLE1_SIZES[name],
+        "observed_gain_pct": round(paper.observed_gain(name), 2),  # type: ignore[arg-type]
+    }
+
+
+def verdict(low: float, high: float) -> str:
+    """IM when the whole interval is above 0, IT when it is all below, else uncertain."""
+    if low > 0:
+        return "IM"
+    if high < 0:
+        return "IT"
+    return "uncertain"
 
 
 def advise(stats: dict[str, Any]) -> dict[str, Any]:
-    """Prediction and recommendation from :func:`im_pipeline.data.length_stats` output."""
+    """Prediction, interval and recommendation from :func:`im_pipeline.data.length_stats` output."""
     ratio, n = stats.get("ratio"), stats["n"]
-    if not ratio or n <= 0:
+    if not ratio or ratio <= 0 or n <= 0:
         raise ValueError("need a dataset with at least one example and a positive length ratio")
-    g_ratio = gain_from_ratio(ratio)
-    lo, hi = FIG2_GAIN_VS_LOG_NUM_EXAMPLES["range"]
-    # The size fit holds the ratio fixed at about 10; only trust it near that ratio and inside its range.
-    size_in_range = lo <= n <= hi and 3.0 <= ratio <= 30.0
-    if g_ratio > CLEAR_GAIN_PCT:
-        rec = "IM"
-        why = (
-            f"instructions are long relative to outputs (ratio {ratio:.3g} > break-even {break_even_ratio():.2f}); "
-            "the paper finds IM helps most in this regime"
-        )
-    elif g_ratio < -CLEAR_GAIN_PCT:
-        rec = "IT"
-        why = (
-            f"outputs are much longer than instructions (ratio {ratio:.3g}); the paper's fit predicts no gain "
-            "from IM here (LIMA, ratio 0.094, showed none)"
-        )
-    else:
-        rec = "either"
-        why = f"the ratio {ratio:.3g} is near the break-even {break_even_ratio():.2f}; expect little difference"
-    if n < 5_000 and rec != "IT":
-        why += f"; a small dataset ({n} examples) strengthens the case for IM"
+    fits = fits_for(ratio, n)
+    head = fits["ratio_and_size"]
+    rec = verdict(head["low"], head["high"])
     return {
         "n": n,
         "instruction_words_mean": stats["instruction_words_mean"],
         "output_words_mean": stats["output_words_mean"],
         "ratio": ratio,
-        "predicted_gain_pct_from_ratio": round(g_ratio, 2),
-        "predicted_gain_pct_from_size": round(gain_from_num_examples(n), 2),
-        "size_fit_applicable": size_in_range,
-        "size_fit_note": (
-            f"the size fit was made on Tulu V2 subsets of {lo:,}-{hi:,} examples with ratio about "
-            f"{FIG2_GAIN_VS_LOG_NUM_EXAMPLES['ratio']:g}"
-        ),
-        "break_even_ratio": round(break_even_ratio(), 4),
-        "nearest_paper_dataset": nearest_paper_dataset(ratio),
-        "recommendation": rec,
-        "reason": why,
-        "metric": "relative AlpacaEval 1.0 win-rate gain of IM over IT, (IM-IT)/IT*100",
-        "fits": {
-            "gain_vs_log_ratio": FIG2_GAIN_VS_LOG_RATIO,
-            "gain_vs_log_num_examples": FIG2_GAIN_VS_LOG_NUM_EXAMPLES,
+        "predicted_gain_pct": round(head["prediction"], 2),
+        "interval": {
+            "low": round(head["low"], 2),
+            "high": round(head["high"], 2),
+            "confidence": CONFIDENCE,
+            "kind": "prediction interval (a new dataset), OLS",
+            "fit": "ratio_and_size",
         },
-        "citation": f"{PAPER}, Figure 2",
+        "recommendation": rec,
+        "fits": {
+            k: {
+                "points": f["points"],
+                "model": f["model"],
+                "n_points": f["n_points"],
+                "coefficients": [round(c, 3) for c in f["coefficients"]],
+                "residual_sd": round(f["residual_sd"], 2),
+                "prediction": round(f["prediction"], 2),
+                "low": round(f["low"], 2),
+                "high": round(f["high"], 2),
+                "extrapolation": f["extrapolation"],
+                **(
+                    {"applicable": f["applicable"], "not_applicable_because": f["not_applicable_because"]}
+                    if k == "size"
+                    else {}
+                ),
+            }
+            for k, f in fits.items()
+        },
+        "nearest_paper_dataset": nearest_paper_dataset(ratio, n),
+        "metric": "relative AlpacaEval 1.0 win-rate gain of IM over IT, (IM-IT)/IT*100",
+        "citation": f"{paper.PAPER}, Table 1 and Figure 2",
     }
 
 
+def _interval(f: dict[str, Any]) -> str:
+    return f"{f['prediction']:+.1f}% (95% prediction interval {f['low']:+.1f}% to {f['high']:+.1f}%)"
+
+
 def format_advice(source: str, adv: dict[str, Any]) -> str:
-    near = adv["nearest_paper_dataset"]
+    """Human-readable advice; each sentence states only what the numbers beside it show."""
+    ratio = adv["ratio"]
+    shape = (
+        "instructions shorter than outputs"
+        if ratio < 1
+        else "instructions longer than outputs"
+        if ratio > 1
+        else "instructions as long as outputs"
+    )
     lines = [
-        f"dataset: {source}  ({adv['n']} examples; instruction {adv['instruction_words_mean']:.2f} words, "
-        f"output {adv['output_words_mean']:.2f} words, ratio {adv['ratio']:.4f})",
-        f"predicted IM gain over IT (AlpacaEval 1.0, relative): {adv['predicted_gain_pct_from_ratio']:+.1f}% "
-        f"from the length ratio",
-        f"  from the dataset size: {adv['predicted_gain_pct_from_size']:+.1f}%"
-        + ("" if adv["size_fit_applicable"] else " (outside the fit's size/ratio range; indicative only)")
-        + f" — {adv['size_fit_note']}",
+        f"dataset: {source}  ({adv['n']:,} examples; instruction {adv['instruction_words_mean']:.2f} words, "
+        f"output {adv['output_words_mean']:.2f} words, ratio {ratio:.3f}: {shape})",
+        "predicted relative AlpacaEval 1.0 gain of IM over IT:",
     ]
+    labels = {
+        "ratio_and_size": "ratio + size (headline)",
+        "ratio": "ratio only",
+        "table1": "Table 1 only",
+        "size": "size only",
+    }
+    for key in ("ratio_and_size", "ratio", "table1", "size"):
+        f = adv["fits"][key]
+        if key == "size" and not f["applicable"]:
+            lines.append(f"  {labels[key]}: not used ({f['not_applicable_because']}) — fit on {f['points']}")
+            continue
+        extra = "; outside the fitted points (extrapolation)" if f["extrapolation"] else ""
+        lines.append(
+            f"  {labels[key]}: {_interval(f)} — {f['model']} on {f['points']}; residual SD {f['residual_sd']:.1f} "
+            f"points{extra}"
+        )
+    near = adv["nearest_paper_dataset"]
     if near:
         lines.append(
-            f"closest paper dataset by ratio: {near['name']} (ratio {near['ratio']}), observed gain "
-            f"{near['observed_gain_pct']:+.1f}%"
+            f"closest Table 1 dataset (ratio and size): {near['label']} (ratio {near['ratio']}, {near['n']:,} "
+            f"examples): observed gain {near['observed_gain_pct']:+.1f}%"
         )
-    lines.append(f"recommendation: {adv['recommendation']} — {adv['reason']}")
-    lines.append(f"source: {adv['citation']}. A prior, not a result: run `im-pipeline run` to measure.")
+    iv = adv["interval"]
+    if adv["recommendation"] == "uncertain":
+        why = (
+            f"the headline interval ({iv['low']:+.1f}% to {iv['high']:+.1f}%) includes 0, so the sign of the gain "
+            "is unknown"
+        )
+        lines.append(f"recommendation: uncertain — {why}; run both arms (`im-pipeline run`) to measure it")
+    else:
+        side = "above" if adv["recommendation"] == "IM" else "below"
+        lines.append(
+            f"recommendation: {adv['recommendation']} — the whole headline interval ({iv['low']:+.1f}% to "
+            f"{iv['high']:+.1f}%) is {side} 0"
+        )
+    lines.append(f"source: {adv['citation']}. A prior from LLaMA-2-7B runs, not a result for your model.")
     return "\n".join(lines)
 
 
@@ -125,8 +252,7 @@ def advise_command(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
     stats = length_stats(load_records(args.source, data_dir))
-    adv = advise(stats)
-    adv = {"source": args.source, **adv}
+    adv = {"source": args.source, **advise(stats)}
     if args.json:
         print(json.dumps(adv, indent=2))
     else:

@@ -282,3 +282,37 @@ def proportion_summary(values: Sequence[float], confidence: float = 0.95) -> dic
         out.update(wilson=list(wilson(k, n, confidence)), clopper_pearson=list(clopper_pearson(k, n, confidence)))
         out["too_few_items"] = False
     return out
+
+
+# -- regression with a prediction interval (advise) -------------------------------------------------------------------
+
+
+def ols_prediction(
+    x: Sequence[Sequence[float]], y: Sequence[float], x0: Sequence[float], confidence: float = 0.95
+) -> dict[str, Any]:
+    """Ordinary least squares ``y ~ 1 + x`` and the prediction interval for a *new* observation at ``x0``:
+    ``ŷ ± t(n − p) · s · sqrt(1 + x0ᵀ (XᵀX)⁻¹ x0)`` (p = number of coefficients, intercept included)."""
+    from scipy.stats import t
+
+    X = np.column_stack([np.ones(len(y)), np.asarray(x, dtype=float)])
+    Y = np.asarray(y, dtype=float)
+    n, p = X.shape
+    if n <= p:
+        raise ValueError(f"need more points ({n}) than coefficients ({p})")
+    coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    resid = Y - X @ coef
+    df = n - p
+    s = float(math.sqrt(resid @ resid / df))
+    v = np.concatenate([[1.0], np.asarray(x0, dtype=float)])
+    pred = float(v @ coef)
+    half = float(t.ppf(0.5 + confidence / 2, df) * s * math.sqrt(1 + v @ np.linalg.inv(X.T @ X) @ v))
+    return {
+        "prediction": pred,
+        "low": pred - half,
+        "high": pred + half,
+        "coefficients": [float(c) for c in coef],
+        "residual_sd": s,
+        "rms_residual": float(math.sqrt(resid @ resid / n)),
+        "n_points": n,
+        "df": df,
+    }
