@@ -34,7 +34,7 @@ _ENV_DEFAULTS = {
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
 
-from prefect import allow_failure, flow, get_run_logger  # noqa: E402
+from prefect import allow_failure, flow, get_run_logger, runtime, tags  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
     create_markdown_artifact,
     create_progress_artifact,
@@ -42,6 +42,7 @@ from prefect.artifacts import (  # noqa: E402
     update_progress_artifact,
 )
 from prefect.futures import as_completed  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from im_pipeline.config import (  # noqa: E402
@@ -83,7 +84,7 @@ def _slug(text: str) -> str:
 
 
 def _record(fut: Any) -> dict[str, Any]:
-    """State and timing of one finished task future."""
+    """State and timing of one finished task future; for a task run that did not complete, its error."""
     fut.wait()  # sets the final state locally (otherwise .state asks the API, which may lag behind)
     state = fut.state
     info: dict[str, Any] = {"state": state.name}
@@ -91,17 +92,85 @@ def _record(fut: Any) -> dict[str, Any]:
         res = fut.result()
         cached = state.name == "Cached" or not res.get("computed", True)
         info.update(res, computed=not cached, seconds=0.0 if state.name == "Cached" else res["seconds"])
+    else:
+        info["error"] = _error_text(state)
     return info
 
 
-@flow(name="im-compare", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), log_prints=False)
+def _error_text(state: Any) -> str:
+    """``ExceptionType: message`` of a failed task run, or the state's message (e.g. an upstream failure)."""
+    if not (state.is_failed() or state.is_crashed()):
+        return state.message or state.name  # e.g. NotReady: "Upstream task run ... did not reach ..."
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as err:  # the result itself may be unreadable
+        exc = err
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}"
+    return state.message or state.name
+
+
+class TaskRunsFailed(RuntimeError):
+    """The flow's result when task runs failed: the report was written, the flow run ends Failed.
+
+    ``summary`` is the run summary that :func:`compare_flow` returns when everything succeeds.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with its summary (Prefect persists flow results)
+        return (type(self), (str(self), self.summary))
+
+
+def run_tags(cfg: ExperimentConfig) -> list[str]:
+    """Tags of a flow run in the UI: the experiment, the model and each arm (filterable)."""
+    model = Path(cfg.model.source).name if os.sep in cfg.model.source else cfg.model.source
+    return ["im-pipeline", f"experiment:{cfg.name}", f"model:{model}", *(f"arm:{a.name}" for a in cfg.arms)]
+
+
+def flow_run_name() -> str:
+    """``<experiment> <UTC time>``: the flow run's name in the UI (instead of a random one)."""
+    params = runtime.flow_run.parameters
+    try:
+        name = resolve_config(params["config"], params.get("overrides")).name
+    except Exception:  # an invalid config fails inside the flow, with its message; the name must not
+        name = "im-compare"
+    return f"{name} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
+
+
+def _flow_run_url() -> str | None:
+    """The flow run's page in the Prefect UI; None on the ephemeral server (gone after the run)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return runtime.flow_run.ui_url if PREFECT_API_URL.value() else None
+
+
+@flow(
+    name="im-compare",
+    flow_run_name=flow_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    log_prints=False,
+)
 def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary."""
+    """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary.
+
+    When a task run fails, the report is still written (it lists each failure with its error) and then
+    the flow run ends Failed; its result is a :class:`TaskRunsFailed` carrying the same summary.
+    """
+    cfg = resolve_config(config, overrides)
+    with tags(*run_tags(cfg)):  # every task run carries them too
+        return _compare(cfg)
+
+
+def _compare(cfg: ExperimentConfig) -> Any:
     t0, started = time.perf_counter(), time.time()
     log = get_run_logger()
-    cfg = resolve_config(config, overrides)
+    _tag_flow_run(run_tags(cfg))
     root = cfg.run_root()
-    write_resolved_config(cfg, root)
+    data_dir = cfg.resolved_data_dir()
+    write_resolved_config(cfg, root, resolved_data_dir=str(data_dir) if data_dir else None)
     data_out = root / "data"
     benches = [b for b in BENCHMARK_ORDER if getattr(cfg.evaluation, b).enabled]
     log.info(
@@ -170,6 +239,8 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
     records = {"prepare/data": _record(prep_future)} | {name: _record(f) for name, f in futures.items()}
     failed = sorted(name for name, r in records.items() if r["state"] not in ("Completed", "Cached"))
     entry = _timing_entry(records, started)
+    entry["flow_run"] = {"name": runtime.flow_run.name, "id": runtime.flow_run.id, "url": _flow_run_url()}
+    entry["total_seconds"] = round(time.perf_counter() - t0, 3)  # so far; updated after the report
     _save_timings(root, entry)
     report_dir = Path(cfg.report_dir) / cfg.name
     rep_future = report_task.submit(str(root), str(report_dir), wait_for=[allow_failure(f) for f in futures.values()])
@@ -179,9 +250,11 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
     _save_timings(root, entry)
 
     # 5. results in the UI
+    from im_pipeline.report.build import for_prefect_ui
+
     key = _slug(cfg.name)
     create_markdown_artifact(
-        Path(rep["report"]).read_text(encoding="utf-8"),
+        for_prefect_ui(Path(rep["report"]).read_text(encoding="utf-8"), Path(rep["report"]).parent),
         key=f"{key}-report",
         description=f"IT vs IM report for {cfg.name}",
     )
@@ -196,8 +269,23 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
     }
     log.info("wall time per stage:%s", format_timings(entry))
     if failed:
-        log.error("failed task runs: %s", ", ".join(failed))
+        errors = "; ".join(f"{name}: {records[name].get('error')}" for name in failed)
+        log.error("failed task runs (the report lists them): %s", errors)
+        message = f"{len(failed)} task run(s) failed: {', '.join(failed)}; report: {rep['report']}"
+        return Failed(message=message, data=TaskRunsFailed(message, summary))
     return summary
+
+
+def _tag_flow_run(names: list[str]) -> None:
+    """Add ``names`` to this flow run's tags (a run started by ``im-pipeline run`` or a deployment alike)."""
+    from prefect.client.orchestration import get_client
+
+    run_id = runtime.flow_run.id
+    if not run_id:
+        return
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(run_id).tags or []
+        client.update_flow_run(run_id, tags=sorted(set(current) | set(names)))
 
 
 def _timing_entry(records: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
@@ -210,7 +298,9 @@ def _timing_entry(records: dict[str, dict[str, Any]], started: float) -> dict[st
         elif r["state"] in ("Completed", "Cached"):
             st["cached"] += 1
             st["seconds"] = round(st["seconds"] + r.get("seconds", 0.0), 3)
-    tasks = {name: {k: r.get(k) for k in ("state", "seconds", "computed")} for name, r in records.items()}
+    tasks = {
+        name: {k: r.get(k) for k in ("state", "seconds", "computed", "error") if k in r} for name, r in records.items()
+    }
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "stages": stages,
@@ -259,26 +349,49 @@ def run_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for noisy in ("httpx", "httpcore"):  # one line per API call otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = load_config(args.config, args.overrides)  # validate before starting Prefect: clear errors first
+    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
+    cfg = load_config(args.config, overrides)  # validate before starting Prefect: clear errors first
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
     print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds) on {where}")
     state = compare_flow(cfg.to_dict(), return_state=True)
     summary = state.result(raise_on_failure=False)
+    if isinstance(summary, TaskRunsFailed):
+        summary = summary.summary
     total = time.perf_counter() - t0
     if not isinstance(summary, dict):
         print(f"error: the flow did not finish: {state.message or summary}")
         return 1
-    _record_total(Path(summary["run_root"]), total)
+    _record_total(Path(summary["run_root"]), Path(summary["report"]).parent, total)
     print(format_timings(summary["timings"], total))
     print(f"\nreport: {summary['report']}")
+    print(f"flow run: {state.name}" + (f" ({state.message})" if state.message else ""))
     if summary["failed"]:
         print(f"failed task runs: {', '.join(summary['failed'])}")
         return 1
     return 0
 
 
-def _record_total(root: Path, total: float) -> None:
+def with_data_dir(config: str, overrides: list[str], data_dir: str | None) -> list[str]:
+    """``--data-dir``: an explicit ``data_dir=`` override unless the config file names its own data_dir.
+
+    The precedence is the config's ``data_dir``, then ``--data-dir``, then ``$IM_PIPELINE_DATA_DIR``.
+    """
+    if not data_dir:
+        return list(overrides)
+    if load_config(config, overrides).data_dir:
+        return list(overrides)
+    path = Path(data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir}: no such directory")
+    return [*overrides, f"data_dir={path}"]
+
+
+def _record_total(root: Path, report_dir: Path, total: float) -> None:
+    """Record the command's wall time, then rebuild the report so that it shows this run's totals too."""
+    from im_pipeline.report.build import build_report
+
     path = root / "timings.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     data["runs"][-1]["command_seconds"] = round(total, 3)
     write_json(path, data)
+    build_report(root, report_dir)  # cheap: its figures are reused (same inputs)

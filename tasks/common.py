@@ -41,3 +41,16 @@ def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
 def done(stage: str, seconds: float, computed: bool, **extra: Any) -> dict[str, Any]:
     """What every task returns: enough for the flow's timing table."""
     return {"stage": stage, "seconds": round(seconds, 3), "computed": computed, "finished_at": time.time(), **extra}
+
+
+def unit_name(prefix: str) -> Any:
+    """A task run name from the task's parameters: ``train IT seed 0``, ``eval mmlu base`` (no ``seed None``)."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        p = task_run.parameters
+        parts = [prefix, p.get("benchmark"), p.get("arm"), None if p.get("seed") is None else f"seed {p['seed']}"]
+        return " ".join(str(x) for x in parts if x)
+
+    return name

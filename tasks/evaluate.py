@@ -10,7 +10,7 @@ from prefect import task
 
 from im_pipeline.config import ExperimentConfig
 from tasks.cache import BASE_ARM, is_done, prefect_cache_key, write_stamp
-from tasks.common import done, retry_on_io
+from tasks.common import done, retry_on_io, unit_name
 
 _LOADED: dict[str, Any] = {}  # the last loaded (model, tokenizer), shared by consecutive tasks in one process
 
@@ -22,7 +22,7 @@ _LOADED: dict[str, Any] = {}  # the last loaded (model, tokenizer), shared by co
     retries=2,
     retry_delay_seconds=30,
     retry_condition_fn=retry_on_io,
-    task_run_name="eval-{benchmark}-{arm}-seed-{seed}",
+    task_run_name=unit_name("eval"),
 )
 def evaluate_task(
     cfg: ExperimentConfig,

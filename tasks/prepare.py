@@ -30,6 +30,7 @@ def _local_copy_missing(cfg: ExperimentConfig) -> bool:
 
 @task(
     name="prepare-data",
+    task_run_name="prepare data",
     cache_key_fn=prefect_cache_key,
     persist_result=True,
     retries=2,

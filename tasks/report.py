@@ -11,7 +11,7 @@ from prefect import task
 from tasks.common import done
 
 
-@task(name="report")
+@task(name="report", task_run_name="report")
 def report_task(run_root: str, report_dir: str) -> dict[str, Any]:
     """Build reports/<experiment>/REPORT.md + figures from the run directory's JSON files."""
     from im_pipeline.report.build import build_report

@@ -10,10 +10,10 @@ from prefect import get_run_logger, task
 
 from im_pipeline.config import ExperimentConfig
 from tasks.cache import clear_stale_run, is_done, prefect_cache_key, write_stamp
-from tasks.common import done
+from tasks.common import done, unit_name
 
 
-@task(name="train-arm", cache_key_fn=prefect_cache_key, persist_result=True, task_run_name="train-{arm}-seed-{seed}")
+@task(name="train-arm", cache_key_fn=prefect_cache_key, persist_result=True, task_run_name=unit_name("train"))
 def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: str, data_dir: str) -> dict[str, Any]:
     """Train (or resume, or skip when done under the same key) and return the train summary."""
     start, run_dir = time.perf_counter(), Path(out_dir)

@@ -6,6 +6,7 @@ Uses Prefect's test harness (a temporary database behind an ephemeral API) once 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 pytest.importorskip("prefect")
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.compare import TaskRunsFailed
 from im_pipeline.config import config_from_dict
 
 SPECIALS = ["Paris", "fox", "sum", "dog"]
@@ -112,6 +114,48 @@ def test_compare_flow_end_to_end(first_run: dict[str, Any]) -> None:
     import asyncio
 
     assert asyncio.run(_artifacts()) == {"tiny-flow-report", "tiny-flow-comparison", "tiny-flow-progress"}
+    # the UI shows the run by experiment name + time, with tags, and clean task run names
+    run, task_names, report_md = asyncio.run(_flow_run_and_tasks("tiny-flow"))
+    assert re.fullmatch(r"tiny-flow \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", run.name)
+    assert {"im-pipeline", "experiment:tiny-flow", "arm:IT", "arm:IM"} <= set(run.tags)
+    assert f"model:{Path(first_run['cfg']['model']['source']).name}" in run.tags
+    assert task_names == {
+        "prepare data",
+        "train IT seed 0",
+        "train IM seed 0",
+        "eval overfitting base",
+        "eval overfitting IT seed 0",
+        "eval overfitting IM seed 0",
+        "report",
+    }
+    # the report artifact carries its figures inline (the UI cannot follow relative links)
+    assert "](figures/" not in report_md
+    assert "![loss curves](data:image/png;base64,iVBORw0KGgo" in report_md
+
+
+async def _flow_run_and_tasks(experiment: str) -> tuple[Any, set[str], str]:
+    """The latest flow run carrying ``experiment:<experiment>``, its task run names and its report artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"experiment:{experiment}"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{experiment}-report"])),
+        )
+        return runs[0], {t.name for t in tasks}, arts[0].data
 
 
 def test_rerun_recomputes_nothing_but_the_report(first_run: dict[str, Any]) -> None:
@@ -213,10 +257,20 @@ def test_a_failed_arm_does_not_stop_the_others(
     cfg = tiny_config(tmp_path, tiny_model_dir)
     cfg.update(name="one-fails")
     cfg["evaluation"]["evaluate_base"] = False
-    summary = compare_flow(cfg)
+    state = compare_flow(cfg, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("2 task run(s) failed: evaluate/IM/0/overfitting, train/IM/0; report: ")
+    with pytest.raises(TaskRunsFailed) as raised:  # a direct call raises, carrying the summary
+        state.result()
+    summary = raised.value.summary
     assert summary["failed"] == ["evaluate/IM/0/overfitting", "train/IM/0"]
     root = tmp_path / "runs" / "one-fails"
     assert (root / "IT" / "seed-0" / "eval" / "overfitting.json").is_file()
     assert not (root / "IM" / "seed-0" / "train_summary.json").exists()
     text = Path(summary["report"]).read_text()
     assert "| IT | 0 |" in text  # the report is still built from what finished
+    # ... and lists each failure with its error
+    failures = text.split("## Failed task runs", 1)[1].split("## ", 1)[0]
+    assert "- `train/IM/0` (Failed): RuntimeError: simulated crash in IM training" in failures
+    assert "- `evaluate/IM/0/overfitting` (" in failures
+    assert "flow run ended **Failed**" in failures

@@ -235,14 +235,39 @@ def failed_tasks(run: agg.RunResults) -> list[str]:
     return sorted(name for name, t in tasks.items() if t.get("state") not in ("Completed", "Cached"))
 
 
+def failures_section(run: agg.RunResults) -> str:
+    """Each task run of the latest flow run that did not complete, with its state and error ("" if none)."""
+    runs = (run.timings or {}).get("runs") or []
+    tasks = runs[-1].get("tasks", {}) if runs else {}
+    failed = failed_tasks(run)
+    if not failed:
+        return ""
+    link = _flow_run_link(runs[-1])
+    lines = [
+        f"{len(failed)} task run(s) of the latest flow run{f' ({link})' if link else ''} did not complete, so the "
+        "flow run ended **Failed**. Results below are from what finished (or from earlier runs):",
+        "",
+    ]
+    for name in failed:
+        t = tasks[name]
+        error = " ".join(str(t.get("error") or "no error recorded").split())
+        lines.append(f"- `{name}` ({t.get('state', '?')}): {error}")
+    return "\n".join(lines)
+
+
+def _flow_run_link(entry: dict[str, Any]) -> str:
+    """Markdown link to a flow run's page in the Prefect UI (its name when there is no UI URL)."""
+    fr = entry.get("flow_run") or {}
+    if fr.get("url"):
+        return f"[{fr.get('name') or 'flow run'}]({fr['url']})"
+    return f"flow run `{fr['name']}`" if fr.get("name") else ""
+
+
 def skipped_section(run: agg.RunResults) -> str:
     lines = []
     failed = failed_tasks(run)
     if failed:
-        lines.append(
-            f"- **Failed in the latest flow run** (see its logs; results of earlier runs may be shown): "
-            f"{', '.join(failed)}"
-        )
+        lines.append(f"- **Failed in the latest flow run** (see *Failed task runs* above): {', '.join(failed)}")
     if run.data_unavailable:
         arms = ", ".join(a.get("name", "?") for a in run.config.get("arms", [])) or "all arms"
         lines.append(
@@ -467,30 +492,91 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
     return "\n\n".join(parts)
 
 
+LOSS_MODE_TEXT = {
+    "it": "loss on outputs",
+    "im": "loss on instructions and outputs",
+    "im_release": "loss on everything but the first user header",
+    "weighted": "instruction tokens weighted",
+}
+
+
+def describe(cfg: dict[str, Any], run: agg.RunResults) -> str:
+    """One sentence on what was run, built from the resolved config (so ``--set data.n=8`` reads 8)."""
+    d, t = cfg.get("data", {}), cfg.get("training", {})
+    n_train = ((run.data_stats or {}).get("stats") or {}).get("train", {}).get("n")
+    size = f"{n_train} examples" if n_train else (f"{d['n']} examples" if d.get("n") else "all examples")
+    steps = f"{t['max_steps']} steps" if (t.get("max_steps") or -1) > 0 else f"{t.get('epochs', '?')} epoch(s)"
+    arms = []
+    for a in cfg.get("arms", []):
+        mode = a.get("loss_mode", "?")
+        what = LOSS_MODE_TEXT.get(mode, mode)
+        if mode == "weighted":
+            what += f" λ={a.get('prompt_loss_weight')}"
+        arms.append(f"{a.get('name', '?')} ({what})")
+    seeds = cfg.get("seeds") or []
+    return (
+        f"`{cfg.get('model', {}).get('source', '?')}` fine-tuned on {size} of `{d.get('train', '?')}` ({steps}, "
+        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}) as {' and '.join(arms) or '?'}."
+    )
+
+
+def judge_text(judge: Any) -> str:
+    """A judge (its identity dict from a result or the config's judge section) as words, not a dict."""
+    if not isinstance(judge, dict):
+        return str(judge)
+    kind = {"local_hf": "local model", "openai": "OpenAI-compatible API"}.get(judge.get("kind"), judge.get("kind"))
+    where = judge.get("base_url_host") or judge.get("base_url")
+    if where and "://" in str(where):
+        where = str(where).split("://", 1)[1].split("/", 1)[0]  # host only: never a path or key
+    return f"{judge.get('model', '?')} ({kind}{f' at {where}' if where else ''})"
+
+
+def data_origin_text(origin: str | None, cfg: dict[str, Any]) -> str:
+    """Where the training data was read from, relative to the data directory (no host paths)."""
+    if not origin:
+        return "?"
+    if origin.startswith("hub:"):
+        return f"the Hugging Face Hub (`{origin[4:]}`)"
+    import os
+
+    from im_pipeline.config import DATA_DIR_ENV
+
+    data_dir = cfg.get("_resolved_data_dir") or cfg.get("data_dir") or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        try:
+            rel = Path(origin).resolve().relative_to(Path(data_dir).expanduser().resolve())
+            return f"`{rel.as_posix()}` in the data directory"
+        except ValueError:
+            pass
+    return f"`{Path(origin).name}` (a local file given in the config)"
+
+
 def provenance_section(run: agg.RunResults) -> str:
     cfg = run.config
     recs = [r for by_arm in run.results.values() for by_seed in by_arm.values() for r in by_seed.values()]
     commits = sorted({str(r.get("git_commit")) for r in recs if r.get("git_commit")})
     versions: dict[str, Any] = next((r["versions"] for r in recs if r.get("versions")), {})
-    judges = sorted({str(r.get("judge")) for r in recs if r.get("judge")})
+    judges = sorted({judge_text(r["judge"]) for r in recs if r.get("judge")})
     if not judges and cfg.get("evaluation", {}).get("judge"):
-        j = cfg["evaluation"]["judge"]
-        judges = [f"{j.get('kind')}:{j.get('model')} configured, not used (no AlpacaEval result)"]
+        judges = [f"{judge_text(cfg['evaluation']['judge'])} configured, not used (no AlpacaEval result)"]
     origin = (((run.data_stats or {}).get("actions") or {}).get("train") or {}).get("origin")
+    timings = (run.timings or {}).get("runs") or []
+    link = _flow_run_link(timings[-1]) if timings else ""
     lines = [
+        *([f"- Prefect: {link}"] if link else []),
         f"- Model: `{cfg.get('model', {}).get('source', '?')}` (dtype {cfg.get('model', {}).get('dtype', '?')})",
-        f"- Data: `{cfg.get('data', {}).get('train', '?')}` (read from `{origin or cfg.get('data_dir') or '?'}`)",
+        f"- Data: `{cfg.get('data', {}).get('train', '?')}` (read from {data_origin_text(origin, cfg)})",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
         f"- Config hash: `{cfg.get('_config_hash', '?')}`",
         f"- Git commit(s) of the results: {', '.join(f'`{c}`' for c in commits) or '?'}",
         "- Libraries: " + (", ".join(f"{k} {v}" for k, v in versions.items() if v) or "?"),
     ]
-    timings = (run.timings or {}).get("runs") or []
     if timings:
         m = timings[-1].get("machine", {})
+        threads = m.get("torch_threads") or cfg.get("training", {}).get("threads") or m.get("cpu_count", "?")
         lines.append(
             f"- Machine: {m.get('platform', '?')}, Python {m.get('python', '?')}, {m.get('cpu_count', '?')} "
-            f"CPUs, torch threads {m.get('torch_threads', '?')}, CUDA {m.get('cuda') or 'none'}"
+            f"CPUs, torch threads {threads}, CUDA {m.get('cuda') or 'none'}"
         )
         header = [
             "flow run (UTC)",
@@ -518,8 +604,9 @@ def provenance_section(run: agg.RunResults) -> str:
             )
         lines.append(
             "\nWall time per stage of the recent flow runs (a stage's time is the sum of its task runs' "
-            "times; cached task runs cost ~0; the last run's report and totals are filled in after this "
-            "report was written):\n\n" + _md_table(header, rows)
+            "times; cached task runs cost ~0; the flow total of a run covers everything up to writing this "
+            "report, the command total the whole `im-pipeline run` including Prefect's start-up):\n\n"
+            + _md_table(header, rows)
         )
     benches = [r["benchmark"] for r in agg.comparison_rows(run)]
     models = ([agg.BASE] if any(agg.BASE in b for b in run.results.values()) else []) + [
@@ -829,6 +916,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     t = cfg.get("training", {})
     sections = [
         f"# IT vs IM: {run.experiment}",
+        describe(cfg, run),
         cfg.get("description", "").strip(),
         f"- Model: `{cfg.get('model', {}).get('source', '?')}`; "
         f"training data: `{cfg.get('data', {}).get('train', '?')}`"
@@ -838,6 +926,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         f"template `{cfg.get('data', {}).get('template', '?')}`",
         f"- **Loss normalisation: `{norm}`** — {norm_text}.",
         kl_note(run),
+        *(["## Failed task runs", failures] if (failures := failures_section(run)) else []),
         "## Results",
         table_md,
     ]
@@ -864,6 +953,71 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     figures = sorted(str(p) for p in fig_dir.glob("*.png"))
     log.info("report written: %s (%d figures)", out, len(figures))
     return {"report": str(out), "figures": figures, "table": table_records}
+
+
+# -- the Prefect UI's copy -------------------------------------------------------------------------------------------
+
+UI_MAX_COLUMNS = 6
+"""Wider Markdown tables are reshaped for the Prefect UI's artifact page, which clips them."""
+
+
+def for_prefect_ui(markdown: str, report_dir: Path) -> str:
+    """The report as a Prefect markdown artifact: figures inlined, wide tables reshaped to fit.
+
+    The UI cannot follow the report's relative ``figures/x.png`` links (the artifact is text in the
+    server's database), so each figure becomes a base64 ``data:image/png`` URI. A table wider than
+    :data:`UI_MAX_COLUMNS` is transposed when that makes it narrow enough, otherwise split into
+    several tables that repeat the first column.
+    """
+    import base64
+    import re
+
+    def inline(m: re.Match[str]) -> str:
+        path = Path(report_dir) / m.group(2)
+        if not path.is_file():
+            return m.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{m.group(1)}](data:image/png;base64,{data})"
+
+    text = re.sub(r"!\[([^\]]*)\]\(((?:figures/)[^)\s]+\.png)\)", inline, markdown)
+    out: list[str] = []
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1]):
+            j = i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            out.extend(_fit_table(lines[i:j]))
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return "\n".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _fit_table(table: list[str]) -> list[str]:
+    header, rows = _cells(table[0]), [_cells(r) for r in table[2:]]
+    if len(header) <= UI_MAX_COLUMNS:
+        return table
+    if len(rows) + 1 <= UI_MAX_COLUMNS:  # transposed: one row per former column
+        cols = [header, *rows]
+        return _md_table(
+            cols[0][:1] + [r[0] for r in rows], [[c[k] for c in cols] for k in range(1, len(header))]
+        ).split("\n")
+    out: list[str] = []
+    step = UI_MAX_COLUMNS - 1
+    for start in range(1, len(header), step):
+        keep = [0, *range(start, min(start + step, len(header)))]
+        out.extend(
+            _md_table([header[k] for k in keep], [[r[k] if k < len(r) else "" for k in keep] for r in rows]).split("\n")
+        )
+        out.append("")
+    return out[:-1]
 
 
 def report_command(args: argparse.Namespace) -> int:
