@@ -1,13 +1,20 @@
-"""Scheduled runs of the compare flow: ``im-pipeline serve CONFIG --cron "0 2 * * *"``.
+"""Scheduled runs of the compare flow: ``im-pipeline serve`` and ``im-pipeline deploy``.
 
-Two ways to put the compare flow on a schedule:
+Both need a running Prefect server (``prefect server start``, or Prefect Cloud) named by
+``PREFECT_API_URL``: its scheduler service creates the scheduled flow runs (Prefect's ephemeral
+server runs no scheduler, so a cron would never fire).
 
-* :func:`serve_command` (the CLI): ``compare_flow.serve(...)`` creates a deployment with a cron schedule
-  and runs its flow runs from this process (no work pool or worker needed). Point ``PREFECT_API_URL``
-  at a running ``prefect server start`` (or Prefect Cloud) so the schedule lives beyond this process
-  and shows in the UI.
-* :func:`deploy` (for a cluster): registers the flow with a work pool (process, Docker or Kubernetes;
-  see docs/scale_out.md) so that workers on GPU machines pick the runs up.
+* :func:`serve_command` (``im-pipeline serve CONFIG --cron "0 2 * * *"``): ``compare_flow.serve(...)``
+  creates a deployment with a cron schedule and runs its flow runs from this process (no work pool
+  or worker needed). **The schedule lives only as long as this process**: when ``serve`` stops,
+  Prefect's runner pauses the deployment's schedule (``Runner(pause_on_shutdown=True)``, the default of
+  ``Flow.serve``, calls ``pause_deployment`` on exit), so no runs are scheduled until it is served
+  again.
+* :func:`deploy_command` / :func:`deploy` (``im-pipeline deploy CONFIG --pool NAME --cron ...``):
+  registers the flow with a work pool (process, Docker or Kubernetes; see docs/scale_out.md) and
+  exits. **The schedule lives on the server** and outlives the command: the server keeps creating
+  runs, and any worker of the pool (``prefect worker start --pool NAME``) runs them; with no worker
+  running they wait (and show as Late).
 
 Both pass the config *path* (plus ``--set`` overrides) as the flow parameter, so each scheduled run
 reads the current file: edit the config and the next nightly run picks it up, while the task cache
@@ -22,7 +29,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from flows.compare import compare_flow
+from flows.compare import compare_flow, run_tags, with_data_dir
 from im_pipeline.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +40,32 @@ def deployment_name(experiment: str) -> str:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    """Create a cron-scheduled deployment of the compare flow for CONFIG and serve it (blocks)."""
-    cfg = load_config(args.config, args.overrides)  # fail early on a bad config
+    """Create a cron-scheduled deployment of the compare flow for CONFIG and serve it (blocks).
+
+    The schedule is paused when this process stops (see the module docstring).
+    """
+    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
+    cfg = load_config(args.config, overrides)  # fail early on a bad config
     config_path = str(Path(args.config).resolve())
+    api = _require_server()
+    if api is None:
+        return 2
+    name = deployment_name(cfg.name)
+    print(
+        f"serving deployment 'im-compare/{name}' with cron {args.cron!r} on {api} (Ctrl-C stops; "
+        "Prefect then pauses the schedule)"
+    )
+    compare_flow.serve(
+        name=name,
+        cron=args.cron,
+        parameters={"config": config_path, "overrides": overrides},
+        description=f"IT vs IM for {cfg.name} ({config_path}), on a schedule while `im-pipeline serve` runs",
+        tags=run_tags(cfg),
+    )
+    return 0
+
+
+def _require_server() -> str | None:
     api = os.environ.get("PREFECT_API_URL")
     if not api:
         # Prefect's ephemeral server has no scheduler: the cron would never fire.
@@ -45,19 +75,21 @@ def serve_command(args: argparse.Namespace) -> int:
             "see docs/scale_out.md",
             file=sys.stderr,
         )
+    return api
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    """``im-pipeline deploy CONFIG --pool NAME [--cron CRON]``: register the deployment with a work pool, exit."""
+    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
+    cfg = load_config(args.config, overrides)
+    api = _require_server()
+    if api is None:
         return 2
-    name = deployment_name(cfg.name)
-    print(
-        f"serving deployment 'im-compare/{name}' with cron {args.cron!r} on {api or 'a temporary local server'} "
-        "(Ctrl-C stops)"
-    )
-    compare_flow.serve(
-        name=name,
-        cron=args.cron,
-        parameters={"config": config_path, "overrides": list(args.overrides)},
-        description=f"IT vs IM for {cfg.name} ({config_path}), on a schedule",
-        tags=["im-pipeline", cfg.name],
-    )
+    name = args.name or deployment_name(cfg.name)
+    deployment_id = deploy(args.config, args.pool, cron=args.cron, overrides=overrides, name=name)
+    when = f"on cron {args.cron!r} (UTC)" if args.cron else "without a schedule (start runs from the UI or API)"
+    print(f"deployment 'im-compare/{name}' ({deployment_id}) registered with work pool {args.pool!r} {when} on {api}")
+    print(f"runs need a worker: prefect worker start --pool {args.pool}")
     return 0
 
 
@@ -74,6 +106,7 @@ def deploy(
 
     ``source`` is where workers find the code: this checkout by default (a process worker on this
     machine); use a git URL or an image for remote workers (docs/scale_out.md). Returns the deployment id.
+    The schedule lives on the server: it outlives this call (see the module docstring).
     """
     cfg = load_config(config, overrides)
     flow = compare_flow.from_source(source=str(source), entrypoint="flows/compare.py:compare_flow")
@@ -82,6 +115,6 @@ def deploy(
         work_pool_name=work_pool,
         cron=cron,
         parameters={"config": str(Path(config).resolve()), "overrides": list(overrides or [])},
-        tags=["im-pipeline", cfg.name],
+        tags=run_tags(cfg),
         print_next_steps=False,
     )

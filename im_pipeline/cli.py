@@ -9,66 +9,129 @@ from collections.abc import Sequence
 
 from im_pipeline.config import ConfigError
 
+DESCRIPTION = """\
+Instruction Tuning (IT: loss on outputs) vs Instruction Modelling (IM: loss on instructions and
+outputs), side by side: train, evaluate (MMLU, TruthfulQA, HumanEval, AlpacaEval, overfitting) and
+report, orchestrated by Prefect. `im-pipeline COMMAND --help` describes each command."""
 
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="offline data directory (default: $IM_PIPELINE_DATA_DIR)")
+EPILOG = """\
+examples:
+  im-pipeline run configs/demo.yaml --set data.n=8
+  im-pipeline serve configs/demo.yaml --cron "0 2 * * *"      (needs PREFECT_API_URL)
+  im-pipeline deploy configs/demo.yaml --pool cpu --cron "0 2 * * *"
+  im-pipeline data stats lima
+  im-pipeline eval smollm2-135m-instruct --benchmark humaneval --limit 5"""
+
+DATA_DIR_HELP = "offline data directory (default: $IM_PIPELINE_DATA_DIR)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="im-pipeline", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_data_dir(p: argparse.ArgumentParser, help: str = DATA_DIR_HELP) -> None:
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=help)
 
-    p = sub.add_parser("run", help="run an experiment (Prefect flow): prepare → train → evaluate → report")
-    p.add_argument("config", help="experiment YAML")
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set training.epochs=3 (repeatable)",
+        help="override a config value, e.g. --set training.epochs=3 (repeatable; values are YAML)",
     )
 
-    p = sub.add_parser("serve", help="serve the compare flow as a deployment on a cron schedule")
-    p.add_argument("config")
-    p.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *"')
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from im_pipeline.evaluation.common import BENCHMARKS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="im-pipeline", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_data_dir = (
+        "offline data directory, used when the config sets no data_dir (default: $IM_PIPELINE_DATA_DIR); "
+        "recorded in the resolved config"
+    )
+
+    p = sub.add_parser(
+        "run",
+        help="run an experiment (Prefect flow): prepare → train → evaluate → report",
+        description="Run the compare flow once, in this process: on the server at $PREFECT_API_URL when set "
+        "(the run shows in its UI), otherwise on Prefect's ephemeral local server. Exits 1 when a task "
+        "run failed (the report is still written and lists the failures).",
+    )
+    p.add_argument("config", help="experiment YAML (e.g. configs/demo.yaml)")
+    _add_overrides(p)
+    _add_data_dir(p, run_data_dir)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the compare flow as a deployment on a cron schedule (blocks)",
+        description="Create a cron-scheduled deployment and run its flow runs from this process. Needs a "
+        "running Prefect server ($PREFECT_API_URL). The schedule lives while this process does: when it "
+        "stops, Prefect pauses the deployment's schedule (use `im-pipeline deploy` for schedules that "
+        "outlive it).",
+    )
+    p.add_argument("config", help="experiment YAML; each scheduled run re-reads it")
+    p.add_argument("--cron", required=True, help='cron schedule (UTC), e.g. "0 2 * * *"')
+    _add_overrides(p)
+    _add_data_dir(p, run_data_dir)
+
+    p = sub.add_parser(
+        "deploy",
+        help="register the compare flow with a work pool (optionally on a cron schedule) and exit",
+        description="Register a deployment of the compare flow with a work pool on the Prefect server at "
+        "$PREFECT_API_URL; workers of that pool (`prefect worker start --pool NAME`) run its flow runs. The "
+        "schedule lives on the server and outlives this command.",
+    )
+    p.add_argument("config", help="experiment YAML; each run re-reads it")
+    p.add_argument("--pool", required=True, help="work pool name (create it with `prefect work-pool create`)")
+    p.add_argument("--cron", default=None, help='cron schedule (UTC), e.g. "0 2 * * *" (default: no schedule)')
+    p.add_argument("--name", default=None, help="deployment name (default: <experiment>-scheduled)")
+    _add_overrides(p)
+    _add_data_dir(p, run_data_dir)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND"
+    )
     p = data.add_parser("stats", help="length statistics as the paper's Table 5")
     p.add_argument("source", help="registered dataset name, local file, or Hub id")
     _add_data_dir(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json(p)
     p.add_argument(
         "--instruction-templates",
         action="store_true",
         help="wrap instructions in open-instruct-style phrasings first (seeded)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phrasing choice (default 0)")
     p.add_argument("--single-turn", action="store_true", help="drop multi-turn conversations")
 
     p = sub.add_parser("advise", help="predicted IM gain from the length ratio and size (paper Fig. 2 fits)")
-    p.add_argument("source")
+    p.add_argument("source", help="registered dataset name, local file, or Hub id")
     _add_data_dir(p)
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
 
     p = sub.add_parser("mask", help="show the loss weight of every token of one example")
     p.add_argument("source", help="registered dataset name or local file")
-    p.add_argument("--mode", required=True, choices=["it", "im", "im_release", "weighted"])
+    p.add_argument("--mode", required=True, choices=["it", "im", "im_release", "weighted"], help="loss mode")
     p.add_argument("--prompt-loss-weight", type=float, default=None, help="λ for --mode weighted")
     p.add_argument("--model", required=True, help="model source (for its tokenizer)")
-    p.add_argument("--index", type=int, default=0)
-    p.add_argument("--template", default="tulu", choices=["tulu", "chat_template"])
+    p.add_argument("--index", type=int, default=0, help="which example (0-based, default 0)")
+    p.add_argument(
+        "--template", default="tulu", choices=["tulu", "chat_template"], help="conversation template (default tulu)"
+    )
     _add_data_dir(p)
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
 
     p = sub.add_parser("eval", help="run one benchmark on any model source")
-    p.add_argument("model")
-    p.add_argument("--benchmark", required=True)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("model", help="model source: Hub id, local directory (e.g. a checkpoint), .gguf or a shipped name")
+    p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="which benchmark")
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many items (per subject for MMLU)")
     _add_data_dir(p)
-    p.add_argument("--out", default="eval-out", help="directory for <benchmark>.json")
+    p.add_argument("--out", default="eval-out", help="directory for <benchmark>.json (default eval-out)")
     p.add_argument(
         "--option",
         dest="options",
@@ -92,16 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="programs run in parallel")
 
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run directory, e.g. runs/demo")
     p.add_argument("--out", default=None, help="report directory (default: reports/<experiment>)")
     return parser
 
 
+class RunNameFormatter(logging.Formatter):
+    """Console lines that name the Prefect task or flow run they come from.
+
+    Prefect's run loggers carry ``task_run_name`` / ``flow_run_name``; library loggers (``im_pipeline.*``) get the
+    name of the task run active in their thread, so "Finished in state Completed()" says which task finished.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        if run is None and "prefect.context" in sys.modules:
+            from prefect.context import TaskRunContext
+
+            ctx = TaskRunContext.get()
+            run = ctx.task_run.name if ctx is not None else None
+        line = super().format(record)
+        return line.replace(" :: ", f" [{run}] " if run else " ", 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(RunNameFormatter("%(asctime)s %(levelname)s %(name)s :: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return _dispatch(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
@@ -143,6 +224,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from flows.serve import serve_command
 
         return serve_command(args)
+    if args.command == "deploy":
+        from flows.serve import deploy_command
+
+        return deploy_command(args)
     raise AssertionError(args.command)
 
 

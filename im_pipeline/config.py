@@ -135,6 +135,12 @@ class TrainingConfig(_Strict):
     eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = each epoch end).")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null = number of cores).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Where the Trainer sends its training metrics (its report_to): TensorBoard event files in "
+        "<run>/tensorboard/ by default; 'mlflow' / 'wandb' when installed and configured (their own env "
+        "variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT); [] for none.",
+    )
 
 
 class BenchmarkConfig(_Strict):

@@ -58,7 +58,7 @@ def files_hash(*paths: Path) -> str:
 
 def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) -> str:
     """Key of one (arm, seed) training run. Excludes other arms, evaluation settings and names."""
-    training = cfg.training.model_dump(mode="json", exclude={"threads", "logging_steps", "save_steps"})
+    training = cfg.training.model_dump(mode="json", exclude={"threads", "logging_steps", "save_steps", "report_to"})
     return stable_hash(
         {
             "stage": "train",

@@ -32,6 +32,16 @@ ROLES = ("system", "user", "assistant")
 TEMPLATES = ("tulu", "chat_template")
 DEFAULT_EOS = "</s>"
 TULU_HEADERS = {"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|assistant|>\n"}
+TULU_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + (message['content'] | trim) }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+"""The Tulu template as a Jinja ``chat_template`` (saved with trained checkpoints): ``apply_chat_template``
+renders exactly :func:`render` / :func:`render_prompt` with ``template="tulu"`` (tested)."""
 
 
 class Span(NamedTuple):

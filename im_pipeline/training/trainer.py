@@ -34,6 +34,7 @@ from transformers import PreTrainedModel, PrinterCallback, Trainer, TrainerCallb
 from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig, stable_hash
+from im_pipeline.data.templates import TULU_CHAT_TEMPLATE
 from im_pipeline.training.loss import (
     IGNORE_INDEX,
     KL_FORMS,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 TRAIN_LOG = "train_log.jsonl"
 TRAIN_SUMMARY = "train_summary.json"
 FINAL_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"  # the Trainer's TensorBoard event files (training.report_to)
 TRAINER_CKPT_DIR = "trainer_checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -440,6 +442,109 @@ class TrainLogCallback(TrainerCallback):
         )
 
 
+# -- the saved checkpoint --------------------------------------------------------------------------------------
+
+
+def save_tokenizer(tokenizer: Any, out_dir: Path, template: str) -> None:
+    """Save the tokenizer with the chat template the model was trained with as its ``chat_template``.
+
+    With the Tulu template the base model's own template (e.g. ChatML) would build prompts the model was not
+    tuned on, so :data:`TULU_CHAT_TEMPLATE` replaces it in the saved copy (the loaded tokenizer is left as it
+    was). With ``chat_template`` training used the tokenizer's own template, which is kept.
+    """
+    if template != "tulu":
+        tokenizer.save_pretrained(out_dir)
+        return
+    original = tokenizer.chat_template
+    tokenizer.chat_template = TULU_CHAT_TEMPLATE
+    try:
+        tokenizer.save_pretrained(out_dir)
+    finally:
+        tokenizer.chat_template = original
+
+
+def write_model_card(final_dir: Path, cfg: ExperimentConfig, arm: ArmConfig, seed: int, summary: dict) -> Path:
+    """``checkpoint/README.md``: a Hugging Face model card (metadata + what was trained, how, and how well)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    report = (Path(cfg.report_dir) / cfg.name / "REPORT.md").resolve()
+    try:
+        report_link = os.path.relpath(report, Path(final_dir).resolve())
+    except ValueError:  # another drive (Windows)
+        report_link = str(report)
+    t = cfg.training
+    base = cfg.model.source
+    data = cfg.data
+    extras = {k: getattr(arm, k) for k in ("prompt_loss_weight", "neftune_alpha", "kl_coef") if getattr(arm, k)}
+    meta = ModelCardData(
+        base_model=base if "/" in base and not Path(base).exists() else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["im-pipeline", f"loss-mode-{arm.loss_mode}", "instruction-tuning"],
+    )
+
+    def fmt(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+    rows = {
+        "base model": f"`{base}`" + (f" (revision `{cfg.model.revision}`)" if cfg.model.revision else ""),
+        "training data": f"`{data.train}`, {summary.get('n_train')} examples"
+        + (f" (subsample n={data.n})" if data.n else "")
+        + f", {summary.get('n_held_out')} held out",
+        "chat template": f"`{data.template}` (saved as the tokenizer's `chat_template`)",
+        "loss mode": f"`{arm.loss_mode}` (arm `{arm.name}`)" + (f", {extras}" if extras else ""),
+        "seed": seed,
+        "epochs / steps": f"{t.epochs} / {summary.get('steps')}",
+        "learning rate": f"{t.learning_rate} ({t.lr_scheduler}, warm-up {t.warmup_ratio})",
+        "batch": f"{t.batch_size} × {t.gradient_accumulation_steps} accumulation",
+        "max length": data.max_length,
+        "loss normalisation": t.loss_normalisation,
+        "weight decay": t.weight_decay,
+        "final train loss": fmt(summary.get("final_train_loss")),
+        "held-out loss (output tokens)": fmt(summary.get("final_held_out_loss")),
+        "training time": f"{summary.get('wall_time_s')} s, {summary.get('tokens_per_s')} tokens/s",
+    }
+    table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
+    content = f"""---
+{meta.to_yaml()}
+---
+
+# {cfg.name} / {arm.name} / seed {seed}
+
+`{base}` fine-tuned by im-pipeline (Instruction Tuning vs Instruction Modelling, Shi et al. 2024) with loss
+mode **{arm.loss_mode}** ({_LOSS_MODE_WORDS.get(str(arm.loss_mode), str(arm.loss_mode))}), experiment `{cfg.name}`.
+
+{table}
+
+Benchmark results (MMLU, TruthfulQA, HumanEval, AlpacaEval, overfitting) of this model next to the base model
+and the other arms: [the experiment's report]({report_link}).
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("PATH/TO/checkpoint")
+model = AutoModelForCausalLM.from_pretrained("PATH/TO/checkpoint")
+prompt = tok.apply_chat_template([{{"role": "user", "content": "Hello"}}], tokenize=False, add_generation_prompt=True)
+```
+
+The tokenizer's `chat_template` is the template used in training, so `apply_chat_template` builds the prompts
+the model was tuned on.
+"""
+    path = Path(final_dir) / "README.md"
+    ModelCard(content).save(path)
+    return path
+
+
+_LOSS_MODE_WORDS = {
+    "it": "loss on the outputs only",
+    "im": "loss on the instructions and the outputs",
+    "im_release": "loss on everything but the first user header",
+    "weighted": "instruction tokens weighted by λ",
+}
+
+
 # -- train_arm --------------------------------------------------------------------------------------------------
 
 
@@ -455,7 +560,7 @@ def _fingerprint(cfg: ExperimentConfig, arm: ArmConfig, seed: int, train: list[d
         {
             "model": cfg.model.model_dump(mode="json"),
             "data": cfg.data.model_dump(mode="json"),
-            "training": cfg.training.model_dump(mode="json", exclude={"threads"}),
+            "training": cfg.training.model_dump(mode="json", exclude={"threads", "report_to"}),
             "arm": arm.model_dump(mode="json"),
             "seed": seed,
             "train": stable_hash(train, 32),
@@ -503,7 +608,7 @@ def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, o
         data_seed=seed,
         neftune_noise_alpha=arm.neftune_alpha,
         remove_unused_columns=False,
-        report_to="none",
+        report_to=list(t.report_to) or "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -612,6 +717,10 @@ def train_arm(
         kl_form=arm.kl_form,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through TrainLogCallback's logging instead
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "TensorBoardCallback":
+            # its default dir is under trainer_checkpoints/, which is removed after training
+            cb.logging_dir = str(run_dir / TENSORBOARD_DIR)
     if resume:
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -620,7 +729,7 @@ def train_arm(
     if final_dir.exists():
         shutil.rmtree(final_dir)
     trainer.model.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    save_tokenizer(tokenizer, final_dir, cfg.data.template)
 
     rows = _read_log(log_path)
     train_rows = [r for r in rows if r.get("tokens")]
@@ -658,6 +767,7 @@ def train_arm(
         "checkpoint": FINAL_DIR,
     }
     (run_dir / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_model_card(final_dir, cfg, arm, seed, summary)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # large; the final model is in checkpoint/
     log.info(
         "%s seed %d: done in %.0f s, final train loss %s, held-out %s",

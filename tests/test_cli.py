@@ -1,0 +1,85 @@
+"""The ``im-pipeline`` command line: help on every argument, choices listed, --data-dir, console lines."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from im_pipeline.cli import RunNameFormatter, build_parser, main
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "im-pipeline"):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_argument_has_help() -> None:
+    missing = [
+        f"{path}: {action.dest}"
+        for path, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+    names = [path for path, _ in _parsers(build_parser())]
+    assert {"im-pipeline run", "im-pipeline serve", "im-pipeline deploy", "im-pipeline eval"} <= set(names)
+
+
+def test_help_lists_choices_and_a_clean_description(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "{mmlu,truthfulqa,humaneval,alpaca_eval,overfitting}" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "Each sub-command imports" not in out
+    assert "Instruction Modelling (IM: loss on instructions and" in out
+    for command in ("run", "serve"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--data-dir DIR" in capsys.readouterr().out
+
+
+def _config(tmp_path: Path, **extra: object) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"name": "cli-exp", **extra}))
+    return path
+
+
+def test_data_dir_becomes_an_explicit_override(tmp_path: Path) -> None:
+    from flows.compare import with_data_dir
+    from im_pipeline.config import load_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = _config(tmp_path)
+    overrides = with_data_dir(str(cfg), ["data.n=8"], str(data))
+    assert overrides == ["data.n=8", f"data_dir={data.resolve()}"]
+    assert load_config(cfg, overrides).resolved_data_dir() == data.resolve()
+    # the config's own data_dir wins (documented precedence: data_dir, --data-dir, $IM_PIPELINE_DATA_DIR)
+    own = _config(tmp_path, data_dir=str(tmp_path))
+    assert with_data_dir(str(own), [], str(data)) == []
+    assert with_data_dir(str(cfg), [], None) == []
+
+
+def test_run_with_a_missing_data_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", str(_config(tmp_path)), "--data-dir", str(tmp_path / "nope")])
+    assert code == 2
+    assert f"error: --data-dir {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+
+
+def test_console_lines_name_the_task_run() -> None:
+    fmt = RunNameFormatter("%(levelname)s %(name)s :: %(message)s")
+    rec = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state Completed()", (), None)
+    rec.task_run_name = "train IM seed 0"
+    assert fmt.format(rec) == "INFO prefect.task_runs [train IM seed 0] Finished in state Completed()"
+    plain = logging.LogRecord("im_pipeline.x", logging.INFO, __file__, 1, "hello :: world", (), None)
+    assert fmt.format(plain) == "INFO im_pipeline.x hello :: world"
