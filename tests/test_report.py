@@ -224,10 +224,21 @@ def test_report_lists_failed_task_runs(tmp_path: Path) -> None:
         tmp_path / "runs", "f", ratio=0.5, n=10, seeds=(0,), values={"mmlu": {"IT": [0.5], "IM": [0.6]}}
     )
     timings = json.loads((root / "timings.json").read_text())
-    timings["runs"][-1]["tasks"] = {"train/IM/0": {"state": "Failed"}, "train/IT/0": {"state": "Cached"}}
+    timings["runs"][-1]["tasks"] = {
+        "train/IM/0": {"state": "Failed", "error": "RuntimeError: out of\nmemory"},
+        "train/IT/0": {"state": "Cached"},
+    }
+    timings["runs"][-1]["flow_run"] = {"name": "f 2026-12-01", "url": "http://127.0.0.1:4200/flow-runs/flow-run/abc"}
     (root / "timings.json").write_text(json.dumps(timings))
     text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
-    assert "**Failed in the latest flow run** (see its logs; results of earlier runs may be shown): train/IM/0" in text
+    assert "**Failed in the latest flow run** (see *Failed task runs* above): train/IM/0" in text
+    failed = text.split("## Failed task runs\n\n", 1)[1].split("\n## ", 1)[0]
+    assert failed.startswith(
+        "1 task run(s) of the latest flow run ([f 2026-12-01](http://127.0.0.1:4200/flow-runs/flow-run/abc)) did "
+        "not complete, so the flow run ended **Failed**."
+    )
+    assert "- `train/IM/0` (Failed): RuntimeError: out of memory" in failed and "train/IT/0" not in failed
+    assert "- Prefect: [f 2026-12-01](http://127.0.0.1:4200/flow-runs/flow-run/abc)" in text
 
 
 def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> None:
