@@ -169,10 +169,10 @@ def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = Non
 def _compare(cfg: ExperimentConfig) -> Any:
     t0, started = time.perf_counter(), time.time()
     log = get_run_logger()
+    cfg.check_data_dir()
     _tag_flow_run(run_tags(cfg))
     root = cfg.run_root()
     data_dir = cfg.resolved_data_dir()
-    write_resolved_config(cfg, root, resolved_data_dir=str(data_dir) if data_dir else None)
     data_out = root / "data"
     benches = [b for b in BENCHMARK_ORDER if getattr(cfg.evaluation, b).enabled]
     log.info(
@@ -186,6 +186,8 @@ def _compare(cfg: ExperimentConfig) -> Any:
     )
     prep_future = prep.submit(cfg, dkey, str(data_out))
     prepared = prep_future.result()
+    # after the data: a malformed input writes nothing
+    write_resolved_config(cfg, root, resolved_data_dir=str(data_dir) if data_dir else None)
     data_hash = prepared["data_hash"]
     if prepared.get("unavailable"):
         log.warning(
@@ -353,6 +355,7 @@ def run_command(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
     cfg = load_config(args.config, overrides)  # validate before starting Prefect: clear errors first
+    cfg.check_data_dir()
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
     print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds) on {where}")
     state = compare_flow(cfg.to_dict(), return_state=True)
@@ -360,6 +363,9 @@ def run_command(args: argparse.Namespace) -> int:
     if isinstance(summary, TaskRunsFailed):
         summary = summary.summary
     total = time.perf_counter() - t0
+    if isinstance(summary, ValueError):  # malformed input (DataError, ConfigError): named, exit status 2
+        print(f"error: {summary}", file=sys.stderr)
+        return 2
     if not isinstance(summary, dict):
         print(f"error: the flow did not finish: {state.message or summary}")
         return 1

@@ -11,12 +11,13 @@ import copy
 import hashlib
 import json
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
 """Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
@@ -36,7 +37,22 @@ class LossMode(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+    # allow_inf_nan=False: ``.inf`` / ``.nan`` (YAML) or ``inf`` (--set) are rejected for every float.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False)
+
+
+NAME_CHARS = "letters, digits, '-', '_', '.', '+'"
+_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+RESERVED_ARM_NAMES = ("base", "data")  # runs/<experiment>/base holds the base model's results, /data the data
+
+
+def check_name(value: str, what: str) -> str:
+    """A name used as a path component: allowed characters only, never ``..`` or ``/`` (stays inside its dir)."""
+    if not _NAME_RE.fullmatch(value) or ".." in value or value == ".":
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use {NAME_CHARS} (no '/', no '..'); it becomes a directory name"
+        )
+    return value
 
 
 class ModelConfig(_Strict):
@@ -88,7 +104,7 @@ class DataConfig(_Strict):
 
 
 class ArmConfig(_Strict):
-    name: str = Field(description="Arm name, used in paths and reports (e.g. 'IT', 'IM').")
+    name: str = Field(description=f"Arm name, used in paths and reports (e.g. 'IT', 'IM+NEFTune'): {NAME_CHARS}.")
     loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
     prompt_loss_weight: float | None = Field(
         None, ge=0.0, le=1.0, description="λ for loss_mode=weighted: user-content tokens weigh λ."
@@ -101,6 +117,14 @@ class ArmConfig(_Strict):
         "the released src/finetune.py's log p_model(y) - log p_base(y) at the target token, reduced like the NLL "
         "(for an IT arm loss = (1-c)*NLL + const: no gradient at kl_coef=1).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        check_name(value, "arm name")
+        if value in RESERVED_ARM_NAMES:
+            raise ValueError(f"arm name {value!r} is reserved (runs/<experiment>/{value} is used by the pipeline)")
+        return value
 
     @model_validator(mode="after")
     def _check_weight(self) -> ArmConfig:
@@ -146,7 +170,116 @@ class TrainingConfig(_Strict):
 class BenchmarkConfig(_Strict):
     enabled: bool = Field(True, description="Run this benchmark.")
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many items (per subject for MMLU).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Benchmark-specific options.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Benchmark-specific options (typed per benchmark: see BENCHMARK_OPTIONS)."
+    )
+
+
+# -- benchmark options: one typed model per benchmark, checked when the config loads -----------------------
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+_Source = Literal["auto", "hub", "local"]
+
+
+class MMLUOptions(_Options):
+    num_fewshot: int = Field(0, ge=0, le=5, description="Few-shot examples (the dev split holds 5 per subject).")
+    subjects: list[str] | str | None = Field(None, description="Subjects (list or comma-separated); null = all 57.")
+    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template.")
+    source: _Source = Field("auto", description="'hub', 'local' (data directory) or 'auto' (hub when reachable).")
+
+
+class TruthfulQAOptions(_Options):
+    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template.")
+    source: _Source = Field("auto", description="'hub', 'local' (data directory) or 'auto' (hub when reachable).")
+
+
+class HumanEvalOptions(_Options):
+    n: int = Field(1, ge=1, description="Samples per problem and temperature.")
+    temperatures: list[Annotated[float, Field(ge=0)]] | Annotated[float, Field(ge=0)] | None = Field(
+        None, description="Sampling temperatures; null = [0.0] (greedy) when n == 1, else [0.1, 0.7]."
+    )
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling (temperature > 0 only).")
+    k: list[Annotated[int, Field(ge=1)]] | Annotated[int, Field(ge=1)] | None = Field(
+        None, description="pass@k values reported; null = 1, 10, 100 where <= n."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Generation budget per completion.")
+    chat: bool = Field(False, description="Wrap the prompt in the training template.")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
+        description="Stop strings.",
+    )
+    timeout: float = Field(10.0, gt=0, description="Wall-clock seconds per program in the sandbox.")
+    memory_mb: int = Field(1024, ge=32, description="Memory of one program's whole process tree (MiB).")
+    workers: int = Field(2, ge=1, description="Programs executed in parallel.")
+    batch_size: int | None = Field(None, ge=1, description="Generation batch size; null = evaluation.batch_size.")
+    backend: Literal["hf", "vllm"] = Field("hf", description="'hf' (transformers) or 'vllm' (GPU machines).")
+    seed: int | None = Field(None, description="Sampling seed; null = the run's seed (or 0).")
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> HumanEvalOptions:
+        ks = [self.k] if isinstance(self.k, int) else (self.k or [])
+        bad = [k for k in ks if k > self.n]
+        if bad:
+            raise ValueError(f"pass@k needs 1 <= k <= n (n={self.n}); got k={bad}")
+        return self
+
+
+class AlpacaEvalOptions(_Options):
+    version: Literal[1, 2] = Field(1, description="AlpacaEval 1.0 or 2.0.")
+    annotator: str | None = Field(None, description="alpaca_eval annotator config; null = the version's default.")
+    both_orders: bool | None = Field(None, description="Judge both output orders; null = yes for a local judge.")
+    max_new_tokens: int = Field(512, ge=1, description="Generation budget per answer.")
+    cache_dir: str | None = Field(None, description="Annotation cache; null = <eval dir>/alpaca_eval.")
+    seed: int = Field(123, description="Seed of the subsample of instructions (limit).")
+    guided_choice: bool = Field(False, description="Constrain an OpenAI-compatible judge to the labels (vLLM).")
+    judge_concurrency: int = Field(4, ge=1, description="Concurrent judge requests.")
+
+
+class OverfittingOptions(_Options):
+    loss_examples: int = Field(128, ge=1, description="Examples for the train / held-out output-token loss.")
+    max_new_tokens: int = Field(256, ge=1, description="Generation budget for BLEU.")
+    max_length: int = Field(512, ge=8, description="Maximum tokens per example for the loss.")
+    sample_seed: int = Field(0, description="Seed of the example sample (same items for every arm).")
+    train: str | None = Field(None, description="Training records for standalone use (the pipeline passes its own).")
+    held_out: str | None = Field(None, description="Held-out records for standalone use.")
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the BLEU standard error.")
+
+
+BENCHMARK_OPTIONS: dict[str, type[_Options]] = {
+    "mmlu": MMLUOptions,
+    "truthfulqa": TruthfulQAOptions,
+    "humaneval": HumanEvalOptions,
+    "alpaca_eval": AlpacaEvalOptions,
+    "overfitting": OverfittingOptions,
+}
+
+
+def _options_error(benchmark: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "options"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(BENCHMARK_OPTIONS[benchmark].model_fields)
+            parts.append(f"unknown option {key!r} (value {e['input']!r}); allowed: {allowed}")
+        else:
+            shown = e.get("input")
+            parts.append(f"option {key}: {e['msg']}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
+    return f"{benchmark}: " + "; ".join(parts)
+
+
+def benchmark_options(benchmark: str, options: dict[str, Any]) -> _Options:
+    """The typed options of ``benchmark`` (defaults filled in); ValueError names every bad option."""
+    model = BENCHMARK_OPTIONS.get(benchmark)
+    if model is None:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARK_OPTIONS)}")
+    try:
+        return model.model_validate(options)
+    except ValidationError as err:
+        raise ValueError(_options_error(benchmark, err)) from None
 
 
 class JudgeConfig(_Strict):
@@ -172,12 +305,19 @@ class EvaluationConfig(_Strict):
         default_factory=lambda: BenchmarkConfig(limit=16), description="Train/test loss and BLEU-4 memorisation."
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="after")
+    def _typed_options(self) -> EvaluationConfig:
+        for name in BENCHMARK_OPTIONS:  # a typo is found when the config loads, not after training
+            benchmark_options(name, getattr(self, name).options)
+        return self
+
     evaluate_base: bool = Field(True, description="Also evaluate the base model once (base → IT → IM).")
     batch_size: int = Field(8, ge=1, description="Batch size for scoring and generation.")
 
 
 class ExperimentConfig(_Strict):
-    name: str = Field(description="Experiment name: runs/<name>/, reports/<name>/.")
+    name: str = Field(description=f"Experiment name: runs/<name>/, reports/<name>/; {NAME_CHARS}.")
     description: str = Field("", description="Free text shown in the report.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -198,6 +338,19 @@ class ExperimentConfig(_Strict):
         None, description=f"Offline data directory (falls back to ${DATA_DIR_ENV}); null = Hub only."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return check_name(value, "experiment name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        dup = sorted({s for s in value if value.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds must be unique (each is one run per arm); repeated: {dup}")
+        return value
+
     @model_validator(mode="after")
     def _unique_arms(self) -> ExperimentConfig:
         names = [a.name for a in self.arms]
@@ -205,6 +358,14 @@ class ExperimentConfig(_Strict):
         if dup:
             raise ValueError(f"arm names must be unique; repeated: {dup}")
         return self
+
+    def check_data_dir(self) -> Path | None:
+        """The data directory, which must exist when one is set (named at once, before any work starts)."""
+        where = "data_dir in the config" if self.data_dir else f"${DATA_DIR_ENV}"
+        path = self.resolved_data_dir()
+        if path is not None and not path.is_dir():
+            raise ConfigError(f"data directory {path} (from {where}) does not exist")
+        return path
 
     # -- derived values -------------------------------------------------------------------------
     def resolved_data_dir(self) -> Path | None:
@@ -261,6 +422,35 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key repeated in one mapping is an error (YAML itself says keys are unique;
+    PyYAML silently keeps the last one)."""
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(f"line {line}: duplicate key {key!r} (first at line {seen[key]})")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that rejects duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.0.c=value`` → (["a","b","0","c"], parsed YAML scalar/list)."""
     if "=" not in item:
@@ -270,7 +460,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
     return key.split("."), value
@@ -318,9 +508,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
@@ -334,5 +528,7 @@ def write_resolved_config(cfg: ExperimentConfig, run_dir: Path, **extra: Any) ->
     payload = cfg.to_dict()
     payload["_config_hash"] = cfg.config_hash()
     payload.update({f"_{k}": v for k, v in extra.items()})
-    out.write_text(yaml.safe_dump(payload, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    from im_pipeline.provenance import write_text_atomic
+
+    write_text_atomic(out, yaml.safe_dump(payload, sort_keys=False, allow_unicode=True))
     return out

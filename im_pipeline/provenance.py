@@ -95,13 +95,21 @@ def timer() -> Iterator[dict[str, float]]:
 
 def write_json(path: Path, payload: Any) -> Path:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a result."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str | bytes) -> Path:
+    """Write a file atomically: a unique temporary file beside it, then rename.
+
+    Two concurrent writers never share (or delete) one temporary file, and a reader sees the old or the
+    new content, never a partial one.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
-    # A unique temp name per writer: two concurrent writers never share (or delete) one temp file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

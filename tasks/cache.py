@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import ArmConfig, BenchmarkConfig, ExperimentConfig, stable_hash
+from im_pipeline.provenance import write_text_atomic
 
 DATA_SEED = 0
 """Seed of data preparation (subsampling, splits): fixed, so adding a training seed keeps the data."""
@@ -106,9 +107,7 @@ def read_stamp(out_dir: Path, stage: str) -> str | None:
 
 
 def write_stamp(out_dir: Path, stage: str, key: str) -> None:
-    p = stamp_path(out_dir, stage)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(key + "\n")
+    write_text_atomic(stamp_path(out_dir, stage), key + "\n")
 
 
 def is_done(output: Path, out_dir: Path, stage: str, key: str) -> bool:

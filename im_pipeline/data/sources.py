@@ -155,9 +155,33 @@ class Loaded:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
-    """The data directory: the argument, else ``$IM_PIPELINE_DATA_DIR``, else None."""
-    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV)
-    return Path(value).expanduser() if value else None
+    """The data directory: the argument, else ``$IM_PIPELINE_DATA_DIR``, else None.
+
+    A directory that is set but does not exist is an error at once (naming it and where it came from),
+    never a silent fall-back to the Hub.
+    """
+    given = data_dir not in (None, "")
+    value = data_dir if given else os.environ.get(DATA_DIR_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        where = "--data-dir / data_dir" if given else f"${DATA_DIR_ENV}"
+        raise DataError(f"data directory {path} (from {where}) does not exist")
+    return path
+
+
+def hub_available() -> bool:
+    """True when the Hub may be used: not ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``, and reachable.
+
+    Checked once per call with a short connection attempt, so an offline machine fails at once instead of
+    spending ``datasets``' retries (about 25 s) before the same error.
+    """
+    if hub_offline():
+        return False
+    from im_pipeline.evaluation.common import hub_reachable
+
+    return hub_reachable()
 
 
 def hub_offline() -> bool:
@@ -394,12 +418,13 @@ def load_source(
         if local is not None and local.is_file():
             records, locations = _normalise_all(read_raw_file(local), spec.name, phrase, spec.name)
             loaded = Loaded(records, locations, origin=str(local))
-        elif spec.hub_id and not hub_offline():
+        elif spec.hub_id and hub_available():
             loaded = _load_hub(spec.hub_id, spec, spec.name, phrase)
         else:
             why = f"{local} does not exist" if local else f"no data directory set (--data-dir or ${DATA_DIR_ENV})"
             hub = (
-                f"it is on the Hugging Face Hub as {spec.hub_id!r}, but the Hub is offline (HF_HUB_OFFLINE=1)"
+                f"it is on the Hugging Face Hub as {spec.hub_id!r}, but the Hub is "
+                + ("offline (HF_HUB_OFFLINE=1)" if hub_offline() else "unreachable from this machine")
                 if spec.hub_id
                 else "it has no Hub copy"
             )
@@ -412,10 +437,11 @@ def load_source(
         loaded = Loaded(records, locations, origin=str(path))
         single_only = not multi_turn
     elif "/" in source and not source.startswith((".", "/")) and source.count("/") == 1:
-        if hub_offline():
+        if not hub_available():
+            state = "offline (HF_HUB_OFFLINE=1)" if hub_offline() else "unreachable from this machine"
             raise DataError(
-                f"{source!r} is not a registered dataset or a local file, and the Hugging Face Hub is offline "
-                "(HF_HUB_OFFLINE=1). Pass the path of a local .json/.jsonl copy instead."
+                f"{source!r} is not a registered dataset or a local file, and the Hugging Face Hub is {state}. "
+                "Pass the path of a local .json/.jsonl copy instead."
             )
         loaded = _load_hub(source, None, source.split("/")[-1], phrase)
         single_only = not multi_turn

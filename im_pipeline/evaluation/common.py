@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import BenchmarkConfig, JudgeConfig
+from im_pipeline.config import BenchmarkConfig, JudgeConfig, benchmark_options
 from im_pipeline.provenance import git_commit, library_versions, write_json
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def result_path(out_dir: Path, name: str) -> Path:
 
 def run_benchmark(name: str, ctx: EvalContext, cfg: BenchmarkConfig) -> Path:
     """Run one benchmark and write its result JSON (also for a skip). Returns the path."""
+    benchmark_options(name, cfg.options)  # typed options: a bad one is named before any model loads
     fn = get_benchmark(name)
     start = time.perf_counter()
     record: dict[str, Any] = {

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from im_pipeline.config import BenchmarkConfig
+from im_pipeline.config import BenchmarkConfig, HumanEvalOptions, benchmark_options
 from im_pipeline.data.sources import write_jsonl
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
@@ -42,45 +42,21 @@ CHAT_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
 CHAT_STOP = ("```",)
 SAMPLES_FILE = "humaneval_samples.jsonl"
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "n": 1,  # samples per problem and temperature
-    "temperatures": None,  # default: [0.0] (greedy) when n == 1, else [0.1, 0.7]
-    "top_p": 0.95,  # nucleus sampling (temperature > 0 only)
-    "k": None,  # pass@k values reported; default: 1, 10, 100 where <= n
-    "max_new_tokens": 256,
-    "chat": False,  # wrap in the training template (render_prompt)
-    "stop": list(STOP_SEQUENCES),
-    "timeout": 10.0,  # seconds per program
-    "memory_mb": 1024,
-    "workers": 2,  # programs executed in parallel
-    "batch_size": None,  # default: the context's batch size
-    "backend": "hf",  # "hf" (transformers) or "vllm" (GPU machines, when installed)
-    "seed": None,  # default: the run's seed (or 0)
-}
+DEFAULT_OPTIONS: dict[str, Any] = HumanEvalOptions().model_dump()
+"""Options and defaults: :class:`im_pipeline.config.HumanEvalOptions` (checked when the config loads)."""
 
 
 def _options(cfg: BenchmarkConfig) -> dict[str, Any]:
-    unknown = set(cfg.options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(f"humaneval: unknown option(s) {sorted(unknown)}; allowed: {sorted(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **cfg.options}
-    if not isinstance(opts["n"], int) or opts["n"] < 1:
-        raise ValueError(f"humaneval: option n must be a positive integer, got {opts['n']!r}")
+    opts = benchmark_options("humaneval", cfg.options).model_dump()
     if opts["temperatures"] is None:
         opts["temperatures"] = [0.0] if opts["n"] == 1 else [0.1, 0.7]
     if isinstance(opts["temperatures"], int | float):
         opts["temperatures"] = [opts["temperatures"]]
-    opts["temperatures"] = [float(t) for t in opts["temperatures"]]
-    if not opts["temperatures"] or any(t < 0 for t in opts["temperatures"]):
-        raise ValueError(f"humaneval: temperatures must be a non-empty list of values >= 0, got {opts['temperatures']}")
+    if not opts["temperatures"]:
+        raise ValueError("humaneval: temperatures must be a non-empty list of values >= 0")
     if opts["k"] is None:
         opts["k"] = [k for k in (1, 10, 100) if k <= opts["n"]]
-    opts["k"] = sorted({int(k) for k in ([opts["k"]] if isinstance(opts["k"], int) else opts["k"])})
-    bad_k = [k for k in opts["k"] if k < 1 or k > opts["n"]]
-    if bad_k:
-        raise ValueError(f"humaneval: pass@k needs 1 <= k <= n (n={opts['n']}); got k={bad_k}")
-    if opts["backend"] not in ("hf", "vllm"):
-        raise ValueError(f"humaneval: backend must be 'hf' or 'vllm', got {opts['backend']!r}")
+    opts["k"] = sorted({opts["k"]} if isinstance(opts["k"], int) else set(opts["k"]))
     return opts
 
 

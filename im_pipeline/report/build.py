@@ -19,8 +19,19 @@ from typing import Any
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import paper_reference as paper
 from im_pipeline.analysis import stats as pstats
+from im_pipeline.provenance import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+def _savefig(fig, out: Path) -> None:
+    """PNG written atomically (two runs building one report never leave a half-written figure)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_text_atomic(out, buf.getvalue())
+
 
 BENCH_LABEL = {
     "mmlu": "MMLU",
@@ -734,7 +745,7 @@ def _comparison_figure(run: agg.RunResults, rows: list[dict[str, Any]], fig_dir:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = fig_dir / "comparison.png"
-    fig.savefig(out, dpi=110)
+    _savefig(fig, out)
     plt.close(fig)
     return out
 
@@ -778,7 +789,7 @@ def _length_ratio_figure(points: list[dict[str, Any]], fits: dict[str, Any], fig
     ax.legend(fontsize=7)
     fig.tight_layout()
     out = fig_dir / "length_ratio.png"
-    fig.savefig(out, dpi=110)
+    _savefig(fig, out)
     plt.close(fig)
     return out
 
@@ -870,7 +881,7 @@ def _loss_figure(run: agg.RunResults, fig_dir: Path) -> Path | None:
     )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     out = fig_dir / "loss_curves.png"
-    fig.savefig(out, dpi=110)
+    _savefig(fig, out)
     plt.close(fig)
     return out
 
@@ -946,10 +957,10 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         provenance_section(run),
         f"\n_Built by `im-pipeline report {run.root}` from the run directory's JSON files only._",
     ]
-    stamp.write_text(key)
+    write_text_atomic(stamp, key)
     text = "\n\n".join(s for s in sections if s) + "\n"
     out = report_dir / "REPORT.md"
-    out.write_text(text, encoding="utf-8")
+    write_text_atomic(out, text)
     figures = sorted(str(p) for p in fig_dir.glob("*.png"))
     log.info("report written: %s (%d figures)", out, len(figures))
     return {"report": str(out), "figures": figures, "table": table_records}

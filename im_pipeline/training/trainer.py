@@ -35,6 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig, stable_hash
 from im_pipeline.data.templates import TULU_CHAT_TEMPLATE
+from im_pipeline.provenance import write_text_atomic
 from im_pipeline.training.loss import (
     IGNORE_INDEX,
     KL_FORMS,
@@ -378,7 +379,7 @@ class TrainLogCallback(TrainerCallback):
         if not self.path.exists():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.truncate_after(state.global_step)
@@ -655,7 +656,7 @@ def train_arm(
         log.warning("%s: trainer checkpoints from a different configuration; starting afresh", ckpt_root)
         shutil.rmtree(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(json.dumps({"fingerprint": fingerprint}))
+    write_text_atomic(fp_file, json.dumps({"fingerprint": fingerprint}))
     resume = get_last_checkpoint(str(ckpt_root))
     log_path = run_dir / TRAIN_LOG
     if resume is None and log_path.exists():
@@ -766,7 +767,7 @@ def train_arm(
         "fingerprint": fingerprint,
         "checkpoint": FINAL_DIR,
     }
-    (run_dir / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / TRAIN_SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_model_card(final_dir, cfg, arm, seed, summary)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # large; the final model is in checkpoint/
     log.info(
