@@ -175,3 +175,17 @@ def test_load_run_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not an experiment run directory"):
         agg.load_run(tmp_path / "empty")
+
+
+def test_seeds_with_too_few_items_give_no_interval() -> None:
+    """Three HumanEval problems per seed: several seeds do not make "±" meaningful on 3 items."""
+    im = {
+        s: result("humaneval", "pass@1", 0, 0, 3, items={"pass@1": {"a": 0, "b": v, "c": 0}})
+        for s, v in enumerate([1, 0])
+    }
+    it = {s: result("humaneval", "pass@1", 0, 0, 3, items={"pass@1": {"a": 0, "b": 0, "c": 0}}) for s in range(2)}
+    d = agg.delta_stats(im, it, "humaneval")
+    assert d["too_few_items"] and d["ci_low"] is None and d["p_value"] is None
+    assert d["seed_deltas"] == pytest.approx({0: 1 / 3, 1: 0.0})
+    s = agg.arm_summary(im, "humaneval")
+    assert s["too_few_items"] and s["stderr"] is None and s["n_seeds"] == 2

@@ -206,14 +206,17 @@ def arm_summary(by_seed: dict[int | None, dict[str, Any]], bench: str = "") -> d
             lo, hi = st.wilson(ones, len(items))
             out.update(interval=[lo * k, hi * k], interval_kind="Wilson 95%")
         return out
+    counts = [len(item_scores(r, bench) or {}) or r.get("n") for r in recs]
+    n_items = min((c for c in counts if isinstance(c, int)), default=None)
+    too_few = n_items is not None and n_items < st.MIN_ITEMS
     return {
         "mean": float(np.mean(values)),
-        "stderr": float(np.std(values, ddof=1) / math.sqrt(len(values))),
+        "stderr": None if too_few else float(np.std(values, ddof=1) / math.sqrt(len(values))),
         "stderr_kind": "seeds",
         "n_seeds": len(values),
-        "n_items": recs[0].get("n"),
+        "n_items": n_items,
         "values": values,
-        "too_few_items": False,
+        "too_few_items": too_few,
         "interval": None,
     }
 
@@ -249,7 +252,10 @@ def delta_stats(
     if not have_items:  # result files without per-item scores: a difference, but nothing to pair
         d = [float(im[s]["value"]) - float(it[s]["value"]) for s in common]
         base.update(delta=float(np.mean(d)), method="no per-item results in the result files: no interval, no test")
-        if len(common) >= 2:
+        n_min = min((int(im[s].get("n") or 0) for s in common), default=0)
+        if len(common) >= 2 and n_min < st.MIN_ITEMS:
+            base.update(seed_deltas=dict(zip(common, d, strict=True)), n_items=n_min, too_few_items=True)
+        elif len(common) >= 2:
             _, lo, hi = st.t_interval(d, confidence)
             sign = st.sign_test(d)
             base.update(
@@ -277,6 +283,15 @@ def delta_stats(
         )
         return base
     res = st.across_seeds(pairs, confidence=confidence)  # type: ignore[arg-type]
+    if min(res["n_items"].values()) < st.MIN_ITEMS:
+        base.update(
+            delta=res["delta"],
+            seed_deltas=res["seed_deltas"],
+            n_items=min(res["n_items"].values()),
+            too_few_items=True,
+            method=st.TOO_FEW,
+        )
+        return base
     lo, hi = res["t_interval"]
     base.update(
         delta=res["delta"],

@@ -66,7 +66,9 @@ def factor(rec: dict[str, Any] | None, bench: str) -> float:
 
 
 def _f(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{round(x, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.0" for a value that rounds to zero
 
 
 BIASED = "judge position-biased — not a measurement"
@@ -86,10 +88,14 @@ def _cell(s: dict[str, Any] | None, k: float, digits: int) -> str:
     return f"{mean}{se}"
 
 
+def _signed(x: float, digits: int) -> str:
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
+
+
 def _delta_cell(d: dict[str, Any] | None, k: float, digits: int) -> str:
     if not d:
         return "–"
-    head = f"{d['delta'] * k:+.{digits}f}"
+    head = _signed(d["delta"] * k, digits)
     if d.get("too_few_items"):
         return f"{head} ({pstats.TOO_FEW}: {d.get('n_items')})"
     if d.get("ci_low") is None:
@@ -219,10 +225,16 @@ def seeds_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> str:
         out.append(
             [
                 BENCH_LABEL.get(bench, bench),
-                ", ".join(f"s{s}: {v * k:+.{digits}f}" for s, v in sorted(d["seed_deltas"].items())),
-                f"{d['delta'] * k:+.{digits}f}",
-                f"[{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]",
-                f"[{_f(boot[0] * k, digits)}, {_f(boot[1] * k, digits)}]" if boot else "– (no per-item results)",
+                ", ".join(f"s{s}: {_signed(v * k, digits)}" for s, v in sorted(d["seed_deltas"].items())),
+                _signed(d["delta"] * k, digits),
+                f"{pstats.TOO_FEW}: {d.get('n_items')}"
+                if d.get("too_few_items")
+                else f"[{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]",
+                f"[{_f(boot[0] * k, digits)}, {_f(boot[1] * k, digits)}]"
+                if boot
+                else "–"
+                if d.get("too_few_items")
+                else "– (no per-item results)",
                 _f(d.get("p_value"), 3),
             ]
         )
@@ -714,6 +726,8 @@ def _comparison_figure(run: agg.RunResults, rows: list[dict[str, Any]], fig_dir:
     rows = [r for r in rows if r["benchmark"] != "overfitting" and any(r["arms"].values())]
     if not rows:
         return None
+    from scipy.stats import t as t_dist
+
     plt = _plt()
     arms = [a for a in [agg.BASE, *run.arms] if any(r["arms"].get(a) for r in rows)]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows) * max(len(arms), 1) / 2, 3.6))
@@ -729,12 +743,15 @@ def _comparison_figure(run: agg.RunResults, rows: list[dict[str, Any]], fig_dir:
                 if s.get("interval"):
                     lo_err.append(max(s["mean"] * k - s["interval"][0] * k, 0.0))
                     hi_err.append(max(s["interval"][1] * k - s["mean"] * k, 0.0))
-                else:
-                    e = (s.get("stderr") or 0.0) * k * 1.96
+                else:  # 95%: normal quantile over items, Student-t with k − 1 df over k seeds
+                    q = t_dist.ppf(0.975, s["n_seeds"] - 1) if s.get("stderr_kind") == "seeds" else 1.96
+                    e = (s.get("stderr") or 0.0) * k * q
                     lo_err.append(e)
                     hi_err.append(e)
         ax.bar(xs, ys, width, yerr=[lo_err, hi_err], capsize=3, label=arm)
     for j, r in enumerate(rows):
+        if r.get("position_bias"):
+            ax.text(j, 92, BIASED.replace(" — ", "\n"), ha="center", va="top", fontsize=7, color="firebrick")
         c = CHANCE_PERCENT.get(r["benchmark"])
         if c is not None:
             ax.hlines(c, j - 0.45, j + 0.45, colors="grey", linestyles="dashed", linewidth=1)
@@ -822,7 +839,7 @@ def _ensure_span(ax: Any, min_span: float) -> None:
 def _integer_steps(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def held_out_difference_ci(run: agg.RunResults) -> tuple[float | None, str]:
@@ -866,8 +883,10 @@ def _loss_figure(run: agg.RunResults, fig_dir: Path) -> Path | None:
         if why
         else f"{MIN_LOSS_SPAN} nats (no CI of the IM − IT difference available)"
     )
+    last = max((r["step"] for logs in run.train_logs.values() for rows in logs.values() for r in rows), default=1)
     for ax in axes:
         ax.set_xlabel("optimiser step")
+        ax.set_xlim(0.5, last + 0.5)  # the whole run on both panels (one held-out point stays at its step)
         _integer_steps(ax)
         _ensure_span(ax, span)
         ax.legend(fontsize=8)
