@@ -106,6 +106,13 @@ def test_local_judge_end_to_end_and_rerun_is_free(tmp_path, tiny_model_dir, monk
     assert result["version"] == "1.0" and result["reference"] == "text_davinci_003"
     assert result["annotator"] == "alpaca_eval_gpt4" and result["judge_calls"] == 4
     assert result["instructions_source"].endswith("text_davinci_003/model_outputs.json")
+    # alpaca_eval's leaderboard.csv: the model's row, win_rate and standard_error first
+    import pandas as pd
+
+    board = pd.read_csv(result["artifacts"]["leaderboard"], index_col=0)
+    assert list(board.index) == ["IT"] and list(board.columns[:2]) == ["win_rate", "standard_error"]
+    assert board.loc["IT", "win_rate"] == pytest.approx(result["value"])
+    assert board.loc["IT", "n_total"] == 4 and board.loc["IT", "mode"] == "community"
     # the recomputed swap agrees with what the judge actually saw: its raw answer ranks the first-shown output
     from alpaca_eval.completion_parsers import ranking_parser
 

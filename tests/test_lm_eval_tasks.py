@@ -292,6 +292,17 @@ def test_mmlu_tiny_model_offline(lm_eval_mod, tiny, data_dir: Path, tmp_path: Pa
     assert sum(items.values()) / 4 == pytest.approx(result["value"])
     for key in ("wall_time_s", "git_commit", "versions", "model", "arm", "seed", "config_hash"):
         assert key in result
+    # lm-eval's own output (as `lm_eval --output_path --log_samples` writes it) beside the result
+    assert result["lm_eval_output"] == "lm_eval/mmlu"
+    own = list((tmp_path / "eval" / "lm_eval" / "mmlu").rglob("results_*.json"))
+    assert len(own) == 1
+    theirs = json.loads(own[0].read_text())
+    assert theirs["results"]["im_pipeline_mmlu"]["acc,none"] == pytest.approx(result["value"])
+    assert "task_hashes" in theirs and "lm_eval_version" in theirs
+    samples = sorted(p.name.split("_2")[0] for p in own[0].parent.glob("samples_*.jsonl"))
+    assert len(samples) == len(SUBJECTS)
+    first = own[0].parent / next(p.name for p in own[0].parent.glob("samples_*.jsonl"))
+    assert len(first.read_text().splitlines()) == 2  # limit 2 per subject
 
 
 def test_truthfulqa_tiny_model_offline(lm_eval_mod, tiny, data_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -382,6 +382,37 @@ def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def write_leaderboard(path: Path, generator: str, metrics: dict[str, Any], outputs: list[str]) -> Path:
+    """alpaca_eval's ``leaderboard.csv`` for this model (one row, indexed by the generator name).
+
+    Built as ``alpaca_eval.main.evaluate`` builds it (``mode``, ``avg_length`` in characters, the metric
+    function's fields, ``win_rate`` and ``standard_error`` first, via ``alpaca_eval.utils.prioritize_elements``);
+    ``evaluate`` itself is not called because it would annotate again through its own annotator, while the
+    verdicts here come from :func:`annotate` (local judge or OpenAI-compatible endpoint, cached).
+    """
+    import pandas as pd
+
+    ae = _alpaca_eval()
+    row: dict[str, Any] = {
+        "win_rate": metrics["win_rate"],
+        "standard_error": metrics["standard_error"],
+        "n_wins": metrics["n_wins"],
+        "n_wins_base": metrics["n_wins_base"],
+        "n_draws": metrics["n_draws"],
+        "n_total": metrics["n_total"],
+        "discrete_win_rate": metrics["discrete_win_rate"],
+        "mode": "community",
+        "avg_length": int(statistics.mean(len(o) for o in outputs)) if outputs else 0,
+    }
+    if metrics.get("length_controlled_win_rate") is not None:
+        row["length_controlled_winrate"] = metrics["length_controlled_win_rate"]
+        row["lc_standard_error"] = metrics.get("lc_standard_error")
+    df = pd.DataFrame.from_dict({generator: row}, orient="index")
+    df = df[ae.utils.prioritize_elements(list(df.columns), ["win_rate", "standard_error"])]
+    df.to_csv(path)
+    return path
+
+
 # -- the benchmark -------------------------------------------------------------------------------------------
 
 
@@ -445,6 +476,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         ],
     )
     write_json(cache_dir / f"annotations_{tag}.json", annotations)
+    board = write_leaderboard(cache_dir / f"leaderboard_{tag}.csv", generator, metrics, outputs)
 
     model_chars = [len(o) for o in outputs]
     ref_chars = [len(r["output"]) for r in chosen]
@@ -481,6 +513,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "artifacts": {
             "model_outputs": str(cache_dir / f"model_outputs_{tag}.json"),
             "annotations": str(cache_dir / f"annotations_{tag}.json"),
+            "leaderboard": str(board),
             "judge_cache": str(cache.path),
         },
     }

@@ -26,10 +26,12 @@ Options (``BenchmarkConfig.options``):
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
 import os
+import shutil
 import string
 import tempfile
 from pathlib import Path
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).parent / "tasks"
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
 MMLU_GROUP = "im_pipeline_mmlu"
+LM_EVAL_DIR = "lm_eval"  # lm-eval's own results JSON + samples, per benchmark, beside <benchmark>.json
 TRUTHFULQA_LOCAL_TASK = "truthfulqa_mc2_local"
 SOURCES = ("auto", "hub", "local")
 
@@ -266,9 +269,16 @@ def _evaluate(
     num_fewshot: int | None,
     limit: int | None,
     apply_chat_template: bool,
+    save_as: str,
 ) -> dict[str, Any]:
-    """Run lm-eval on the context's (already loaded) model; returns simple_evaluate's result dict."""
+    """Run lm-eval on the context's (already loaded) model; returns simple_evaluate's result dict.
+
+    lm-eval's own output (``results_<date>.json`` and ``samples_<task>_<date>.jsonl``, written by its
+    ``EvaluationTracker`` as ``lm_eval --output_path --log_samples`` would) is kept beside the project's
+    result, in ``<out_dir>/lm_eval/<save_as>/``; ``results["lm_eval_output"]`` names that directory.
+    """
     import lm_eval
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -280,6 +290,9 @@ def _evaluate(
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ctx.batch_size)
     quiet, task_log = _QuietCustomDataset(), logging.getLogger("lm_eval.api.task")
     task_log.addFilter(quiet)
+    out = Path(ctx.out_dir) / LM_EVAL_DIR / save_as
+    shutil.rmtree(out, ignore_errors=True)  # one evaluation's files, not a history
+    tracker = EvaluationTracker(output_path=str(out))
     try:
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -291,11 +304,20 @@ def _evaluate(
             fewshot_as_multiturn=apply_chat_template,
             log_samples=True,  # per-item scores, so arms can be compared item by item (paired statistics)
             bootstrap_iters=1000,
+            evaluation_tracker=tracker,
         )
     finally:
         task_log.removeFilter(quiet)
     if results is None:  # only for non-zero ranks in distributed runs
         raise RuntimeError("lm-eval returned no results")
+    # lm-eval's writers change what they are given (hashes added, samples sanitised): give them copies
+    saved = copy.deepcopy({k: v for k, v in results.items() if k != "samples"})
+    samples = copy.deepcopy(results.get("samples") or {})
+    tracker.save_results_aggregated(results=saved, samples=samples)
+    for task_name in saved.get("configs", {}):
+        if task_name in samples:
+            tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    results["lm_eval_output"] = f"{LM_EVAL_DIR}/{save_as}"
     return results
 
 
@@ -369,6 +391,7 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             num_fewshot=num_fewshot,
             limit=cfg.limit,
             apply_chat_template=chat,
+            save_as="mmlu",
         )
 
     per_subject, items = {}, {}
@@ -388,6 +411,7 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "tasks": "lm-eval mmlu_<subject>" if source == "hub" else "lm-eval mmlu_<subject> with local data",
         "subjects": per_subject,
         "items": {"acc": items},
+        "lm_eval_output": results["lm_eval_output"],
     }
 
 
@@ -419,6 +443,7 @@ def run_truthfulqa(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             num_fewshot=None,
             limit=cfg.limit,
             apply_chat_template=chat,
+            save_as="truthfulqa",
         )
     value, stderr = _metric(results, task, "acc")
     return {
@@ -430,6 +455,7 @@ def run_truthfulqa(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "source": source,
         "tasks": "lm-eval truthfulqa_mc2" if source == "hub" else "lm-eval truthfulqa_mc2 with local data",
         "items": {"mc2": _items(results, task, "acc")},
+        "lm_eval_output": results["lm_eval_output"],
     }
 
 
