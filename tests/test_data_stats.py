@@ -101,17 +101,23 @@ def test_instruction_templates_lengthen_dolly_and_alpaca(data_dir: Path) -> None
     ],
 )
 def test_paper_processed_sources_give_table5_exactly(
-    name: str, n: int, instruction: float | None, output: float | None, ratio: float, capsys: pytest.CaptureFixture[str]
+    data_dir: Path,
+    name: str,
+    n: int,
+    instruction: float | None,
+    output: float | None,
+    ratio: float,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The paper's own processed files (paper_processed/, read via $IM_PIPELINE_DATA_DIR) give Table 5's numbers."""
+    """The paper's own processed files (paper_processed/ in the data dir, $IM_PIPELINE_DATA_DIR) give Table 5."""
     import json
-    import os
 
     from im_pipeline.cli import main
 
-    root = os.environ.get("IM_PIPELINE_DATA_DIR")
-    if not root or not (Path(root) / "paper_processed").is_dir():
-        pytest.skip(f"paper_processed/ not found under IM_PIPELINE_DATA_DIR={root!r} (see its SOURCE.md)")
+    if not (data_dir / "paper_processed").is_dir():
+        pytest.skip(f"{data_dir}/paper_processed/ not found (the paper's processed files; see its SOURCE.md)")
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(data_dir))
     assert main(["data", "stats", name, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == n
