@@ -136,3 +136,13 @@ def test_proportion_summary() -> None:
     s = stats.proportion_summary([0] * 20)
     assert s["wilson"][0] == 0.0 and s["wilson"][1] == pytest.approx(sps.binomtest(0, 20).proportion_ci().high, rel=0.3)
     assert s["clopper_pearson"][1] == pytest.approx(sps.binomtest(0, 20).proportion_ci(method="exact").high)
+
+
+def test_bootstrap_scales_to_full_mmlu_size() -> None:
+    """14,042 paired binary items (all of MMLU) × 10,000 resamples, without a 1 GB index matrix."""
+    rng = np.random.default_rng(0)
+    d = rng.integers(-1, 2, size=14_042).astype(float)
+    lo, hi = stats.bootstrap_mean_ci(d, seed=0)
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    assert lo == pytest.approx(d.mean() - 1.96 * se, abs=0.2 * se)
+    assert hi == pytest.approx(d.mean() + 1.96 * se, abs=0.2 * se)

@@ -159,8 +159,15 @@ def bootstrap_mean_ci(
     if d.size == 0:
         raise ValueError("no differences to bootstrap")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
-    return _percentiles(d[idx].mean(axis=1), confidence)
+    # In chunks of ~2M indices: full MMLU (14k items) × 10,000 resamples would be a 1 GB index matrix at once.
+    chunk = max(1, 2_000_000 // d.size)
+    means = np.concatenate(
+        [
+            d[rng.integers(0, d.size, size=(min(chunk, n_resamples - start), d.size))].mean(axis=1)
+            for start in range(0, n_resamples, chunk)
+        ]
+    )
+    return _percentiles(means, confidence)
 
 
 def seed_item_bootstrap(
