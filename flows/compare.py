@@ -47,6 +47,7 @@ from prefect.futures import as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from flows.ephemeral import start_bound_ephemeral_server  # noqa: E402
 from im_pipeline.config import (  # noqa: E402
     ExperimentConfig,
     apply_overrides,
@@ -358,6 +359,7 @@ def run_command(args: argparse.Namespace) -> int:
     cfg.check_data_dir()
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
     print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds) on {where}")
+    start_bound_ephemeral_server()  # without PREFECT_API_URL: a server that dies with this process, by any signal
     state = compare_flow(cfg.to_dict(), return_state=True)
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, TaskRunsFailed):

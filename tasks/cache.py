@@ -97,6 +97,16 @@ def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: Benchm
     return stable_hash(part)
 
 
+def unit_lock_path(unit: Path) -> Path:
+    """The lock file of one unit of work, beside its outputs: ``<parent>/.<name>.lock``.
+
+    Beside, not inside: a unit's directory may be removed and recreated (a stale run), and the lock must
+    stay the same file while it is held. Used with :func:`im_pipeline.locking.unit_lock`.
+    """
+    unit = Path(unit)
+    return unit.parent / f".{unit.name}.lock"
+
+
 def stamp_path(out_dir: Path, stage: str) -> Path:
     return Path(out_dir) / ".keys" / f"{stage}.key"
 

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from im_pipeline.config import ExperimentConfig
-from tasks.cache import BASE_ARM, is_done, prefect_cache_key, write_stamp
+from im_pipeline.locking import unit_lock
+from tasks.cache import BASE_ARM, is_done, prefect_cache_key, unit_lock_path, write_stamp
 from tasks.common import done, retry_on_io, unit_name
 
 _LOADED: dict[str, Any] = {}  # the last loaded (model, tokenizer), shared by consecutive tasks in one process
@@ -37,42 +38,44 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """Run ``benchmark`` on ``model_dir`` and write ``out_dir/eval/<benchmark>.json`` (skipped when done)."""
     start, eval_dir = time.perf_counter(), Path(out_dir) / "eval"
-    computed = not is_done(eval_dir / f"{benchmark}.json", eval_dir, benchmark, key)
-    if computed:
-        from im_pipeline.data import read_jsonl
-        from im_pipeline.evaluation import EvalContext, run_benchmark
+    # One lock per (model, benchmark): a concurrent run of the same experiment waits, then skips it.
+    with unit_lock(unit_lock_path(eval_dir / benchmark), on_wait=get_run_logger().warning):
+        computed = not is_done(eval_dir / f"{benchmark}.json", eval_dir, benchmark, key)
+        if computed:
+            from im_pipeline.data import read_jsonl
+            from im_pipeline.evaluation import EvalContext, run_benchmark
 
-        ev = cfg.evaluation
-        ctx = EvalContext(
-            model_source=model_dir,
-            out_dir=eval_dir,
-            data_dir=cfg.resolved_data_dir(),
-            arm=arm,
-            seed=seed,
-            config_hash=key,
-            template=cfg.data.template,
-            batch_size=ev.batch_size,
-            judge=ev.judge,
-            dtype=cfg.model.dtype,
-            cache_dir=cfg.model.cache_dir,
-        )
-        data = Path(data_dir)
-        if benchmark == "overfitting" and (data / "train.jsonl").is_file():
-            ctx.extra = {
-                "train": read_jsonl(data / "train.jsonl"),
-                "held_out": read_jsonl(data / "held_out.jsonl"),
-                "held_out_kind": f"another data set ({cfg.data.held_out})"
-                if cfg.data.held_out
-                else f"in-distribution split of {cfg.data.train}",
-                "run_dir": None if arm == BASE_ARM else str(out_dir),
-            }
-        identity = (model_dir, model_key, cfg.model.dtype)
-        if _LOADED.get("identity") == identity:
-            ctx._loaded = _LOADED["pair"]
-        run_benchmark(benchmark, ctx, getattr(ev, benchmark))
-        if ctx._loaded is not None:
-            _LOADED.update(identity=identity, pair=ctx._loaded)
-        write_stamp(eval_dir, benchmark, key)
+            ev = cfg.evaluation
+            ctx = EvalContext(
+                model_source=model_dir,
+                out_dir=eval_dir,
+                data_dir=cfg.resolved_data_dir(),
+                arm=arm,
+                seed=seed,
+                config_hash=key,
+                template=cfg.data.template,
+                batch_size=ev.batch_size,
+                judge=ev.judge,
+                dtype=cfg.model.dtype,
+                cache_dir=cfg.model.cache_dir,
+            )
+            data = Path(data_dir)
+            if benchmark == "overfitting" and (data / "train.jsonl").is_file():
+                ctx.extra = {
+                    "train": read_jsonl(data / "train.jsonl"),
+                    "held_out": read_jsonl(data / "held_out.jsonl"),
+                    "held_out_kind": f"another data set ({cfg.data.held_out})"
+                    if cfg.data.held_out
+                    else f"in-distribution split of {cfg.data.train}",
+                    "run_dir": None if arm == BASE_ARM else str(out_dir),
+                }
+            identity = (model_dir, model_key, cfg.model.dtype)
+            if _LOADED.get("identity") == identity:
+                ctx._loaded = _LOADED["pair"]
+            run_benchmark(benchmark, ctx, getattr(ev, benchmark))
+            if ctx._loaded is not None:
+                _LOADED.update(identity=identity, pair=ctx._loaded)
+            write_stamp(eval_dir, benchmark, key)
     return done("evaluate", time.perf_counter() - start, computed, arm=arm, seed=seed, benchmark=benchmark)
 
 

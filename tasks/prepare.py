@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from im_pipeline.config import ExperimentConfig
+from im_pipeline.locking import unit_lock
 from im_pipeline.provenance import write_json
-from tasks.cache import DATA_SEED, files_hash, is_done, prefect_cache_key, write_stamp
+from tasks.cache import DATA_SEED, files_hash, is_done, prefect_cache_key, unit_lock_path, write_stamp
 from tasks.common import done, retry_on_io
 
 UNAVAILABLE = "unavailable.json"
@@ -46,20 +47,20 @@ def prepare_data_task(cfg: ExperimentConfig, key: str, out_dir: str) -> dict[str
     """
     start, out = time.perf_counter(), Path(out_dir)
     paths = (out / "train.jsonl", out / "held_out.jsonl")
-    computed = not is_done(out / "data_stats.json", out, "data", key)
-    if computed:
-        from im_pipeline.data import DataError, prepare_data
+    with unit_lock(unit_lock_path(out), on_wait=get_run_logger().warning):  # concurrent runs prepare once
+        computed = not is_done(out / "data_stats.json", out, "data", key)
+        if computed:
+            from im_pipeline.data import DataError, prepare_data
 
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=out)  # writes the three files
-        except DataError as exc:
-            if not _local_copy_missing(cfg):
-                raise
-            for stale in (*paths, out / "data_stats.json"):
-                stale.unlink(missing_ok=True)
-            write_json(out / UNAVAILABLE, {"train_source": cfg.data.train, "reason": str(exc)})
-            return done("prepare", time.perf_counter() - start, computed, data_hash=None, unavailable=str(exc))
-        (out / UNAVAILABLE).unlink(missing_ok=True)
-        write_stamp(out, "data", key)
+            try:
+                prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=out)  # writes the three files
+            except DataError as exc:
+                if not _local_copy_missing(cfg):
+                    raise
+                for stale in (*paths, out / "data_stats.json"):
+                    stale.unlink(missing_ok=True)
+                write_json(out / UNAVAILABLE, {"train_source": cfg.data.train, "reason": str(exc)})
+                return done("prepare", time.perf_counter() - start, computed, data_hash=None, unavailable=str(exc))
+            (out / UNAVAILABLE).unlink(missing_ok=True)
+            write_stamp(out, "data", key)
     return done("prepare", time.perf_counter() - start, computed, data_hash=files_hash(*paths))

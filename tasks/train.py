@@ -9,25 +9,33 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from im_pipeline.config import ExperimentConfig
-from tasks.cache import clear_stale_run, is_done, prefect_cache_key, write_stamp
+from im_pipeline.locking import unit_lock
+from tasks.cache import clear_stale_run, is_done, prefect_cache_key, unit_lock_path, write_stamp
 from tasks.common import done, unit_name
 
 
 @task(name="train-arm", cache_key_fn=prefect_cache_key, persist_result=True, task_run_name=unit_name("train"))
 def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: str, data_dir: str) -> dict[str, Any]:
-    """Train (or resume, or skip when done under the same key) and return the train summary."""
-    start, run_dir = time.perf_counter(), Path(out_dir)
-    computed = not is_done(run_dir / "train_summary.json", run_dir, "train", key)
-    if computed:
-        from im_pipeline.data import read_jsonl
-        from im_pipeline.training import train_arm
+    """Train (or resume, or skip when done under the same key) and return the train summary.
 
-        if clear_stale_run(run_dir, key):
-            get_run_logger().info("%s/seed-%s: settings changed, removed the old run directory %s", arm, seed, run_dir)
-        write_stamp(run_dir, "train-started", key)  # an interrupted run with this key resumes
-        data = Path(data_dir)
-        train_arm(
-            cfg, cfg.arm(arm), seed, read_jsonl(data / "train.jsonl"), read_jsonl(data / "held_out.jsonl"), run_dir
-        )
-        write_stamp(run_dir, "train", key)
+    One lock per (arm, seed) beside its run directory: a second run of the same experiment (another
+    ``im-pipeline run``, another worker) waits for it, saying so, then finds the unit done and skips it.
+    """
+    start, run_dir = time.perf_counter(), Path(out_dir)
+    with unit_lock(unit_lock_path(run_dir), on_wait=get_run_logger().warning):
+        computed = not is_done(run_dir / "train_summary.json", run_dir, "train", key)
+        if computed:
+            from im_pipeline.data import read_jsonl
+            from im_pipeline.training import train_arm
+
+            if clear_stale_run(run_dir, key):
+                get_run_logger().info(
+                    "%s/seed-%s: settings changed, removed the old run directory %s", arm, seed, run_dir
+                )
+            write_stamp(run_dir, "train-started", key)  # an interrupted run with this key resumes
+            data = Path(data_dir)
+            train_arm(
+                cfg, cfg.arm(arm), seed, read_jsonl(data / "train.jsonl"), read_jsonl(data / "held_out.jsonl"), run_dir
+            )
+            write_stamp(run_dir, "train", key)
     return done("train", time.perf_counter() - start, computed, arm=arm, seed=seed)
