@@ -119,6 +119,10 @@ def test_train_arm_writes_all_files_and_does_not_retrain(tiny_model_dir, tmp_pat
     # the noise never touches evaluation.
     again = output_token_loss(model, tok, held, template="tulu", max_length=48, batch_size=8)
     assert again == pytest.approx(summary["final_held_out_loss"], abs=1e-5)
+    # ... and the per-example mean (released compute_loss.py) is each example's own token mean, averaged.
+    per_example = [output_token_loss(model, tok, [r], template="tulu", max_length=48, batch_size=1) for r in held]
+    assert summary["final_held_out_loss_per_example"] == pytest.approx(sum(per_example) / len(per_example), abs=1e-5)
+    assert rows[-1]["held_out_loss_per_example"] == summary["final_held_out_loss_per_example"]
 
     # A second call does not train again.
     def boom(*a, **k):

@@ -294,9 +294,18 @@ def _encode_records(
     return out, stats
 
 
-@torch.no_grad()
 def _encoded_output_loss(model: torch.nn.Module, encoded: Sequence[dict], pad_token_id: int, batch_size: int) -> float:
     """Token-mean CE over the IT-mask targets of pre-encoded examples (model put in eval mode, then restored)."""
+    return _encoded_output_losses(model, encoded, pad_token_id, batch_size)[0]
+
+
+@torch.no_grad()
+def _encoded_output_losses(
+    model: torch.nn.Module, encoded: Sequence[dict], pad_token_id: int, batch_size: int
+) -> tuple[float, float]:
+    """(token mean, per-example mean) of the CE over the IT-mask targets of pre-encoded examples. The per-example
+    mean (each example's token mean, then the mean over examples) is the released compute_loss.py's reduction."""
+    from im_pipeline.training.loss import token_ce
     from im_pipeline.training.masking import WeightedCollator
 
     if not encoded:
@@ -305,8 +314,8 @@ def _encoded_output_loss(model: torch.nn.Module, encoded: Sequence[dict], pad_to
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0.0
-    # Sorted by length: less padding, same result (the token mean does not depend on the order).
+    total, count, per_example = 0.0, 0.0, []
+    # Sorted by length: less padding, same result (neither mean depends on the order).
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     try:
         for start in range(0, len(order), batch_size):
@@ -315,12 +324,14 @@ def _encoded_output_loss(model: torch.nn.Module, encoded: Sequence[dict], pad_to
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = torch.where(batch["it_weights"] > 0, batch["input_ids"], torch.full_like(batch["input_ids"], -100))
             w = torch.where(labels[:, 1:] == IGNORE_INDEX, 0.0, batch["it_weights"][:, 1:].float())
-            n = float(w.sum())
-            total += float(weighted_lm_loss(logits, labels, batch["it_weights"], "token")) * n
-            count += n
+            sums = (token_ce(logits, labels) * w).sum(dim=1)
+            counts = w.sum(dim=1)
+            total += float(sums.sum())
+            count += float(counts.sum())
+            per_example += [float(a / b) for a, b in zip(sums, counts, strict=True) if b > 0]
     finally:
         model.train(was_training)
-    return total / count
+    return total / count, sum(per_example) / len(per_example)
 
 
 def output_token_loss(
@@ -371,7 +382,7 @@ class TrainLogCallback(TrainerCallback):
         self.eval_steps = eval_steps
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.batch_size = batch_size
-        self._pending_held_out: float | None = None
+        self._pending_held_out: tuple[float, float] | None = None  # (token mean, per-example mean)
         self._last_time: float | None = None
         self.eval_seconds = 0.0
 
@@ -396,7 +407,7 @@ class TrainLogCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.held_out and self._is_eval_step(state):
             t0 = time.perf_counter()
-            self._pending_held_out = _encoded_output_loss(model, self.held_out, self.pad_token_id, self.batch_size)
+            self._pending_held_out = _encoded_output_losses(model, self.held_out, self.pad_token_id, self.batch_size)
             self.eval_seconds += time.perf_counter() - t0
             control.should_log = True  # make sure this step gets a line
         return control
@@ -415,7 +426,8 @@ class TrainLogCallback(TrainerCallback):
             "step": state.global_step,
             "epoch": round(float(logs.get("epoch", state.epoch or 0.0)), 4),
             "train_loss": logs["loss"],
-            "held_out_loss": self._pending_held_out,
+            "held_out_loss": self._pending_held_out[0] if self._pending_held_out else None,
+            "held_out_loss_per_example": self._pending_held_out[1] if self._pending_held_out else None,
             "learning_rate": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
             "tokens": logs.get("tokens"),
@@ -753,7 +765,9 @@ def train_arm(
         "final_train_loss": train_rows[-1]["train_loss"] if train_rows else None,
         "mean_train_loss": result.training_loss,
         "final_held_out_loss": held_rows[-1]["held_out_loss"] if held_rows else None,
-        "held_out_loss_on": "output tokens (IT mask), token mean",
+        "final_held_out_loss_per_example": held_rows[-1].get("held_out_loss_per_example") if held_rows else None,
+        "held_out_loss_on": "output tokens (IT mask); final_held_out_loss: token mean, *_per_example: mean of "
+        "per-example token means (released compute_loss.py)",
         "train_tokens": tokens,
         "train_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
