@@ -49,6 +49,16 @@ def test_narrow_tables_are_kept_wide_ones_transposed_or_split(tmp_path: Path) ->
     assert "| r7 | 75 | 76 |" in tables[1]
 
 
+def test_tables_with_long_cells_are_split_to_fit(tmp_path: Path) -> None:
+    long = "x" * 70
+    table = _table(["set", "train", "held_out"], [["source", long, long], ["origin", long, long], ["n", "8", "4"]])
+    parts = for_prefect_ui(table, tmp_path).split("\n\n")  # transposing would not help: split
+    assert [p.split("\n")[0] for p in parts] == ["| set | train |", "| set | held_out |"]
+    assert f"| source | {long} |" in parts[0] and "| n | 4 |" in parts[1]
+    short = _table(["set", "train", "held_out"], [["source", long, long], ["n", "8", "4"]])
+    assert for_prefect_ui(short, tmp_path).split("\n")[0] == "| set | source | n |"  # transposed fits
+
+
 def test_judge_as_text() -> None:
     assert judge_text({"kind": "local_hf", "model": "smollm2-135m-instruct", "base_url_host": None}) == (
         "smollm2-135m-instruct (local model)"

@@ -990,7 +990,9 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
 # -- the Prefect UI's copy -------------------------------------------------------------------------------------------
 
 UI_MAX_COLUMNS = 6
-"""Wider Markdown tables are reshaped for the Prefect UI's artifact page, which clips them."""
+UI_MAX_WIDTH = 100
+"""Markdown tables with more columns, or more characters per row, are reshaped for the Prefect UI's artifact
+page, which clips them (checked in headless Chromium, docs/screenshots/)."""
 
 
 def for_prefect_ui(markdown: str, report_dir: Path) -> str:
@@ -998,8 +1000,8 @@ def for_prefect_ui(markdown: str, report_dir: Path) -> str:
 
     The UI cannot follow the report's relative ``figures/x.png`` links (the artifact is text in the
     server's database), so each figure becomes a base64 ``data:image/png`` URI. A table wider than
-    :data:`UI_MAX_COLUMNS` is transposed when that makes it narrow enough, otherwise split into
-    several tables that repeat the first column.
+    :data:`UI_MAX_COLUMNS` (or :data:`UI_MAX_WIDTH` characters) is transposed when that makes it narrow
+    enough, otherwise split into several tables that repeat the first column.
     """
     import base64
     import re
@@ -1032,22 +1034,35 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
+def _width(header: list[str], rows: list[list[str]]) -> int:
+    """Characters of the widest column contents summed over the columns (a proxy for the rendered width)."""
+    cols = len(header)
+    return sum(max(len(r[k]) if k < len(r) else 0 for r in [header, *rows]) + 3 for k in range(cols))
+
+
+def _fits(header: list[str], rows: list[list[str]]) -> bool:
+    return len(header) <= UI_MAX_COLUMNS and _width(header, rows) <= UI_MAX_WIDTH
+
+
 def _fit_table(table: list[str]) -> list[str]:
     header, rows = _cells(table[0]), [_cells(r) for r in table[2:]]
-    if len(header) <= UI_MAX_COLUMNS:
+    rows = [r + [""] * (len(header) - len(r)) for r in rows]
+    if _fits(header, rows):
         return table
-    if len(rows) + 1 <= UI_MAX_COLUMNS:  # transposed: one row per former column
-        cols = [header, *rows]
-        return _md_table(
-            cols[0][:1] + [r[0] for r in rows], [[c[k] for c in cols] for k in range(1, len(header))]
-        ).split("\n")
+    t_header = [header[0], *(r[0] for r in rows)]
+    t_rows = [[header[k], *(r[k] for r in rows)] for k in range(1, len(header))]
+    if _fits(t_header, t_rows):  # transposed: one row per former column
+        return _md_table(t_header, t_rows).split("\n")
+    # split: tables that repeat the first column, each as wide as fits (at least one more column)
     out: list[str] = []
-    step = UI_MAX_COLUMNS - 1
-    for start in range(1, len(header), step):
-        keep = [0, *range(start, min(start + step, len(header)))]
-        out.extend(
-            _md_table([header[k] for k in keep], [[r[k] if k < len(r) else "" for k in keep] for r in rows]).split("\n")
-        )
+    k = 1
+    while k < len(header):
+        keep = [0, k]
+        k += 1
+        while k < len(header) and _fits([header[i] for i in [*keep, k]], [[r[i] for i in [*keep, k]] for r in rows]):
+            keep.append(k)
+            k += 1
+        out.extend(_md_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows]).split("\n"))
         out.append("")
     return out[:-1]
 
