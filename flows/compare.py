@@ -1,14 +1,16 @@
-"""The main flow: prepare data → (arm × seed: train → evaluate) + base model → aggregate → report.
+"""The main flow: prepare data → units → aggregate → report.
 
-Wiring only: the work is done by the library through the thin tasks in ``tasks/``. Every (arm, seed)
-training run and every (model, benchmark) evaluation is its own task run, submitted to the flow's
-task runner, so they could run on different workers (see docs/scale_out.md). Caching: see
-``tasks/cache.py`` — a re-run of an unchanged experiment recomputes only the report, editing one
-arm recomputes only that arm, and a killed run resumes from the checkpoints it left.
+Wiring only: the work is done by the library through the thin tasks in ``tasks/``. A **unit** is what one worker
+can do on its own: one (arm, seed) — its training, then all its evaluations — or the base model's evaluations.
+Without a work pool the parent flow submits every unit's task runs to its own task runner (in this process, as
+many at a time as ``IM_PIPELINE_MAX_WORKERS``). With ``--work-pool NAME`` (or ``orchestration.work_pool``) each
+unit is its own flow run of :func:`unit_flow` on that Prefect work pool (``flows/pool.py`` submits, watches and
+resubmits them); the workers write under the parent's run root (an absolute path on a shared filesystem) and the
+parent builds the one report. Caching: see ``tasks/cache.py`` — a re-run of an unchanged experiment recomputes
+only the report, editing one arm recomputes only that arm, and a killed run resumes from the checkpoints it left.
 
-``im-pipeline run CONFIG`` calls :func:`run_command`, which runs the flow in-process against
-Prefect's ephemeral local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set,
-against that server.
+``im-pipeline run CONFIG`` calls :func:`run_command`, which runs the flow in-process against Prefect's ephemeral
+local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set, against that server.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import json
 import logging
 import os
 import platform
+import socket
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ _ENV_DEFAULTS = {
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
 
-from prefect import allow_failure, flow, get_run_logger, runtime, tags  # noqa: E402
+from prefect import flow, get_run_logger, runtime, tags  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
     create_markdown_artifact,
     create_progress_artifact,
@@ -55,9 +59,10 @@ from im_pipeline.config import (  # noqa: E402
     load_config,
     write_resolved_config,
 )
+from im_pipeline.evaluation.common import ModelCache  # noqa: E402
 from im_pipeline.provenance import machine, write_json  # noqa: E402
 from tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
-from tasks.evaluate import evaluate_task, release_model  # noqa: E402
+from tasks.evaluate import evaluate_task  # noqa: E402
 from tasks.prepare import prepare_data_task  # noqa: E402
 from tasks.report import report_task  # noqa: E402
 from tasks.train import train_task  # noqa: E402
@@ -150,24 +155,128 @@ def _flow_run_url() -> str | None:
     return runtime.flow_run.ui_url if PREFECT_API_URL.value() else None
 
 
+UNIT_FILE = "unit.json"
+"""What a unit flow run leaves in its directory: its task records, host, pid and times (the parent reads it)."""
+
+
+def unit_dir(cfg: ExperimentConfig, arm: str, seed: int | None) -> Path:
+    """Where a unit writes: ``<run root>/<arm>/seed-<s>``, or ``<run root>/base`` for the base model."""
+    return cfg.run_root() / BASE_ARM if arm == BASE_ARM else cfg.run_dir(arm, int(seed or 0))
+
+
+def units_of(cfg: ExperimentConfig, data_hash: str | None) -> list[tuple[str, int | None]]:
+    """The experiment's units, in submission order: the base model, then every seed × arm (when there is data)."""
+    units: list[tuple[str, int | None]] = [(BASE_ARM, None)] if cfg.evaluation.evaluate_base else []
+    return units + [(arm.name, seed) for seed in (cfg.seeds if data_hash else []) for arm in cfg.arms]
+
+
+def submit_unit(
+    cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None, models: ModelCache
+) -> dict[str, Any]:
+    """Submit one unit's task runs to the current flow run's task runner: train (an arm) → every benchmark.
+
+    ``models`` is the unit's own model cache: its benchmarks load the model once, and no other unit sees it.
+    Returns ``{"train/<arm>/<seed>": future, "evaluate/<arm>/<seed>/<benchmark>": future, ...}``.
+    """
+    data_out = cfg.run_root() / "data"
+    out_dir = unit_dir(cfg, arm, seed)
+    futures: dict[str, Any] = {}
+    after = None
+    if arm == BASE_ARM:
+        model, model_key = cfg.model.source, base_key(cfg)
+    else:
+        tk = train_key(cfg, cfg.arm(arm), int(seed or 0), data_hash or "")
+        fresh = not is_done(out_dir / "train_summary.json", out_dir, "train", tk)
+        after = train_task.with_options(refresh_cache=fresh).submit(cfg, arm, seed, tk, str(out_dir), str(data_out))
+        futures[f"train/{arm}/{seed}"] = after
+        model, model_key = str(out_dir / "checkpoint"), tk
+    for b in (b for b in BENCHMARK_ORDER if getattr(cfg.evaluation, b).enabled):
+        ek = eval_key(cfg, model_key, b, getattr(cfg.evaluation, b), data_hash)
+        fresh = not is_done(out_dir / "eval" / f"{b}.json", out_dir / "eval", b, ek)
+        futures[f"evaluate/{arm}/{seed}/{b}"] = evaluate_task.with_options(refresh_cache=fresh).submit(
+            cfg,
+            arm,
+            seed,
+            b,
+            ek,
+            str(out_dir),
+            model,
+            model_key,
+            str(data_out),
+            models,
+            wait_for=[after] if after is not None else None,
+        )
+    return futures
+
+
+@flow(
+    name="im-unit",
+    flow_run_name="unit-{arm}-seed-{seed}",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    log_prints=False,
+)
+def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_hash: str | None = None) -> Any:
+    """One unit as its own flow run (on a work pool's worker): train ``arm`` with ``seed`` (unless ``arm`` is
+    ``base``) and run every enabled benchmark on it. ``config`` is the parent's resolved config with an absolute
+    ``output_dir``; ``data_hash`` the prepared data's content hash. Writes ``<unit dir>/unit.json``."""
+    from prefect.runtime import flow_run
+
+    started_at = _utc_now()
+    cfg = resolve_config(config)
+    log = get_run_logger()
+    log.info("unit %s/seed-%s of %s on %s (pid %d)", arm, seed, cfg.name, socket.gethostname(), os.getpid())
+    models = ModelCache()
+    with tags(*run_tags(cfg)):
+        futures = submit_unit(cfg, arm, seed, data_hash, models)
+        records = {name: _record(f) for name, f in futures.items()}
+    models.clear()
+    result = {
+        "experiment": cfg.name,
+        "arm": arm,
+        "seed": seed,
+        "flow_run_id": str(flow_run.id),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": started_at,
+        "finished_at": _utc_now(),
+        "records": records,
+        "failed": sorted(n for n, r in records.items() if r["state"] not in ("Completed", "Cached")),
+    }
+    write_json(unit_dir(cfg, arm, seed) / UNIT_FILE, result)
+    if result["failed"]:  # the parent reads unit.json and lists the errors in the report; not worth a retry
+        errors = "; ".join(f"{n}: {records[n].get('error')}" for n in result["failed"])
+        log.error("failed task runs: %s", errors)
+        message = f"{len(result['failed'])} task run(s) failed: {', '.join(result['failed'])}"
+        return Failed(message=message, data=TaskRunsFailed(message, result))
+    return result
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @flow(
     name="im-compare",
     flow_run_name=flow_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
     log_prints=False,
 )
-def compare_flow(config: dict[str, Any] | str, overrides: list[str] | None = None) -> dict[str, Any]:
+def compare_flow(
+    config: dict[str, Any] | str, overrides: list[str] | None = None, work_pool: str | None = None
+) -> dict[str, Any]:
     """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary.
+
+    ``work_pool`` (else ``orchestration.work_pool``): run each unit as a flow run on that Prefect work pool.
 
     When a task run fails, the report is still written (it lists each failure with its error) and then
     the flow run ends Failed; its result is a :class:`TaskRunsFailed` carrying the same summary.
     """
     cfg = resolve_config(config, overrides)
     with tags(*run_tags(cfg)):  # every task run carries them too
-        return _compare(cfg)
+        return _compare(cfg, work_pool or cfg.orchestration.work_pool)
 
 
-def _compare(cfg: ExperimentConfig) -> Any:
+def _compare(cfg: ExperimentConfig, pool: str | None) -> Any:
     t0, started = time.perf_counter(), time.time()
     log = get_run_logger()
     cfg.check_data_dir()
@@ -177,7 +286,12 @@ def _compare(cfg: ExperimentConfig) -> Any:
     data_out = root / "data"
     benches = [b for b in BENCHMARK_ORDER if getattr(cfg.evaluation, b).enabled]
     log.info(
-        "experiment %s: arms %s, seeds %s, benchmarks %s", cfg.name, [a.name for a in cfg.arms], cfg.seeds, benches
+        "experiment %s: arms %s, seeds %s, benchmarks %s, units %s",
+        cfg.name,
+        [a.name for a in cfg.arms],
+        cfg.seeds,
+        benches,
+        f"on work pool {pool!r}" if pool else "in this process",
     )
 
     # 1. data (the training keys depend on its content, so wait for it)
@@ -196,65 +310,44 @@ def _compare(cfg: ExperimentConfig) -> Any:
             prepared["unavailable"],
         )
 
-    # 2. base model once, then every arm × seed: train → evaluate
-    futures: dict[str, Any] = {}
-
-    def submit_evals(arm: str, seed: int | None, out_dir: Path, model: str, model_key: str, after: Any) -> None:
-        for b in benches:
-            ek = eval_key(cfg, model_key, b, getattr(cfg.evaluation, b), data_hash)
-            fresh = not is_done(out_dir / "eval" / f"{b}.json", out_dir / "eval", b, ek)
-            futures[f"evaluate/{arm}/{seed}/{b}"] = evaluate_task.with_options(refresh_cache=fresh).submit(
-                cfg,
-                arm,
-                seed,
-                b,
-                ek,
-                str(out_dir),
-                model,
-                model_key,
-                str(data_out),
-                wait_for=[after] if after is not None else None,
-            )
-
-    if cfg.evaluation.evaluate_base:
-        submit_evals(BASE_ARM, None, root / BASE_ARM, cfg.model.source, base_key(cfg), None)
-    elif not data_hash:
+    units = units_of(cfg, data_hash)
+    if not units:
         log.error("nothing to do: no training data and evaluation.evaluate_base is false")
-    for seed in cfg.seeds if data_hash else []:
-        for arm in cfg.arms:
-            rd = cfg.run_dir(arm.name, seed)
-            tk = train_key(cfg, arm, seed, data_hash)
-            fresh = not is_done(rd / "train_summary.json", rd, "train", tk)
-            tf = train_task.with_options(refresh_cache=fresh).submit(cfg, arm.name, seed, tk, str(rd), str(data_out))
-            futures[f"train/{arm.name}/{seed}"] = tf
-            submit_evals(arm.name, seed, rd, str(rd / "checkpoint"), tk, tf)
 
-    # 3. progress in the UI while the work runs
-    total = max(len(futures), 1)
+    # 2. the units: in this process (task runs on this flow's runner), or as flow runs on the work pool
+    records: dict[str, dict[str, Any]] = {"prepare/data": _record(prep_future)}
     progress_id = create_progress_artifact(
-        progress=0.0,
-        key=f"{_slug(cfg.name)}-progress",
-        description=f"{cfg.name}: {total} training/evaluation task runs",
+        progress=0.0, key=f"{_slug(cfg.name)}-progress", description=f"{cfg.name}: {len(units)} units"
     )
-    for i, _ in enumerate(as_completed(list(futures.values())), start=1):
-        update_progress_artifact(progress_id, progress=100.0 * i / total)
-    release_model()
+    if pool:
+        from flows.pool import run_units_on_pool
 
-    # 4. timings so far, then the report (always rebuilt: cheap, and it must see all results)
-    records = {"prepare/data": _record(prep_future)} | {name: _record(f) for name, f in futures.items()}
+        def on_unit_done(i: int, unit_records: dict[str, dict[str, Any]]) -> None:
+            update_progress_artifact(progress_id, progress=100.0 * i / max(len(units), 1))
+
+        records |= run_units_on_pool(cfg, units, data_hash, pool, on_unit_done, log)
+    else:
+        futures: dict[str, Any] = {}
+        for arm, seed in units:
+            futures |= submit_unit(cfg, arm, seed, data_hash, ModelCache())
+        total = max(len(futures), 1)
+        for i, _ in enumerate(as_completed(list(futures.values())), start=1):
+            update_progress_artifact(progress_id, progress=100.0 * i / total)
+        records |= {name: _record(f) for name, f in futures.items()}
+
+    # 3. timings so far, then the report (always rebuilt: cheap, and it must see all results)
     failed = sorted(name for name, r in records.items() if r["state"] not in ("Completed", "Cached"))
     entry = _timing_entry(records, started)
     entry["flow_run"] = {"name": runtime.flow_run.name, "id": runtime.flow_run.id, "url": _flow_run_url()}
     entry["total_seconds"] = round(time.perf_counter() - t0, 3)  # so far; updated after the report
     _save_timings(root, entry)
     report_dir = Path(cfg.report_dir) / cfg.name
-    rep_future = report_task.submit(str(root), str(report_dir), wait_for=[allow_failure(f) for f in futures.values()])
-    rep = rep_future.result()
+    rep = report_task.submit(str(root), str(report_dir)).result()
     entry["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
     entry["total_seconds"] = round(time.perf_counter() - t0, 3)
     _save_timings(root, entry)
 
-    # 5. results in the UI
+    # 4. results in the UI
     from im_pipeline.report.build import for_prefect_ui
 
     key = _slug(cfg.name)
@@ -271,6 +364,7 @@ def _compare(cfg: ExperimentConfig) -> Any:
         "report": rep["report"],
         "failed": failed,
         "timings": entry,
+        "work_pool": pool,
     }
     log.info("wall time per stage:%s", format_timings(entry))
     if failed:
@@ -296,7 +390,9 @@ def _tag_flow_run(names: list[str]) -> None:
 def _timing_entry(records: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {s: {"seconds": 0.0, "computed": 0, "cached": 0} for s in STAGES}
     for name, r in records.items():
-        st = stages[name.split("/", 1)[0]]
+        st = stages.get(name.split("/", 1)[0])
+        if st is None:  # "unit/<arm>/<seed>": a unit whose flow runs never completed (listed as failed)
+            continue
         if r.get("computed"):
             st["computed"] += 1
             st["seconds"] = round(st["seconds"] + r.get("seconds", 0.0), 3)
@@ -357,10 +453,21 @@ def run_command(args: argparse.Namespace) -> int:
     overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
     cfg = load_config(args.config, overrides)  # validate before starting Prefect: clear errors first
     cfg.check_data_dir()
+    pool = getattr(args, "work_pool", None) or cfg.orchestration.work_pool
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
-    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds) on {where}")
+    if pool and not os.environ.get("PREFECT_API_URL"):
+        # Workers cannot reach the ephemeral server this process would start.
+        print(
+            f"error: --work-pool {pool} needs a running Prefect server that the pool's workers also use: start one "
+            "(`prefect server start`), set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api) "
+            "here and for the workers; see docs/scale_out.md",
+            file=sys.stderr,
+        )
+        return 2
+    units = f", units on work pool {pool!r}" if pool else ""
+    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
     start_bound_ephemeral_server()  # without PREFECT_API_URL: a server that dies with this process, by any signal
-    state = compare_flow(cfg.to_dict(), return_state=True)
+    state = compare_flow(cfg.to_dict(), work_pool=pool, return_state=True)
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, TaskRunsFailed):
         summary = summary.summary

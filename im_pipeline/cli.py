@@ -38,6 +38,13 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.epochs=3 (repeatable; values are YAML)",
     )
+    p.add_argument(
+        "--work-pool",
+        default=None,
+        metavar="NAME",
+        help="run each unit (arm × seed, base model) as a flow run on this Prefect work pool and wait for all "
+        "(needs PREFECT_API_URL; default: orchestration.work_pool, else in this process)",
+    )
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:

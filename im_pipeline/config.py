@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
 """Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
+TRAIN_LAUNCHER_ENV = "IM_PIPELINE_TRAIN_LAUNCHER"
+"""Environment variable with the default training launcher (``training.launcher`` wins)."""
 
 
 class ConfigError(ValueError):
@@ -164,6 +166,13 @@ class TrainingConfig(_Strict):
         description="Where the Trainer sends its training metrics (its report_to): TensorBoard event files in "
         "<run>/tensorboard/ by default; 'mlflow' / 'wandb' when installed and configured (their own env "
         "variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT); [] for none.",
+    )
+    launcher: str | None = Field(
+        None,
+        description="Run each training unit under this command prefix, e.g. 'torchrun --nproc_per_node 8' or "
+        "'accelerate launch --config_file configs/accelerate/zero3.yaml' (falls back to "
+        f"${TRAIN_LAUNCHER_ENV}; null = in the task's process). The global batch is batch_size × "
+        "gradient_accumulation_steps × processes.",
     )
 
 
@@ -316,6 +325,26 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Batch size for scoring and generation.")
 
 
+class OrchestrationConfig(_Strict):
+    work_pool: str | None = Field(
+        None,
+        description="Prefect work pool: every unit (an arm × seed's training and evaluations, and the base model's "
+        "evaluations) runs as its own flow run on the pool's workers, which share the run directory's filesystem "
+        "(needs PREFECT_API_URL). null = all units in the im-pipeline process.",
+    )
+    heartbeat_s: int = Field(
+        30, ge=30, description="Heartbeat interval of unit flow runs (PREFECT_FLOWS_HEARTBEAT_FREQUENCY; minimum 30)."
+    )
+    heartbeat_timeout_s: float = Field(
+        90.0,
+        gt=0,
+        description="A unit flow run still Running with no heartbeat for this long is marked Crashed and submitted "
+        "again (it resumes from its last checkpoint).",
+    )
+    max_attempts: int = Field(3, ge=1, description="Flow runs per unit before it counts as failed (crashes only).")
+    poll_s: float = Field(5.0, gt=0, description="How often the parent flow checks its units' states.")
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(description=f"Experiment name: runs/<name>/, reports/<name>/; {NAME_CHARS}.")
     description: str = Field("", description="Free text shown in the report.")
@@ -331,6 +360,9 @@ class ExperimentConfig(_Strict):
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    orchestration: OrchestrationConfig = Field(
+        default_factory=OrchestrationConfig, description="Where units run (in-process or on a work pool)."
+    )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One run per arm per seed.")
     output_dir: str = Field("runs", description="Root of run directories.")
     report_dir: str = Field("reports", description="Root of generated reports.")
@@ -372,6 +404,11 @@ class ExperimentConfig(_Strict):
         """The data directory: config value, else ``$IM_PIPELINE_DATA_DIR``, else None."""
         value = self.data_dir or os.environ.get(DATA_DIR_ENV)
         return Path(value).expanduser().resolve() if value else None
+
+    def train_launcher(self) -> str | None:
+        """The training launcher: ``training.launcher``, else ``$IM_PIPELINE_TRAIN_LAUNCHER``, else None."""
+        value = self.training.launcher or os.environ.get(TRAIN_LAUNCHER_ENV, "")
+        return value.strip() or None
 
     def run_root(self) -> Path:
         return Path(self.output_dir) / self.name

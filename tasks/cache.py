@@ -59,7 +59,11 @@ def files_hash(*paths: Path) -> str:
 
 def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) -> str:
     """Key of one (arm, seed) training run. Excludes other arms, evaluation settings and names."""
-    training = cfg.training.model_dump(mode="json", exclude={"threads", "logging_steps", "save_steps", "report_to"})
+    training = cfg.training.model_dump(
+        mode="json", exclude={"threads", "logging_steps", "save_steps", "report_to", "launcher"}
+    )
+    if cfg.train_launcher():  # the effective one (config or environment): it sets the number of processes
+        training["launcher"] = cfg.train_launcher()
     return stable_hash(
         {
             "stage": "train",

@@ -9,11 +9,10 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from im_pipeline.config import ExperimentConfig
+from im_pipeline.evaluation.common import ModelCache
 from im_pipeline.locking import unit_lock
 from tasks.cache import BASE_ARM, is_done, prefect_cache_key, unit_lock_path, write_stamp
 from tasks.common import done, retry_on_io, unit_name
-
-_LOADED: dict[str, Any] = {}  # the last loaded (model, tokenizer), shared by consecutive tasks in one process
 
 
 @task(
@@ -35,8 +34,12 @@ def evaluate_task(
     model_dir: str,
     model_key: str,
     data_dir: str,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
-    """Run ``benchmark`` on ``model_dir`` and write ``out_dir/eval/<benchmark>.json`` (skipped when done)."""
+    """Run ``benchmark`` on ``model_dir`` and write ``out_dir/eval/<benchmark>.json`` (skipped when done).
+
+    ``models``: the unit's model cache (its benchmarks load the model once); never shared between units.
+    """
     start, eval_dir = time.perf_counter(), Path(out_dir) / "eval"
     # One lock per (model, benchmark): a concurrent run of the same experiment waits, then skips it.
     with unit_lock(unit_lock_path(eval_dir / benchmark), on_wait=get_run_logger().warning):
@@ -58,6 +61,8 @@ def evaluate_task(
                 judge=ev.judge,
                 dtype=cfg.model.dtype,
                 cache_dir=cfg.model.cache_dir,
+                cache=models if models is not None else ModelCache(),
+                model_key=model_key,
             )
             data = Path(data_dir)
             if benchmark == "overfitting" and (data / "train.jsonl").is_file():
@@ -69,16 +74,6 @@ def evaluate_task(
                     else f"in-distribution split of {cfg.data.train}",
                     "run_dir": None if arm == BASE_ARM else str(out_dir),
                 }
-            identity = (model_dir, model_key, cfg.model.dtype)
-            if _LOADED.get("identity") == identity:
-                ctx._loaded = _LOADED["pair"]
             run_benchmark(benchmark, ctx, getattr(ev, benchmark))
-            if ctx._loaded is not None:
-                _LOADED.update(identity=identity, pair=ctx._loaded)
             write_stamp(eval_dir, benchmark, key)
     return done("evaluate", time.perf_counter() - start, computed, arm=arm, seed=seed, benchmark=benchmark)
-
-
-def release_model() -> None:
-    """Forget the shared loaded model (frees memory at the end of a flow)."""
-    _LOADED.clear()

@@ -34,8 +34,19 @@ def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: st
                 )
             write_stamp(run_dir, "train-started", key)  # an interrupted run with this key resumes
             data = Path(data_dir)
-            train_arm(
-                cfg, cfg.arm(arm), seed, read_jsonl(data / "train.jsonl"), read_jsonl(data / "held_out.jsonl"), run_dir
-            )
+            launcher = cfg.train_launcher()
+            if launcher:  # torchrun / accelerate launch: one process per device, rank 0 writes the outputs
+                from im_pipeline.training.launch import launch
+
+                launch(launcher, cfg, arm, seed, run_dir, data)
+            else:
+                train_arm(
+                    cfg,
+                    cfg.arm(arm),
+                    seed,
+                    read_jsonl(data / "train.jsonl"),
+                    read_jsonl(data / "held_out.jsonl"),
+                    run_dir,
+                )
             write_stamp(run_dir, "train", key)
     return done("train", time.perf_counter() - start, computed, arm=arm, seed=seed)

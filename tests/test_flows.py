@@ -274,3 +274,55 @@ def test_a_failed_arm_does_not_stop_the_others(
     assert "- `train/IM/0` (Failed): RuntimeError: simulated crash in IM training" in failures
     assert "- `evaluate/IM/0/overfitting` (" in failures
     assert "flow run ended **Failed**" in failures
+
+
+def test_each_unit_has_its_own_model_cache(
+    prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Units never hand each other a loaded model: every unit's evaluations get their own ModelCache."""
+    import im_pipeline.evaluation as evaluation
+    from flows.compare import compare_flow
+
+    real, seen = evaluation.run_benchmark, []
+
+    def spy(name, ctx, cfg):
+        out = real(name, ctx, cfg)
+        seen.append((ctx.arm, id(ctx.cache), id(ctx.model_and_tokenizer()[0])))
+        return out
+
+    monkeypatch.setattr(evaluation, "run_benchmark", spy)
+    cfg = tiny_config(tmp_path, tiny_model_dir)
+    cfg.update(name="own-caches")
+    assert compare_flow(cfg)["failed"] == []
+    assert sorted(a for a, _, _ in seen) == ["IM", "IT", "base"]
+    assert len({c for _, c, _ in seen}) == 3 and len({m for _, _, m in seen}) == 3
+    result = json.loads((tmp_path / "runs" / "own-caches" / "IT" / "seed-0" / "eval" / "overfitting.json").read_text())
+    assert result["host"] and result["pid"] > 0
+
+
+def test_model_cache_loads_once_per_identity_and_is_per_object() -> None:
+    import threading
+
+    from im_pipeline.evaluation.common import ModelCache
+
+    loads: list[str] = []
+
+    def loader(tag: str):
+        def load():
+            loads.append(tag)
+            return (object(), tag)
+
+        return load
+
+    shared = ModelCache()
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(shared.model(("m", "k"), loader("a")))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == ["a"] and len({id(g) for g in got}) == 1  # one load, one object, under concurrent use
+    other = ModelCache()
+    assert other.model(("m", "k"), loader("b")) is not got[0]  # another unit: its own model
+    assert shared.model(("m", "k2"), loader("c"))[1] == "c" and loads == ["a", "b", "c"]  # new identity: reload
+    assert shared.judge("j", loader("j1")) is shared.judge("j", loader("j2")) and loads[-1] == "j1"

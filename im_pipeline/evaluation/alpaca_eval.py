@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import BenchmarkConfig, JudgeConfig, stable_hash
-from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, hub_reachable
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, ModelCache, hub_reachable
 from im_pipeline.evaluation.judges import (
     AnnotationCache,
     LocalHFJudge,
@@ -66,7 +66,6 @@ POSITION_BIAS_LIMIT = 0.9
 # alpaca_eval's random swap their hard verdicts are coin flips; label probabilities averaged over both orders
 # cancel the bias and keep what signal there is. Hence these defaults for local_hf judges.
 LOCAL_JUDGE_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
-_LOCAL_JUDGES: dict[tuple[str, str], LocalHFJudge] = {}
 
 
 def _alpaca_eval() -> Any:
@@ -216,12 +215,13 @@ def annotator_config(name: str) -> dict[str, Any]:
     return config
 
 
-def _local_judge(judge: JudgeConfig, dtype: str, cache_dir: str | None) -> LocalHFJudge:
-    key = (judge.model, dtype)
-    if key not in _LOCAL_JUDGES:
-        _LOCAL_JUDGES.clear()  # keep at most one judge model in memory
-        _LOCAL_JUDGES[key] = LocalHFJudge(judge.model, dtype=dtype, cache_dir=cache_dir)
-    return _LOCAL_JUDGES[key]
+def _local_judge(judge: JudgeConfig, dtype: str, cache_dir: str | None, cache: ModelCache | None) -> LocalHFJudge:
+    """The local judge model, from the unit's :class:`ModelCache` (loaded once per unit), or a fresh one."""
+
+    def load() -> LocalHFJudge:
+        return LocalHFJudge(judge.model, dtype=dtype, cache_dir=cache_dir)
+
+    return cache.judge(("local_hf", judge.model, dtype), load) if cache is not None else load()
 
 
 def annotate(
@@ -270,7 +270,7 @@ def annotate(
     if todo:
         protocol = protocol_for(config)
         if judge.kind == "local_hf" and local_judge is None:
-            local_judge = _local_judge(judge, "float32", None)
+            local_judge = _local_judge(judge, "float32", None, None)
         fn = make_fn_completions(
             judge, protocol, guided_choice=guided_choice, concurrency=concurrency, local_judge=local_judge
         )
@@ -453,7 +453,7 @@ def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     ]
     cache = AnnotationCache(cache_dir / "judge_cache.json")
     t1 = time.perf_counter()
-    local_judge = _local_judge(ctx.judge, ctx.dtype, ctx.cache_dir) if local else None
+    local_judge = _local_judge(ctx.judge, ctx.dtype, ctx.cache_dir, ctx.cache) if local else None
     annotations, calls = annotate(
         pairs,
         ctx.judge,

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,40 @@ class BenchmarkSkipped(RuntimeError):
     """Raised by a benchmark whose inputs are unavailable; the message says how to provide them."""
 
 
+class ModelCache:
+    """Models loaded for one unit of work (an arm × seed, or the base model), reused by its consecutive benchmarks.
+
+    An explicit object instead of a module-level cache: each unit owns one, so units running concurrently (threads
+    of one flow run, or flow runs on workers) never hand each other a model. It keeps at most one evaluated model
+    and one judge model, keyed by what identifies them (source, training key, dtype), and is thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._model: tuple[Any, tuple[Any, Any]] | None = None
+        self._judge: tuple[Any, Any] | None = None
+
+    def model(self, identity: Any, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """The (model, tokenizer) for ``identity``, loaded by ``load()`` unless it is the one held."""
+        with self._lock:
+            if self._model is None or self._model[0] != identity:
+                self._model = None  # free the previous model before loading the next
+                self._model = (identity, load())
+            return self._model[1]
+
+    def judge(self, identity: Any, load: Callable[[], Any]) -> Any:
+        """The judge model for ``identity``, loaded by ``load()`` unless it is the one held."""
+        with self._lock:
+            if self._judge is None or self._judge[0] != identity:
+                self._judge = None
+                self._judge = (identity, load())
+            return self._judge[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._model = self._judge = None
+
+
 @dataclass
 class EvalContext:
     """Everything a benchmark needs besides its own config."""
@@ -49,15 +84,21 @@ class EvalContext:
     dtype: str = "float32"
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. train/held-out records for overfitting
-    _loaded: tuple[Any, Any] | None = field(default=None, repr=False)
+    cache: ModelCache = field(default_factory=ModelCache, repr=False)  # the unit's models (pass one to share)
+    model_key: str | None = None  # what identifies the model's weights beyond its source (e.g. its training key)
+    _loaded: tuple[Any, Any] | None = field(default=None, repr=False)  # an already loaded (model, tokenizer)
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
-        """Load once per context and share between benchmarks."""
-        if self._loaded is None:
+        """Load once per :class:`ModelCache` (a unit's benchmarks share it) and return (model, tokenizer)."""
+        if self._loaded is not None:
+            return self._loaded
+
+        def load() -> tuple[Any, Any]:
             from im_pipeline.models import load_model_and_tokenizer
 
-            self._loaded = load_model_and_tokenizer(self.model_source, dtype=self.dtype, cache_dir=self.cache_dir)
-        return self._loaded
+            return load_model_and_tokenizer(self.model_source, dtype=self.dtype, cache_dir=self.cache_dir)
+
+        return self.cache.model((self.model_source, self.model_key, self.dtype), load)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -107,6 +148,8 @@ def run_benchmark(name: str, ctx: EvalContext, cfg: BenchmarkConfig) -> Path:
         log.warning("benchmark %s skipped: %s", name, skip)
         record.update({"status": "skipped", "reason": str(skip), "metric": None, "value": None, "stderr": None, "n": 0})
     record["wall_time_s"] = round(time.perf_counter() - start, 3)
+    record["host"] = socket.gethostname()  # who computed it (units may run on different workers)
+    record["pid"] = os.getpid()
     record["git_commit"] = git_commit()
     record["versions"] = library_versions()
     return write_json(result_path(ctx.out_dir, name), record)

@@ -687,12 +687,15 @@ def kl_note(run: agg.RunResults) -> str:
 
 # -- figures -----------------------------------------------------------------------------------------------------------
 
-_REUSE: set[Path] = set()  # figure directories whose figures are up to date for this build
+INPUTS_STAMP = ".inputs"
+"""``figures/.inputs``: the hash of the inputs the figures were drawn from. During a build it exists only when the
+figures are up to date (``build_report`` removes it otherwise and writes it back at the end): that per-directory
+file, not a module-level flag, says whether to reuse them, so concurrent builds of different reports never mix."""
 
 
 def _figure(fig_dir: Path, name: str, fn: Any, *args: Any) -> Path | None:
     """Render a figure, or reuse it when the report's inputs did not change since it was drawn."""
-    if fig_dir in _REUSE:
+    if (fig_dir / INPUTS_STAMP).is_file():
         return fig_dir / name if (fig_dir / name).is_file() else None
     return fn(*args)
 
@@ -919,11 +922,8 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     report_dir = Path(report_dir)
     fig_dir = report_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    stamp, key = fig_dir / ".inputs", _inputs_key(run)
-    _REUSE.clear()
-    if stamp.is_file() and stamp.read_text() == key:
-        _REUSE.add(fig_dir)  # same inputs as the last build: keep its figures (matplotlib costs seconds)
-    else:
+    stamp, key = fig_dir / INPUTS_STAMP, _inputs_key(run)
+    if not (stamp.is_file() and stamp.read_text() == key):  # else: same inputs, keep the figures (see _figure)
         stamp.unlink(missing_ok=True)
         for old in fig_dir.glob("*.png"):
             old.unlink()

@@ -24,8 +24,10 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +152,11 @@ class WeightedLossTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             lengths = [len(x["input_ids"]) for x in dataset]
-            step_batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+            # The examples of one optimiser step over all processes: the same order whatever the split into
+            # processes and micro-batches (accelerate hands micro-batches round-robin to the processes).
+            step_batch = (
+                self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            )
             return LengthGroupedEpochSampler(lengths, step_batch, seed)
         return super()._get_train_sampler(train_dataset)
 
@@ -233,6 +239,13 @@ class WeightedLossTrainer(Trainer):
         """Add the token counts and the loss parts of the window since the last log to training logs."""
         if "loss" in logs:
             w = self._window
+            if self.args.world_size > 1:  # every process logs at the same steps: sum the counters over them
+                keys = ("real_tokens", "padded_tokens", "lm_loss", "kl")
+                local = torch.tensor([float(w[k]) for k in keys], dtype=torch.float64, device=self.args.device)
+                total = self.accelerator.reduce(local, reduction="sum").tolist()
+                w = {**w, **dict(zip(keys, total, strict=True))}
+                # (lm_loss / kl of a micro-batch are its share of the global step's value: their sum is the step's)
+                w["real_tokens"], w["padded_tokens"] = int(w["real_tokens"]), int(w["padded_tokens"])
             steps = max(w["steps"], 1)
             logs["tokens"] = w["real_tokens"]
             logs["padded_tokens"] = w["padded_tokens"]
@@ -393,7 +406,8 @@ class TrainLogCallback(TrainerCallback):
         write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.truncate_after(state.global_step)
+        if state.is_world_process_zero:  # rank 0 alone writes the log
+            self.truncate_after(state.global_step)
         self._last_time = time.perf_counter()
 
     def _is_eval_step(self, state) -> bool:
@@ -405,6 +419,7 @@ class TrainLogCallback(TrainerCallback):
         return step % self.steps_per_epoch == 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        # Every process computes it (a ZeRO-3 / FSDP sharded model needs all of them in the forward pass).
         if self.held_out and self._is_eval_step(state):
             t0 = time.perf_counter()
             self._pending_held_out = _encoded_output_losses(model, self.held_out, self.pad_token_id, self.batch_size)
@@ -440,6 +455,8 @@ class TrainLogCallback(TrainerCallback):
             if key in logs:
                 row[key] = logs[key]
         self._pending_held_out = None
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         held = f" held-out {row['held_out_loss']:.4f}" if row["held_out_loss"] is not None else ""
@@ -561,19 +578,28 @@ _LOSS_MODE_WORDS = {
 # -- train_arm --------------------------------------------------------------------------------------------------
 
 
+def _utc_now() -> str:
+    """UTC time, ISO 8601 with seconds (what train_summary.json records as started_at / finished_at)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _read_log(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def _fingerprint(cfg: ExperimentConfig, arm: ArmConfig, seed: int, train: list[dict], held_out: list[dict]) -> str:
-    """What determines the trained model: model, data settings, training settings, arm, seed, the data itself."""
+def _fingerprint(
+    cfg: ExperimentConfig, arm: ArmConfig, seed: int, train: list[dict], held_out: list[dict], world_size: int = 1
+) -> str:
+    """What determines the trained model: model, data settings, training settings, arm, seed, the data itself, and
+    the number of data-parallel processes (the global batch is per-device batch × accumulation × processes)."""
     return stable_hash(
         {
             "model": cfg.model.model_dump(mode="json"),
             "data": cfg.data.model_dump(mode="json"),
-            "training": cfg.training.model_dump(mode="json", exclude={"threads", "report_to"}),
+            "training": cfg.training.model_dump(mode="json", exclude={"threads", "report_to", "launcher"}),
+            **({"world_size": world_size} if world_size > 1 else {}),
             "arm": arm.model_dump(mode="json"),
             "seed": seed,
             "train": stable_hash(train, 32),
@@ -655,24 +681,32 @@ def train_arm(
     run_dir.mkdir(parents=True, exist_ok=True)
     if not train:
         raise ValueError("train_arm: the training set is empty")
-    fingerprint = _fingerprint(cfg, arm, seed, train, held_out)
+    # Under torchrun / accelerate launch every process runs this function: all of them train and take part in
+    # the final save (ZeRO-3 / FSDP gather the weights), rank 0 alone writes files.
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
+    fingerprint = _fingerprint(cfg, arm, seed, train, held_out, world_size)
     done = _is_finished(run_dir, fingerprint)
     if done is not None:
         log.info("%s seed %d: finished run found in %s, not retraining", arm.name, seed, run_dir)
         return done
+    started_at = _utc_now()
 
     ckpt_root = run_dir / TRAINER_CKPT_DIR
     fp_file = ckpt_root / FINGERPRINT_FILE
-    stale = not fp_file.is_file() or json.loads(fp_file.read_text()).get("fingerprint") != fingerprint
-    if ckpt_root.exists() and stale:
-        log.warning("%s: trainer checkpoints from a different configuration; starting afresh", ckpt_root)
-        shutil.rmtree(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(fp_file, json.dumps({"fingerprint": fingerprint}))
-    resume = get_last_checkpoint(str(ckpt_root))
     log_path = run_dir / TRAIN_LOG
-    if resume is None and log_path.exists():
-        log_path.unlink()  # a fresh start: the old log belongs to an abandoned run
+    args = build_training_arguments(cfg, arm, seed, ckpt_root)
+    with args.main_process_first(local=False, desc="checkpoint housekeeping"):  # a barrier when distributed
+        if is_main:
+            stale = not fp_file.is_file() or json.loads(fp_file.read_text()).get("fingerprint") != fingerprint
+            if ckpt_root.exists() and stale:
+                log.warning("%s: trainer checkpoints from a different configuration; starting afresh", ckpt_root)
+                shutil.rmtree(ckpt_root)
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(fp_file, json.dumps({"fingerprint": fingerprint}))
+            if get_last_checkpoint(str(ckpt_root)) is None and log_path.exists():
+                log_path.unlink()  # a fresh start: the old log belongs to an abandoned run
+    resume = get_last_checkpoint(str(ckpt_root))
 
     t = cfg.training
     threads = t.threads or os.cpu_count() or 1
@@ -706,8 +740,7 @@ def train_arm(
         train_stats,
     )
 
-    args = build_training_arguments(cfg, arm, seed, ckpt_root)
-    micro_batches = math.ceil(len(train_enc) / t.batch_size)
+    micro_batches = math.ceil(len(train_enc) / (t.batch_size * world_size))
     steps_per_epoch = max(math.ceil(micro_batches / t.gradient_accumulation_steps), 1)
     log_cb = TrainLogCallback(
         log_path,
@@ -739,10 +772,15 @@ def train_arm(
     result = trainer.train(resume_from_checkpoint=resume)
 
     final_dir = run_dir / FINAL_DIR
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    trainer.model.save_pretrained(final_dir)
-    save_tokenizer(tokenizer, final_dir, cfg.data.template)
+    with args.main_process_first(local=False, desc="final save"):
+        if is_main and final_dir.exists():
+            shutil.rmtree(final_dir)
+    # Trainer.save_model: every process takes part (ZeRO-3 / FSDP gather the full weights), rank 0 writes the
+    # save_pretrained model.
+    trainer.save_model(str(final_dir))
+    if is_main:
+        (final_dir / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle: not part of the model
+        save_tokenizer(tokenizer, final_dir, cfg.data.template)
 
     rows = _read_log(log_path)
     train_rows = [r for r in rows if r.get("tokens")]
@@ -775,12 +813,20 @@ def train_arm(
         "wall_time_s": round(time.perf_counter() - t_start, 2),
         "resumed_from": Path(resume).name if resume else None,
         "threads": threads,
+        "world_size": world_size,
+        "host": socket.gethostname(),  # who computed it (rank 0 of the launch)
+        "pid": os.getpid(),
+        "started_at": started_at,
+        "finished_at": _utc_now(),
         "n_train": len(train_enc),
         "n_held_out": len(held_enc),
         "encoding": {"train": train_stats, "held_out": held_stats},
         "fingerprint": fingerprint,
         "checkpoint": FINAL_DIR,
     }
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return summary
     write_text_atomic(run_dir / TRAIN_SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_model_card(final_dir, cfg, arm, seed, summary)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # large; the final model is in checkpoint/

@@ -1,0 +1,200 @@
+"""Units on a Prefect work pool: submit each unit as a flow run, wait, notice dead ones, submit them again.
+
+Why ``run_deployment`` of a unit flow (and not prefect-dask / prefect-ray task runners): a unit is hours of GPU
+work that must survive the parent's machine, show in the UI as its own flow run with its own logs, run where the
+pool's workers are (process, Docker or Kubernetes pools, with their job variables: image, GPUs, volumes), and be
+resumable on its own. A flow run per unit gives that with the server, pool and workers users already run; a
+Dask/Ray cluster would be one more service to operate, whose task runs die with the parent flow's process.
+
+Recovery as Prefect 3 allows it: a process worker that dies does not requeue its flow runs, and a flow run whose
+process died with it stays ``Running``. Prefect's answer is heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
+at least 30 s, emitted by the flow run's engine as ``prefect.flow-run.heartbeat`` events) plus a zombie-detection
+automation that marks silent runs ``Crashed`` (Prefect 3.8.8's server has no such service of its own; Prefect
+Cloud's "unresponsive run detection" is that automation). The parent does that detection itself, so it works on any
+server: a unit flow run still ``Running`` with no heartbeat for ``orchestration.heartbeat_timeout_s`` is set to
+``Crashed``; a ``Crashed`` unit (by us, the worker, or an automation) is submitted again, up to
+``orchestration.max_attempts`` flow runs. The new run resumes from the unit's last Trainer checkpoint and skips
+every finished output (the stamps of ``tasks/cache.py``); the per-unit locks (``im_pipeline/locking.py``, taken in
+the tasks) make sure a wrongly presumed dead run and its successor never write the same unit at once. A unit that
+*fails* (an exception in its code) is not submitted again: the same inputs would fail the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import ExperimentConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+UNIT_FLOW = "im-unit"
+UNIT_ENTRYPOINT = "flows/compare.py:unit_flow"
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+
+
+def unit_deployment_name(pool: str) -> str:
+    """One deployment of the unit flow per work pool (units differ only in their parameters)."""
+    return f"units-{pool}"
+
+
+def ensure_unit_deployment(cfg: ExperimentConfig, pool: str) -> str:
+    """Register (or update) the unit flow's deployment on ``pool``; returns ``im-unit/<name>`` for run_deployment.
+
+    The code comes from this checkout (workers of a process pool on machines that mount it); the deployment's
+    job variables switch on flow-run heartbeats and forward the library's progress logs to the UI.
+    """
+    from flows.compare import unit_flow
+
+    name = unit_deployment_name(pool)
+    flow = unit_flow.from_source(source=str(REPO_ROOT), entrypoint=UNIT_ENTRYPOINT)
+    flow.deploy(
+        name=name,
+        work_pool_name=pool,
+        job_variables={
+            "env": {
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(cfg.orchestration.heartbeat_s),
+                "PREFECT_LOGGING_EXTRA_LOGGERS": "im_pipeline",
+            }
+        },
+        description="one unit of an im-pipeline experiment: an (arm, seed)'s training and evaluations",
+        tags=["im-pipeline", "unit"],
+        print_next_steps=False,
+    )
+    return f"{UNIT_FLOW}/{name}"
+
+
+def unit_parameters(cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None) -> dict[str, Any]:
+    """The unit flow's parameters: the parent's config with absolute paths (workers may start elsewhere)."""
+    data = cfg.to_dict()
+    data["output_dir"] = str(Path(cfg.output_dir).resolve())
+    data_dir = cfg.resolved_data_dir()
+    data["data_dir"] = str(data_dir) if data_dir else None
+    data["orchestration"]["work_pool"] = None  # a unit never fans out again
+    return {"config": data, "arm": arm, "seed": seed, "data_hash": data_hash}
+
+
+def _parse_time(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+class UnitRun:
+    """One unit's flow runs on the pool (the current one and how many were started)."""
+
+    def __init__(self, arm: str, seed: int | None, parameters: dict[str, Any], out_dir: Path) -> None:
+        self.arm, self.seed, self.parameters, self.out_dir = arm, seed, parameters, out_dir
+        self.flow_run_id: Any = None
+        self.attempts = 0
+        self.final: str | None = None  # final state name once settled
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:
+        return self.arm if self.seed is None else f"{self.arm}/seed-{self.seed}"
+
+
+def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
+    """Time of the newest heartbeat event of a flow run, or None."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    page = client.read_events(
+        filter=EventFilter(
+            event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+        ),
+        limit=1,
+    )
+    return _parse_time(page.events[0].occurred) if page.events else None
+
+
+def run_units_on_pool(
+    cfg: ExperimentConfig,
+    units: list[tuple[str, int | None]],
+    data_hash: str | None,
+    pool: str,
+    on_unit_done: Callable[[int, dict[str, dict[str, Any]]], None],
+    log: logging.Logger | Any,
+) -> dict[str, dict[str, Any]]:
+    """Run every unit as a flow run on ``pool``, wait for all, resubmit crashed or silent ones.
+
+    Returns the units' task records (``train/<arm>/<seed>``, ``evaluate/<arm>/<seed>/<benchmark>`` → state,
+    seconds, computed), read from the ``unit.json`` each unit writes; a unit that never completed contributes one
+    record ``unit/<arm>/<seed>`` with its last state.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    from flows.compare import UNIT_FILE, unit_dir
+
+    orch = cfg.orchestration
+    deployment = ensure_unit_deployment(cfg, pool)
+    runs = [UnitRun(a, s, unit_parameters(cfg, a, s, data_hash), unit_dir(cfg, a, s)) for a, s in units]
+
+    def submit(u: UnitRun) -> None:
+        u.attempts += 1
+        fr = run_deployment(
+            name=deployment,
+            parameters=u.parameters,
+            timeout=0,  # do not wait here: all units are submitted, then watched together
+            flow_run_name=f"{cfg.name}-{u.arm}" + ("" if u.seed is None else f"-seed-{u.seed}") + f"-{u.attempts}",
+            tags=["im-pipeline", cfg.name],
+        )
+        u.flow_run_id = fr.id
+        log.info("unit %s: flow run %s submitted to work pool %r (attempt %d)", u.name, fr.id, pool, u.attempts)
+
+    for u in runs:
+        submit(u)
+    records: dict[str, dict[str, Any]] = {}
+    done = 0
+    with get_client(sync_client=True) as client:
+        while any(u.final is None for u in runs):
+            time.sleep(orch.poll_s)
+            for u in (u for u in runs if u.final is None):
+                fr = client.read_flow_run(u.flow_run_id)
+                state = fr.state
+                if state is None:
+                    continue
+                if state.is_running():
+                    since = _parse_time(state.timestamp)
+                    beat = _last_heartbeat(client, u.flow_run_id)
+                    silent = time.time() - max(since, beat or since)
+                    if silent > orch.heartbeat_timeout_s:
+                        msg = f"no heartbeat for {silent:.0f} s (> {orch.heartbeat_timeout_s:g} s): presumed dead"
+                        log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
+                        client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
+                        state = client.read_flow_run(u.flow_run_id).state
+                if not state.is_final():
+                    continue
+                u.history.append({"flow_run_id": str(u.flow_run_id), "state": state.name, "message": state.message})
+                if state.is_crashed() and u.attempts < orch.max_attempts:
+                    log.warning("unit %s: flow run %s crashed (%s); submitting it again", u.name, fr.id, state.message)
+                    submit(u)
+                    continue
+                u.final = state.name
+                unit_records = _unit_records(u, UNIT_FILE, state)
+                records |= unit_records
+                done += 1
+                on_unit_done(done, unit_records)
+                log.info("unit %s: %s after %d flow run(s)", u.name, state.name, u.attempts)
+    return records
+
+
+def _unit_records(u: UnitRun, unit_file: str, state: Any) -> dict[str, dict[str, Any]]:
+    path = u.out_dir / unit_file
+    if (state.is_completed() or state.is_failed()) and path.is_file():  # failed task runs: listed in unit.json
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("flow_run_id") == str(u.flow_run_id):
+            result_records: dict[str, dict[str, Any]] = result["records"]
+            for r in result_records.values():
+                r.setdefault("host", result["host"])
+                r.setdefault("pid", result["pid"])
+            return result_records
+    error = f"flow run {u.flow_run_id} ended {state.name} after {u.attempts} attempt(s): {state.message}"
+    return {f"unit/{u.arm}/{u.seed}": {"state": state.name, "error": error, "attempts": u.attempts}}

@@ -1,0 +1,87 @@
+"""Training under a launcher: ``torchrun --nproc_per_node 2`` (gloo, CPU) equals one process with doubled accumulation.
+
+The launched run goes through :func:`im_pipeline.training.launch.launch` (what the train task calls when
+``training.launcher`` is set): two processes train, rank 0 alone writes the checkpoint, the log and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from test_trainer import make_cfg, make_records
+from transformers import AutoModelForCausalLM
+
+from im_pipeline.config import ArmConfig
+from im_pipeline.data import write_jsonl
+from im_pipeline.training import train_arm
+from im_pipeline.training.launch import launch, launch_command
+
+TORCHRUN = "torchrun --standalone --nproc_per_node 2"
+
+
+def test_launch_command_uses_the_projects_launcher(tmp_path: Path) -> None:
+    cmd = launch_command("torchrun --nproc_per_node 8", tmp_path / "c.yaml", "IM", 1, tmp_path / "r", tmp_path / "d")
+    assert cmd[0] == str(Path(sys.executable).parent / "torchrun")  # the environment's, not whatever is on PATH
+    assert cmd[1:5] == ["--nproc_per_node", "8", "-m", "im_pipeline.training.launch"]
+    assert cmd[cmd.index("--arm") + 1] == "IM" and cmd[cmd.index("--seed") + 1] == "1"
+    with pytest.raises(FileNotFoundError, match="no-such-launcher"):
+        launch_command("no-such-launcher -x", tmp_path / "c.yaml", "IM", 1, tmp_path / "r", tmp_path / "d")
+
+
+def test_train_launcher_comes_from_config_then_environment(tiny_model_dir: Path, monkeypatch) -> None:
+    from tasks.cache import train_key
+
+    cfg = make_cfg(tiny_model_dir)
+    monkeypatch.delenv("IM_PIPELINE_TRAIN_LAUNCHER", raising=False)
+    assert cfg.train_launcher() is None
+    plain = train_key(cfg, cfg.arms[0], 0, "h")
+    monkeypatch.setenv("IM_PIPELINE_TRAIN_LAUNCHER", "torchrun --nproc_per_node 2")
+    assert cfg.train_launcher() == "torchrun --nproc_per_node 2"
+    assert train_key(cfg, cfg.arms[0], 0, "h") != plain  # more processes, bigger global batch: another run
+    cfg.training.launcher = "accelerate launch"
+    assert cfg.train_launcher() == "accelerate launch"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("normalisation", ["sequence", "token"])
+def test_torchrun_two_processes_equal_one_with_double_accumulation(
+    tiny_model_dir: Path, tmp_path: Path, normalisation: str
+) -> None:
+    train, held = make_records(16), make_records(20)[16:]
+    data = tmp_path / "data"
+    write_jsonl(train, data / "train.jsonl")
+    write_jsonl(held, data / "held_out.jsonl")
+    arm = ArmConfig(name="IM", loss_mode="im")
+    common = {"batch_size": 2, "save_steps": 2, "loss_normalisation": normalisation, "threads": 1}
+
+    two = make_cfg(tiny_model_dir, gradient_accumulation_steps=1, launcher=TORCHRUN, **common)
+    launched = launch(two.train_launcher(), two, "IM", 0, tmp_path / "two" / "IM" / "seed-0", data)
+    one = make_cfg(tiny_model_dir, gradient_accumulation_steps=2, **common)
+    single = train_arm(one, arm, 0, train, held, tmp_path / "one")
+
+    run = tmp_path / "two" / "IM" / "seed-0"
+    assert launched == json.loads((run / "train_summary.json").read_text())
+    assert launched["world_size"] == 2 and single["world_size"] == 1
+    assert launched["steps"] == single["steps"] == 4  # 16 examples, 4 per optimiser step
+    delta = abs(launched["final_train_loss"] - single["final_train_loss"])
+    assert delta <= 1e-4, (launched["final_train_loss"], single["final_train_loss"])
+    print(
+        f"\n{normalisation}: torchrun x2 {launched['final_train_loss']!r}, one process {single['final_train_loss']!r}"
+    )
+    # rank 0 alone wrote the log (one line per step, not one per process) and one checkpoint
+    rows = [json.loads(ln) for ln in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    ref = [json.loads(ln) for ln in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, ref, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["tokens"] == b["tokens"]  # counted over both processes
+    assert launched["final_held_out_loss"] == pytest.approx(single["final_held_out_loss"], abs=1e-4)
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint"]  # trainer checkpoints removed
+    assert not (run / "checkpoint" / "training_args.bin").exists()
+    assert AutoModelForCausalLM.from_pretrained(run / "checkpoint").config.vocab_size > 0
+    for key in ("host", "pid", "started_at", "finished_at"):
+        assert launched[key], key
+    assert launched["started_at"] < launched["finished_at"] and launched["finished_at"].endswith("Z")
