@@ -166,7 +166,8 @@ def run_units_on_pool(
                     beat = _last_heartbeat(client, u.flow_run_id)
                     silent = time.time() - max(since, beat or since)
                     if silent > orch.heartbeat_timeout_s:
-                        msg = f"no heartbeat for {silent:.0f} s (> {orch.heartbeat_timeout_s:g} s): presumed dead"
+                        what = "since its last heartbeat" if beat else "and no heartbeat since it started running"
+                        msg = f"silent for {silent:.0f} s {what} (> {orch.heartbeat_timeout_s:g} s): presumed dead"
                         log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
                         client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
                         state = client.read_flow_run(u.flow_run_id).state

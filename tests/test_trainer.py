@@ -347,3 +347,16 @@ def test_length_grouped_sampler_is_seeded_per_epoch_and_cuts_padding():
         return 1 - sum(map(sum, batches)) / sum(4 * max(b) for b in batches)
 
     assert padding(e0) < 0.1 < padding(torch.randperm(64, generator=g).tolist())
+
+
+def test_an_interrupted_checkpoint_is_not_resumed_from(tmp_path):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    root = tmp_path / "trainer_checkpoints"
+    (root / "checkpoint-2").mkdir(parents=True)
+    (root / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (root / "checkpoint-4").mkdir()  # killed while saving: weights written, trainer_state.json not yet
+    (root / "checkpoint-4" / "model.safetensors").write_bytes(b"partial")
+    trainer_mod._drop_incomplete_checkpoints(root)
+    assert get_last_checkpoint(str(root)) == str(root / "checkpoint-2")
+    assert not (root / "checkpoint-4").exists()

@@ -578,6 +578,20 @@ _LOSS_MODE_WORDS = {
 # -- train_arm --------------------------------------------------------------------------------------------------
 
 
+def _drop_incomplete_checkpoints(ckpt_root: Path) -> None:
+    """Remove Trainer checkpoints a crash interrupted while they were written (so resume takes the last whole one).
+
+    Trainer writes ``trainer_state.json`` last; a ``checkpoint-N`` without a readable one was cut short (a process
+    killed mid-save), and ``get_last_checkpoint`` would otherwise pick it and fail to resume.
+    """
+    for ckpt in ckpt_root.glob("checkpoint-*"):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("%s: incomplete checkpoint (interrupted while saving), removed", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def _utc_now() -> str:
     """UTC time, ISO 8601 with seconds (what train_summary.json records as started_at / finished_at)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -704,6 +718,7 @@ def train_arm(
                 shutil.rmtree(ckpt_root)
             ckpt_root.mkdir(parents=True, exist_ok=True)
             write_text_atomic(fp_file, json.dumps({"fingerprint": fingerprint}))
+            _drop_incomplete_checkpoints(ckpt_root)
             if get_last_checkpoint(str(ckpt_root)) is None and log_path.exists():
                 log_path.unlink()  # a fresh start: the old log belongs to an abandoned run
     resume = get_last_checkpoint(str(ckpt_root))

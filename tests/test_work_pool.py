@@ -1,0 +1,239 @@
+"""Integration: units on a Prefect work pool — two process workers, concurrent IT / IM units, recovery after kill -9.
+
+A real ``prefect server start`` (SQLite in a temporary PREFECT_HOME), a process work pool and two workers
+(``--limit 1`` each, so two units run on two workers at once). Then:
+
+1. ``im-pipeline run CONFIG --work-pool units``: the IT and IM units run as flow runs in different worker
+   processes at overlapping times; the report's numbers equal those of ``im-pipeline run CONFIG`` in-process.
+2. Recovery: a second experiment with a longer IM training; once IM has written a Trainer checkpoint, the worker
+   running it is killed with ``kill -9`` — its process group and its flow-run process (Prefect 3.8.8's process
+   worker starts each flow run in a session of its own, so killing the worker's group alone would leave the flow
+   run alive: together they are what a lost node looks like). The flow run stays ``Running``; the parent notices
+   its heartbeats stopped, marks it ``Crashed``, submits the unit again; the surviving worker resumes it from the
+   checkpoint, and the report completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_flows import tiny_config
+from test_prefect_server import _free_port, _stop, _wait_healthy
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="needs Linux /proc to find worker processes"),
+]
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+SPEED_COLUMNS = {"tokens/s", "train wall (s)"}  # how fast, not what was computed: differ between runs
+
+
+def _numbers(text: str, title: str) -> list[list[str]]:
+    """The table rows of a report section, without speed columns."""
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 3)
+    rows, keep = [], None
+    for line in text[start : end if end > 0 else None].splitlines():
+        if not line.startswith("|"):
+            keep = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if keep is None:  # a header row
+            keep = [i for i, c in enumerate(cells) if c not in SPEED_COLUMNS]
+        rows.append([cells[i] for i in keep])
+    return rows
+
+
+def _times(path: Path) -> tuple[float, float]:
+    d = json.loads(path.read_text())
+    return tuple(datetime.fromisoformat(d[k].replace("Z", "+00:00")).timestamp() for k in ("started_at", "finished_at"))
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(p.name))
+    return kids
+
+
+def _flow_run_id(pid: int) -> str | None:
+    try:
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def _api(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_model_dir: Path) -> None:
+    t_start = time.monotonic()
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cfg = tiny_config(tmp_path, tiny_model_dir)
+    cfg["name"] = "tiny-pool"
+    cfg["evaluation"]["evaluate_base"] = False
+    cfg["training"].update(epochs=3, batch_size=2)
+    cfg["orchestration"] = {"heartbeat_timeout_s": 50, "poll_s": 2}
+    configs = {}
+    for where in ("inproc", "pool"):
+        c = {**cfg, "output_dir": str(tmp_path / where / "runs"), "report_dir": str(tmp_path / where / "reports")}
+        configs[where] = tmp_path / f"{where}.yaml"
+        configs[where].write_text(yaml.safe_dump(c))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            list(args),
+            env=env,
+            cwd=REPO,
+            stdout=(logs / f"{name}.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        return proc
+
+    def run_cli(name: str, *args: str, timeout: float) -> str:
+        out = subprocess.run(
+            [str(BIN / "im-pipeline"), "run", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+        (logs / f"{name}.log").write_text(out.stdout + out.stderr)
+        worker_logs = "".join((logs / f"worker-{i}.log").read_text()[-3000:] for i in (1, 2))
+        assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-6000:]}\nworkers:\n{worker_logs}"
+        return out.stdout
+
+    try:
+        server = start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        _wait_healthy(api, server)
+        subprocess.run(
+            [str(BIN / "prefect"), "work-pool", "create", "units", "--type", "process"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        workers = {
+            i: start(f"worker-{i}", str(BIN / "prefect"), "worker", "start", "--pool", "units", "--limit", "1")
+            for i in (1, 2)
+        }
+        # -- 1. the same experiment in-process and on the pool ---------------------------------------------------
+        run_cli("inproc", str(configs["inproc"]), timeout=300)
+        out = run_cli("pool", str(configs["pool"]), "--work-pool", "units", timeout=400)
+        assert "units on work pool 'units'" in out
+        reports = {w: (tmp_path / w / "reports" / "tiny-pool" / "REPORT.md").read_text() for w in configs}
+        for title in ("Results", "Overfitting"):
+            assert _numbers(reports["pool"], title) == _numbers(reports["inproc"], title)
+        assert len(_numbers(reports["pool"], "Overfitting")) == 2 * 4  # two tables: header, rule, IT, IM
+        root = tmp_path / "pool" / "runs" / "tiny-pool"
+        units = {arm: json.loads((root / arm / "seed-0" / "unit.json").read_text()) for arm in ("IT", "IM")}
+        summaries = {arm: json.loads((root / arm / "seed-0" / "train_summary.json").read_text()) for arm in units}
+        evals = {arm: json.loads((root / arm / "seed-0" / "eval" / "overfitting.json").read_text()) for arm in units}
+        assert units["IT"]["pid"] != units["IM"]["pid"]
+        for arm in units:  # the unit's flow-run process trained and evaluated it
+            assert summaries[arm]["pid"] == evals[arm]["pid"] == units[arm]["pid"]
+            assert summaries[arm]["host"] == units[arm]["host"] and summaries[arm]["world_size"] == 1
+        (a0, a1), (b0, b1) = (_times(root / arm / "seed-0" / "unit.json") for arm in ("IT", "IM"))
+        assert a0 < b1 and b0 < a1, "the IT and IM units did not overlap in time"
+        for arm in units:
+            print(
+                f"\n{arm}: host {units[arm]['host']} pid {units[arm]['pid']} unit {units[arm]['started_at']} → "
+                f"{units[arm]['finished_at']}, training {summaries[arm]['started_at']} → {summaries[arm]['finished_at']}"
+            )
+        t_pool = time.monotonic()
+        req = urllib.request.Request(
+            f"{api}/events/filter",
+            data=json.dumps({"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]}}, "limit": 50}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            beats = {e["resource"]["prefect.resource.id"] for e in json.loads(r.read())["events"]}
+        assert {f"prefect.flow-run.{units[a]['flow_run_id']}" for a in units} <= beats  # units send heartbeats
+
+        # -- 2. kill -9 the worker running IM mid-training; the unit is resubmitted and resumes --------------------
+        kill_cfg = {**cfg, "name": "tiny-kill", "output_dir": str(tmp_path / "pool" / "runs")}
+        kill_cfg["report_dir"] = str(tmp_path / "pool" / "reports")
+        kill_cfg["training"] = {**cfg["training"], "epochs": 40, "batch_size": 1, "save_steps": 4}
+        kill_cfg["arms"] = [{"name": "IM", "loss_mode": "im"}]
+        kill_path = tmp_path / "kill.yaml"
+        kill_path.write_text(yaml.safe_dump(kill_cfg))
+        parent = start("kill-run", str(BIN / "im-pipeline"), "run", str(kill_path), "--work-pool", "units")
+        ckpts = tmp_path / "pool" / "runs" / "tiny-kill" / "IM" / "seed-0" / "trainer_checkpoints"
+        deadline = time.monotonic() + 240
+        while not list(ckpts.glob("checkpoint-*")):
+            assert parent.poll() is None, (logs / "kill-run.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "IM never wrote a trainer checkpoint"
+            time.sleep(0.5)
+        victim, killed_run = None, None
+        for i, w in workers.items():
+            for child in _children(w.pid):
+                fr = _flow_run_id(child)
+                if fr and "-IM-" in _api(f"{api}/flow_runs/{fr}")["name"]:
+                    victim, killed_run = i, fr
+                    os.killpg(w.pid, signal.SIGKILL)  # the worker's whole process group
+                    os.killpg(os.getpgid(child), signal.SIGKILL)  # and its flow run's (a session of its own)
+        assert victim is not None, "no worker process runs the IM unit"
+        t_kill = time.monotonic()
+        assert parent.wait(timeout=300) == 0, (logs / "kill-run.log").read_text()[-6000:]
+        run_dir = tmp_path / "pool" / "runs" / "tiny-kill" / "IM" / "seed-0"
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        assert summary["resumed_from"] and summary["resumed_from"].startswith("checkpoint-")
+        unit = json.loads((run_dir / "unit.json").read_text())
+        assert unit["flow_run_id"] != killed_run
+        assert _api(f"{api}/flow_runs/{killed_run}")["state"]["type"] == "CRASHED"
+        log_text = (logs / "kill-run.log").read_text()
+        assert "presumed dead" in log_text and "submitting it again" in log_text
+        report = (tmp_path / "pool" / "reports" / "tiny-kill" / "REPORT.md").read_text()
+        assert "# IT vs IM: tiny-kill" in report
+        print(
+            f"\nkilled worker {victim} (flow run {killed_run}); resumed from {summary['resumed_from']} "
+            f"on pid {unit['pid']}; recovery took {time.monotonic() - t_kill:.0f} s; "
+            f"phase 1 {t_pool - t_start:.0f} s, total {time.monotonic() - t_start:.0f} s"
+        )
+    finally:
+        for p in reversed(procs):
+            _stop(p)
