@@ -180,9 +180,10 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         (a0, a1), (b0, b1) = (_times(root / arm / "seed-0" / "unit.json") for arm in ("IT", "IM"))
         assert a0 < b1 and b0 < a1, "the IT and IM units did not overlap in time"
         for arm in units:
+            u, t = units[arm], summaries[arm]
             print(
-                f"\n{arm}: host {units[arm]['host']} pid {units[arm]['pid']} unit {units[arm]['started_at']} → "
-                f"{units[arm]['finished_at']}, training {summaries[arm]['started_at']} → {summaries[arm]['finished_at']}"
+                f"\n{arm}: host {u['host']} pid {u['pid']} unit {u['started_at']} → {u['finished_at']}, "
+                f"training {t['started_at']} → {t['finished_at']}"
             )
         t_pool = time.monotonic()
         req = urllib.request.Request(
