@@ -77,6 +77,7 @@ def test_torchrun_two_processes_equal_one_with_double_accumulation(
     ref = [json.loads(ln) for ln in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
     for a, b in zip(rows, ref, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["it_mask_loss"] == pytest.approx(b["it_mask_loss"], abs=1e-4)
         assert a["tokens"] == b["tokens"]  # counted over both processes
     assert launched["final_held_out_loss"] == pytest.approx(single["final_held_out_loss"], abs=1e-4)
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint"]  # trainer checkpoints removed

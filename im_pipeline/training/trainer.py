@@ -240,11 +240,11 @@ class WeightedLossTrainer(Trainer):
         if "loss" in logs:
             w = self._window
             if self.args.world_size > 1:  # every process logs at the same steps: sum the counters over them
-                keys = ("real_tokens", "padded_tokens", "lm_loss", "kl")
+                keys = ("real_tokens", "padded_tokens", "lm_loss", "kl", "it_loss")
                 local = torch.tensor([float(w[k]) for k in keys], dtype=torch.float64, device=self.args.device)
                 total = self.accelerator.reduce(local, reduction="sum").tolist()
                 w = {**w, **dict(zip(keys, total, strict=True))}
-                # (lm_loss / kl of a micro-batch are its share of the global step's value: their sum is the step's)
+                # (lm_loss, kl, it_loss of a micro-batch are its share of the global step: summed, the step's)
                 w["real_tokens"], w["padded_tokens"] = int(w["real_tokens"]), int(w["padded_tokens"])
             steps = max(w["steps"], 1)
             logs["tokens"] = w["real_tokens"]
