@@ -201,7 +201,7 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         # -- 2. kill -9 the worker running IM mid-training; the unit is resubmitted and resumes --------------------
         kill_cfg = {**cfg, "name": "tiny-kill", "output_dir": str(tmp_path / "pool" / "runs")}
         kill_cfg["report_dir"] = str(tmp_path / "pool" / "reports")
-        kill_cfg["training"] = {**cfg["training"], "epochs": 40, "batch_size": 1, "save_steps": 4}
+        kill_cfg["training"] = {**cfg["training"], "epochs": 10, "batch_size": 1, "save_steps": 4}
         kill_cfg["arms"] = [{"name": "IM", "loss_mode": "im"}]
         kill_path = tmp_path / "kill.yaml"
         kill_path.write_text(yaml.safe_dump(kill_cfg))
