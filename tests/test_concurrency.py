@@ -130,3 +130,26 @@ def test_two_concurrent_runs_compute_each_unit_once(tmp_path, tiny_model_dir):
         assert sum(t[stage][0] for t in tables) == 1, (stage, tables)
         assert sum(t[stage][1] for t in tables) == 1, (stage, tables)
     assert (unit / "train_summary.json").is_file() and (unit / "eval" / "overfitting.json").is_file()
+
+
+def test_run_with_malformed_data_exits_2_naming_file_and_line(tmp_path, tiny_model_dir):
+    """A lone surrogate in the training file: error with file and line, status 2, no data or run files."""
+    cfg_path = _config(tmp_path, tiny_model_dir)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    bad = Path(cfg["data"]["train"])
+    lines = bad.read_text().splitlines()
+    lines[2] = lines[2].replace("Question", "Question \\ud800", 1)
+    bad.write_text("\n".join(lines) + "\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "im_pipeline.cli", "run", str(cfg_path)],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"error: {bad}: line 3: lone surrogate \\ud800" in run.stderr
+    root = tmp_path / "runs" / "tiny-flow"
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    assert written == [".data.lock"]  # the lock file only: no data, no config, no results

@@ -58,7 +58,7 @@ def test_malformed_data_file_exits_2_naming_it(tmp_path: Path, monkeypatch, caps
         ]
     )
     assert rc == 2
-    assert f"{bad}: record 0: needs a non-empty 'question'" in capsys.readouterr().err
+    assert f"{bad}: record 1: needs a non-empty 'question'" in capsys.readouterr().err
 
 
 def test_eval_overfitting_on_tiny_model(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:

@@ -108,10 +108,10 @@ def test_read_truthfulqa_keeps_answer_order(tmp_path: Path) -> None:
         ("{}", "non-empty JSON list"),
         (
             json.dumps([{"question": "Q", "mc1_targets": {"a": 1}, "mc2_targets": {"a": 0}}]),
-            "record 0: 'mc2_targets' has no true",
+            "record 1: 'mc2_targets' has no true",
         ),
-        (json.dumps([{"question": "Q", "mc1_targets": {"a": 1}}]), "record 0: 'mc2_targets' must be"),
-        (json.dumps([{"mc1_targets": {"a": 1}, "mc2_targets": {"a": 1}}]), "record 0: needs a non-empty 'question'"),
+        (json.dumps([{"question": "Q", "mc1_targets": {"a": 1}}]), "record 1: 'mc2_targets' must be"),
+        (json.dumps([{"mc1_targets": {"a": 1}, "mc2_targets": {"a": 1}}]), "record 1: needs a non-empty 'question'"),
     ],
 )
 def test_read_truthfulqa_malformed_names_file(tmp_path: Path, content: str, needle: str) -> None:

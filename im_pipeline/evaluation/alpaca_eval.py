@@ -100,7 +100,7 @@ def load_reference(version: int, data_dir: Path | None) -> tuple[list[dict[str, 
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        bad = [i for i, r in enumerate(records) if not {"instruction", "output"} <= set(r)]
+        bad = [i for i, r in enumerate(records, start=1) if not {"instruction", "output"} <= set(r)]
         if bad:
             raise ValueError(f"{path}: record {bad[0]} lacks 'instruction'/'output'")
         return records, str(path)

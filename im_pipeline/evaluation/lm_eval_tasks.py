@@ -166,7 +166,7 @@ def read_truthfulqa(path: Path) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
         raise LocalDataError(f"{path}: expected a non-empty JSON list of questions")
     docs = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(raw, start=1):  # records counted from 1, as line numbers
         if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
             raise LocalDataError(f"{path}: record {i}: needs a non-empty 'question' string")
         mc1 = _targets(path, i, item, "mc1_targets")
