@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -238,6 +239,44 @@ for _ in range(240):
     # ... and when `serve` stops (Ctrl-C), Prefect pauses the schedule: it does not outlive the process
     _stop(serve, signal.SIGINT)
     assert _python(read, server.env, 300) == f"0 2 * * * True {cfg_path}", server.log("serve.log")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium absent (apt-get install chromium)")
+def test_report_artifact_shows_its_figures_in_the_ui(server: Server, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The Prefect UI's artifact page, rendered by headless Chromium, has the report's figures as images."""
+    cfg_path = _tiny_yaml(tmp_path, tiny_model_dir, "tiny-ui")
+    run = subprocess.run(
+        [str(BIN / "im-pipeline"), "run", str(cfg_path)], env=server.env, cwd=REPO, capture_output=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    artifact_id = _python(
+        """
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+with get_client(sync_client=True) as c:
+    print(c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-ui-report"])))[0].id)
+""",
+        server.env,
+        120,
+    )
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            f"http://127.0.0.1:{server.port}/artifacts/artifact/{artifact_id}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    assert "IT vs IM: tiny-ui" in dom  # the markdown was rendered
+    images = [tag for tag in dom.split("<img")[1:] if 'src="data:image/png;base64,iVBORw0KGgo' in tag.split(">")[0]]
+    assert len(images) >= 1, dom[-3000:]  # the loss curves, inline (no broken relative link)
+    assert 'src="figures/' not in dom
 
 
 def test_cron_deployment_gets_a_scheduled_run_that_a_worker_completes(

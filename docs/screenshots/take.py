@@ -6,7 +6,8 @@ What it does, end to end, with nothing faked: builds the tiny random model of th
 download), starts ``prefect server start`` on a free port (temporary PREFECT_HOME; PREFECT_UI_API_URL set so the
 UI finds the API on that port), runs ``im-pipeline run`` on a tiny IT-vs-IM config against it, reads the flow
 run's and the report artifact's ids from the API, and photographs both pages with headless Chromium (the
-Debian package ``chromium``: ``apt-get install -y chromium``). The server is stopped at the end.
+Debian package ``chromium``: ``apt-get install -y chromium``; ``.ci/run`` installs it for the UI test).
+The server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def main() -> int:
         artifact = _api_get(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["screenshot-demo-report"]}}})[0]  # type: ignore[index]
         ui = f"http://127.0.0.1:{port}"
         shoot(browser, f"{ui}/runs/flow-run/{flow_run['id']}", out_dir / "flow_run.png", 1000)
-        shoot(browser, f"{ui}/artifacts/artifact/{artifact['id']}", out_dir / "report_artifact.png", 3400)
+        shoot(browser, f"{ui}/artifacts/artifact/{artifact['id']}", out_dir / "report_artifact.png", 5200)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -590,7 +590,7 @@ def provenance_section(run: agg.RunResults) -> str:
     lines = [
         *([f"- Prefect: {link}"] if link else []),
         f"- Model: `{cfg.get('model', {}).get('source', '?')}` (dtype {cfg.get('model', {}).get('dtype', '?')})",
-        f"- Data: `{cfg.get('data', {}).get('train', '?')}` (read from {data_origin_text(origin, cfg)})",
+        f"- Data: `{cfg.get('data', {}).get('train', '?')}`, read from {data_origin_text(origin, cfg)}",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
         f"- Config hash: `{cfg.get('_config_hash', '?')}`",
         f"- Git commit(s) of the results: {', '.join(f'`{c}`' for c in commits) or '?'}",
