@@ -60,6 +60,7 @@ from im_pipeline.config import (  # noqa: E402
     write_resolved_config,
 )
 from im_pipeline.evaluation.common import ModelCache  # noqa: E402
+from im_pipeline.locking import unit_lock  # noqa: E402
 from im_pipeline.provenance import machine, write_json  # noqa: E402
 from tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
 from tasks.evaluate import evaluate_task  # noqa: E402
@@ -421,14 +422,15 @@ def _machine() -> dict[str, Any]:
 def _save_timings(root: Path, entry: dict[str, Any]) -> None:
     """Append (or update) this flow run's entry in runs/<experiment>/timings.json."""
     path = root / "timings.json"
-    history: list[dict[str, Any]] = []
-    if path.is_file():
-        history = json.loads(path.read_text(encoding="utf-8")).get("runs", [])
-    if history and history[-1].get("started") == entry["started"]:
-        history[-1] = entry
-    else:
-        history.append(entry)
-    write_json(path, {"runs": history[-HISTORY:]})
+    with unit_lock(root / ".timings.lock"):  # concurrent runs of one experiment: no lost entry
+        history: list[dict[str, Any]] = []
+        if path.is_file():
+            history = json.loads(path.read_text(encoding="utf-8")).get("runs", [])
+        if history and history[-1].get("started") == entry["started"]:
+            history[-1] = entry
+        else:
+            history.append(entry)
+        write_json(path, {"runs": history[-HISTORY:]})
 
 
 def format_timings(entry: dict[str, Any], total: float | None = None) -> str:
@@ -508,7 +510,8 @@ def _record_total(root: Path, report_dir: Path, total: float) -> None:
     from im_pipeline.report.build import build_report
 
     path = root / "timings.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["runs"][-1]["command_seconds"] = round(total, 3)
-    write_json(path, data)
+    with unit_lock(root / ".timings.lock"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["runs"][-1]["command_seconds"] = round(total, 3)
+        write_json(path, data)
     build_report(root, report_dir)  # cheap: its figures are reused (same inputs)
