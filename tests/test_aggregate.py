@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,10 +42,17 @@ def test_arm_summary_one_seed_continuous_uses_item_stderr_and_too_few() -> None:
 
 
 def test_arm_summary_seeds_uses_stderr_across_seeds() -> None:
-    s = agg.arm_summary(_by_seed([0.2, 0.4, 0.6]))
+    s = agg.arm_summary(_by_seed([0.2, 0.4, 0.6, 0.3, 0.5]))
     assert s["mean"] == pytest.approx(0.4)
-    assert s["stderr"] == pytest.approx(0.2 / math.sqrt(3))  # sd 0.2 over 3 seeds
-    assert s["stderr_kind"] == "seeds" and s["n_seeds"] == 3
+    assert s["stderr"] == pytest.approx(math.sqrt(0.025) / math.sqrt(5))  # sd sqrt(0.025) over 5 seeds
+    assert s["stderr_kind"] == "seeds" and s["n_seeds"] == 5 and not s["too_few_seeds"]
+
+
+def test_arm_summary_below_five_seeds_gives_no_stderr() -> None:
+    """sd / sqrt(k) from 3 values is not a "±" to print: the values are listed instead."""
+    s = agg.arm_summary(_by_seed([0.2, 0.4, 0.6]))
+    assert s["mean"] == pytest.approx(0.4) and s["values"] == [0.2, 0.4, 0.6]
+    assert s["too_few_seeds"] and s["stderr"] is None and s["n_seeds"] == 3
 
 
 def test_arm_summary_ignores_skipped() -> None:
@@ -93,8 +101,27 @@ def test_delta_seeds_with_items_seed_then_item_bootstrap() -> None:
     d = agg.delta_stats(im, it, "mmlu")
     assert d["seed_deltas"] == pytest.approx({0: 2 / 6, 1: 1 / 6})
     ci = sps.ttest_1samp([2 / 6, 1 / 6], 0).confidence_interval()
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high)) and d["test"] == "sign test"
+    # two seeds: no seed-then-item bootstrap (resampling 2 seeds gives far too narrow an interval)
+    assert d["bootstrap"] is None and "too few seeds: 2 < 5" in d["bootstrap_note"]
+
+
+def test_delta_five_seeds_with_items_has_seed_then_item_bootstrap() -> None:
+    rng = np.random.default_rng(1)
+    it_v = [rng.integers(0, 2, size=8).tolist() for _ in range(5)]
+    im_v = [[max(a, int(b)) for a, b in zip(v, rng.integers(0, 2, size=8), strict=True)] for v in it_v]
+    im = {s: result("mmlu", "acc", 0, 0, 8, items=_items(v)) for s, v in enumerate(im_v)}
+    it = {s: result("mmlu", "acc", 0, 0, 8, items=_items(v)) for s, v in enumerate(it_v)}
+    d = agg.delta_stats(im, it, "mmlu")
+    deltas = [(sum(a) - sum(b)) / 8 for a, b in zip(im_v, it_v, strict=True)]
+    assert list(d["seed_deltas"].values()) == pytest.approx(deltas)
+    ci = sps.ttest_1samp(deltas, 0).confidence_interval()
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high))
-    assert d["bootstrap"][0] <= d["delta"] <= d["bootstrap"][1] and d["test"] == "sign test"
+    lo, hi = d["bootstrap"]
+    assert lo <= d["delta"] <= hi and d.get("bootstrap_note") is None
+    # seeds and items both vary: wider than a bootstrap over the 5 seed means alone
+    s_lo, s_hi = st.bootstrap_mean_ci(deltas)
+    assert hi - lo >= s_hi - s_lo
 
 
 def test_delta_key_pairs_another_item_score() -> None:

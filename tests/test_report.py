@@ -36,15 +36,29 @@ def test_report_tables_and_figures(runs: Path, tmp_path: Path) -> None:
     header = _row(text, "benchmark")
     assert header[:6] == ["benchmark", "metric", "chance", "base", "IT", "IM"]
     mmlu = _row(text, "MMLU")
-    # fractions shown as percent; two seeds → stderr across seeds = |difference| / 2: 0.04/2, 0.02/2
-    assert mmlu[1:6] == ["acc (%)", "25", "25.0 ± 5.0", "32.0 ± 2.0", "37.0 ± 1.0"]
+    # fractions shown as percent; two seeds: no "±" from two values, every seed's value instead
+    assert mmlu[1:6] == [
+        "acc (%)",
+        "25",
+        "25.0 ± 5.0",
+        "32.0 (seeds: 30.0, 34.0; too few seeds)",
+        "37.0 (seeds: 36.0, 38.0; too few seeds)",
+    ]
     # no per-item results: delta 5.0 points, t-interval on the seed deltas ± 12.706 · 1.0 → [-7.7, 17.7],
     # sign test on 2 positive seed deltas: p = 0.5
     assert mmlu[6] == "+5.0 [-7.7, 17.7]" and mmlu[7] == "0.500 (sign test)"
     seeds = _row(text, "MMLU", nth=1)  # the per-seed table
     assert seeds[1:4] == ["s0: +6.0, s1: +4.0", "+5.0", "[-7.7, 17.7]"] and seeds[4] == "– (no per-item results)"
     alpaca = _row(text, "AlpacaEval")
-    assert alpaca[1:6] == ["win_rate (%)", "50", "–", "25.0 ± 5.0", "33.0 ± 3.0"]  # percent values unscaled
+    assert alpaca[1:6] == [  # percent values unscaled
+        "win_rate (%)",
+        "50",
+        "–",
+        "25.0 (seeds: 20.0, 30.0; too few seeds)",
+        "33.0 (seeds: 30.0, 36.0; too few seeds)",
+    ]
+    assert "2 seeds: mean of the per-seed deltas with a Student-t 95% CI (1 df)" in text
+    assert "no seed-then-item bootstrap below 5 seeds" in text
     assert alpaca[6].startswith("+8.0 [")
     human = _row(text, "HumanEval")
     assert human[4:6] == ["skipped", "skipped"]
@@ -255,3 +269,27 @@ def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> No
     res.write_text(json.dumps(rec))
     third = build_report(runs / "exp-a", tmp_path / "r")
     assert all(Path(f).stat().st_mtime_ns != mtimes[f] for f in third["figures"])
+
+
+def test_length_ratio_fit_leaves_out_position_biased_points(tmp_path: Path) -> None:
+    """A position-biased judge's win rates are listed as points but never fitted."""
+    make_experiment(
+        tmp_path / "runs", "a", ratio=0.1, n=10, seeds=(0,), values={"alpaca_eval": {"IT": [40.0], "IM": [44.0]}}
+    )
+    make_experiment(
+        tmp_path / "runs", "b", ratio=1.0, n=10, seeds=(0,), values={"alpaca_eval": {"IT": [40.0], "IM": [48.0]}}
+    )
+    biased = make_experiment(
+        tmp_path / "runs",
+        "c",
+        ratio=5.0,
+        n=10,
+        seeds=(0,),
+        values={"alpaca_eval": {"IT": [50.0], "IM": [90.0]}},
+        extra={"alpaca_eval": {"judge_position_biased": True, "judge_prefers_first_shown": 0.97}},
+    )
+    text = Path(build_report(biased, tmp_path / "rep")["report"]).read_text()
+    assert _row(text, "c")[6] == "80.0 — judge position-biased — not a measurement"
+    assert "- Not in the fits: c (judge position-biased — not a measurement)." in text
+    # the line through a (ln 0.1, +10%) and b (ln 1, +20%) only: slope 10 / ln 10 = 4.34, intercept 20
+    assert "Fit vs log ratio (this project, 2 points): gain = 4.34·x + 20.00, r² = 1.00." in text

@@ -127,15 +127,29 @@ def test_across_seeds_lists_deltas_t_interval_bootstrap_and_sign_test() -> None:
     ci = sps.ttest_1samp([0.5, 1 / 3, 1 / 3], 0.0).confidence_interval(0.95)
     assert res["t_interval"] == pytest.approx([ci.low, ci.high])
     assert res["sign_test"]["p_value"] == pytest.approx(sps.binomtest(3, 3, 0.5).pvalue)
-    assert res["bootstrap"][0] <= res["delta"] <= res["bootstrap"][1]
+    # 3 seeds: a percentile bootstrap over 3 seeds is far too narrow, so none is given
+    assert res["bootstrap"] is None and res["bootstrap_note"].endswith("(too few seeds: 3 < 5)")
+    per_seed[3] = ({"x": 2.0, "y": 1.0, "z": 0.0}, {"x": 1.0, "y": 1.0, "z": 0.0})
+    per_seed[4] = ({"x": 0.0, "y": 1.0, "z": 0.5}, {"x": 0.5, "y": 1.0, "z": 0.5})
+    res = stats.across_seeds(per_seed, n_resamples=2000)
+    deltas = [0.5, 1 / 3, 1 / 3, 1 / 3, -1 / 6]
+    ci = sps.ttest_1samp(deltas, 0.0).confidence_interval(0.95)
+    assert res["t_interval"] == pytest.approx([ci.low, ci.high])
+    assert res["sign_test"]["p_value"] == pytest.approx(sps.binomtest(4, 5, 0.5).pvalue)
+    assert res["bootstrap"][0] <= res["delta"] <= res["bootstrap"][1] and "bootstrap_note" not in res
 
 
 def test_proportion_summary() -> None:
     s = stats.proportion_summary([0, 0, 0])
     assert s["too_few_items"] and s["wilson"] is None and s["rate"] == 0.0
     s = stats.proportion_summary([0] * 20)
-    assert s["wilson"][0] == 0.0 and s["wilson"][1] == pytest.approx(sps.binomtest(0, 20).proportion_ci().high, rel=0.3)
-    assert s["clopper_pearson"][1] == pytest.approx(sps.binomtest(0, 20).proportion_ci(method="exact").high)
+    ref = sps.binomtest(0, 20)
+    assert s["k"] == 0 and s["n"] == 20 and not s["too_few_items"]
+    assert s["wilson"] == pytest.approx(list(ref.proportion_ci(method="wilson")), abs=1e-12)
+    assert s["clopper_pearson"] == pytest.approx(list(ref.proportion_ci(method="exact")), abs=1e-10)
+    s = stats.proportion_summary([1, 0, 1, 1, 0, 1, 0])
+    assert s["rate"] == pytest.approx(4 / 7)
+    assert s["wilson"] == pytest.approx(list(sps.binomtest(4, 7).proportion_ci(method="wilson")), abs=1e-12)
 
 
 def test_bootstrap_scales_to_full_mmlu_size() -> None:

@@ -6,13 +6,15 @@ report can be rebuilt anywhere from a copied run directory.
 Statistics (stated in the report; the functions live in :mod:`im_pipeline.analysis.stats`):
 
 * **per arm**: with one seed, binary items (MMLU, greedy HumanEval) get a Wilson interval, other
-  benchmarks the item-level stderr; with k ≥ 2 seeds, the mean over seeds and ``sd / sqrt(k)``.
+  benchmarks the item-level stderr; with k ≥ 5 seeds, the mean over seeds and ``sd / sqrt(k)``; with
+  2–4 seeds the mean and every seed's value, no stderr ("too few seeds").
   Below :data:`~im_pipeline.analysis.stats.MIN_ITEMS` items: no interval ("too few items").
 * **IM − IT**: the same items are scored for every arm, so everything comes from per-item paired
   differences (``items`` in each result JSON). One seed: the mean difference, a paired bootstrap
   95% CI and an exact McNemar (binary items) or Wilcoxon signed-rank (continuous) test. k ≥ 2
-  seeds: every seed's delta, a Student-t 95% CI with k − 1 df on the seed deltas, a seed-then-item
-  bootstrap CI and the exact sign test. Below 5 paired items: the difference, no interval, no test.
+  seeds: every seed's delta, a Student-t 95% CI with k − 1 df on the seed deltas, the exact sign test
+  and, from 5 seeds on, a seed-then-item bootstrap CI. Below 5 paired items: the difference, no
+  interval, no test.
 * **relative gain** (the paper's Figure 2 y-axis): ``(IM − IT) / IT · 100`` in percent.
 """
 
@@ -209,14 +211,18 @@ def arm_summary(by_seed: dict[int | None, dict[str, Any]], bench: str = "") -> d
     counts = [len(item_scores(r, bench) or {}) or r.get("n") for r in recs]
     n_items = min((c for c in counts if isinstance(c, int)), default=None)
     too_few = n_items is not None and n_items < st.MIN_ITEMS
+    # sd / sqrt(k) from 2-4 seeds is a "±" from 2-4 values (its 95% factor would be t(k - 1) = 12.7 at k = 2):
+    # below MIN_ITEMS seeds the report lists every seed's value instead.
+    too_few_seeds = len(values) < st.MIN_ITEMS
     return {
         "mean": float(np.mean(values)),
-        "stderr": None if too_few else float(np.std(values, ddof=1) / math.sqrt(len(values))),
+        "stderr": None if too_few or too_few_seeds else float(np.std(values, ddof=1) / math.sqrt(len(values))),
         "stderr_kind": "seeds",
         "n_seeds": len(values),
         "n_items": n_items,
         "values": values,
         "too_few_items": too_few,
+        "too_few_seeds": too_few_seeds,
         "interval": None,
     }
 
@@ -302,6 +308,7 @@ def delta_stats(
         seed_deltas=res["seed_deltas"],
         n_items=min(res["n_items"].values()),
         bootstrap=res["bootstrap"],
+        bootstrap_note=res.get("bootstrap_note"),
         method=res["method"],
     )
     return base

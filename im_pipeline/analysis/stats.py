@@ -11,8 +11,10 @@ so a comparison is made on the per-item differences, never on two independent st
   (:func:`clopper_pearson`) intervals;
 * **below** :data:`MIN_ITEMS` items no interval is given at all (``too_few_items``): the report prints
   "too few items" instead of a "±";
-* **across seeds** (:func:`across_seeds`): every seed's delta, a Student-t interval with k − 1 degrees of freedom,
-  a seed-then-item (hierarchical) bootstrap and the exact sign test.
+* **across seeds** (:func:`across_seeds`): every seed's delta, a Student-t interval with k − 1 degrees of freedom
+  (exact under normality for any k ≥ 2, so it stays, wide, for 2–4 seeds), the exact sign test, and from
+  :data:`MIN_ITEMS` seeds on a seed-then-item (hierarchical) bootstrap (a percentile bootstrap that resamples 2–4
+  seeds sees at most a handful of distinct seed sets and comes out far too narrow: "too few seeds").
 
 Why by hand: scipy has the distributions and tests (used here: ``scipy.stats.t``, ``beta``, ``norm``, ``wilcoxon``)
 but no seed-then-item bootstrap and no McNemar; the closed forms below are short and each is unit-tested against
@@ -30,6 +32,7 @@ import numpy as np
 MIN_ITEMS = 5
 """Fewer paired items than this: no interval, no test — the report says "too few items"."""
 TOO_FEW = "too few items"
+TOO_FEW_SEEDS = "too few seeds"
 DEFAULT_RESAMPLES = 10_000
 
 
@@ -252,7 +255,8 @@ def across_seeds(
     seed: int = 0,
 ) -> dict[str, Any]:
     """``a − b`` across k ≥ 2 seeds: every seed's delta (over its paired items), a t-interval with k − 1 df on the
-    seed deltas, a seed-then-item bootstrap and the exact sign test on the seed deltas."""
+    seed deltas, the exact sign test on the seed deltas and, with k ≥ :data:`MIN_ITEMS` seeds, a seed-then-item
+    bootstrap (``None`` below, ``bootstrap_note`` says why)."""
     seeds = sorted(per_seed)
     diffs, deltas, n_items = [], {}, {}
     for s in seeds:
@@ -269,11 +273,15 @@ def across_seeds(
     mean, lo, hi = t_interval(list(deltas.values()), confidence)
     out["delta"] = mean
     out["t_interval"] = [lo, hi] if math.isfinite(lo) else [mean, mean]
-    out["bootstrap"] = list(seed_item_bootstrap(diffs, confidence=confidence, n_resamples=n_resamples, seed=seed))
+    if k >= MIN_ITEMS:
+        out["bootstrap"] = list(seed_item_bootstrap(diffs, confidence=confidence, n_resamples=n_resamples, seed=seed))
+        boot = f"seed-then-item bootstrap ({n_resamples} resamples)"
+    else:
+        out["bootstrap"] = None
+        out["bootstrap_note"] = boot = f"no seed-then-item bootstrap ({TOO_FEW_SEEDS}: {k} < {MIN_ITEMS})"
     out["sign_test"] = sign_test(list(deltas.values()))
     out["method"] = (
-        f"{k} seeds: every seed's delta; Student-t interval on the seed deltas ({k - 1} df); seed-then-item "
-        f"bootstrap ({n_resamples} resamples); exact sign test"
+        f"{k} seeds: every seed's delta; Student-t interval on the seed deltas ({k - 1} df); {boot}; exact sign test"
     )
     return out
 

@@ -1,8 +1,8 @@
 """The Markdown report (``reports/<experiment>/REPORT.md`` + ``figures/*.png``), built only from the run
 directory's JSON files (``im-pipeline report RUN_DIR`` rebuilds it anywhere).
 
-Sections: comparison table (base, every arm, IM − IT with a 95% CI and a paired test where seeds ≥ 2,
-chance levels), skipped benchmarks and how to provide them, the data table as the paper's Table 5,
+Sections: comparison table (base, every arm, IM − IT from per-item paired differences with a 95% CI and a
+paired test, chance levels), skipped benchmarks and how to provide them, the data table as the paper's Table 5,
 the length-ratio analysis (one point per experiment under the same runs root, the paper's Figure-2
 fits overlaid as reference), overfitting (train/held-out loss, curves, BLEU overlap) and provenance.
 """
@@ -75,12 +75,15 @@ BIASED = "judge position-biased — not a measurement"
 
 
 def _cell(s: dict[str, Any] | None, k: float, digits: int) -> str:
-    """An arm's value: "mean [Wilson CI]" (binary items), "mean ± stderr", or "mean (too few items)"."""
+    """An arm's value: "mean [Wilson CI]" (binary items), "mean ± stderr", "mean (too few items)", or with 2-4
+    seeds "mean (too few seeds: every seed's value)"."""
     if s is None:
         return "–"
     mean = _f(s["mean"] * k, digits)
     if s.get("too_few_items"):
         return f"{mean} ({pstats.TOO_FEW}: {s.get('n_items')})"
+    if s.get("too_few_seeds"):
+        return f"{mean} (seeds: {', '.join(_f(v * k, digits) for v in s['values'])}; {pstats.TOO_FEW_SEEDS})"
     if s.get("interval"):
         lo, hi = s["interval"]
         return f"{mean} [{_f(lo * k, digits)}, {_f(hi * k, digits)}]"
@@ -177,14 +180,21 @@ def comparison_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> tuple
     seeds = len(run.seeds)
     notes = [
         "Cells (one seed): binary items (MMLU, greedy HumanEval) show the rate with a Wilson 95% interval; other "
-        "benchmarks mean ± the benchmark's item-level standard error; several seeds: mean ± the standard error "
-        f'across seeds. Below {pstats.MIN_ITEMS} items no interval is given ("{pstats.TOO_FEW}": n).',
+        f"benchmarks mean ± the benchmark's item-level standard error; 2–{pstats.MIN_ITEMS - 1} seeds: the mean "
+        f'and every seed\'s value ("{pstats.TOO_FEW_SEEDS}" for a ±); {pstats.MIN_ITEMS} or more seeds: mean ± the '
+        f"standard error across seeds. Below {pstats.MIN_ITEMS} items no interval is given "
+        f'("{pstats.TOO_FEW}": n).',
         (
             f"{im} − {it}: from per-item paired differences (the same items for every arm). "
             + (
                 f"{seeds} seeds: mean of the per-seed deltas with a Student-t 95% CI ({seeds - 1} df); p from the "
-                "exact sign test on the seed deltas; every seed's delta and a seed-then-item bootstrap CI are in "
-                "the per-seed table below."
+                "exact sign test on the seed deltas; "
+                + (
+                    "every seed's delta and a seed-then-item bootstrap CI are in the per-seed table below."
+                    if seeds >= pstats.MIN_ITEMS
+                    else f"every seed's delta is in the per-seed table below (no seed-then-item bootstrap below "
+                    f"{pstats.MIN_ITEMS} seeds: resampling {seeds} seeds gives far too narrow an interval)."
+                )
                 if seeds >= 2
                 else "One seed: paired bootstrap 95% CI over the items (10,000 resamples, percentile); p from an "
                 "exact McNemar test (binary items) or a Wilcoxon signed-rank test (continuous items). One seed "
@@ -234,6 +244,8 @@ def seeds_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> str:
                 if boot
                 else "–"
                 if d.get("too_few_items")
+                else f"– ({pstats.TOO_FEW_SEEDS}: {len(d['seed_deltas'])})"
+                if d.get("bootstrap_note")
                 else "– (no per-item results)",
                 _f(d.get("p_value"), 3),
             ]
@@ -387,9 +399,13 @@ def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
         )
     else:
         txt.append(f"No experiment has IT and IM {BENCH_LABEL[LENGTH_BENCHMARK]} results yet, so there are no points.")
+    # A position-biased judge's win rates are not measurements: such points are listed, never fitted.
+    measured = [p for p in points if not p.get("judge_position_biased")]
+    if len(measured) < len(points):
+        txt.append(f"- Not in the fits: {', '.join(p['experiment'] for p in points if p not in measured)} ({BIASED}).")
     fits = {
-        "ratio": agg.fit_line([p["log_ratio"] for p in points], [p["gain"] for p in points]),
-        "n": agg.fit_line([p["log_n"] for p in points], [p["gain"] for p in points]),
+        "ratio": agg.fit_line([p["log_ratio"] for p in measured], [p["gain"] for p in measured]),
+        "n": agg.fit_line([p["log_n"] for p in measured], [p["gain"] for p in measured]),
     }
     for name, fit in fits.items():
         label = "log ratio" if name == "ratio" else "log #examples"
@@ -400,7 +416,8 @@ def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
             )
         else:
             txt.append(
-                f"- Fit vs {label}: needs at least two experiments with different x; run more configs "
+                f"- Fit vs {label}: needs at least two experiments with different x (and a judge that is not "
+                "position-biased); run more configs "
                 "(e.g. other datasets or `data.select_ratio`) to fill this in."
             )
     r, n = paper.FIG2_GAIN_VS_LOG_RATIO, paper.FIG2_GAIN_VS_LOG_NUM_EXAMPLES
@@ -763,7 +780,9 @@ def _comparison_figure(run: agg.RunResults, rows: list[dict[str, Any]], fig_dir:
     ax.set_xticks(range(len(rows)), [BENCH_LABEL.get(r["benchmark"], r["benchmark"]) for r in rows])
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, 100)  # the whole scale: differences look as large as they are
-    ax.set_title(f"{run.experiment}: 95% intervals (none below {pstats.MIN_ITEMS} items; dashed: chance)", fontsize=9)
+    ax.set_title(
+        f"{run.experiment}: 95% intervals (none below {pstats.MIN_ITEMS} items or seeds; dashed: chance)", fontsize=9
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = fig_dir / "comparison.png"
