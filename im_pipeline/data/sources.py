@@ -411,9 +411,9 @@ def load_source(
     from im_pipeline.data.phrasings import make_phraser
 
     phrase = make_phraser(seed) if instruction_templates else None
-    ddir = resolve_data_dir(data_dir)
     spec = REGISTRY.get(source)
     if spec is not None:
+        ddir = resolve_data_dir(data_dir)  # only a registered name reads the data directory (checked here)
         local = ddir / spec.local_path if ddir and spec.local_path else None
         if local is not None and local.is_file():
             records, locations = _normalise_all(read_raw_file(local), spec.name, phrase, spec.name)
