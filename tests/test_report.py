@@ -293,3 +293,20 @@ def test_length_ratio_fit_leaves_out_position_biased_points(tmp_path: Path) -> N
     assert "- Not in the fits: c (judge position-biased — not a measurement)." in text
     # the line through a (ln 0.1, +10%) and b (ln 1, +20%) only: slope 10 / ln 10 = 4.34, intercept 20
     assert "Fit vs log ratio (this project, 2 points): gain = 4.34·x + 20.00, r² = 1.00." in text
+
+
+def test_per_seed_table_marks_position_biased_judge(tmp_path: Path) -> None:
+    root = make_experiment(
+        tmp_path / "runs",
+        "biased2",
+        ratio=0.5,
+        n=10,
+        seeds=(0, 1),
+        values={"alpaca_eval": {"IT": [50.0, 50.0], "IM": [52.0, 54.0]}},
+        extra={"alpaca_eval": {"judge_position_biased": True, "judge_prefers_first_shown": 0.95}},
+    )
+    text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
+    main, per_seed = _row(text, "AlpacaEval"), _row(text, "AlpacaEval", nth=1)
+    assert main[6].endswith("judge position-biased — not a measurement") and main[7] == "–"
+    assert per_seed[1] == "s0: +2.0, s1: +4.0"
+    assert per_seed[2] == "+3.0 — judge position-biased — not a measurement" and per_seed[5] == "–"

@@ -250,6 +250,9 @@ def seeds_section(run: agg.RunResults, rows: list[dict[str, Any]]) -> str:
                 _f(d.get("p_value"), 3),
             ]
         )
+        if row.get("position_bias"):  # as in the main table: differences listed, nothing read from them
+            out[-1][2] = f"{out[-1][2]} — {BIASED}"
+            out[-1][5] = "–"
     if not out:
         return ""
     header = [
