@@ -107,7 +107,6 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         "PREFECT_UI_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
@@ -196,7 +195,8 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             beats = {e["resource"]["prefect.resource.id"] for e in json.loads(r.read())["events"]}
-        assert {f"prefect.flow-run.{units[a]['flow_run_id']}" for a in units} <= beats  # units send heartbeats
+        # units send heartbeats: the unit deployment's job variables switch them on (orchestration.heartbeat_s)
+        assert {f"prefect.flow-run.{units[a]['flow_run_id']}" for a in units} <= beats
 
         # -- 2. kill -9 the worker running IM mid-training; the unit is resubmitted and resumes --------------------
         kill_cfg = {**cfg, "name": "tiny-kill", "output_dir": str(tmp_path / "pool" / "runs")}
