@@ -165,6 +165,11 @@ def unit_dir(cfg: ExperimentConfig, arm: str, seed: int | None) -> Path:
     return cfg.run_root() / BASE_ARM if arm == BASE_ARM else cfg.run_dir(arm, int(seed or 0))
 
 
+def unit_run_lock(out_dir: Path) -> Path:
+    """The lock a unit flow run holds while it runs: ``<parent>/.<unit>.unit.lock`` (not the tasks' locks)."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.unit.lock"
+
+
 def units_of(cfg: ExperimentConfig, data_hash: str | None) -> list[tuple[str, int | None]]:
     """The experiment's units, in submission order: the base model, then every seed × arm (when there is data)."""
     units: list[tuple[str, int | None]] = [(BASE_ARM, None)] if cfg.evaluation.evaluate_base else []
@@ -226,12 +231,8 @@ def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_ha
     cfg = resolve_config(config)
     log = get_run_logger()
     log.info("unit %s/seed-%s of %s on %s (pid %d)", arm, seed, cfg.name, socket.gethostname(), os.getpid())
-    models = ModelCache()
-    with tags(*run_tags(cfg)):
-        futures = submit_unit(cfg, arm, seed, data_hash, models)
-        records = {name: _record(f) for name, f in futures.items()}
-    models.clear()
-    result = {
+    out = unit_dir(cfg, arm, seed)
+    result: dict[str, Any] = {
         "experiment": cfg.name,
         "arm": arm,
         "seed": seed,
@@ -239,11 +240,22 @@ def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_ha
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": started_at,
-        "finished_at": _utc_now(),
-        "records": records,
-        "failed": sorted(n for n, r in records.items() if r["state"] not in ("Completed", "Cached")),
+        "finished_at": None,  # None while running: with the lock free, the parent knows this process died
     }
-    write_json(unit_dir(cfg, arm, seed) / UNIT_FILE, result)
+    # Held for the whole unit: the parent probes it to tell a live unit from a dead one (flows/pool.py).
+    with unit_lock(unit_run_lock(out), on_wait=log.warning):
+        write_json(out / UNIT_FILE, result)
+        models = ModelCache()
+        with tags(*run_tags(cfg)):
+            futures = submit_unit(cfg, arm, seed, data_hash, models)
+            records = {name: _record(f) for name, f in futures.items()}
+        models.clear()
+        result |= {
+            "finished_at": _utc_now(),
+            "records": records,
+            "failed": sorted(n for n, r in records.items() if r["state"] not in ("Completed", "Cached")),
+        }
+        write_json(out / UNIT_FILE, result)
     if result["failed"]:  # the parent reads unit.json and lists the errors in the report; not worth a retry
         errors = "; ".join(f"{n}: {records[n].get('error')}" for n in result["failed"])
         log.error("failed task runs: %s", errors)

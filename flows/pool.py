@@ -12,7 +12,9 @@ at least 30 s, emitted by the flow run's engine as ``prefect.flow-run.heartbeat`
 automation that marks silent runs ``Crashed`` (Prefect 3.8.8's server has no such service of its own; Prefect
 Cloud's "unresponsive run detection" is that automation). The parent does that detection itself, so it works on any
 server: a unit flow run still ``Running`` with no heartbeat for ``orchestration.heartbeat_timeout_s`` is set to
-``Crashed``; a ``Crashed`` unit (by us, the worker, or an automation) is submitted again, up to
+``Crashed``, at once when the unit's own lock shows its process is gone (:func:`lock_evidence`, for units on this
+host), and never while the unit still holds that lock (heartbeats are late on a loaded machine).
+A ``Crashed`` unit (by us, the worker, or an automation) is submitted again, up to
 ``orchestration.max_attempts`` flow runs. The new run resumes from the unit's last Trainer checkpoint and skips
 every finished output (the stamps of ``tasks/cache.py``); the per-unit locks (``im_pipeline/locking.py``, taken in
 the tasks) make sure a wrongly presumed dead run and its successor never write the same unit at once. A unit that
@@ -113,6 +115,53 @@ def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
     return _parse_time(page.events[0].occurred) if page.events else None
 
 
+def lock_evidence(out_dir: Path, unit_file: str, flow_run_id: str) -> str:
+    """What the unit's files say about flow run ``flow_run_id``: ``alive``, ``dead``, ``finished`` or ``unknown``.
+
+    The unit flow holds ``unit_run_lock`` while it runs and records itself in ``unit.json`` (``finished_at``
+    None) once it has the lock. That run's record with the lock free and no ``finished_at`` means its process is
+    gone: the kernel released the lock (``kill -9``, a lost node's processes). Trusted only when the unit ran on
+    this host (flock does not reach other hosts on every filesystem); otherwise ``unknown`` (heartbeats decide).
+    """
+    import socket
+
+    from flows.compare import unit_run_lock
+    from im_pipeline.locking import is_held
+
+    path = Path(out_dir) / unit_file
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown"
+    if record.get("flow_run_id") != flow_run_id:
+        return "unknown"  # not started yet (or still waiting for an older run's lock)
+    if record.get("finished_at"):
+        return "finished"
+    if record.get("host") != socket.gethostname():
+        return "unknown"
+    return "alive" if is_held(unit_run_lock(out_dir)) else "dead"
+
+
+def verdict(
+    *, running_since: float, last_heartbeat: float | None, now: float, timeout_s: float, evidence: str
+) -> tuple[bool, str]:
+    """Whether a ``Running`` unit flow run is dead, and why.
+
+    ``evidence`` from :func:`lock_evidence`: ``dead`` decides at once, ``alive`` / ``finished`` keep it (its
+    heartbeats may only be late: a loaded machine delays them), ``unknown`` leaves it to the heartbeats: silent
+    for more than ``timeout_s`` since the last one (or since it started running, if none came) means dead.
+    """
+    if evidence == "dead":
+        return True, "holds no unit lock and did not finish: its process is gone"
+    if evidence in ("alive", "finished"):
+        return False, evidence
+    silent = now - max(running_since, last_heartbeat or running_since)
+    if silent > timeout_s:
+        what = "since its last heartbeat" if last_heartbeat else "and no heartbeat since it started running"
+        return True, f"silent for {silent:.0f} s {what} (> {timeout_s:g} s): presumed dead"
+    return False, f"last sign of life {silent:.0f} s ago"
+
+
 def run_units_on_pool(
     cfg: ExperimentConfig,
     units: list[tuple[str, int | None]],
@@ -162,12 +211,14 @@ def run_units_on_pool(
                 if state is None:
                     continue
                 if state.is_running():
-                    since = _parse_time(state.timestamp)
-                    beat = _last_heartbeat(client, u.flow_run_id)
-                    silent = time.time() - max(since, beat or since)
-                    if silent > orch.heartbeat_timeout_s:
-                        what = "since its last heartbeat" if beat else "and no heartbeat since it started running"
-                        msg = f"silent for {silent:.0f} s {what} (> {orch.heartbeat_timeout_s:g} s): presumed dead"
+                    dead, msg = verdict(
+                        running_since=_parse_time(state.timestamp),
+                        last_heartbeat=_last_heartbeat(client, u.flow_run_id),
+                        now=time.time(),
+                        timeout_s=orch.heartbeat_timeout_s,
+                        evidence=lock_evidence(u.out_dir, UNIT_FILE, str(u.flow_run_id)),
+                    )
+                    if dead:
                         log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
                         client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
                         state = client.read_flow_run(u.flow_run_id).state

@@ -336,10 +336,11 @@ class OrchestrationConfig(_Strict):
         30, ge=30, description="Heartbeat interval of unit flow runs (PREFECT_FLOWS_HEARTBEAT_FREQUENCY; minimum 30)."
     )
     heartbeat_timeout_s: float = Field(
-        90.0,
+        180.0,
         gt=0,
         description="A unit flow run still Running with no heartbeat for this long is marked Crashed and submitted "
-        "again (it resumes from its last checkpoint).",
+        "again (it resumes from its last checkpoint). Not while it holds its unit lock (same host): heartbeats "
+        "arrive late on a loaded machine.",
     )
     max_attempts: int = Field(3, ge=1, description="Flow runs per unit before it counts as failed (crashes only).")
     poll_s: float = Field(5.0, gt=0, description="How often the parent flow checks its units' states.")

@@ -66,3 +66,23 @@ def unit_lock(lock_path: Path, *, on_wait: Callable[[str], None] | None = None, 
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def is_held(lock_path: Path) -> bool:
+    """True when some process holds the lock now (a non-blocking probe; never waits, never keeps it).
+
+    Only meaningful where flock reaches the holder: the same host, or shared storage whose flock spans hosts.
+    """
+    try:
+        fd = os.open(Path(lock_path), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -71,3 +71,29 @@ def test_concurrent_writers_never_fail_and_readers_never_see_partial_files(tmp_p
     assert [p.exitcode for p in procs] == [0, 0]
     assert reads > 0
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
+
+
+def test_is_held_probes_without_taking_the_lock(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from im_pipeline.locking import is_held
+
+    lock = tmp_path / ".unit.lock"
+    assert not is_held(lock)  # no file yet
+    code = f"from im_pipeline.locking import unit_lock; import time\nwith unit_lock({str(lock)!r}):\n"
+    code += "    print('in', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "in"
+        assert is_held(lock) and is_held(lock)  # probing twice: the probe never keeps it
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while is_held(lock) and time.monotonic() < deadline:  # the kernel releases a killed holder's lock
+        time.sleep(0.05)
+    assert not is_held(lock)
+    with unit_lock(lock):  # and it can be taken again
+        pass

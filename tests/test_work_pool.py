@@ -9,9 +9,11 @@ A real ``prefect server start`` (SQLite in a temporary PREFECT_HOME), a process 
 2. Recovery: a second experiment with a longer IM training; once IM has written a Trainer checkpoint, the worker
    running it is killed with ``kill -9`` — its process group and its flow-run process (Prefect 3.8.8's process
    worker starts each flow run in a session of its own, so killing the worker's group alone would leave the flow
-   run alive: together they are what a lost node looks like). The flow run stays ``Running``; the parent notices
-   its heartbeats stopped, marks it ``Crashed``, submits the unit again; the surviving worker resumes it from the
-   checkpoint, and the report completes.
+   run alive: together they are what a lost node looks like). The flow run stays ``Running``; the parent sees
+   that the unit's lock was released without the unit finishing, marks it ``Crashed``, submits the unit again;
+   the surviving worker resumes it from the checkpoint, and the report completes.
+
+The decision between "alive" and "dead" (heartbeat timeout, lock evidence) is tested on its own below.
 """
 
 from __future__ import annotations
@@ -33,10 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_flows import tiny_config
 from test_prefect_server import _free_port, _stop, _wait_healthy
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="needs Linux /proc to find worker processes"),
-]
+NEEDS_PROC = pytest.mark.skipif(
+    not Path("/proc/self/environ").is_file(), reason="needs Linux /proc to find worker processes"
+)
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -94,6 +95,8 @@ def _api(url: str) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.integration
+@NEEDS_PROC
 def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_model_dir: Path) -> None:
     t_start = time.monotonic()
     port = _free_port()
@@ -116,7 +119,9 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
     cfg["name"] = "tiny-pool"
     cfg["evaluation"]["evaluate_base"] = False
     cfg["training"].update(epochs=3, batch_size=2)
-    cfg["orchestration"] = {"heartbeat_timeout_s": 45, "poll_s": 2}  # heartbeats every 30 s (Prefect's minimum)
+    # The lock probe catches the killed unit; the heartbeat timeout is long so that late heartbeats on a loaded
+    # machine never get a live unit presumed dead here (test_verdict_* cover the timeout itself).
+    cfg["orchestration"] = {"heartbeat_timeout_s": 600, "poll_s": 2}
     configs = {}
     for where in ("inproc", "pool"):
         c = {**cfg, "output_dir": str(tmp_path / where / "runs"), "report_dir": str(tmp_path / where / "reports")}
@@ -230,7 +235,8 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         assert unit["flow_run_id"] != killed_run
         assert _api(f"{api}/flow_runs/{killed_run}")["state"]["type"] == "CRASHED"
         log_text = (logs / "kill-run.log").read_text()
-        assert "presumed dead" in log_text and "submitting it again" in log_text
+        assert "its process is gone" in log_text and "submitting it again" in log_text
+        assert "presumed dead" not in (logs / "pool.log").read_text()  # no live unit was taken for dead
         report = (tmp_path / "pool" / "reports" / "tiny-kill" / "REPORT.md").read_text()
         assert "# IT vs IM: tiny-kill" in report
         print(
@@ -241,3 +247,56 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+def test_verdict_heartbeats_and_lock_evidence() -> None:
+    from flows.pool import verdict
+
+    kw = {"running_since": 1000.0, "timeout_s": 60.0}
+    assert verdict(**kw, last_heartbeat=1050.0, now=1100.0, evidence="unknown")[0] is False
+    dead, why = verdict(**kw, last_heartbeat=1030.0, now=1100.0, evidence="unknown")
+    assert dead and "70 s since its last heartbeat" in why
+    dead, why = verdict(**kw, last_heartbeat=None, now=1061.0, evidence="unknown")
+    assert dead and "no heartbeat since it started running" in why
+    assert verdict(**kw, last_heartbeat=None, now=1059.0, evidence="unknown")[0] is False
+    # the unit's own lock outweighs the heartbeats both ways
+    assert verdict(**kw, last_heartbeat=None, now=5000.0, evidence="alive")[0] is False
+    assert verdict(**kw, last_heartbeat=None, now=5000.0, evidence="finished")[0] is False
+    assert verdict(**kw, last_heartbeat=1099.0, now=1100.0, evidence="dead") == (
+        True,
+        "holds no unit lock and did not finish: its process is gone",
+    )
+
+
+def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
+    import socket
+
+    from flows.compare import UNIT_FILE, unit_run_lock
+    from flows.pool import lock_evidence
+    from im_pipeline.locking import unit_lock
+
+    out = tmp_path / "IM" / "seed-0"
+    out.mkdir(parents=True)
+    assert lock_evidence(out, UNIT_FILE, "run-1") == "unknown"  # not started
+    record = {"flow_run_id": "run-1", "host": socket.gethostname(), "finished_at": None}
+    (out / UNIT_FILE).write_text(json.dumps(record))
+    assert lock_evidence(out, UNIT_FILE, "run-2") == "unknown"  # another run's record
+    code = f"from im_pipeline.locking import unit_lock; import time\nwith unit_lock({str(unit_run_lock(out))!r}):\n"
+    code += "    print('in', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "in"
+        assert lock_evidence(out, UNIT_FILE, "run-1") == "alive"
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while lock_evidence(out, UNIT_FILE, "run-1") != "dead":  # the kernel released the dead holder's lock
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (out / UNIT_FILE).write_text(json.dumps({**record, "finished_at": "2026-01-01T00:00:00Z"}))
+    assert lock_evidence(out, UNIT_FILE, "run-1") == "finished"
+    (out / UNIT_FILE).write_text(json.dumps({**record, "host": "another-host"}))
+    assert lock_evidence(out, UNIT_FILE, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
+    with unit_lock(unit_run_lock(out)):
+        pass
