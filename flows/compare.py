@@ -156,8 +156,10 @@ def _flow_run_url() -> str | None:
     return runtime.flow_run.ui_url if PREFECT_API_URL.value() else None
 
 
-UNIT_FILE = "unit.json"
-"""What a unit flow run leaves in its directory: its task records, host, pid and times (the parent reads it)."""
+def unit_record(out_dir: Path) -> Path:
+    """What a unit flow run leaves beside its directory: ``<parent>/.<unit>.unit.json`` — its flow run, host, pid,
+    times and task records (the parent reads it). Beside, not inside: a stale run directory is removed whole."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.unit.json"
 
 
 def unit_dir(cfg: ExperimentConfig, arm: str, seed: int | None) -> Path:
@@ -224,7 +226,7 @@ def submit_unit(
 def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_hash: str | None = None) -> Any:
     """One unit as its own flow run (on a work pool's worker): train ``arm`` with ``seed`` (unless ``arm`` is
     ``base``) and run every enabled benchmark on it. ``config`` is the parent's resolved config with an absolute
-    ``output_dir``; ``data_hash`` the prepared data's content hash. Writes ``<unit dir>/unit.json``."""
+    ``output_dir``; ``data_hash`` the prepared data's content hash. Writes :func:`unit_record`."""
     from prefect.runtime import flow_run
 
     started_at = _utc_now()
@@ -244,7 +246,7 @@ def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_ha
     }
     # Held for the whole unit: the parent probes it to tell a live unit from a dead one (flows/pool.py).
     with unit_lock(unit_run_lock(out), on_wait=log.warning):
-        write_json(out / UNIT_FILE, result)
+        write_json(unit_record(out), result)
         models = ModelCache()
         with tags(*run_tags(cfg)):
             futures = submit_unit(cfg, arm, seed, data_hash, models)
@@ -255,8 +257,8 @@ def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_ha
             "records": records,
             "failed": sorted(n for n, r in records.items() if r["state"] not in ("Completed", "Cached")),
         }
-        write_json(out / UNIT_FILE, result)
-    if result["failed"]:  # the parent reads unit.json and lists the errors in the report; not worth a retry
+        write_json(unit_record(out), result)
+    if result["failed"]:  # the parent reads the record and lists the errors in the report; not worth a retry
         errors = "; ".join(f"{n}: {records[n].get('error')}" for n in result["failed"])
         log.error("failed task runs: %s", errors)
         message = f"{len(result['failed'])} task run(s) failed: {', '.join(result['failed'])}"

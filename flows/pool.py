@@ -115,20 +115,21 @@ def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
     return _parse_time(page.events[0].occurred) if page.events else None
 
 
-def lock_evidence(out_dir: Path, unit_file: str, flow_run_id: str) -> str:
+def lock_evidence(out_dir: Path, flow_run_id: str) -> str:
     """What the unit's files say about flow run ``flow_run_id``: ``alive``, ``dead``, ``finished`` or ``unknown``.
 
-    The unit flow holds ``unit_run_lock`` while it runs and records itself in ``unit.json`` (``finished_at``
-    None) once it has the lock. That run's record with the lock free and no ``finished_at`` means its process is
-    gone: the kernel released the lock (``kill -9``, a lost node's processes). Trusted only when the unit ran on
-    this host (flock does not reach other hosts on every filesystem); otherwise ``unknown`` (heartbeats decide).
+    The unit flow holds ``unit_run_lock`` while it runs and records itself in its ``unit_record``
+    (``finished_at`` None) once it has the lock. That run's record with the lock free and no ``finished_at``
+    means its process is gone: the kernel released the lock (``kill -9``, a lost node's processes). Trusted
+    only when the unit ran on this host (flock does not reach other hosts on every filesystem); otherwise
+    ``unknown`` (heartbeats decide).
     """
     import socket
 
-    from flows.compare import unit_run_lock
+    from flows.compare import unit_record, unit_run_lock
     from im_pipeline.locking import is_held
 
-    path = Path(out_dir) / unit_file
+    path = unit_record(out_dir)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -173,14 +174,14 @@ def run_units_on_pool(
     """Run every unit as a flow run on ``pool``, wait for all, resubmit crashed or silent ones.
 
     Returns the units' task records (``train/<arm>/<seed>``, ``evaluate/<arm>/<seed>/<benchmark>`` → state,
-    seconds, computed), read from the ``unit.json`` each unit writes; a unit that never completed contributes one
-    record ``unit/<arm>/<seed>`` with its last state.
+    seconds, computed), read from the record each unit writes (``.<unit>.unit.json``); a unit that never
+    completed contributes one record ``unit/<arm>/<seed>`` with its last state.
     """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
 
-    from flows.compare import UNIT_FILE, unit_dir
+    from flows.compare import unit_dir
 
     orch = cfg.orchestration
     deployment = ensure_unit_deployment(cfg, pool)
@@ -216,7 +217,7 @@ def run_units_on_pool(
                         last_heartbeat=_last_heartbeat(client, u.flow_run_id),
                         now=time.time(),
                         timeout_s=orch.heartbeat_timeout_s,
-                        evidence=lock_evidence(u.out_dir, UNIT_FILE, str(u.flow_run_id)),
+                        evidence=lock_evidence(u.out_dir, str(u.flow_run_id)),
                     )
                     if dead:
                         log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
@@ -230,7 +231,7 @@ def run_units_on_pool(
                     submit(u)
                     continue
                 u.final = state.name
-                unit_records = _unit_records(u, UNIT_FILE, state)
+                unit_records = _unit_records(u, state)
                 records |= unit_records
                 done += 1
                 on_unit_done(done, unit_records)
@@ -238,9 +239,11 @@ def run_units_on_pool(
     return records
 
 
-def _unit_records(u: UnitRun, unit_file: str, state: Any) -> dict[str, dict[str, Any]]:
-    path = u.out_dir / unit_file
-    if (state.is_completed() or state.is_failed()) and path.is_file():  # failed task runs: listed in unit.json
+def _unit_records(u: UnitRun, state: Any) -> dict[str, dict[str, Any]]:
+    from flows.compare import unit_record
+
+    path = unit_record(u.out_dir)
+    if (state.is_completed() or state.is_failed()) and path.is_file():  # failed task runs: listed in the record
         result = json.loads(path.read_text(encoding="utf-8"))
         if result.get("flow_run_id") == str(u.flow_run_id):
             result_records: dict[str, dict[str, Any]] = result["records"]

@@ -177,14 +177,14 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         rows = _numbers(reports["pool"], "Overfitting")
         assert sum(r[0] in ("IT", "IM") for r in rows) >= 4  # IT and IM rows in the loss and overfitting tables
         root = tmp_path / "pool" / "runs" / "tiny-pool"
-        units = {arm: json.loads((root / arm / "seed-0" / "unit.json").read_text()) for arm in ("IT", "IM")}
+        units = {arm: json.loads((root / arm / ".seed-0.unit.json").read_text()) for arm in ("IT", "IM")}
         summaries = {arm: json.loads((root / arm / "seed-0" / "train_summary.json").read_text()) for arm in units}
         evals = {arm: json.loads((root / arm / "seed-0" / "eval" / "overfitting.json").read_text()) for arm in units}
         assert units["IT"]["pid"] != units["IM"]["pid"]
         for arm in units:  # the unit's flow-run process trained and evaluated it
             assert summaries[arm]["pid"] == evals[arm]["pid"] == units[arm]["pid"]
             assert summaries[arm]["host"] == units[arm]["host"] and summaries[arm]["world_size"] == 1
-        (a0, a1), (b0, b1) = (_times(root / arm / "seed-0" / "unit.json") for arm in ("IT", "IM"))
+        (a0, a1), (b0, b1) = (_times(root / arm / ".seed-0.unit.json") for arm in ("IT", "IM"))
         assert a0 < b1 and b0 < a1, "the IT and IM units did not overlap in time"
         for arm in units:
             u, t = units[arm], summaries[arm]
@@ -231,7 +231,7 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
         run_dir = tmp_path / "pool" / "runs" / "tiny-kill" / "IM" / "seed-0"
         summary = json.loads((run_dir / "train_summary.json").read_text())
         assert summary["resumed_from"] and summary["resumed_from"].startswith("checkpoint-")
-        unit = json.loads((run_dir / "unit.json").read_text())
+        unit = json.loads((run_dir.parent / ".seed-0.unit.json").read_text())
         assert unit["flow_run_id"] != killed_run
         assert _api(f"{api}/flow_runs/{killed_run}")["state"]["type"] == "CRASHED"
         log_text = (logs / "kill-run.log").read_text()
@@ -271,32 +271,32 @@ def test_verdict_heartbeats_and_lock_evidence() -> None:
 def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
     import socket
 
-    from flows.compare import UNIT_FILE, unit_run_lock
+    from flows.compare import unit_record, unit_run_lock
     from flows.pool import lock_evidence
     from im_pipeline.locking import unit_lock
 
     out = tmp_path / "IM" / "seed-0"
     out.mkdir(parents=True)
-    assert lock_evidence(out, UNIT_FILE, "run-1") == "unknown"  # not started
+    assert lock_evidence(out, "run-1") == "unknown"  # not started
     record = {"flow_run_id": "run-1", "host": socket.gethostname(), "finished_at": None}
-    (out / UNIT_FILE).write_text(json.dumps(record))
-    assert lock_evidence(out, UNIT_FILE, "run-2") == "unknown"  # another run's record
+    unit_record(out).write_text(json.dumps(record))
+    assert lock_evidence(out, "run-2") == "unknown"  # another run's record
     code = f"from im_pipeline.locking import unit_lock; import time\nwith unit_lock({str(unit_run_lock(out))!r}):\n"
     code += "    print('in', flush=True); time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "in"
-        assert lock_evidence(out, UNIT_FILE, "run-1") == "alive"
+        assert lock_evidence(out, "run-1") == "alive"
     finally:
         holder.kill()
         holder.wait()
     deadline = time.monotonic() + 10
-    while lock_evidence(out, UNIT_FILE, "run-1") != "dead":  # the kernel released the dead holder's lock
+    while lock_evidence(out, "run-1") != "dead":  # the kernel released the dead holder's lock
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    (out / UNIT_FILE).write_text(json.dumps({**record, "finished_at": "2026-01-01T00:00:00Z"}))
-    assert lock_evidence(out, UNIT_FILE, "run-1") == "finished"
-    (out / UNIT_FILE).write_text(json.dumps({**record, "host": "another-host"}))
-    assert lock_evidence(out, UNIT_FILE, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
+    unit_record(out).write_text(json.dumps({**record, "finished_at": "2026-01-01T00:00:00Z"}))
+    assert lock_evidence(out, "run-1") == "finished"
+    unit_record(out).write_text(json.dumps({**record, "host": "another-host"}))
+    assert lock_evidence(out, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
     with unit_lock(unit_run_lock(out)):
         pass
