@@ -1,8 +1,9 @@
 """The released code's KL form (``kl_form: release``) beside the full-distribution KL.
 
 The released ``src/finetune.py`` adds ``c · mean(log p_θ(y) − log p_ref(y))`` over the same target tokens and the same
-denominator as the NLL. For an IT arm that is ``(1 − c)·NLL + const``: the gradient shrinks by ``(1 − c)`` and is
-exactly zero at ``c = 1``. These tests measure it on a tiny model through ``WeightedLossTrainer.compute_loss``.
+denominator as the NLL (the arm's own labels). For every arm that is ``(1 − c)·NLL + const``: the gradient shrinks by
+``(1 − c)`` and is exactly zero at ``c = 1``. These tests measure it on a tiny model through
+``WeightedLossTrainer.compute_loss``.
 """
 
 from __future__ import annotations
@@ -72,12 +73,23 @@ def test_full_kl_it_arm_gradient_does_not_vanish(tiny_model_dir, tmp_path, norma
     assert norms[1.0] > 0.1 * norms[0.0]
 
 
+@pytest.mark.parametrize("mode", ["im", "im_release"])
 @pytest.mark.parametrize("normalisation", ["sequence", "token"])
-def test_release_kl_im_arm_gradient_does_not_vanish(tiny_model_dir, tmp_path, normalisation):
-    """IM arm: the NLL covers instruction + output tokens, the KL (as every arm here) only the output tokens, with
-    their own denominator; the two do not share tokens, so the instruction part of the gradient survives at c = 1."""
-    norms = kl_gradient_norms(tiny_model_dir, tmp_path, "im", "release", normalisation)
-    print(f"\nIM arm, release KL, {normalisation}: |grad| at c=0, 0.1, 1: {norms}")
+def test_release_kl_im_arm_gradient_vanishes_at_c1_too(tiny_model_dir, tmp_path, normalisation, mode):
+    """IM arm: the released KL masks with the arm's own labels (``labels != -100``; with --use_lm_loss the
+    instruction too, src/generate_kl_logits.py), so it shares tokens and denominator with the NLL here as well."""
+    norms = kl_gradient_norms(tiny_model_dir, tmp_path, mode, "release", normalisation)
+    print(f"\n{mode} arm, release KL, {normalisation}: |grad| at c=0, 0.1, 1: {norms}")
+    assert norms[0.0] > 1e-3
+    assert norms[0.1] == pytest.approx(0.9 * norms[0.0], rel=1e-4)
+    assert norms[1.0] == 0.0
+
+
+@pytest.mark.parametrize("normalisation", ["sequence", "token"])
+def test_full_kl_im_arm_covers_output_tokens_only(tiny_model_dir, tmp_path, normalisation):
+    """The full-distribution KL (paper Eq. 5) is over the output tokens for every arm: it does not cancel the IM
+    arm's NLL."""
+    norms = kl_gradient_norms(tiny_model_dir, tmp_path, "im", "full", normalisation)
     assert norms[1.0] > 0.05 * norms[0.0]
 
 

@@ -178,6 +178,7 @@ def test_report_names_the_kl_form(tmp_path: Path) -> None:
     text = Path(build_report(root, tmp_path / "rep")["report"]).read_text()
     assert "`IT` (loss_mode `it`, kl_coef=1.0, kl_form=release)" in text
     assert "`IT`: c = 1.0, the released code's target-token log-ratio" in text
+    assert "(src/finetune.py), over the tokens of the arm's own NLL (loss_mode `it`)" in text
     assert 'cannot be read as "KL hurts"' in text
 
 

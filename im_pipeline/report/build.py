@@ -689,15 +689,16 @@ def kl_note(run: agg.RunResults) -> str:
         "release": "the released code's target-token log-ratio log p_model(y) − log p_base(y), reduced like the NLL "
         "(src/finetune.py)",
     }
+    tokens = {"full": "over the output tokens", "release": "over the tokens of the arm's own NLL"}
     lines = [
-        f"`{arm}`: c = {a['kl_coef']}, {forms.get(a.get('kl_form', 'full'), a.get('kl_form'))}, over the output "
-        f"tokens (loss_mode `{a.get('loss_mode')}`)"
+        f"`{arm}`: c = {a['kl_coef']}, {forms.get(a.get('kl_form', 'full'), a.get('kl_form'))}, "
+        f"{tokens.get(a.get('kl_form', 'full'), '')} (loss_mode `{a.get('loss_mode')}`)"
         for arm, a in kl_arms
     ]
     return (
         "- **KL term**: "
         + "; ".join(lines)
-        + ". The released form shares tokens and denominator with an IT arm's NLL, so loss = (1 − c)·NLL + const: "
+        + ". The released form shares tokens and denominator with the arm's NLL, so loss = (1 − c)·NLL + const: "
         "its gradient is (1 − c) times the NLL's and exactly zero at c = 1 (tests/test_kl_form.py). The paper's "
         "Table 3 (IT + KL, c = 1) came from that code, and its IT+KL scores sit at the base model's (NLP mean "
         "49.26 / 49.31 vs base 49.32; AlpacaEval 2.0 0.06 / 0.04 vs 0.01): a model that never moved, so Table 3 "

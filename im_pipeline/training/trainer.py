@@ -205,13 +205,16 @@ class WeightedLossTrainer(Trainer):
             with torch.no_grad():
                 ref_logits = self.ref_model(**model_inputs).logits
             if self.kl_form == "release":
+                # As src/finetune.py (compute_kl_divergence_loss_target_token): over the tokens the NLL trains on
+                # (its mask is `labels != -100`, the arm's own labels: with --use_lm_loss the instruction too), with
+                # the NLL's weights and denominator.
                 kl = release_kl(
                     outputs.logits,
                     ref_logits,
                     labels,
-                    it_weights,
+                    weights,
                     self.loss_normalisation,
-                    num_items=kl_n,
+                    num_items=loss_n,
                     token_logprobs=-ce,
                 )
             else:
