@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,10 +108,25 @@ def test_files_outside_workdir_are_untouched(tmp_path: Path):
     assert not created.exists()
 
 
-def test_repo_is_read_only(tmp_path: Path):
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A directory the host can write that the sandbox sees as the host's own (read-only) file system: the tests'
+    folder, unless the checkout lies under a path the sandbox replaces with a private tmpfs (a clone under /tmp,
+    as some CI runners make), where the program would get "No such file" instead of "Read-only"."""
+    here = Path(__file__).resolve().parent
+    masked = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), Path("/run"), Path("/var/run"))
+    if not any(here.is_relative_to(m) for m in masked):
+        yield here
+        return
+    made = Path(tempfile.mkdtemp(prefix="im-sandbox-ro-test-", dir=Path.home()))
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+def test_repo_is_read_only(host_dir: Path):
     if not (isolation()["mounts"] or isolation()["uid"]):
         pytest.skip("neither mount namespace nor separate uid here")
-    target = Path(__file__).resolve().parent / "_sandbox_should_not_exist.txt"
+    target = host_dir / "_sandbox_should_not_exist.txt"
     r = run_program(f"open({str(target)!r}, 'w').write('x')\n", timeout=10)
     assert r.status == "failed" and not target.exists()
 
@@ -363,9 +381,9 @@ def test_working_dir_is_a_size_capped_tmpfs():
     assert not r.passed and "No space left on device" in r.result, r
 
 
-def test_root_filesystem_is_read_only_even_where_permissions_allow(tmp_path: Path):
+def test_root_filesystem_is_read_only_even_where_permissions_allow(host_dir: Path):
     _needs("namespaces")
-    target = Path(__file__).resolve().parent / "_sandbox_should_not_exist.txt"
+    target = host_dir / "_sandbox_should_not_exist.txt"
     r = run_program(f"open({str(target)!r}, 'w').write('x')\n", timeout=10)
     assert not r.passed and ("Read-only file system" in r.result or "Permission denied" in r.result)
     assert not target.exists()
