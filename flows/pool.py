@@ -66,6 +66,7 @@ def ensure_unit_deployment(cfg: ExperimentConfig, pool: str) -> str:
         description="one unit of an im-pipeline experiment: an (arm, seed)'s training and evaluations",
         tags=["im-pipeline", "unit"],
         print_next_steps=False,
+        ignore_warnings=True,  # Prefect's "process pool: consider .serve" hint; a process pool is the point here
     )
     return f"{UNIT_FLOW}/{name}"
 
