@@ -130,6 +130,7 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
     logs = tmp_path / "logs"
     logs.mkdir()
     procs: list[subprocess.Popen] = []
+    workers: dict[int, subprocess.Popen] = {}
 
     def start(name: str, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen(
@@ -245,8 +246,8 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
             f"phase 1 {t_pool - t_start:.0f} s, total {time.monotonic() - t_start:.0f} s"
         )
     finally:
-        for p in reversed(procs):
-            _stop(p)
+        for p in reversed(procs):  # workers ignore SIGTERM for 30 s while they wind down: nothing of theirs to keep
+            _stop(p, signal.SIGKILL if p in workers.values() else signal.SIGTERM)
 
 
 def test_verdict_heartbeats_and_lock_evidence() -> None:
