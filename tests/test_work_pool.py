@@ -301,3 +301,18 @@ def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
     assert lock_evidence(out, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
     with unit_lock(unit_run_lock(out)):
         pass
+
+
+def test_work_pool_needs_a_real_server(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    """Workers cannot reach the ephemeral server a run would start: --work-pool without PREFECT_API_URL is refused."""
+    from im_pipeline.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path, tiny_model_dir)))
+    assert main(["run", str(path), "--work-pool", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--work-pool gpu needs a running Prefect server" in err and "PREFECT_API_URL" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+    path.write_text(yaml.safe_dump({**tiny_config(tmp_path, tiny_model_dir), "orchestration": {"work_pool": "cpu"}}))
+    assert main(["run", str(path)]) == 2 and "--work-pool cpu needs" in capsys.readouterr().err
