@@ -80,7 +80,8 @@ def test_torchrun_two_processes_equal_one_with_double_accumulation(
         assert a["it_mask_loss"] == pytest.approx(b["it_mask_loss"], abs=1e-4)
         assert a["tokens"] == b["tokens"]  # counted over both processes
     assert launched["final_held_out_loss"] == pytest.approx(single["final_held_out_loss"], abs=1e-4)
-    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint"]  # trainer checkpoints removed
+    assert (run / "checkpoint" / "config.json").is_file() and not (run / "trainer_checkpoints").exists()
+    assert len(list((run / "tensorboard").rglob("events.out.tfevents.*"))) == 1  # TensorBoard: rank 0 only
     assert not (run / "checkpoint" / "training_args.bin").exists()
     assert AutoModelForCausalLM.from_pretrained(run / "checkpoint").config.vocab_size > 0
     for key in ("host", "pid", "started_at", "finished_at"):
