@@ -82,6 +82,20 @@ def test_delta_one_seed_paired_items_mcnemar_and_bootstrap() -> None:
     assert d["ci_high"] - d["ci_low"] < 2 * 1.96 * math.sqrt(0.1**2 + 0.1**2)
 
 
+def test_delta_one_seed_identical_items_is_marked_and_printed_without_a_degenerate_interval() -> None:
+    from im_pipeline.report.build import _delta_cell
+
+    v = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
+    im = {0: result("mmlu", "acc", 0.5, 0.1, 10, items=_items(v))}
+    it = {0: result("mmlu", "acc", 0.5, 0.1, 10, items=_items(v))}
+    d = agg.delta_stats(im, it, "mmlu")
+    assert d["identical"] and d["ci_low"] == d["ci_high"] == 0.0 and d["p_value"] == 1.0
+    assert _delta_cell(d, 100, 1) == "+0.0 (all 10 paired items equal: no interval)"
+    v2 = [1 - v[0], *v[1:]]  # one discordant pair: a real interval again
+    d2 = agg.delta_stats({0: result("mmlu", "acc", 0.4, 0.1, 10, items=_items(v2))}, it, "mmlu")
+    assert not d2["identical"] and _delta_cell(d2, 100, 1).startswith("-10.0 [")
+
+
 def test_delta_one_seed_too_few_items() -> None:
     im = {0: result("humaneval", "pass@1", 0.0, 0.0, 3, items={"pass@1": {"a": 0, "b": 0, "c": 0}})}
     it = {0: result("humaneval", "pass@1", 0.0, 0.0, 3, items={"pass@1": {"a": 0, "b": 0, "c": 0}})}

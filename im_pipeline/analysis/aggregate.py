@@ -284,6 +284,7 @@ def delta_stats(
             test=(res["test"] or {}).get("test"),
             n_items=res["n_items"],
             too_few_items=res["too_few_items"],
+            identical=res.get("identical", False),
             method=res["method"],
             detail=res["test"],
         )

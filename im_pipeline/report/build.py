@@ -103,6 +103,8 @@ def _delta_cell(d: dict[str, Any] | None, k: float, digits: int) -> str:
         return f"{head} ({pstats.TOO_FEW}: {d.get('n_items')})"
     if d.get("ci_low") is None:
         return f"{head} (no interval)"
+    if d.get("identical"):  # a bootstrap of all-zero differences is the degenerate [0, 0]: say what it means
+        return f"{head} (all {d.get('n_items')} paired items equal: no interval)"
     return f"{head} [{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]"
 
 
