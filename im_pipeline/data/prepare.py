@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from im_pipeline.data.normalise import DataError
 from im_pipeline.data.select import select_by_ratio, split_held_out, subsample
 from im_pipeline.data.sources import Loaded, load_source
 from im_pipeline.data.stats import length_stats
+from im_pipeline.provenance import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -155,27 +154,19 @@ def prepare_data(
 
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
-    """Write ``train.jsonl``, ``held_out.jsonl`` and ``data_stats.json``: all three or none.
+    """Write ``train.jsonl``, ``held_out.jsonl`` and, last, ``data_stats.json`` (the file that marks the stage done).
 
-    Each goes to a unique temporary file first; only when all three are complete are they renamed,
-    so a failure (or a concurrent writer) never leaves a partial or mixed set.
+    All three are serialised and encoded first (bad text fails here, before anything is written), then each is
+    written atomically (a unique temporary file + rename): no reader or concurrent writer ever sees a partial file.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[str, Path]] = []
-    try:
-        for name, records in (("train.jsonl", prepared.train), ("held_out.jsonl", prepared.held_out)):
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-            temps.append((tmp, out_dir / name))
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for rec in records:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".data_stats.", suffix=".tmp")
-        temps.append((tmp, out_dir / "data_stats.json"))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(prepared.report, f, indent=2, ensure_ascii=False)
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def jsonl(records: list[dict[str, Any]]) -> bytes:
+        return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8")
+
+    files = {
+        "train.jsonl": jsonl(prepared.train),
+        "held_out.jsonl": jsonl(prepared.held_out),
+        "data_stats.json": json.dumps(prepared.report, indent=2, ensure_ascii=False).encode("utf-8"),
+    }
+    for name, payload in files.items():
+        write_text_atomic(out_dir / name, payload)

@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import DATA_DIR_ENV
 from im_pipeline.data.normalise import DataError, Phraser, is_multi_turn, normalise_record
+from im_pipeline.provenance import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -337,18 +337,8 @@ def read_jsonl(path: str | Path, *, with_locations: bool = False) -> list[Any]:
 
 def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> Path:
     """Write records as JSONL atomically (temporary file + rename): a failure leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    return write_text_atomic(Path(path), text.encode("utf-8"))  # encoding errors raise before anything is written
 
 
 # -- loading ----------------------------------------------------------------------------------------
