@@ -16,8 +16,9 @@ so a comparison is made on the per-item differences, never on two independent st
   :data:`MIN_ITEMS` seeds on a seed-then-item (hierarchical) bootstrap (a percentile bootstrap that resamples 2–4
   seeds sees at most a handful of distinct seed sets and comes out far too narrow: "too few seeds").
 
-Why by hand: scipy has the distributions and tests (used here: ``scipy.stats.t``, ``beta``, ``norm``, ``wilcoxon``)
-but no seed-then-item bootstrap and no McNemar; the closed forms below are short and each is unit-tested against
+Why by hand: scipy has the distributions and tests (used here: ``scipy.stats.t``, ``beta``, ``norm``, ``wilcoxon``,
+``binomtest``) but no seed-then-item bootstrap and no McNemar (a binomial test on the discordant pairs, below); the
+closed forms below are short and each is unit-tested against
 scipy's own implementation of the same statistic (``binomtest``, ``ttest_1samp``, ``bootstrap``) on fixed inputs.
 """
 
@@ -73,13 +74,10 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 
 
 def _binom_two_sided(k: int, n: int) -> float:
-    """Exact two-sided binomial p-value for ``k`` of ``n`` under p = 1/2 (sum of outcomes no likelier than k)."""
-    if n == 0:
-        return 1.0
-    pmf = [math.comb(n, i) / 2**n for i in range(n + 1)]
-    p_obs = pmf[k]
-    # The relative tolerance of scipy.stats.binomtest, so ties in probability count the same way.
-    return min(1.0, sum(p for p in pmf if p <= p_obs * (1 + 1e-7)))
+    """Exact two-sided binomial p-value for ``k`` of ``n`` under p = 1/2 (``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
+    return 1.0 if n == 0 else float(binomtest(k, n, 0.5).pvalue)
 
 
 def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
