@@ -1,7 +1,7 @@
 """Training: label masking per loss mode, weighted loss, the Trainer subclass (KL, NEFTune), ``train_arm``."""
 
 from im_pipeline.training.loss import loss_denominator, weighted_kl, weighted_lm_loss
-from im_pipeline.training.masking import WeightedCollator, encode_example
+from im_pipeline.training.masking import PaddingFreeCollator, WeightedCollator, encode_example
 from im_pipeline.training.trainer import (
     TrainLogCallback,
     WeightedLossTrainer,
@@ -11,6 +11,7 @@ from im_pipeline.training.trainer import (
 )
 
 __all__ = [
+    "PaddingFreeCollator",
     "TrainLogCallback",
     "WeightedCollator",
     "WeightedLossTrainer",

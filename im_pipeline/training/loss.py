@@ -179,3 +179,16 @@ def release_kl(
     with torch.no_grad():
         ref_logp = target_token_logprobs(ref_logits.detach(), labels)
     return reduce_token_values(logp - ref_logp, w, normalisation, num_items)
+
+
+def unpack_targets(values: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+    """Per-target values of a padding-free row, ``[1, L-1]``, laid out per example as ``[n, T-1]``.
+
+    ``target_index`` (from :class:`~im_pipeline.training.masking.PaddingFreeCollator`) holds, for each target of the
+    padded layout, the packed position whose logits predict it, ``-1`` where there is none (padding → 0). The result
+    lines up with :func:`shifted_weights` of the padded ``labels``/``weights``, so every reduction above applies
+    unchanged. Gradients flow through the gather.
+    """
+    flat = values.reshape(-1)
+    gathered = flat[target_index.clamp_min(0)]
+    return torch.where(target_index >= 0, gathered, torch.zeros_like(gathered))

@@ -208,3 +208,54 @@ class WeightedCollator:
             "loss_weights": loss_weights,
             "it_weights": it_weights,
         }
+
+
+class PaddingFreeCollator:
+    """Padding-free batches: the micro-batch's examples concatenated into one row, no padding (``padding_free``).
+
+    The model inputs come from ``transformers.DataCollatorWithFlattening``: ``input_ids`` ``[1, L]`` (``L`` = the
+    examples' total length), ``position_ids`` restarting at 0 for each example, and ``packed_labels`` ``[1, L]``
+    with ``-100`` at the first token of each example (so the last token of one example never predicts the first of
+    the next). Given ``position_ids`` and no ``attention_mask``, transformers' ``masking_utils``
+    (``find_packed_sequence_indices``) builds a block-diagonal causal mask: attention stays within each example (sdpa,
+    eager and flash attention alike).
+
+    The loss side keeps the :class:`WeightedCollator` layout: ``labels``, ``loss_weights`` and ``it_weights`` are
+    ``[n, T]`` exactly as the padded batch has them, so denominators and reductions (per-sequence means, KL, the IT
+    mask) are the padded path's, unchanged. ``target_index`` ``[n, T-1]`` maps each target of that layout to the
+    position in the packed row whose logits predict it (``-1`` on padding): written by hand because no library
+    collator maps packed per-token values back to their examples; :func:`im_pipeline.training.loss.unpack_targets`
+    applies it.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self.padded = WeightedCollator(pad_token_id)
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = self.padded(features)  # validates the features; its labels/weights are the loss layout
+        n, length = batch["labels"].shape
+        flat = self.flatten(
+            [
+                {"input_ids": list(f["input_ids"]), "labels": batch["labels"][row, : len(f["input_ids"])].tolist()}
+                for row, f in enumerate(features)
+            ]
+        )
+        target_index = torch.full((n, max(length - 1, 0)), -1, dtype=torch.long)
+        offset = 0
+        for row, f in enumerate(features):
+            k = len(f["input_ids"])
+            # target i (1 ≤ i < k) of example `row` is predicted by the logits at packed position offset + i - 1
+            target_index[row, : k - 1] = torch.arange(offset, offset + k - 1)
+            offset += k
+        return {
+            "input_ids": flat["input_ids"],
+            "position_ids": flat["position_ids"],
+            "packed_labels": flat["labels"],
+            "target_index": target_index,
+            "labels": batch["labels"],
+            "loss_weights": batch["loss_weights"],
+            "it_weights": batch["it_weights"],
+        }

@@ -19,6 +19,7 @@ final ``save_pretrained`` model in ``run_dir/checkpoint/`` → ``train_summary.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,11 +44,11 @@ from im_pipeline.training.loss import (
     KL_FORMS,
     loss_denominator,
     reduce_token_values,
-    release_kl,
     shifted_weights,
+    target_token_logprobs,
     token_ce,
-    weighted_kl,
-    weighted_lm_loss,
+    token_kl,
+    unpack_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ class WeightedLossTrainer(Trainer):
     """``Trainer`` whose loss is :func:`weighted_lm_loss` (+ ``kl_coef`` · KL to ``ref_model`` on output tokens).
 
     Batches must carry ``input_ids``, ``attention_mask``, ``labels``, ``loss_weights`` and ``it_weights`` (the
-    :class:`WeightedCollator` output); use ``remove_unused_columns=False``.
+    :class:`WeightedCollator` output), or, padding-free, the :class:`PaddingFreeCollator` output (one packed row with
+    ``position_ids``, ``packed_labels`` and ``target_index``; labels and weights in the padded layout, so every loss
+    and denominator is the padded path's); use ``remove_unused_columns=False``.
 
     Gradient accumulation: ``get_batch_samples`` sums the denominators (:func:`loss_denominator`) of all micro-batches
     of the optimiser step; each micro-batch's loss is its share of the accumulated loss, so the gradient equals that of
@@ -179,6 +182,31 @@ class WeightedLossTrainer(Trainer):
             self._denominators = None
         return batch_samples, self._denominators[0] if self._denominators is not None else None
 
+    @contextlib.contextmanager
+    def _neftune_as_padded(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], packed: bool):
+        """NEFTune noise of the padded batch's magnitude on a padding-free row.
+
+        transformers' ``neftune_post_forward_hook`` draws uniform noise of magnitude ``α / sqrt(T · d)``, with ``T``
+        the row length: the padded length of the micro-batch when padded, but the total length ``L`` of all its
+        examples when packed (≈ n times smaller noise for n examples). While the packed forward runs, α is scaled by
+        ``sqrt(L / T)`` so each token gets noise of the same magnitude, ``α / sqrt(T · d)``, as in the padded path
+        (a different random draw: the tensors differ in shape).
+        """
+        alpha = self.neftune_noise_alpha
+        if not (packed and alpha and model.training):
+            yield
+            return
+        emb = self.accelerator.unwrap_model(model).get_input_embeddings()
+        if getattr(emb, "neftune_noise_alpha", None) is None:  # hook not active
+            yield
+            return
+        padded_len, packed_len = inputs["labels"].shape[1], inputs["input_ids"].shape[1]
+        emb.neftune_noise_alpha = alpha * math.sqrt(packed_len / padded_len)
+        try:
+            yield
+        finally:
+            emb.neftune_noise_alpha = alpha
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -190,50 +218,69 @@ class WeightedLossTrainer(Trainer):
             if key not in inputs:
                 raise KeyError(f"batch lacks {key!r}: use WeightedCollator and remove_unused_columns=False")
         labels, weights, it_weights = inputs["labels"], inputs["loss_weights"], inputs["it_weights"]
-        model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        packed = "target_index" in inputs  # PaddingFreeCollator (training.padding_free)
+        if packed:
+            # One row, no attention_mask: transformers builds the block-diagonal causal mask from position_ids
+            # (masking_utils.find_packed_sequence_indices; it needs attention_mask=None and no cache).
+            model_inputs = {
+                "input_ids": inputs["input_ids"],
+                "position_ids": inputs["position_ids"],
+                "use_cache": False,
+            }
+            target_labels = inputs["packed_labels"]
+            target_index = inputs["target_index"]
+
+            def per_example(values: torch.Tensor) -> torch.Tensor:
+                return unpack_targets(values, target_index)
+
+        else:
+            model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            target_labels = labels
+
+            def per_example(values: torch.Tensor) -> torch.Tensor:
+                return values
+
         # No labels to the model: its own (unweighted) loss would be wasted work.
-        outputs = model(**model_inputs)
+        with self._neftune_as_padded(model, inputs, packed):
+            outputs = model(**model_inputs)
         # Accumulated-batch denominators only while training; evaluation batches are normalised on their own.
         loss_n, kl_n = self._denominators if (model.training and self._denominators is not None) else (None, None)
-        ce = token_ce(outputs.logits, labels)
-        lm_loss = weighted_lm_loss(
-            outputs.logits, labels, weights, self.loss_normalisation, num_items=loss_n, token_losses=ce
-        )
+        norm = self.loss_normalisation
+        # Per-target values in the padded [n, T-1] layout (unpacked from the packed row when padding-free), then the
+        # reductions of loss.py on them: the same loss either way.
+        ce = per_example(token_ce(outputs.logits, target_labels))
+        lm_loss = reduce_token_values(ce, shifted_weights(labels, weights), norm, loss_n)
         loss = lm_loss
         kl = None
         if self.kl_coef > 0:
             with torch.no_grad():
                 ref_logits = self.ref_model(**model_inputs).logits
             if self.kl_form == "release":
-                # As src/finetune.py (compute_kl_divergence_loss_target_token): over the tokens the NLL trains on
-                # (its mask is `labels != -100`, the arm's own labels: with --use_lm_loss the instruction too), with
-                # the NLL's weights and denominator.
-                kl = release_kl(
-                    outputs.logits,
-                    ref_logits,
-                    labels,
-                    weights,
-                    self.loss_normalisation,
-                    num_items=loss_n,
-                    token_logprobs=-ce,
-                )
+                # As src/finetune.py (compute_kl_divergence_loss_target_token, loss.release_kl): log p_θ(y) − log
+                # p_ref(y) over the tokens the NLL trains on (its mask is `labels != -100`, the arm's own labels: with
+                # --use_lm_loss the instruction too), with the NLL's weights and denominator. -ce is the NLL's own
+                # graph node, so the cancellation at kl_coef = 1 is exact.
+                with torch.no_grad():
+                    ref_logp = per_example(target_token_logprobs(ref_logits, target_labels))
+                kl = reduce_token_values(-ce - ref_logp, shifted_weights(labels, weights), norm, loss_n)
             else:
-                kl = weighted_kl(
-                    outputs.logits, ref_logits, labels, it_weights, self.loss_normalisation, num_items=kl_n
-                )
+                # loss.weighted_kl: full-distribution KL at the positions predicting output tokens (IT mask).
+                token_kls = per_example(token_kl(outputs.logits[:, :-1], ref_logits[:, :-1]))
+                kl = reduce_token_values(token_kls, shifted_weights(labels, it_weights), norm, kl_n)
             loss = loss + self.kl_coef * kl
         if model.training and loss_n is not None and self.args.world_size > 1:
             loss = loss * self.args.world_size
         if model.training:
-            mask = inputs["attention_mask"]
-            self._window["real_tokens"] += int(mask.sum())
+            # Real tokens: attention_mask ones (padded) or every token of the packed row (padding-free).
+            mask = inputs["input_ids"] if packed else inputs["attention_mask"]
+            self._window["real_tokens"] += mask.numel() if packed else int(mask.sum())
             self._window["padded_tokens"] += int(mask.numel())
             self._window["lm_loss"] += float(lm_loss.detach())
             # The output-token loss under the IT mask, for every arm (this micro-batch's share of the step): the
             # train curve that is comparable between IT and IM (each arm's own loss covers different tokens).
             with torch.no_grad():
                 self._window["it_loss"] += float(
-                    reduce_token_values(ce.detach(), shifted_weights(labels, it_weights), self.loss_normalisation, kl_n)
+                    reduce_token_values(ce.detach(), shifted_weights(labels, it_weights), norm, kl_n)
                 )
             self._window["kl"] += float(kl.detach()) if kl is not None else 0.0
         return (loss, outputs) if return_outputs else loss
@@ -692,7 +739,7 @@ def train_arm(
     ``callbacks`` are extra ``TrainerCallback``s (e.g. for tests).
     """
     from im_pipeline.models import load_model_and_tokenizer
-    from im_pipeline.training.masking import WeightedCollator
+    from im_pipeline.training.masking import PaddingFreeCollator, WeightedCollator
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -772,7 +819,7 @@ def train_arm(
         model=model,
         args=args,
         train_dataset=train_enc,
-        data_collator=WeightedCollator(tokenizer.pad_token_id),
+        data_collator=(PaddingFreeCollator if t.padding_free else WeightedCollator)(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[log_cb, *callbacks],
         loss_normalisation=t.loss_normalisation,

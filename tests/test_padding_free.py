@@ -1,0 +1,174 @@
+"""Padding-free training batches (training.padding_free): the packed row gives the padded path's loss and gradients.
+
+Every loss mode, both normalisations, both KL forms, the logged IT-mask loss and token counts; exact label masking
+at example boundaries; NEFTune noise of the padded magnitude; train_arm end to end with padding ≈ 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+from im_pipeline.config import ArmConfig
+from im_pipeline.training import PaddingFreeCollator, WeightedCollator, WeightedLossTrainer, encode_example, train_arm
+from im_pipeline.training.loss import IGNORE_INDEX, unpack_targets
+from tests.test_trainer import make_cfg, make_records
+
+
+def _feats(tok, records, mode, lam=None):
+    return [encode_example(r, tok, mode=mode, prompt_loss_weight=lam, max_length=48) for r in records]
+
+
+def _trainer(model, tmp_path, **kw) -> WeightedLossTrainer:
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", remove_unused_columns=False
+    )
+    return WeightedLossTrainer(model=model, args=args, **kw)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_boundary_labels_positions_and_target_index_on_a_hand_made_batch():
+    feats = [
+        {"input_ids": [5, 6, 7], "loss_weights": [0.0, 1.0, 0.5], "it_weights": [0.0, 0.0, 1.0]},
+        {"input_ids": [8, 9], "loss_weights": [1.0, 1.0], "it_weights": [0.0, 1.0]},
+    ]
+    b = PaddingFreeCollator(pad_token_id=0)(feats)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    # The first token of each example is never a target (8 is not predicted from 7), whatever its weight.
+    assert b["packed_labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
+    assert "attention_mask" not in b  # transformers derives the block-diagonal mask from position_ids
+    # Loss layout = the padded collator's.
+    padded = WeightedCollator(pad_token_id=0)(feats)
+    for key in ("labels", "loss_weights", "it_weights"):
+        assert torch.equal(b[key], padded[key])
+    # Target i of example r is predicted by the logits at packed position offset_r + i - 1; -1 on padding.
+    assert b["target_index"].tolist() == [[0, 1], [3, -1]]
+    packed_values = torch.tensor([[10.0, 11.0, 12.0, 13.0]])  # one per packed prediction (positions 0..L-2)
+    assert unpack_targets(packed_values, b["target_index"]).tolist() == [[10.0, 11.0], [13.0, 0.0]]
+    # 12.0 (position 2: example 0's last token predicting example 1's first) is used by no target.
+
+
+def test_attention_stays_within_each_example(tiny_model_dir, tok):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    feats = _feats(tok, make_records(3), "it")
+    b = PaddingFreeCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits[0]
+        offset = 0
+        for f in feats:
+            k = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[offset : offset + k], alone, atol=1e-5, rtol=1e-4)
+            offset += k
+
+
+ARMS = [
+    ("it", None, {}),
+    ("im", None, {}),
+    ("im_release", None, {}),
+    ("weighted", 0.3, {}),
+    ("it", None, {"kl_coef": 0.5, "kl_form": "full"}),
+    ("im_release", None, {"kl_coef": 0.5, "kl_form": "release"}),
+]
+
+
+@pytest.mark.parametrize("normalisation", ["sequence", "token"])
+@pytest.mark.parametrize(("mode", "lam", "kl"), ARMS)
+def test_packed_loss_gradients_and_logs_equal_padded(tiny_model_dir, tok, tmp_path, mode, lam, kl, normalisation):
+    feats = _feats(tok, make_records(5), mode, lam)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ref = None
+    if kl:  # a reference that differs from the model, so the KL term is not 0
+        ref = copy.deepcopy(base)
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    results = {}
+    for name, collator in (("padded", WeightedCollator), ("packed", PaddingFreeCollator)):
+        model = copy.deepcopy(base).train()
+        trainer = _trainer(model, tmp_path / name, loss_normalisation=normalisation, ref_model=ref, **kl)
+        batch = collator(tok.pad_token_id)(feats)
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        results[name] = (loss.detach(), grads, dict(trainer._window))
+    (l_pad, g_pad, w_pad), (l_pack, g_pack, w_pack) = results["padded"], results["packed"]
+    assert l_pad.item() > 0
+    torch.testing.assert_close(l_pack, l_pad, atol=1e-5, rtol=1e-5)
+    for k in g_pad:
+        torch.testing.assert_close(g_pack[k], g_pad[k], atol=1e-5, rtol=1e-4, msg=k)
+    for key in ("lm_loss", "it_loss", "kl"):  # the logged parts, it_mask_loss among them
+        assert w_pack[key] == pytest.approx(w_pad[key], abs=1e-5)
+    if kl:
+        assert w_pad["kl"] != 0.0
+    n_tokens = sum(len(f["input_ids"]) for f in feats)
+    assert w_pad["real_tokens"] == w_pack["real_tokens"] == n_tokens
+    assert w_pad["padded_tokens"] == 5 * max(len(f["input_ids"]) for f in feats) > n_tokens
+    assert w_pack["padded_tokens"] == n_tokens  # no padding
+
+
+def test_neftune_noise_on_a_packed_row_has_the_padded_magnitude(tiny_model_dir, tok, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    feats = _feats(tok, make_records(6), "it")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        neftune_noise_alpha=5.0,
+    )
+    trainer = WeightedLossTrainer(model=model, args=args)
+    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
+    handle = activate_neftune(model, 5.0)
+    emb = model.get_input_embeddings()
+    noise = {}
+
+    def capture(module, inp, out):  # runs after the NEFTune hook: the noised embeddings
+        noise["max"] = float((out - torch.nn.functional.embedding(inp[0], module.weight)).abs().max())
+
+    cap = emb.register_forward_hook(capture)
+    try:
+        for name, collator in (("padded", WeightedCollator), ("packed", PaddingFreeCollator)):
+            batch = collator(tok.pad_token_id)(feats)
+            with torch.no_grad():
+                trainer.compute_loss(model, batch)
+            noise[name] = noise.pop("max")
+        assert emb.neftune_noise_alpha == 5.0  # restored after the packed forward
+    finally:
+        cap.remove()
+        deactivate_neftune(model, handle)
+    padded_len = max(len(f["input_ids"]) for f in feats)
+    bound = 5.0 / math.sqrt(padded_len * model.config.hidden_size)
+    # Uniform(-bound, bound) over thousands of draws: the largest is within 1% of the bound, in both layouts.
+    for name in ("padded", "packed"):
+        assert 0.99 * bound < noise[name] <= bound * (1 + 1e-6), name
+
+
+def test_train_arm_padding_free_matches_padded_and_logs_no_padding(tiny_model_dir, tmp_path):
+    train, held = make_records(8), make_records(10)[8:]
+    arm = ArmConfig(name="IM", loss_mode="im")
+    runs = {}
+    for pf in (False, True):
+        cfg = make_cfg(tiny_model_dir, batch_size=4, max_steps=2, padding_free=pf)
+        runs[pf] = train_arm(cfg, arm, 0, train, held, tmp_path / f"pf{pf}")
+    assert runs[False]["padding_fraction"] > 0.05  # length-grouped, still padded
+    assert runs[True]["padding_fraction"] == 0.0
+    assert runs[True]["train_tokens"] == runs[False]["train_tokens"]
+    rows = {
+        pf: [json.loads(x) for x in (tmp_path / f"pf{pf}" / "train_log.jsonl").read_text().splitlines()] for pf in runs
+    }
+    for a, b in zip(rows[False], rows[True], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+        assert b["it_mask_loss"] == pytest.approx(a["it_mask_loss"], abs=1e-4)
+    assert runs[True]["final_held_out_loss"] == pytest.approx(runs[False]["final_held_out_loss"], abs=1e-4)
