@@ -58,8 +58,10 @@ def test_boundary_labels_positions_and_target_index_on_a_hand_made_batch():
     # 12.0 (position 2: example 0's last token predicting example 1's first) is used by no target.
 
 
-def test_attention_stays_within_each_example(tiny_model_dir, tok):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_attention_stays_within_each_example(tiny_model_dir, tok, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
+    assert model.config._attn_implementation == attn
     feats = _feats(tok, make_records(3), "it")
     b = PaddingFreeCollator(tok.pad_token_id)(feats)
     with torch.no_grad():
