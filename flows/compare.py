@@ -40,7 +40,7 @@ _ENV_DEFAULTS = {
 for _k, _v in _ENV_DEFAULTS.items():
     os.environ.setdefault(_k, _v)
 
-from prefect import flow, get_run_logger, runtime, tags  # noqa: E402
+from prefect import allow_failure, flow, get_run_logger, runtime, tags  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
     create_markdown_artifact,
     create_progress_artifact,
@@ -65,7 +65,7 @@ from im_pipeline.provenance import machine, write_json  # noqa: E402
 from tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
 from tasks.evaluate import evaluate_task  # noqa: E402
 from tasks.prepare import prepare_data_task  # noqa: E402
-from tasks.report import report_task  # noqa: E402
+from tasks.report import report_task, save_results_task  # noqa: E402
 from tasks.train import train_task  # noqa: E402
 
 BENCHMARK_ORDER = ("overfitting", "mmlu", "truthfulqa", "humaneval", "alpaca_eval")
@@ -213,6 +213,10 @@ def submit_unit(
             str(data_out),
             models,
             wait_for=[after] if after is not None else None,
+        )
+    if cfg.save_results:  # this unit's result files beside the report as soon as it ends (resumable, committable)
+        futures[f"results/{arm}/{seed}"] = save_results_task.submit(
+            str(cfg.run_root()), str(cfg.results_dir()), cfg.name, wait_for=[allow_failure(f) for f in futures.values()]
         )
     return futures
 

@@ -103,6 +103,30 @@ class DataConfig(_Strict):
     on_overlength: Literal["truncate", "drop"] = Field("truncate", description="Policy for examples over max_length.")
     on_empty: Literal["drop", "error"] = Field("drop", description="Policy for empty instructions or outputs.")
     on_duplicate_id: Literal["drop", "error"] = Field("drop", description="Policy for repeated example ids.")
+    per_seed: bool = Field(
+        False,
+        description="Each seed draws its own sample: n training examples and a disjoint test sample of held_out_size "
+        "examples, both from the training source (ranked by a hash of seed and id; needs n, held_out null, no "
+        "select_ratio). The prepared data is then the whole cleaned source; the overfitting analysis of a seed uses "
+        "that seed's two samples.",
+    )
+
+    @model_validator(mode="after")
+    def _check_per_seed(self) -> DataConfig:
+        if self.per_seed:
+            bad = [
+                why
+                for why, is_bad in (
+                    ("n (the per-seed training sample size) must be set", self.n is None),
+                    ("held_out must be null (the test sample comes from the training source)", self.held_out),
+                    ("held_out_size (the per-seed test sample size) must be > 0", self.held_out_size == 0),
+                    ("select_ratio must be null", self.select_ratio is not None),
+                )
+                if is_bad
+            ]
+            if bad:
+                raise ValueError("data.per_seed: " + "; ".join(bad))
+        return self
 
 
 class ArmConfig(_Strict):
@@ -113,6 +137,13 @@ class ArmConfig(_Strict):
     )
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise α (paper: 5); training only.")
     kl_coef: float = Field(0.0, ge=0.0, description="Weight of KL(model || frozen base) over output tokens.")
+    lr_scale: float | Literal["output_over_im_release"] = Field(
+        1.0,
+        description="Multiplies training.learning_rate for this arm: a number (> 0), or 'output_over_im_release': "
+        "the seed's Σ output tokens / Σ im_release target tokens over its training sample (encoded with this "
+        "template and max_length), i.e. IT with the learning rate IM's output tokens get (the ratio is recorded "
+        "in train_summary.json and printed in the report).",
+    )
     kl_form: Literal["full", "release"] = Field(
         "full",
         description="'full': KL(model || base) over the whole next-token distribution (paper Eq. 5); 'release': "
@@ -126,6 +157,13 @@ class ArmConfig(_Strict):
         check_name(value, "arm name")
         if value in RESERVED_ARM_NAMES:
             raise ValueError(f"arm name {value!r} is reserved (runs/<experiment>/{value} is used by the pipeline)")
+        return value
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _positive_scale(cls, value: float | str) -> float | str:
+        if isinstance(value, (int, float)) and value <= 0:
+            raise ValueError(f"lr_scale must be > 0 (got {value})")
         return value
 
     @model_validator(mode="after")
@@ -354,6 +392,59 @@ class OrchestrationConfig(_Strict):
     poll_s: float = Field(5.0, gt=0, description="How often the parent flow checks its units' states.")
 
 
+class PaperValues(_Strict):
+    reference: float = Field(description="The paper's value for the reference arm (IT).")
+    treatment: float = Field(description="The paper's value for the treatment arm (IM).")
+    source: str = Field("", description="Where in the paper, e.g. 'Additional Exp. 1, Dolly 3k'.")
+
+
+class Hypothesis(_Strict):
+    id: str = Field(description="Short label, e.g. 'H1'.")
+    metric: Literal["train_loss", "test_loss", "bleu4"] = Field(
+        description="Per-item score of the overfitting analysis: 'train_loss' (output-token loss of each training "
+        "example), 'test_loss' (of each test example), 'bleu4' (sentence BLEU-4 of the greedy generation for each "
+        "training prompt against its training output)."
+    )
+    direction: Literal["greater", "less"] = Field(
+        description="Predicted sign of treatment − reference: 'greater' (treatment higher) or 'less'."
+    )
+    paper: PaperValues | None = Field(None, description="The paper's numbers, printed beside ours.")
+    text: str = Field(description="The hypothesis in words.")
+
+
+class StudyConfig(_Strict):
+    """Pre-registered hypotheses and how they are tested (im_pipeline.analysis.hypotheses)."""
+
+    reference: str = Field("IT", description="Reference arm (the hypotheses are about treatment − reference).")
+    treatment: str = Field("IM", description="Treatment arm.")
+    controls: list[str] = Field(
+        default_factory=list,
+        description="Arms compared with the treatment on the same metrics (treatment − control), exploratory: "
+        "reported with raw p-values, outside the Holm family.",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the Holm correction.")
+    resamples: int = Field(
+        100_000,
+        ge=1000,
+        description="Monte-Carlo sign flips of the randomisation test (exact enumeration up to 2^20 flips).",
+    )
+    seed: int = Field(0, description="Seed of the Monte-Carlo sign flips and of the bootstrap CI.")
+    hypotheses: list[Hypothesis] = Field(min_length=1, description="The pre-registered hypotheses (one Holm family).")
+    scope: str = Field(
+        "",
+        description="What the results can and cannot speak for (e.g. how the model differs from the paper's), "
+        "printed under the hypotheses.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> StudyConfig:
+        ids = [h.id for h in self.hypotheses]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"hypothesis ids must be unique; repeated: {dup}")
+        return self
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(description=f"Experiment name: runs/<name>/, reports/<name>/; {NAME_CHARS}.")
     description: str = Field("", description="Free text shown in the report.")
@@ -373,6 +464,15 @@ class ExperimentConfig(_Strict):
         default_factory=OrchestrationConfig, description="Where units run (in-process or on a work pool)."
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One run per arm per seed.")
+    study: StudyConfig | None = Field(
+        None, description="Pre-registered hypotheses, tested and printed at the top of the report (null = none)."
+    )
+    save_results: bool = Field(
+        False,
+        description="Copy the small result files (config, data stats, train summaries and logs, evaluation JSONs, "
+        "timings; no weights) into <report_dir>/<name>/results/ as each unit finishes and with every report: commit "
+        "them, and `im-pipeline report <that dir> --out DIR` rebuilds the same REPORT.md.",
+    )
     output_dir: str = Field("runs", description="Root of run directories.")
     report_dir: str = Field("reports", description="Root of generated reports.")
     data_dir: str | None = Field(
@@ -398,6 +498,13 @@ class ExperimentConfig(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"arm names must be unique; repeated: {dup}")
+        if self.study is not None:
+            wanted = [self.study.reference, self.study.treatment, *self.study.controls]
+            missing = [a for a in wanted if a not in names]
+            if missing:
+                raise ValueError(f"study names arm(s) {missing} that are not in arms {names}")
+            if not self.evaluation.overfitting.enabled:
+                raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
         return self
 
     def check_data_dir(self) -> Path | None:
@@ -421,6 +528,10 @@ class ExperimentConfig(_Strict):
 
     def run_root(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def results_dir(self) -> Path:
+        """Where ``save_results`` copies the small result files: ``<report_dir>/<name>/results``."""
+        return Path(self.report_dir) / self.name / "results"
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.run_root() / arm / f"seed-{seed}"

@@ -45,7 +45,7 @@ def evaluate_task(
     with unit_lock(unit_lock_path(eval_dir / benchmark), on_wait=get_run_logger().warning):
         computed = not is_done(eval_dir / f"{benchmark}.json", eval_dir, benchmark, key)
         if computed:
-            from im_pipeline.data import read_jsonl
+            from im_pipeline.data import seed_data
             from im_pipeline.evaluation import EvalContext, run_benchmark
 
             ev = cfg.evaluation
@@ -66,12 +66,18 @@ def evaluate_task(
             )
             data = Path(data_dir)
             if benchmark == "overfitting" and (data / "train.jsonl").is_file():
+                # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's).
+                train, held_out = seed_data(cfg.data, data, cfg.seeds[0] if seed is None else seed)
+                if cfg.data.per_seed:
+                    kind = f"per-seed sample of {cfg.data.train}, disjoint from that seed's training sample"
+                elif cfg.data.held_out:
+                    kind = f"another data set ({cfg.data.held_out})"
+                else:
+                    kind = f"in-distribution split of {cfg.data.train}"
                 ctx.extra = {
-                    "train": read_jsonl(data / "train.jsonl"),
-                    "held_out": read_jsonl(data / "held_out.jsonl"),
-                    "held_out_kind": f"another data set ({cfg.data.held_out})"
-                    if cfg.data.held_out
-                    else f"in-distribution split of {cfg.data.train}",
+                    "train": train,
+                    "held_out": held_out,
+                    "held_out_kind": kind,
                     "run_dir": None if arm == BASE_ARM else str(out_dir),
                 }
             run_benchmark(benchmark, ctx, getattr(ev, benchmark))

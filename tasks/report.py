@@ -19,3 +19,13 @@ def report_task(run_root: str, report_dir: str) -> dict[str, Any]:
     start = time.perf_counter()
     result = build_report(Path(run_root), Path(report_dir))
     return done("report", time.perf_counter() - start, True, **result)
+
+
+@task(name="save-results", task_run_name="save results")
+def save_results_task(run_root: str, results_dir: str, experiment: str) -> dict[str, Any]:
+    """Copy the run's small result files into ``results_dir`` (``save_results: true``), e.g. after each unit."""
+    from im_pipeline.report.results import save_results
+
+    start = time.perf_counter()
+    result = save_results(Path(run_root), Path(results_dir), experiment)
+    return done("results", time.perf_counter() - start, True, **result)

@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from im_pipeline.config import BENCHMARK_OPTIONS as BENCHMARKS
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.locking import unit_lock
 from tasks.cache import clear_stale_run, is_done, prefect_cache_key, unit_lock_path, write_stamp
@@ -23,9 +24,14 @@ def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: st
     """
     start, run_dir = time.perf_counter(), Path(out_dir)
     with unit_lock(unit_lock_path(run_dir), on_wait=get_run_logger().warning):
+        if cfg.save_results:  # a unit finished in an earlier session: its committed files make it "done"
+            from im_pipeline.report.results import restore_unit
+
+            benches = [b for b in BENCHMARKS if getattr(cfg.evaluation, b).enabled]
+            restore_unit(cfg.results_dir(), run_dir.parent.parent, f"{arm}/seed-{seed}", benches)
         computed = not is_done(run_dir / "train_summary.json", run_dir, "train", key)
         if computed:
-            from im_pipeline.data import read_jsonl
+            from im_pipeline.data import seed_data
             from im_pipeline.training import train_arm
 
             if clear_stale_run(run_dir, key):
@@ -40,13 +46,6 @@ def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: st
 
                 launch(launcher, cfg, arm, seed, run_dir, data)
             else:
-                train_arm(
-                    cfg,
-                    cfg.arm(arm),
-                    seed,
-                    read_jsonl(data / "train.jsonl"),
-                    read_jsonl(data / "held_out.jsonl"),
-                    run_dir,
-                )
+                train_arm(cfg, cfg.arm(arm), seed, *seed_data(cfg.data, data, seed), run_dir)
             write_stamp(run_dir, "train", key)
     return done("train", time.perf_counter() - start, computed, arm=arm, seed=seed)

@@ -326,3 +326,87 @@ def test_model_cache_loads_once_per_identity_and_is_per_object() -> None:
     assert other.model(("m", "k"), loader("b")) is not got[0]  # another unit: its own model
     assert shared.model(("m", "k2"), loader("c"))[1] == "c" and loads == ["a", "b", "c"]  # new identity: reload
     assert shared.judge("j", loader("j1")) is shared.judge("j", loader("j2")) and loads[-1] == "j1"
+
+
+@pytest.mark.slow
+def test_study_run_saves_results_rebuilds_identically_and_resumes(
+    prefect_harness, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A pre-registered study (per-seed samples, an lr-scaled control, save_results): its report leads with the
+    hypotheses; the committed results rebuild a byte-identical REPORT.md; a fresh run directory resumes from them."""
+    import shutil
+
+    from flows.compare import _record_total, compare_flow
+    from im_pipeline.report.build import build_report
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _records(20)))
+    off = {"enabled": False}
+    cfg = {
+        "name": "tiny-study",
+        "model": {"source": str(tiny_model_dir)},
+        "data": {"train": str(data), "n": 6, "held_out_size": 5, "per_seed": True, "max_length": 64},
+        "arms": [
+            {"name": "IT", "loss_mode": "it"},
+            {"name": "IM", "loss_mode": "im_release"},
+            {"name": "IT-lr", "loss_mode": "it", "lr_scale": "output_over_im_release"},
+        ],
+        "training": {"epochs": 1, "batch_size": 3, "learning_rate": 1e-3, "threads": 1, "report_to": []},
+        "evaluation": {
+            "mmlu": off,
+            "truthfulqa": off,
+            "alpaca_eval": off,
+            "humaneval": off,
+            "evaluate_base": False,
+            "overfitting": {"limit": 6, "options": {"max_new_tokens": 3, "loss_examples": 6}},
+            "batch_size": 6,
+        },
+        "study": {
+            "controls": ["IT-lr"],
+            "resamples": 1000,
+            "scope": "A tiny random model.",
+            "hypotheses": [
+                {"id": "H1", "metric": "train_loss", "direction": "greater", "text": "train loss higher"},
+                {"id": "H2", "metric": "test_loss", "direction": "less", "text": "test loss lower"},
+                {"id": "H3", "metric": "bleu4", "direction": "less", "text": "BLEU lower"},
+            ],
+        },
+        "save_results": True,
+        "seeds": [0, 1],
+        "output_dir": str(tmp_path / "runs"),
+        "report_dir": str(tmp_path / "reports"),
+    }
+    summary = compare_flow(cfg)
+    assert summary["failed"] == []
+    root, report_dir = tmp_path / "runs" / "tiny-study", tmp_path / "reports" / "tiny-study"
+    _record_total(root, report_dir, 12.5)  # what `im-pipeline run` does last (timings, then the report again)
+    results = report_dir / "results"
+    # per seed its own training sample and a disjoint test sample
+    ov = {s: json.loads((root / "IT" / f"seed-{s}" / "eval" / "overfitting.json").read_text()) for s in (0, 1)}
+    for s in (0, 1):
+        train_ids, test_ids = set(ov[s]["items"]["train_loss"]), set(ov[s]["items"]["test_loss"])
+        assert len(train_ids) == 6 and len(test_ids) == 5 and not train_ids & test_ids
+        assert set(ov[s]["items"]["bleu4"]) == train_ids  # BLEU for every training prompt of the seed
+    assert set(ov[0]["items"]["train_loss"]) != set(ov[1]["items"]["train_loss"])
+    # the control's learning rate, from its seed's sample
+    lr = json.loads((root / "IT-lr" / "seed-1" / "train_summary.json").read_text())
+    assert lr["learning_rate"] == pytest.approx(1e-3 * lr["lr_scale_tokens"]["ratio"])
+    # small files only, in the run directory's layout
+    saved = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
+    assert {"config.yaml", "timings.json", "data/data_stats.json", "IT-lr/seed-1/eval/overfitting.json"} <= saved
+    assert not any("checkpoint" in p or p.endswith(".jsonl") and "data/" in p for p in saved)
+    text = (report_dir / "REPORT.md").read_text()
+    assert text.index("## Pre-registered hypotheses") < text.index("## Results")
+    assert "Learning rate of `IT-lr`: 0.001 scaled by Σ output tokens / Σ `im_release` target tokens" in text
+    assert f"seed 1: × {lr['lr_scale_tokens']['ratio']:.4f}" in text
+    assert "Nothing here is claimed beyond this model" in text
+    # the committed results rebuild the same report, byte for byte
+    build_report(results, tmp_path / "rebuilt")
+    assert (tmp_path / "rebuilt" / "REPORT.md").read_bytes() == (report_dir / "REPORT.md").read_bytes()
+    assert not (tmp_path / "rebuilt" / "results").exists()
+    # a later session without the run directory: finished units come back from the results, nothing is retrained
+    shutil.rmtree(tmp_path / "runs")
+    again = compare_flow(cfg)
+    assert again["failed"] == []
+    assert again["timings"]["stages"]["train"]["computed"] == 0
+    assert again["timings"]["stages"]["evaluate"]["computed"] == 0

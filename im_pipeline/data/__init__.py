@@ -2,8 +2,8 @@
 Table-5 length statistics, seeded subsampling / ratio-targeted selection, held-out split."""
 
 from im_pipeline.data.normalise import DataError, normalise_record
-from im_pipeline.data.prepare import PreparedData, prepare_data
-from im_pipeline.data.select import select_by_ratio, split_held_out, subsample
+from im_pipeline.data.prepare import PreparedData, prepare_data, seed_data
+from im_pipeline.data.select import seed_sample, select_by_ratio, split_held_out, subsample
 from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records, read_jsonl, resolve_data_dir, write_jsonl
 from im_pipeline.data.stats import example_lengths, length_stats
 
@@ -19,6 +19,8 @@ __all__ = [
     "prepare_data",
     "read_jsonl",
     "resolve_data_dir",
+    "seed_data",
+    "seed_sample",
     "select_by_ratio",
     "split_held_out",
     "subsample",

@@ -110,6 +110,27 @@ def prepare_data(
         "actions": {"train": train_actions},
     }
 
+    if cfg.per_seed:
+        # Every seed draws its own training and test samples from this pool when it trains (seed_data).
+        report["held_out_kind"] = f"per-seed sample of {cfg.train}, disjoint from that seed's training sample"
+        report["selection"] = {
+            "available": len(train),
+            "method": "per seed",
+            "n": cfg.n,
+            "test_n": cfg.held_out_size,
+            "selected": len(train),
+        }
+        if cfg.n is not None and cfg.n + cfg.held_out_size > len(train):
+            raise DataError(
+                f"data.per_seed: {cfg.n} training + {cfg.held_out_size} test examples per seed, but only "
+                f"{len(train)} examples are left in {cfg.train!r}"
+            )
+        report["stats"] = {"train": length_stats(train)}  # the pool; the samples are drawn per seed
+        prepared = PreparedData(train=train, held_out=[], report=report)
+        if out_dir is not None:
+            write_prepared(prepared, Path(out_dir))
+        return prepared
+
     if cfg.held_out:
         # Another data set as the test set (the paper's protocol: a Tulu V2 sample for LIMA-trained models). The
         # training set stays whole; examples that also occur in the training set are only counted.
@@ -170,3 +191,16 @@ def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
     }
     for name, payload in files.items():
         write_text_atomic(out_dir / name, payload)
+
+
+def seed_data(cfg: DataConfig, data_out: Path | str, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training, test) records of one seed from the prepared ``data_out``: the prepared files as they are, or with
+    ``data.per_seed`` this seed's own training sample and its disjoint test sample (:func:`seed_sample`)."""
+    from im_pipeline.data.select import seed_sample
+    from im_pipeline.data.sources import read_jsonl
+
+    data_out = Path(data_out)
+    train = read_jsonl(data_out / "train.jsonl")
+    if not cfg.per_seed:
+        return train, read_jsonl(data_out / "held_out.jsonl")
+    return seed_sample(train, int(cfg.n or 0), cfg.held_out_size, seed)

@@ -62,3 +62,22 @@ def split_held_out(
     train = [r for r in records if r["id"] not in held_ids]
     held = sorted((r for r in records if r["id"] in held_ids), key=lambda r: stable_key(seed, r["id"], "held_out"))
     return train, held
+
+
+def seed_sample(
+    records: list[dict[str, Any]], n: int, test_n: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seed ``seed``'s own training sample (``n`` examples) and a disjoint test sample (``test_n``) of ``records``.
+
+    One ranking by ``stable_key(seed, id, "per_seed")``: the first ``n`` train, the next ``test_n`` test, so the two
+    never share an example (ids are unique) and each seed gets another pair of samples from the same source.
+    """
+    if n < 1 or test_n < 1:
+        raise DataError(f"per-seed samples need n >= 1 and held_out_size >= 1, got {n} and {test_n}")
+    if n + test_n > len(records):
+        raise DataError(
+            f"per-seed samples of {n} training + {test_n} test examples need {n + test_n} examples; "
+            f"only {len(records)} are available"
+        )
+    ranked = sorted(records, key=lambda r: stable_key(seed, r["id"], "per_seed"))
+    return ranked[:n], ranked[n : n + test_n]

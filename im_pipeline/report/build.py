@@ -20,6 +20,7 @@ from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import paper_reference as paper
 from im_pipeline.analysis import stats as pstats
 from im_pipeline.provenance import write_text_atomic
+from im_pipeline.report.results import RESULTS_DIR, is_results_dir, save_results
 
 log = logging.getLogger(__name__)
 
@@ -365,17 +366,27 @@ def data_section(run: agg.RunResults) -> str:
         )
     sel = ds.get("selection") or {}
     rule = (stats.get("train") or {}).get("counting_rule", "")
-    notes = [
-        f"Counting rule: {rule}." if rule else "",
-        f"Selection: {sel.get('method', '?')}, {sel.get('selected', '?')} of {sel.get('available', '?')} "
-        "available examples."
-        if sel
-        else "",
-    ]
+    if sel.get("method") == "per seed":
+        selection = (
+            f"Selection: per seed — each seed draws its own {sel.get('n')} training examples and a disjoint test "
+            f"sample of {sel.get('test_n')} from these {sel.get('available', '?')} examples (the statistics above "
+            "are of the whole source)."
+        )
+    elif sel:
+        selection = (
+            f"Selection: {sel.get('method', '?')}, {sel.get('selected', '?')} of {sel.get('available', '?')} "
+            "available examples."
+        )
+    else:
+        selection = ""
+    notes = [f"Counting rule: {rule}." if rule else "", selection]
     return _md_table(header, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes if n)
 
 
 def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
+    if not run.config.get("evaluation", {}).get(LENGTH_BENCHMARK, {}).get("enabled", True):
+        # Nothing of this experiment's to place; and the section would depend on where the run directory lies.
+        return f"{BENCH_LABEL[LENGTH_BENCHMARK]} is not run in this experiment: no length-ratio point."
     runs_root = run.root.parent
     points = agg.length_ratio_points(runs_root, LENGTH_BENCHMARK)
     txt = [
@@ -539,6 +550,179 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
     return "\n\n".join(parts)
 
 
+METRIC_TEXT = {
+    "train_loss": "output-token train loss (per training example)",
+    "test_loss": "output-token test loss (per test example)",
+    "bleu4": "BLEU-4 of generations for training prompts vs training outputs (per prompt)",
+}
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.4f}" if x >= 1e-4 else f"{x:.1e}"
+
+
+def _metric_digits(metric: str) -> int:
+    return 2 if metric == "bleu4" else 3
+
+
+def _effect_cell(r: dict[str, Any]) -> str:
+    d = _metric_digits(r["metric"])
+    return f"{_signed(r['effect'], d)} [{_f(r['ci'][0], d)}, {_f(r['ci'][1], d)}]"
+
+
+def hypotheses_section(run: agg.RunResults) -> str:
+    """The pre-registered hypotheses (``study:`` of the config), their outcomes and the tests' numbers; "" without."""
+    from im_pipeline.analysis.hypotheses import evaluate_hypotheses
+
+    res = evaluate_hypotheses(run)
+    if res is None:
+        return ""
+    study = res["study"]
+    ref, trt, alpha = study["reference"], study["treatment"], study["alpha"]
+    rows = []
+    for r in res["hypotheses"]:
+        d = _metric_digits(r["metric"])
+        pap = r.get("paper")
+        paper_cell = f"{_f(pap['reference'], d)} / {_f(pap['treatment'], d)}" if pap else "–"
+        if not r["tested"]:
+            rows.append([r["id"], r["text"], paper_cell, "–", "–", "–", "–", f"**{r['outcome']}** ({r['reason']})"])
+            continue
+        sign = ">" if r["direction"] == "greater" else "<"
+        rows.append(
+            [
+                r["id"],
+                f"{r['text']} ({trt} − {ref} {sign} 0 on {METRIC_TEXT[r['metric']]})",
+                paper_cell,
+                f"{_f(r['reference_mean'], d)} / {_f(r['treatment_mean'], d)}",
+                _effect_cell(r),
+                _p(r["p_predicted"]),
+                _p(r["p_holm"]),
+                f"**{r['outcome']}**",
+            ]
+        )
+    tested = [r for r in res["hypotheses"] if r["tested"]]
+    seeds = sorted({s for r in tested for s in r["seeds"]})
+    n_items = sorted({n for r in tested for n in r["n_items"].values()})
+    exact = {r["exact"] for r in tested}
+    flips = (
+        "all 2^m sign flips enumerated (exact)"
+        if exact == {True}
+        else f"{study['resamples']:,} seeded Monte-Carlo sign flips, p = (b + 1) / (B + 1)"
+    )
+    parts = [
+        f"Written in the config (`study:`) before the first run. Each hypothesis is about {trt} − {ref} on the "
+        f"overfitting analysis' per-item scores ({len(seeds)} seeds: {seeds}; paired items per seed: "
+        f"{', '.join(map(str, n_items)) or '–'}). **Primary test**: one-sided, paired at the item level, stratified "
+        "by seed: a sign-flip randomisation test whose statistic is the mean over seeds of each seed's mean paired "
+        f"difference (signs flipped within each seed's pairs; {flips}); Holm's correction over "
+        f"{', '.join(r['id'] for r in res['hypotheses'])} at α = {alpha}. **Outcome**: *confirmed* when the "
+        f"Holm-adjusted one-sided p < {alpha} in the predicted direction, *reversed* when the same test and "
+        "correction give p < α in the opposite direction, otherwise *not confirmed*. Effect: the stratified mean "
+        "difference with a 95% bootstrap CI (items resampled within each seed, 10,000 resamples).",
+        _md_table(
+            [
+                "id",
+                "hypothesis",
+                f"paper {ref} / {trt}",
+                f"ours {ref} / {trt}",
+                f"{trt} − {ref} [95% CI]",
+                "p one-sided",
+                "p Holm",
+                "outcome",
+            ],
+            rows,
+        ),
+        "Paper values ("
+        + "; ".join(f"{r['id']}: {r['paper'].get('source') or 'paper'}" for r in res["hypotheses"] if r.get("paper"))
+        + ") are printed for reference only: they come from another model, training-set size, budget and test set.",
+    ]
+    if tested:
+        k = len(seeds)
+        srows = [
+            [
+                r["id"],
+                *[
+                    _signed(r["seed_deltas"][s], _metric_digits(r["metric"])) if s in r["seed_deltas"] else "–"
+                    for s in seeds
+                ],
+                f"{r['sign_test']['positive']}+ / {r['sign_test']['negative']}−",
+                _p(r["sign_test"]["p_value"]),
+            ]
+            for r in tested
+        ]
+        parts.append(
+            f"Secondary: every seed's {trt} − {ref} (mean over its paired items) and the exact one-sided sign test "
+            f"across seeds in the predicted direction (with {k} seeds its smallest possible p is "
+            f"{0.5**k:g}):\n\n"
+            + _md_table(["id", *[f"seed {s}" for s in seeds], "signs", "sign test p (one-sided)"], srows)
+        )
+    if res["controls"]:
+        crows = []
+        for r in res["controls"]:
+            if not r["tested"]:
+                crows.append([r["id"], f"{trt} − {r['reference']}", "–", "–", "–"])
+                continue
+            d = _metric_digits(r["metric"])
+            crows.append(
+                [
+                    r["id"],
+                    f"{trt} − {r['reference']} ({'>' if r['direction'] == 'greater' else '<'} 0 predicted)",
+                    f"{_f(r['reference_mean'], d)} / {_f(r['treatment_mean'], d)}",
+                    _effect_cell(r),
+                    f"{_p(r['p_predicted'])} / {_p(r['p_opposite'])}",
+                ]
+            )
+        parts.append(
+            f"Exploratory, outside the Holm family: {trt} against the control arm(s) "
+            f"{', '.join(f'`{c}`' for c in study['controls'])} on the same metrics, same test, raw p-values:\n\n"
+            + _md_table(
+                ["id", "comparison", "control / treatment", "effect [95% CI]", "p one-sided (predicted / opposite)"],
+                crows,
+            )
+        )
+    for arm, by_seed in res["lr_scale"].items():
+        a = run.arm_config(arm)
+        scale = a.get("lr_scale")
+        cfg_lr = run.config.get("training", {}).get("learning_rate")
+        items = []
+        for s, v in by_seed.items():
+            tokens = (
+                f" ({v['output_tokens']} output / {v['im_release_tokens']} im_release target tokens)"
+                if v.get("output_tokens") is not None
+                else ""
+            )
+            factor_ = v.get("factor")
+            lr = v.get("learning_rate")
+            items.append(f"seed {s}: × {factor_:.4f}{tokens} → lr {lr:.4g}" if factor_ is not None else f"seed {s}: –")
+        what = (
+            "Σ output tokens / Σ `im_release` target tokens of the seed's training sample"
+            if scale == "output_over_im_release"
+            else f"× {scale}"
+        )
+        parts.append(f"Learning rate of `{arm}`: {cfg_lr} scaled by {what}; " + "; ".join(items) + ".")
+    scope = (study.get("scope") or "").strip()
+    model = run.config.get("model", {}).get("source", "?")
+    data = run.config.get("data", {}).get("train", "?")
+    parts.append(
+        (f"Scope: {scope} " if scope else "")
+        + f"Nothing here is claimed beyond this model (`{model}`), this data (`{data}`) and these settings."
+    )
+    timings = (run.timings or {}).get("runs") or []
+    if timings:
+        stg = timings[-1].get("stages", {})
+        walls = ", ".join(
+            f"{s} {_f(stg.get(s, {}).get('seconds'))} s" for s in ("prepare", "train", "evaluate", "report")
+        )
+        parts.append(
+            f"Wall time per stage of the latest flow run ({timings[-1].get('started', '?')}): {walls}; command total "
+            f"{_f(timings[-1].get('command_seconds'))} s (cached task runs cost ~0: a resumed study's earlier runs "
+            "are in the provenance table)."
+        )
+    return "\n\n".join(parts)
+
+
 LOSS_MODE_TEXT = {
     "it": "loss on outputs",
     "im": "loss on instructions and outputs",
@@ -547,11 +731,27 @@ LOSS_MODE_TEXT = {
 }
 
 
+def built_by(run: agg.RunResults) -> str:
+    """The report's last line; the same wherever the run directory lies (a rebuild from the committed results is
+    byte-identical)."""
+    cfg = run.config
+    line = "\n_Built by `im-pipeline report RUN_DIR` from the run directory's JSON files only"
+    if cfg.get("save_results"):
+        where = f"{cfg.get('report_dir') or 'reports'}/{run.experiment}/{RESULTS_DIR}"
+        line += f"; they are committed in `{where}/` and `im-pipeline report {where} --out DIR` rebuilds this report"
+    return line + "._"
+
+
 def describe(cfg: dict[str, Any], run: agg.RunResults) -> str:
     """One sentence on what was run, built from the resolved config (so ``--set data.n=8`` reads 8)."""
     d, t = cfg.get("data", {}), cfg.get("training", {})
     n_train = ((run.data_stats or {}).get("stats") or {}).get("train", {}).get("n")
     size = f"{n_train} examples" if n_train else (f"{d['n']} examples" if d.get("n") else "all examples")
+    if d.get("per_seed"):
+        size = (
+            f"{d.get('n')} examples per seed (each seed its own sample, tested on a disjoint sample of "
+            f"{d.get('held_out_size')})"
+        )
     steps = f"{t['max_steps']} steps" if (t.get("max_steps") or -1) > 0 else f"{t.get('epochs', '?')} epoch(s)"
     arms = []
     for a in cfg.get("arms", []):
@@ -945,6 +1145,8 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     """
     run = agg.load_run(Path(run_root))
     report_dir = Path(report_dir)
+    if run.config.get("save_results") and not is_results_dir(Path(run_root)):
+        save_results(Path(run_root), report_dir / RESULTS_DIR, run.experiment)
     fig_dir = report_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     stamp, key = fig_dir / INPUTS_STAMP, _inputs_key(run)
@@ -983,6 +1185,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         f"template `{cfg.get('data', {}).get('template', '?')}`",
         f"- **Loss normalisation: `{norm}`** — {norm_text}.",
         kl_note(run),
+        *(["## Pre-registered hypotheses", hyp] if (hyp := hypotheses_section(run)) else []),
         *(["## Failed task runs", failures] if (failures := failures_section(run)) else []),
         "## Results",
         table_md,
@@ -1001,7 +1204,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         overfitting_section(run, fig_dir),
         "## Provenance",
         provenance_section(run),
-        f"\n_Built by `im-pipeline report {run.root}` from the run directory's JSON files only._",
+        built_by(run),
     ]
     write_text_atomic(stamp, key)
     text = "\n\n".join(s for s in sections if s) + "\n"

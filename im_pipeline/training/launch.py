@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arm", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--data", required=True, help="directory with train.jsonl and held_out.jsonl")
+    p.add_argument("--data", required=True, help="directory with the prepared train.jsonl and held_out.jsonl")
     args = p.parse_args(argv)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
@@ -105,20 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from im_pipeline.config import config_from_dict
-    from im_pipeline.data import read_jsonl
+    from im_pipeline.data import seed_data
     from im_pipeline.training import train_arm
 
     raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     cfg = config_from_dict({k: v for k, v in raw.items() if not k.startswith("_")}, args.config)
     data = Path(args.data)
-    train_arm(
-        cfg,
-        cfg.arm(args.arm),
-        args.seed,
-        read_jsonl(data / "train.jsonl"),
-        read_jsonl(data / "held_out.jsonl"),
-        Path(args.run_dir),
-    )
+    train_arm(cfg, cfg.arm(args.arm), args.seed, *seed_data(cfg.data, data, args.seed), Path(args.run_dir))
     return 0
 
 

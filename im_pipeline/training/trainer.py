@@ -357,6 +357,31 @@ def _encode_records(
     return out, stats
 
 
+LR_SCALE_RATIO = "output_over_im_release"
+
+
+def output_over_im_release(
+    records: Sequence[dict], tokenizer: Any, *, template: str, max_length: int, on_overlength: str = "truncate"
+) -> dict[str, Any]:
+    """Σ output-token targets (IT mask) / Σ ``im_release`` targets over ``records``, encoded as training encodes them
+    (same template, max length and over-length policy): the share of IM's trained tokens that are outputs, i.e. the
+    learning-rate factor that gives IT the per-output-token step IM takes under token normalisation."""
+    enc, _ = _encode_records(
+        records,
+        tokenizer,
+        mode="im_release",
+        prompt_loss_weight=None,
+        template=template,
+        max_length=max_length,
+        on_overlength=on_overlength,
+    )
+    output = sum(sum(1 for w in e["it_weights"][1:] if w > 0) for e in enc)  # position 0 is never a target
+    im_release = sum(sum(1 for w in e["loss_weights"][1:] if w > 0) for e in enc)
+    if not im_release:
+        raise ValueError("lr_scale output_over_im_release: no im_release target tokens in the training sample")
+    return {"output_tokens": output, "im_release_tokens": im_release, "ratio": output / im_release}
+
+
 def _encoded_output_loss(model: torch.nn.Module, encoded: Sequence[dict], pad_token_id: int, batch_size: int) -> float:
     """Token-mean CE over the IT-mask targets of pre-encoded examples (model put in eval mode, then restored)."""
     return _encoded_output_losses(model, encoded, pad_token_id, batch_size)[0]
@@ -575,7 +600,8 @@ def write_model_card(final_dir: Path, cfg: ExperimentConfig, arm: ArmConfig, see
         "loss mode": f"`{arm.loss_mode}` (arm `{arm.name}`)" + (f", {extras}" if extras else ""),
         "seed": seed,
         "epochs / steps": f"{t.epochs} / {summary.get('steps')}",
-        "learning rate": f"{t.learning_rate} ({t.lr_scheduler}, warm-up {t.warmup_ratio})",
+        "learning rate": f"{summary.get('learning_rate', t.learning_rate)} ({t.lr_scheduler}, warm-up {t.warmup_ratio})"
+        + (f"; {t.learning_rate} × lr_scale {summary['lr_scale_factor']:.6g}" if arm.lr_scale != 1.0 else ""),
         "batch": f"{t.batch_size} × {t.gradient_accumulation_steps} accumulation",
         "max length": data.max_length,
         "loss normalisation": t.loss_normalisation,
@@ -805,6 +831,19 @@ def train_arm(
         train_stats,
     )
 
+    # lr_scale: a number, or output_over_im_release computed on this seed's sample (recorded in the summary).
+    lr_ratio = None
+    if arm.lr_scale == LR_SCALE_RATIO:
+        lr_ratio = output_over_im_release(train, tokenizer, **enc_kw)
+        lr_factor = float(lr_ratio["ratio"])
+    else:
+        lr_factor = float(arm.lr_scale)
+    args.learning_rate = t.learning_rate * lr_factor  # read by the Trainer when it builds optimiser and schedule
+    if lr_factor != 1.0:
+        log.info(
+            "%s seed %d: learning rate %g × %.6g = %g", arm.name, seed, t.learning_rate, lr_factor, args.learning_rate
+        )
+
     micro_batches = math.ceil(len(train_enc) / (t.batch_size * world_size))
     steps_per_epoch = max(math.ceil(micro_batches / t.gradient_accumulation_steps), 1)
     log_cb = TrainLogCallback(
@@ -862,6 +901,10 @@ def train_arm(
         "kl_coef": arm.kl_coef,
         "kl_form": arm.kl_form if arm.kl_coef > 0 else None,
         "loss_normalisation": t.loss_normalisation,
+        "lr_scale": arm.lr_scale,
+        "lr_scale_factor": lr_factor,
+        "lr_scale_tokens": lr_ratio,
+        "learning_rate": args.learning_rate,
         "model": cfg.model.source,
         "steps": result.global_step,
         "epochs": rows[-1]["epoch"] if rows else None,

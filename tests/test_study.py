@@ -1,0 +1,363 @@
+"""The pre-registered study's pieces: per-seed disjoint samples, the lr_scale arm, the stratified tests, Holm,
+the hypotheses' outcomes and the report section."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from im_pipeline.analysis import stats as st
+from im_pipeline.analysis.aggregate import RunResults
+from im_pipeline.analysis.hypotheses import evaluate_hypotheses
+from im_pipeline.config import ArmConfig, ConfigError, DataConfig, ExperimentConfig, config_from_dict
+from im_pipeline.data import prepare_data, seed_data, seed_sample
+
+# -- per-seed samples ------------------------------------------------------------------------------------------------
+
+
+def _records(n: int) -> list[dict]:
+    return [
+        {
+            "id": f"r-{i}",
+            "source": "t",
+            "messages": [
+                {"role": "user", "content": f"question {i}"},
+                {"role": "assistant", "content": f"answer {i} " * (1 + i % 3)},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def test_seed_samples_are_disjoint_per_seed_and_differ_between_seeds():
+    recs = _records(40)
+    seen = []
+    for seed in range(5):
+        train, test = seed_sample(recs, 8, 6, seed)
+        ids_train, ids_test = {r["id"] for r in train}, {r["id"] for r in test}
+        assert len(ids_train) == 8 and len(ids_test) == 6
+        assert ids_train.isdisjoint(ids_test)
+        assert (train, test) == seed_sample(list(reversed(recs)), 8, 6, seed)  # not the file order
+        seen.append(frozenset(ids_train))
+    assert len(set(seen)) == 5  # every seed its own sample
+    with pytest.raises(ValueError, match="need 15 examples; only 14"):
+        seed_sample(recs[:14], 8, 7, 0)
+
+
+def test_per_seed_prepare_writes_the_pool_and_seed_data_draws_from_it(tmp_path):
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records(30)))
+    cfg = DataConfig(train=str(src), n=8, held_out_size=5, per_seed=True)
+    prepared = prepare_data(cfg, None, 0, out_dir=tmp_path / "data")
+    assert len(prepared.train) == 30 and prepared.held_out == []
+    assert prepared.report["selection"]["method"] == "per seed"
+    for seed in (0, 3):
+        train, test = seed_data(cfg, tmp_path / "data", seed)
+        assert (train, test) == seed_sample(prepared.train, 8, 5, seed)
+        assert not {r["id"] for r in train} & {r["id"] for r in test}
+    plain = DataConfig(train=str(src), n=8, held_out_size=5)
+    prepare_data(plain, None, 0, out_dir=tmp_path / "plain")
+    a, b = seed_data(plain, tmp_path / "plain", 0), seed_data(plain, tmp_path / "plain", 1)
+    assert a == b and len(a[0]) == 8 and len(a[1]) == 5  # without per_seed: the prepared files for every seed
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"per_seed": True, "held_out_size": 4}, "n (the per-seed training sample size) must be set"),
+        ({"per_seed": True, "n": 4, "held_out": "lima"}, "held_out must be null"),
+        ({"per_seed": True, "n": 4, "held_out_size": 0}, "held_out_size"),
+    ],
+)
+def test_per_seed_config_errors(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict({"name": "x", "data": data})
+
+
+def test_lr_scale_and_study_config_errors():
+    with pytest.raises(ValueError, match="lr_scale must be > 0"):
+        ArmConfig(name="A", loss_mode="it", lr_scale=0)
+    with pytest.raises(ConfigError, match="lr_scale"):
+        config_from_dict({"name": "x", "arms": [{"name": "A", "loss_mode": "it", "lr_scale": "half"}]})
+    study = {"hypotheses": [{"id": "H1", "metric": "test_loss", "direction": "less", "text": "t"}]}
+    with pytest.raises(ConfigError, match=r"study names arm\(s\) \['IT-lr'\]"):
+        config_from_dict({"name": "x", "study": {**study, "controls": ["IT-lr"]}})
+    two = {"hypotheses": study["hypotheses"] * 2}
+    with pytest.raises(ConfigError, match="hypothesis ids must be unique"):
+        config_from_dict({"name": "x", "study": two})
+
+
+# -- lr_scale ----------------------------------------------------------------------------------------------------------
+
+
+def test_output_over_im_release_is_the_ratio_of_token_sums(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from im_pipeline.training.masking import encode_example
+    from im_pipeline.training.trainer import output_over_im_release
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recs = [
+        {"id": "a", "messages": [{"role": "user", "content": "What is the capital of France?"},
+                                 {"role": "assistant", "content": "Paris."}]},
+        {"id": "b", "messages": [{"role": "user", "content": "Hi"},
+                                 {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog."}]},
+    ]  # fmt: skip
+    got = output_over_im_release(recs, tok, template="tulu", max_length=64)
+    out, imr = [], []
+    for r in recs:  # the same counts by hand from the masks (masks themselves: tests/test_masking.py)
+        enc = encode_example(r, tok, mode="im_release", template="tulu", max_length=64)
+        ids = enc["input_ids"]
+        answer = tok(r["messages"][1]["content"], add_special_tokens=False)["input_ids"]
+        # IT targets: the answer's tokens and EOS (tokenised in context they may merge differently: compare counts
+        # with the mask's, which must at least cover len(answer) tokens + EOS within the sequence)
+        it_count = sum(1 for w in enc["it_weights"][1:] if w > 0)
+        assert it_count >= 1 and it_count <= len(answer) + 2
+        # im_release targets: every position but the first (BOS) and the leading "<|user|>\n" and the last newline
+        prefix = len(tok("<|user|>\n", add_special_tokens=False)["input_ids"])
+        imr_count = sum(1 for w in enc["loss_weights"][1:] if w > 0)
+        assert imr_count <= len(ids) - 1 - prefix
+        out.append(it_count)
+        imr.append(imr_count)
+    assert got["output_tokens"] == sum(out) and got["im_release_tokens"] == sum(imr)
+    assert got["ratio"] == sum(out) / sum(imr)
+    assert got["ratio"] != pytest.approx(np.mean([o / i for o, i in zip(out, imr, strict=True)]))  # Σ/Σ, not mean
+
+
+@pytest.mark.parametrize("scale", [0.5, "output_over_im_release"])
+def test_the_trainer_gets_the_scaled_learning_rate(tiny_model_dir, tmp_path, scale):
+    from im_pipeline.config import ModelConfig, TrainingConfig
+    from im_pipeline.training import train_arm
+    from im_pipeline.training.trainer import output_over_im_release
+
+    seen = []
+
+    from transformers import TrainerCallback
+
+    class Seen(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kw):
+            seen.append(optimizer.param_groups[0]["lr"] if optimizer is not None else args.learning_rate)
+
+    cfg = ExperimentConfig(
+        name="lr",
+        model=ModelConfig(source=str(tiny_model_dir)),
+        data=DataConfig(max_length=48),
+        training=TrainingConfig(
+            epochs=1, batch_size=2, learning_rate=1e-3, lr_scheduler="constant", warmup_ratio=0.0, threads=1
+        ),
+    )
+    arm = ArmConfig(name="IT-lr", loss_mode="it", lr_scale=scale)
+    train = _records(4)
+    summary = train_arm(cfg, arm, 0, train, _records(6)[4:], tmp_path / "run", callbacks=[Seen()])
+    if scale == 0.5:
+        factor = 0.5
+        assert summary["lr_scale_tokens"] is None
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        expected = output_over_im_release(train, tok, template="tulu", max_length=48)
+        assert summary["lr_scale_tokens"] == expected
+        factor = expected["ratio"]
+        assert 0 < factor < 1
+    assert summary["lr_scale_factor"] == factor
+    assert summary["learning_rate"] == pytest.approx(1e-3 * factor, rel=1e-12)
+    assert seen and seen[0] == pytest.approx(1e-3 * factor, rel=1e-12)  # what the optimiser was built with
+    logged = [json.loads(x)["learning_rate"] for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert logged and all(v == pytest.approx(1e-3 * factor, rel=1e-9) for v in logged if v is not None)
+
+
+# -- statistics --------------------------------------------------------------------------------------------------------
+
+
+def test_sign_flip_one_stratum_equals_scipy_permutation_test():
+    from scipy.stats import permutation_test
+
+    d = np.array([0.8, -0.3, 1.1, 0.4, -0.2, 0.9, 0.05, 0.6])
+    for alt in ("greater", "less"):
+        ours = st.stratified_sign_flip([d], alternative=alt)
+        ref = permutation_test(
+            (d,), np.mean, permutation_type="samples", alternative=alt, n_resamples=np.inf
+        )  # exact: all 2^8 sign flips
+        assert ours["exact"] and ours["n_flips"] == 256
+        assert ours["p_value"] == pytest.approx(ref.pvalue, abs=1e-12)
+
+
+def test_stratified_sign_flip_hand_computed():
+    # seeds [1, -2] and [3]: contributions 1/(2·2), -2/(2·2), 3/(2·1) = 0.25, -0.5, 1.5; T = 1.25.
+    # The 8 flips give ±0.25 ± 0.5 ± 1.5 = 2.25, 1.75, 1.25, 0.75, -0.75, -1.25, -1.75, -2.25: 3 of 8 are >= 1.25.
+    per_seed = [[1.0, -2.0], [3.0]]
+    res = st.stratified_sign_flip(per_seed, alternative="greater")
+    assert res["statistic"] == 1.25 == st.stratified_mean(per_seed)
+    assert res["p_value"] == 3 / 8
+    assert st.stratified_sign_flip(per_seed, alternative="less")["p_value"] == 6 / 8  # <= 1.25: all but 2.25, 1.75
+    assert st.stratified_sign_flip([[0.0, 0.0], [0.0]])["p_value"] == 1.0
+
+
+def test_monte_carlo_sign_flip_matches_exact_and_uses_b_plus_one():
+    rng = np.random.default_rng(3)
+    per_seed = [rng.normal(0.2, 1, 6), rng.normal(0.2, 1, 5), rng.normal(0.2, 1, 7)]
+    exact = st.stratified_sign_flip(per_seed, alternative="greater")
+    mc = st.stratified_sign_flip(per_seed, alternative="greater", exact_max=5, n_resamples=200_000, seed=1)
+    assert exact["exact"] and not mc["exact"]
+    assert mc["p_value"] == (mc["extreme"] + 1) / (200_000 + 1)
+    assert mc["p_value"] == pytest.approx(exact["p_value"], abs=0.005)
+    # far in the tail: never 0
+    far = st.stratified_sign_flip([np.full(30, 1.0)], alternative="greater", n_resamples=1000)
+    assert far["p_value"] == 1 / 1001
+
+
+def test_holm_against_a_hand_example():
+    # sorted 0.01, 0.03, 0.04 (m = 3): 3·0.01 = 0.03; max(0.03, 2·0.03) = 0.06; max(0.06, 1·0.04) = 0.06
+    assert st.holm({"H1": 0.01, "H2": 0.04, "H3": 0.03}) == pytest.approx({"H1": 0.03, "H2": 0.06, "H3": 0.06})
+    assert st.holm({"a": 0.5, "b": 0.6}) == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ValueError):
+        st.holm({"a": 1.5})
+
+
+def test_stratified_bootstrap_one_stratum_is_the_paired_bootstrap():
+    d = [0.3, -0.1, 0.5, 0.2, 0.0, 0.7, -0.4]
+    assert st.stratified_bootstrap_ci([d], seed=5) == st.bootstrap_mean_ci(d, seed=5)
+    lo, hi = st.stratified_bootstrap_ci([[1.0, 1.0], [3.0, 3.0, 3.0]])
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # constant within seeds: the mean of means
+
+
+def test_one_sided_sign_test_against_scipy():
+    from scipy.stats import binomtest
+
+    res = st.sign_test_one_sided([0.1, 0.2, 0.3], "greater")
+    assert res["p_value"] == 0.125 == res["min_p"]  # 3 seeds: the smallest one-sided p
+    res = st.sign_test_one_sided([0.1, -0.2, 0.3, 0.4, 0.5], "less")
+    assert res["p_value"] == pytest.approx(binomtest(4, 5, 0.5, alternative="less").pvalue)
+
+
+# -- hypotheses --------------------------------------------------------------------------------------------------------
+
+
+def _run(effects: dict[str, dict[str, float]], seeds=(0, 1, 2), n=10, controls=()) -> RunResults:
+    """A run whose IM − IT per-item differences per metric are effect + small fixed noise."""
+    rng = np.random.default_rng(0)
+    study = {
+        "controls": list(controls),
+        "resamples": 2000,
+        "hypotheses": [
+            {"id": "H1", "metric": "train_loss", "direction": "greater", "text": "IM train loss higher",
+             "paper": {"reference": 0.58, "treatment": 0.61}},
+            {"id": "H2", "metric": "test_loss", "direction": "less", "text": "IM test loss lower",
+             "paper": {"reference": 1.26, "treatment": 1.19}},
+            {"id": "H3", "metric": "bleu4", "direction": "less", "text": "IM BLEU lower",
+             "paper": {"reference": 60.99, "treatment": 59.04}},
+        ],
+    }  # fmt: skip
+    arms = ["IT", "IM", *controls]
+    cfg = {"name": "s", "arms": [{"name": a, "loss_mode": "it"} for a in arms], "study": study}
+    run = RunResults(experiment="s", root=Path("."), config=cfg, arms=arms, seeds=list(seeds))
+    ov: dict = {}
+    for arm in arms:
+        for s in seeds:
+            items = {}
+            for metric in ("train_loss", "test_loss", "bleu4"):
+                base = rng.normal(1.0, 0.01, n)
+                shift = effects.get(arm, {}).get(metric, 0.0)
+                items[metric] = {f"e{i}": float(v + shift) for i, v in enumerate(base)}
+            ov.setdefault(arm, {})[s] = {"status": "ok", "value": 1.0, "items": items}
+    run.results["overfitting"] = ov
+    return run
+
+
+def test_outcomes_confirmed_reversed_not_confirmed_with_holm():
+    run = _run({"IM": {"train_loss": 0.05, "test_loss": 0.05, "bleu4": 0.0}})
+    res = evaluate_hypotheses(run)
+    by = {r["id"]: r for r in res["hypotheses"]}
+    assert by["H1"]["outcome"] == "confirmed"  # +0.05 predicted greater
+    assert by["H2"]["outcome"] == "reversed"  # +0.05 where less was predicted
+    assert by["H3"]["outcome"] == "not confirmed"  # no shift
+    for r in by.values():
+        assert r["p_holm"] >= r["p_predicted"]
+        assert r["seed_deltas"].keys() == {0, 1, 2}
+        assert r["sign_test"]["min_p"] == 0.125
+    p = {k: v["p_predicted"] for k, v in by.items()}
+    assert {k: v["p_holm"] for k, v in by.items()} == st.holm(p)
+    assert by["H1"]["ci"][0] < by["H1"]["effect"] < by["H1"]["ci"][1]
+    assert evaluate_hypotheses(RunResults(experiment="x", root=Path("."), config={"name": "x"})) is None
+
+
+def test_controls_are_compared_with_the_treatment_outside_holm():
+    run = _run({"IM": {"test_loss": -0.05}, "IT-lr": {"test_loss": -0.05}}, controls=("IT-lr",))
+    res = evaluate_hypotheses(run)
+    assert [r["id"] for r in res["controls"]] == ["H1", "H2", "H3"]
+    h2 = next(r for r in res["controls"] if r["id"] == "H2")
+    assert h2["reference"] == "IT-lr" and abs(h2["effect"]) < 0.02  # IM ≈ IT-lr on test loss
+    assert "p_holm" not in h2
+
+
+def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
+    from im_pipeline.report.build import hypotheses_section
+
+    run = _run({"IM": {"train_loss": 0.05}})
+    run.config["model"] = {"source": "smollm2-135m-instruct"}
+    run.config["data"] = {"train": "paper_dolly_3k"}
+    run.config["study"]["scope"] = "The model is already instruction-tuned."
+    text = hypotheses_section(run)
+    assert "| H1 | IM train loss higher (IM − IT > 0 on output-token train loss" in text
+    assert "| 0.580 / 0.610 |" in text and "| 60.99 / 59.04 |" in text
+    assert "**confirmed**" in text and "**not confirmed**" in text
+    assert "smallest possible p is 0.125" in text
+    assert "Scope: The model is already instruction-tuned. Nothing here is claimed beyond this model" in text
+    # Holm-adjusted p of H1 as printed
+    res = evaluate_hypotheses(run)
+    h1 = res["hypotheses"][0]
+    assert f"| {st.holm({r['id']: r['p_predicted'] for r in res['hypotheses']})['H1']:.4f} |" in text or (
+        h1["p_holm"] < 1e-4
+    )
+    assert list(itertools.chain(*[r["seeds"] for r in res["hypotheses"]]))  # seeds were found
+
+
+# -- committed results -------------------------------------------------------------------------------------------------
+
+
+def test_saved_results_rebuild_the_same_report_and_restore_only_whole_units(tmp_path):
+    import yaml
+
+    from im_pipeline.report.build import build_report
+    from im_pipeline.report.results import is_results_dir, restore_unit
+    from tests.synthetic_run import make_experiment
+
+    items = {"overfitting": {"IT": [[1.0, 2.0, 3.0, 4.0, 5.0]] * 2, "IM": [[1.5, 2.0, 3.5, 4.0, 5.5]] * 2}}
+    root = make_experiment(tmp_path / "runs", "exp", ratio=0.5, n=20, values={}, items=items)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["save_results"] = True
+    cfg["evaluation"]["alpaca_eval"] = {"enabled": False}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "IT" / "seed-0" / "checkpoint").mkdir()
+    (root / "IT" / "seed-0" / "checkpoint" / "model.safetensors").write_bytes(b"weights")
+    (root / "IT" / "seed-0" / ".keys").mkdir()
+    (root / "IT" / "seed-0" / ".keys" / "train.key").write_text("k\n")
+    (root / "IT" / "seed-0" / "eval" / ".keys").mkdir()
+    (root / "IT" / "seed-0" / "eval" / ".keys" / "overfitting.key").write_text("e\n")
+    (root / "data" / "train.jsonl").write_text("{}\n")
+    report = tmp_path / "reports" / "exp"
+    build_report(root, report)
+    results = report / "results"
+    assert is_results_dir(results)
+    saved = sorted(p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file())
+    assert "IT/seed-0/eval/overfitting.json" in saved and "IT/seed-0/.keys/train.key" in saved
+    assert "config.yaml" in saved and "data/data_stats.json" in saved
+    assert not [p for p in saved if "checkpoint" in p or p == "data/train.jsonl"]
+    text = (report / "REPORT.md").read_text()
+    assert "`im-pipeline report reports/exp/results --out DIR` rebuilds this report" in text
+    build_report(results, tmp_path / "again")
+    assert (tmp_path / "again" / "REPORT.md").read_bytes() == (report / "REPORT.md").read_bytes()
+    assert not (tmp_path / "again" / "results").exists()
+    # restore: only a unit whose training and every benchmark are there, never over existing files
+    fresh = tmp_path / "fresh"
+    assert restore_unit(results, fresh, "IM/seed-0", ["overfitting"]) == []  # IM has no train.key: not whole
+    got = restore_unit(results, fresh, "IT/seed-0", ["overfitting"])
+    assert "IT/seed-0/eval/overfitting.json" in got and (fresh / "IT/seed-0/.keys/train.key").is_file()
+    assert restore_unit(results, fresh, "IT/seed-0", ["overfitting"]) == []  # the unit exists now
+    assert restore_unit(results, fresh, "IT/seed-1", ["overfitting", "mmlu"]) == []
