@@ -394,7 +394,7 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     # small files only, in the run directory's layout
     saved = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
     assert {"config.yaml", "timings.json", "data/data_stats.json", "IT-lr/seed-1/eval/overfitting.json"} <= saved
-    assert not any("checkpoint" in p or p.endswith(".jsonl") and "data/" in p for p in saved)
+    assert not any("checkpoint" in p or (p.endswith(".jsonl") and "data/" in p) for p in saved)
     text = (report_dir / "REPORT.md").read_text()
     assert text.index("## Pre-registered hypotheses") < text.index("## Results")
     assert "Learning rate of `IT-lr`: 0.001 scaled by Σ output tokens / Σ `im_release` target tokens" in text

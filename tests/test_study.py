@@ -3,9 +3,8 @@ the hypotheses' outcomes and the report section."""
 
 from __future__ import annotations
 
-import itertools
-import re
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -309,13 +308,10 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     assert "**confirmed**" in text and "**not confirmed**" in text
     assert "smallest possible p is 0.125" in text
     assert "Scope: The model is already instruction-tuned. Nothing here is claimed beyond this model" in text
-    # Holm-adjusted p of H1 as printed
     res = evaluate_hypotheses(run)
-    h1 = res["hypotheses"][0]
-    assert f"| {st.holm({r['id']: r['p_predicted'] for r in res['hypotheses']})['H1']:.4f} |" in text or (
-        h1["p_holm"] < 1e-4
-    )
-    assert list(itertools.chain(*[r["seeds"] for r in res["hypotheses"]]))  # seeds were found
+    for r in res["hypotheses"]:  # raw and Holm-adjusted p as printed in the hypothesis' row
+        row = next(line for line in text.splitlines() if line.startswith(f"| {r['id']} |"))
+        assert f"| {r['p_predicted']:.4f} | {r['p_holm']:.4f} |" in row or r["p_predicted"] < 1e-4
 
 
 # -- committed results -------------------------------------------------------------------------------------------------
