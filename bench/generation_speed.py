@@ -1,18 +1,25 @@
-"""Batched generation vs plain sequential ``generate``: throughput and ratio (goal >= 3x on CPU).
+"""Batched generation vs the fixed baseline (batch 1, default cache): throughput ratio (goal >= 10x), identical outputs.
 
-    nice -n 10 python bench/generation_speed.py [--model smollm2-135m-instruct] [--prompts 16] [--new-tokens 64]
-        [--batch-size 16] [--threads N]
+    nice -n 10 python bench/generation_speed.py [--model smollm2-135m-instruct] [--prompts 32] [--new-tokens 64]
+        [--batch-size 32] [--threads N]
 
-Both paths decode greedily the same prompts with the same ``max_new_tokens``. Sequential = one unpadded
-prompt at a time through ``model.generate`` (what a naive evaluation loop does); batched =
-:func:`im_pipeline.evaluation.generation.generate` (length-sorted, left-padded batches, KV cache).
-Throughput counts the new tokens each path actually produced (EOS may end a row early).
+Baseline (fixed, as issue 15 defines it): the same prompts, one at a time through ``model.generate``
+(batch 1, no padding, the model's default cache), greedy, the same ``max_new_tokens``. Ours:
+:func:`im_pipeline.evaluation.generation.generate` (length-sorted, left-padded batches, KV cache), greedy.
+Both get the same token ids (ours encodes each prompt once; the baseline is handed those ids). Throughput
+counts the new tokens each path actually produced (EOS may end a row early). The texts are compared
+prompt by prompt: padding changes floating-point sums slightly, and a flipped greedy token would show up
+as a differing output (the count of identical outputs is printed).
+
+The prompts are 32 distinct instructions of varied length in the training template (``--prompts`` above
+32 repeats them). The default size takes about 3 minutes on a quiet 2-core machine, most of it the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from im_pipeline.data.templates import render_prompt
-from im_pipeline.evaluation.generation import GenerationConfig, generate
+from im_pipeline.evaluation.generation import GenerationConfig, encode_prompt, generate
 from im_pipeline.models import load_model_and_tokenizer
 
 INSTRUCTIONS = [
@@ -40,29 +47,54 @@ INSTRUCTIONS = [
     "What should I pack for a week-long hiking trip?",
     "Describe the history of the printing press.",
     "How does a hash table work?",
+    "Hi!",
+    "Translate 'good morning' into French.",
+    "What is 17 times 23?",
+    "Name three primary colours.",
+    "Give me a haiku about autumn leaves falling in a quiet park.",
+    "I am planning a small garden on a balcony that gets about four hours of sun a day. Which vegetables and herbs "
+    "would grow well there, and how should I arrange the pots?",
+    "Explain the difference between a list and a tuple in Python, and say when each one is the better choice.",
+    "My laptop has become slow over the last few months. What are the most likely causes and what can I check "
+    "first, before buying a new one?",
+    "Write a limerick about a cat who loves cheese.",
+    "What is the capital of Australia?",
+    "Describe how a bill becomes a law in the United States, step by step, including what happens if the president "
+    "vetoes it.",
+    "Suggest a name for a bakery.",
+    "Explain what an API is to someone who has never programmed, using an analogy from everyday life.",
+    "How many legs does a spider have?",
+    "Write a short motivational message for a friend who is about to run their first marathon next weekend.",
+    "Summarise the main ideas of the theory of evolution by natural selection in a few sentences.",
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--template", default="tulu", choices=["tulu", "chat_template"])
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (on a loaded machine 1 is often fastest)"
-    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     model, tok = load_model_and_tokenizer(args.model)
     model.eval()
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(args.prompts)]
     prompts = [render_prompt([{"role": "user", "content": x}], args.template, tok) for x in instructions]
-    threads = torch.get_num_threads()
-    print(f"model {args.model}: {args.prompts} prompts x {args.new_tokens} new tokens, torch threads {threads}")
+    encoded = [encode_prompt(tok, p) for p in prompts]
+    lengths = sorted(len(ids) for ids in encoded)
+    dtype = next(model.parameters()).dtype
+    print(
+        f"settings: model {args.model} ({dtype}), {args.prompts} prompts ({lengths[0]}-{lengths[-1]} tokens, "
+        f"template {args.template}), max {args.new_tokens} new tokens, greedy, "
+        f"torch threads {torch.get_num_threads()}; "
+        f"ours: batch size {args.batch_size}, length-sorted, left-padded, dynamic KV cache"
+    )
 
     def count(texts: list[str]) -> int:
         return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
@@ -71,25 +103,38 @@ def main() -> None:
     generate(model, tok, prompts[:1], GenerationConfig(max_new_tokens=4), progress=False)
 
     start = time.perf_counter()
-    sequential = []
+    baseline = []
     with torch.inference_mode():
-        for p in prompts:
-            enc = tok(p, return_tensors="pt")
-            out = model.generate(**enc, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            sequential.append(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-    t_seq = time.perf_counter() - start
+        for ids in encoded:
+            input_ids = torch.tensor([ids])
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+            baseline.append(tok.decode(out[0, len(ids) :], skip_special_tokens=True))
+    t_base = time.perf_counter() - start
 
     start = time.perf_counter()
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, batch_size=args.batch_size)
-    batched = [r[0] for r in generate(model, tok, prompts, cfg, progress=False)]
-    t_bat = time.perf_counter() - start
+    ours = [r[0] for r in generate(model, tok, prompts, cfg, progress=False)]
+    t_ours = time.perf_counter() - start
 
-    n_seq, n_bat = count(sequential), count(batched)
-    same = sum(a == b for a, b in zip(sequential, batched, strict=True))
-    print(f"sequential: {t_seq:7.2f} s  {n_seq} new tokens  {n_seq / t_seq:7.1f} tok/s")
-    print(f"batched:    {t_bat:7.2f} s  {n_bat} new tokens  {n_bat / t_bat:7.1f} tok/s  (batch size {args.batch_size})")
-    ratio = (n_bat / t_bat) / (n_seq / t_seq)
-    print(f"speed-up (throughput ratio): {ratio:.2f}x; identical outputs {same}/{len(prompts)}")
+    n_base, n_ours = count(baseline), count(ours)
+    same = sum(a == b for a, b in zip(baseline, ours, strict=True))
+    rate_base, rate_ours = n_base / t_base, n_ours / t_ours
+    print(f"baseline (batch 1, default cache): {t_base:7.2f} s  {n_base} new tokens  {rate_base:7.1f} new tokens/s")
+    label = f"ours (batch size {args.batch_size}):"
+    print(f"{label:<35}{t_ours:7.2f} s  {n_ours} new tokens  {rate_ours:7.1f} new tokens/s")
+    print(f"ratio (throughput): {rate_ours / rate_base:.2f}x (goal >= 10x); identical outputs {same}/{len(prompts)}")
+    for i, (a, b) in enumerate(zip(baseline, ours, strict=True)):
+        if a != b:
+            cut = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            where = f"prompt {i} ({len(encoded[i])} tokens) from char {cut}"
+            print(f"  differs: {where}: {a[cut : cut + 40]!r} vs {b[cut : cut + 40]!r}")
+    print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
 if __name__ == "__main__":

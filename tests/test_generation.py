@@ -31,11 +31,13 @@ def _plain_generate(model, tok, prompt: str, max_new_tokens: int) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def test_batched_greedy_matches_unpadded_sequential_and_keeps_order(model_tok):
+@pytest.mark.parametrize("batch_size", [3, 8])  # 8: every prompt in one left-padded batch
+def test_batched_greedy_matches_unpadded_sequential_and_keeps_order(model_tok, batch_size):
     model, tok = model_tok
-    got = generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=3), progress=False)
+    got = generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=batch_size), progress=False)
     expected = [[_plain_generate(model, tok, p, 12)] for p in PROMPTS]
     assert got == expected
+    assert generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=1), progress=False) == expected
     # Prompts of different lengths really were padded together (so left padding was exercised).
     lengths = {len(tok(p)["input_ids"]) for p in PROMPTS}
     assert len(lengths) > 2

@@ -94,16 +94,18 @@ class StopOnStrings(StoppingCriteria):
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new = input_ids[:, self.prompt_length :]
         start = max(0, new.shape[1] - self.window)
-        for row in range(new.shape[0]):
-            if self.done[row]:
-                continue
-            tail = self.tokenizer.decode(new[row, start:], skip_special_tokens=True)
-            if any(s in tail for s in self.stop):
-                self.done[row] = True
+        active = (~self.done).nonzero().flatten().tolist()
+        if active:
+            # One batched (Rust) decode of the still-running rows' tails per step, not one call per row.
+            tails = self.tokenizer.batch_decode(new[active, start:], skip_special_tokens=True)
+            for row, tail in zip(active, tails, strict=True):
+                if any(s in tail for s in self.stop):
+                    self.done[row] = True
         return self.done.clone()
 
 
-def _encode(tokenizer: Any, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """The token ids :func:`generate` feeds the model for ``prompt`` (no second BOS; BOS alone for an empty prompt)."""
     bos = getattr(tokenizer, "bos_token", None)
     # A prompt rendered with a template may already start with the BOS text: do not add a second one.
     add_special = not (bos and prompt.startswith(bos))
@@ -174,7 +176,7 @@ def generate(
 
     model.eval()
     device = next(model.parameters()).device
-    encoded = [_encode(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     # Longest first: similar lengths share a batch (little padding) and memory peaks show up at once.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     num_return = 1 if cfg.greedy else cfg.n
