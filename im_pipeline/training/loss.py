@@ -182,10 +182,10 @@ def release_kl(
 
 
 def unpack_targets(values: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
-    """Per-target values of a padding-free row, ``[1, L-1]``, laid out per example as ``[n, T-1]``.
+    """Per-target values of padding-free rows, ``[R, L-1]``, laid out per example as ``[n, T-1]``.
 
     ``target_index`` (from :class:`~im_pipeline.training.masking.PaddingFreeCollator`) holds, for each target of the
-    padded layout, the packed position whose logits predict it, ``-1`` where there is none (padding → 0). The result
+    padded layout, the flattened packed position whose logits predict it, ``-1`` where there is none (→ 0). The result
     lines up with :func:`shifted_weights` of the padded ``labels``/``weights``, so every reduction above applies
     unchanged. Gradients flow through the gather.
     """

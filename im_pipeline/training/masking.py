@@ -211,49 +211,86 @@ class WeightedCollator:
 
 
 class PaddingFreeCollator:
-    """Padding-free batches: the micro-batch's examples concatenated into one row, no padding (``padding_free``).
+    """Padding-free batches (``training.padding_free``): the micro-batch's examples concatenated into a few rows.
 
-    The model inputs come from ``transformers.DataCollatorWithFlattening``: ``input_ids`` ``[1, L]`` (``L`` = the
-    examples' total length), ``position_ids`` restarting at 0 for each example, and ``packed_labels`` ``[1, L]``
-    with ``-100`` at the first token of each example (so the last token of one example never predicts the first of
-    the next). Given ``position_ids`` and no ``attention_mask``, transformers' ``masking_utils``
-    (``find_packed_sequence_indices``) builds a block-diagonal causal mask: attention stays within each example (sdpa,
-    eager and flash attention alike).
+    The model inputs come from ``transformers.DataCollatorWithFlattening``, one call per row: ``input_ids``
+    ``[R, L]``, ``position_ids`` restarting at 0 for each example, and ``packed_labels`` with ``-100`` at the first
+    token of each example (so the last token of one example never predicts the first of the next). Given
+    ``position_ids`` and no ``attention_mask``, transformers' ``masking_utils`` (``find_packed_sequence_indices``)
+    builds a block-diagonal causal mask: attention stays within each example (sdpa, eager and flash attention alike).
+
+    Rows, not always one row: attention over a row of length ``L`` costs ``O(L)`` per token whatever the mask (sdpa
+    computes the masked-out blocks too), so one row of n examples costs up to n times the padded batch's attention
+    (≈ +50% compute for SmolLM2-135M at 8 × 256 tokens). :meth:`assign_rows` spreads the examples over ``R`` rows
+    (longest first onto the shortest row) and picks the ``R`` of least estimated cost, ``R · L · (1 + a · L)`` with
+    ``a = attention_cost`` (attention FLOPs per context position over linear FLOPs per token, see
+    :func:`im_pipeline.training.trainer.attention_cost_of`). A row shorter than the longest is filled by one padding
+    segment of its own (``pad_token_id``, positions from 0, no targets): it attends only to itself, and no real token
+    attends to it.
 
     The loss side keeps the :class:`WeightedCollator` layout: ``labels``, ``loss_weights`` and ``it_weights`` are
     ``[n, T]`` exactly as the padded batch has them, so denominators and reductions (per-sequence means, KL, the IT
     mask) are the padded path's, unchanged. ``target_index`` ``[n, T-1]`` maps each target of that layout to the
-    position in the packed row whose logits predict it (``-1`` on padding): written by hand because no library
-    collator maps packed per-token values back to their examples; :func:`im_pipeline.training.loss.unpack_targets`
-    applies it.
+    position in the flattened ``[R, L-1]`` per-target values whose logits predict it (``-1`` on padding). Written by
+    hand (the row assignment and this map): no library collator balances rows or maps packed per-token values back to
+    their examples; :func:`im_pipeline.training.loss.unpack_targets` applies the map.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, attention_cost: float = 1 / 4096) -> None:
         from transformers import DataCollatorWithFlattening
 
         self.padded = WeightedCollator(pad_token_id)
+        self.pad_token_id = int(pad_token_id)
+        self.attention_cost = attention_cost
         self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    @staticmethod
+    def assign_rows(lengths: Sequence[int], attention_cost: float = 1 / 4096) -> list[list[int]]:
+        """Example indices per row. For each ``R`` in 1..n: each example, longest first, onto the shortest of ``R``
+        rows (greedy LPT balancing); keep the ``R`` whose ``R · L · (1 + attention_cost · L)`` is least (``L`` = the
+        longest row; ties → fewer rows). Within a row, examples keep their batch order."""
+        order = sorted(range(len(lengths)), key=lambda j: (-lengths[j], j))
+        best: tuple[float, list[list[int]]] | None = None
+        for n_rows in range(1, len(lengths) + 1):
+            rows: list[list[int]] = [[] for _ in range(n_rows)]
+            fill = [0] * n_rows
+            for i in order:
+                r = min(range(n_rows), key=lambda q: (fill[q], q))
+                rows[r].append(i)
+                fill[r] += lengths[i]
+            longest = max(fill)
+            cost = n_rows * longest * (1 + attention_cost * longest)
+            if best is None or cost < best[0]:
+                best = (cost, rows)
+        assert best is not None
+        return [sorted(row) for row in best[1] if row]
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = self.padded(features)  # validates the features; its labels/weights are the loss layout
         n, length = batch["labels"].shape
-        flat = self.flatten(
-            [
-                {"input_ids": list(f["input_ids"]), "labels": batch["labels"][row, : len(f["input_ids"])].tolist()}
-                for row, f in enumerate(features)
-            ]
-        )
+        lengths = [len(f["input_ids"]) for f in features]
+        rows = self.assign_rows(lengths, self.attention_cost)
+        row_len = max(sum(lengths[i] for i in row) for row in rows)
+        segments = []
         target_index = torch.full((n, max(length - 1, 0)), -1, dtype=torch.long)
-        offset = 0
-        for row, f in enumerate(features):
-            k = len(f["input_ids"])
-            # target i (1 ≤ i < k) of example `row` is predicted by the logits at packed position offset + i - 1
-            target_index[row, : k - 1] = torch.arange(offset, offset + k - 1)
-            offset += k
+        for r, row in enumerate(rows):
+            row_feats = [
+                {"input_ids": list(features[i]["input_ids"]), "labels": batch["labels"][i, : lengths[i]].tolist()}
+                for i in row
+            ]
+            offset = r * (row_len - 1)  # index into the flattened [R, L-1] per-target values
+            for i in row:
+                # target t (1 ≤ t < k) of example i is predicted by the logits at row position offset + t - 1
+                target_index[i, : lengths[i] - 1] = torch.arange(offset, offset + lengths[i] - 1)
+                offset += lengths[i]
+            rest = row_len - sum(lengths[i] for i in row)
+            if rest:  # a padding segment of its own: positions from 0, no targets
+                row_feats.append({"input_ids": [self.pad_token_id] * rest, "labels": [IGNORE_INDEX] * rest})
+            segments.append(self.flatten(row_feats))
         return {
-            "input_ids": flat["input_ids"],
-            "position_ids": flat["position_ids"],
-            "packed_labels": flat["labels"],
+            "input_ids": torch.cat([s["input_ids"] for s in segments]),
+            "position_ids": torch.cat([s["position_ids"] for s in segments]),
+            "packed_labels": torch.cat([s["labels"] for s in segments]),
             "target_index": target_index,
             "labels": batch["labels"],
             "loss_weights": batch["loss_weights"],

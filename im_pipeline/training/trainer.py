@@ -108,7 +108,7 @@ class WeightedLossTrainer(Trainer):
     """``Trainer`` whose loss is :func:`weighted_lm_loss` (+ ``kl_coef`` · KL to ``ref_model`` on output tokens).
 
     Batches must carry ``input_ids``, ``attention_mask``, ``labels``, ``loss_weights`` and ``it_weights`` (the
-    :class:`WeightedCollator` output), or, padding-free, the :class:`PaddingFreeCollator` output (one packed row with
+    :class:`WeightedCollator` output), or, padding-free, the :class:`PaddingFreeCollator` output (packed rows with
     ``position_ids``, ``packed_labels`` and ``target_index``; labels and weights in the padded layout, so every loss
     and denominator is the padded path's); use ``remove_unused_columns=False``.
 
@@ -187,8 +187,8 @@ class WeightedLossTrainer(Trainer):
         """NEFTune noise of the padded batch's magnitude on a padding-free row.
 
         transformers' ``neftune_post_forward_hook`` draws uniform noise of magnitude ``α / sqrt(T · d)``, with ``T``
-        the row length: the padded length of the micro-batch when padded, but the total length ``L`` of all its
-        examples when packed (≈ n times smaller noise for n examples). While the packed forward runs, α is scaled by
+        the row length: the padded length of the micro-batch when padded, but the packed row's length ``L`` (a few
+        examples) when padding-free. While the packed forward runs, α is scaled by
         ``sqrt(L / T)`` so each token gets noise of the same magnitude, ``α / sqrt(T · d)``, as in the padded path
         (a different random draw: the tensors differ in shape).
         """
@@ -220,7 +220,7 @@ class WeightedLossTrainer(Trainer):
         labels, weights, it_weights = inputs["labels"], inputs["loss_weights"], inputs["it_weights"]
         packed = "target_index" in inputs  # PaddingFreeCollator (training.padding_free)
         if packed:
-            # One row, no attention_mask: transformers builds the block-diagonal causal mask from position_ids
+            # Packed rows, no attention_mask: transformers builds the block-diagonal causal mask from position_ids
             # (masking_utils.find_packed_sequence_indices; it needs attention_mask=None and no cache).
             model_inputs = {
                 "input_ids": inputs["input_ids"],
@@ -271,10 +271,12 @@ class WeightedLossTrainer(Trainer):
         if model.training and loss_n is not None and self.args.world_size > 1:
             loss = loss * self.args.world_size
         if model.training:
-            # Real tokens: attention_mask ones (padded) or every token of the packed row (padding-free).
-            mask = inputs["input_ids"] if packed else inputs["attention_mask"]
-            self._window["real_tokens"] += mask.numel() if packed else int(mask.sum())
-            self._window["padded_tokens"] += int(mask.numel())
+            if packed:  # every example's k tokens: its k - 1 targets + its first token
+                real = int((inputs["target_index"] >= 0).sum()) + labels.shape[0]
+            else:
+                real = int(inputs["attention_mask"].sum())
+            self._window["real_tokens"] += real
+            self._window["padded_tokens"] += int(inputs["input_ids"].numel())
             self._window["lm_loss"] += float(lm_loss.detach())
             # The output-token loss under the IT mask, for every arm (this micro-batch's share of the step): the
             # train curve that is comparable between IT and IM (each arm's own loss covers different tokens).
@@ -307,6 +309,27 @@ class WeightedLossTrainer(Trainer):
                 logs["kl"] = w["kl"] / steps
             self._window = self._empty_window()
         super().log(logs, start_time)
+
+
+def attention_cost_of(model: torch.nn.Module) -> float:
+    """Attention FLOPs per context position over linear FLOPs per token: ``2 · layers · d_attn / N_linear``.
+
+    Per token and layer, ``QKᵀ`` and ``AV`` cost ``2 · 2 · L · d_attn`` FLOPs over a context of ``L`` (sdpa computes
+    masked-out blocks too); the matmuls cost ``2 · N_linear`` (parameters less the input embedding lookup, unless it
+    is tied to the output head). Used by :class:`PaddingFreeCollator` to weigh longer rows against more rows.
+    """
+    c = getattr(model, "config", None)
+    layers = getattr(c, "num_hidden_layers", None)
+    heads, head_dim = getattr(c, "num_attention_heads", None), getattr(c, "head_dim", None)
+    d_attn = heads * head_dim if heads and head_dim else getattr(c, "hidden_size", None)
+    if not (layers and d_attn):
+        return 1 / 4096
+    n = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    if emb is not None and (out is None or out.weight is not emb.weight):
+        n -= emb.weight.numel()
+    return 2 * layers * d_attn / max(n, 1)
 
 
 # -- held-out loss on output tokens ----------------------------------------------------------------------------------
@@ -858,7 +881,11 @@ def train_arm(
         model=model,
         args=args,
         train_dataset=train_enc,
-        data_collator=(PaddingFreeCollator if t.padding_free else WeightedCollator)(tokenizer.pad_token_id),
+        data_collator=(
+            PaddingFreeCollator(tokenizer.pad_token_id, attention_cost_of(model))
+            if t.padding_free
+            else WeightedCollator(tokenizer.pad_token_id)
+        ),
         processing_class=tokenizer,
         callbacks=[log_cb, *callbacks],
         loss_normalisation=t.loss_normalisation,
