@@ -128,6 +128,18 @@ def test_output_over_im_release_is_the_ratio_of_token_sums(tiny_model_dir):
     assert got["ratio"] != pytest.approx(np.mean([o / i for o, i in zip(out, imr, strict=True)]))  # Σ/Σ, not mean
 
 
+def test_output_over_im_release_on_hand_made_masks(monkeypatch):
+    from im_pipeline.training import trainer
+
+    encoded = [  # position 0 is never a target; a weight > 0 is one target token
+        {"input_ids": [1] * 5, "it_weights": [1, 0, 0, 1, 1], "loss_weights": [1, 1, 1, 1, 1]},  # 2 / 4
+        {"input_ids": [1] * 4, "it_weights": [0, 0, 0, 1], "loss_weights": [0, 1, 1, 1]},  # 1 / 3
+    ]
+    monkeypatch.setattr(trainer, "_encode_records", lambda *a, **k: (encoded, {}))
+    got = trainer.output_over_im_release([], None, template="tulu", max_length=8)
+    assert got == {"output_tokens": 3, "im_release_tokens": 7, "ratio": 3 / 7}  # Σ/Σ, not (2/4 + 1/3) / 2
+
+
 @pytest.mark.parametrize("scale", [0.5, "output_over_im_release"])
 def test_the_trainer_gets_the_scaled_learning_rate(tiny_model_dir, tmp_path, scale):
     from im_pipeline.config import ModelConfig, TrainingConfig
@@ -303,7 +315,7 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     run.config["data"] = {"train": "paper_dolly_3k"}
     run.config["study"]["scope"] = "The model is already instruction-tuned."
     text = hypotheses_section(run)
-    assert "| H1 | IM train loss higher (IM − IT > 0 on output-token train loss" in text
+    assert "| H1 | IM train loss higher (IM − IT > 0 on the output-token loss of each training example) |" in text
     assert "| 0.580 / 0.610 |" in text and "| 60.99 / 59.04 |" in text
     assert "**confirmed**" in text and "**not confirmed**" in text
     assert "smallest possible p is 0.125" in text
@@ -311,7 +323,9 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     res = evaluate_hypotheses(run)
     for r in res["hypotheses"]:  # raw and Holm-adjusted p as printed in the hypothesis' row
         row = next(line for line in text.splitlines() if line.startswith(f"| {r['id']} |"))
-        assert f"| {r['p_predicted']:.4f} | {r['p_holm']:.4f} |" in row or r["p_predicted"] < 1e-4
+        assert f"| {r['p_predicted']:.4f} | {r['p_holm']:.4f} | {r['p_opposite_holm']:.4f} |" in row or (
+            r["p_predicted"] < 1e-4 or r["p_opposite_holm"] < 1e-4
+        )
 
 
 # -- committed results -------------------------------------------------------------------------------------------------
@@ -353,7 +367,10 @@ def test_saved_results_rebuild_the_same_report_and_restore_only_whole_units(tmp_
     # restore: only a unit whose training and every benchmark are there, never over existing files
     fresh = tmp_path / "fresh"
     assert restore_unit(results, fresh, "IM/seed-0", ["overfitting"]) == []  # IM has no train.key: not whole
+    (root / "timings.json").write_text('{"runs": []}')
+    build_report(root, report)
     got = restore_unit(results, fresh, "IT/seed-0", ["overfitting"])
     assert "IT/seed-0/eval/overfitting.json" in got and (fresh / "IT/seed-0/.keys/train.key").is_file()
+    assert "timings.json" in got  # the earlier session's wall times stay
     assert restore_unit(results, fresh, "IT/seed-0", ["overfitting"]) == []  # the unit exists now
     assert restore_unit(results, fresh, "IT/seed-1", ["overfitting", "mmlu"]) == []

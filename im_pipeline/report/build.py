@@ -551,9 +551,9 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
 
 
 METRIC_TEXT = {
-    "train_loss": "output-token train loss (per training example)",
-    "test_loss": "output-token test loss (per test example)",
-    "bleu4": "BLEU-4 of generations for training prompts vs training outputs (per prompt)",
+    "train_loss": "the output-token loss of each training example",
+    "test_loss": "the output-token loss of each test example",
+    "bleu4": "the sentence BLEU-4 of each training prompt's greedy generation vs its training output",
 }
 
 
@@ -572,6 +572,10 @@ def _effect_cell(r: dict[str, Any]) -> str:
     return f"{_signed(r['effect'], d)} [{_f(r['ci'][0], d)}, {_f(r['ci'][1], d)}]"
 
 
+def _paper_sources(rows: list[dict[str, Any]]) -> list[str]:
+    return [f"{r['id']}: {r['paper']['source']}" for r in rows if (r.get("paper") or {}).get("source")]
+
+
 def hypotheses_section(run: agg.RunResults) -> str:
     """The pre-registered hypotheses (``study:`` of the config), their outcomes and the tests' numbers; "" without."""
     from im_pipeline.analysis.hypotheses import evaluate_hypotheses
@@ -587,7 +591,9 @@ def hypotheses_section(run: agg.RunResults) -> str:
         pap = r.get("paper")
         paper_cell = f"{_f(pap['reference'], d)} / {_f(pap['treatment'], d)}" if pap else "–"
         if not r["tested"]:
-            rows.append([r["id"], r["text"], paper_cell, "–", "–", "–", "–", f"**{r['outcome']}** ({r['reason']})"])
+            rows.append(
+                [r["id"], r["text"], paper_cell, "–", "–", "–", "–", "–", f"**{r['outcome']}** ({r['reason']})"]
+            )
             continue
         sign = ">" if r["direction"] == "greater" else "<"
         rows.append(
@@ -599,6 +605,7 @@ def hypotheses_section(run: agg.RunResults) -> str:
                 _effect_cell(r),
                 _p(r["p_predicted"]),
                 _p(r["p_holm"]),
+                _p(r["p_opposite_holm"]),
                 f"**{r['outcome']}**",
             ]
         )
@@ -630,13 +637,14 @@ def hypotheses_section(run: agg.RunResults) -> str:
                 f"{trt} − {ref} [95% CI]",
                 "p one-sided",
                 "p Holm",
+                "p Holm, opposite direction",
                 "outcome",
             ],
             rows,
         ),
-        "Paper values ("
-        + "; ".join(f"{r['id']}: {r['paper'].get('source') or 'paper'}" for r in res["hypotheses"] if r.get("paper"))
-        + ") are printed for reference only: they come from another model, training-set size, budget and test set.",
+        "Paper values"
+        + (f" ({'; '.join(sources)})" if (sources := _paper_sources(res["hypotheses"])) else "")
+        + " are printed for reference only: they come from another model, training-set size, budget and test set.",
     ]
     if tested:
         k = len(seeds)

@@ -103,6 +103,8 @@ def restore_unit(results_dir: Path, run_root: Path, unit: str, benchmarks: list[
     if not all((results_dir / p).is_file() for p in need) or (run_root / unit).exists():
         return []
     files = [rel for rel in result_files(results_dir) if rel.as_posix().startswith(unit + "/")]
+    if not (run_root / "timings.json").exists() and (results_dir / "timings.json").is_file():
+        files.append(Path("timings.json"))  # the earlier sessions' wall times stay in the report
     for rel in files:
         (run_root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results_dir / rel, run_root / rel)
