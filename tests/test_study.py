@@ -314,7 +314,15 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     run.config["model"] = {"source": "smollm2-135m-instruct"}
     run.config["data"] = {"train": "paper_dolly_3k"}
     run.config["study"]["scope"] = "The model is already instruction-tuned."
+    run.train_summaries = {"IT": {0: {"wall_time_s": 100.0}, 1: {"wall_time_s": 110.0}}}
+    for by_seed in run.results["overfitting"].values():
+        for rec in by_seed.values():
+            rec["wall_time_s"] = 10.0
     text = hypotheses_section(run)
+    assert (
+        "training 210 s (2 runs, 105 s each); evaluation: Memorisation (BLEU-4 vs training outputs) 60 s (6 runs)"
+        in text
+    )
     assert "| H1 | IM train loss higher (IM − IT > 0 on the output-token loss of each training example) |" in text
     assert "| 0.580 / 0.610 |" in text and "| 60.99 / 59.04 |" in text
     assert "**confirmed**" in text and "**not confirmed**" in text

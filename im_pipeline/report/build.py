@@ -717,6 +717,20 @@ def hypotheses_section(run: agg.RunResults) -> str:
         (f"Scope: {scope} " if scope else "")
         + f"Nothing here is claimed beyond this model (`{model}`), this data (`{data}`) and these settings."
     )
+    train_s = [float(s.get("wall_time_s") or 0.0) for by in run.train_summaries.values() for s in by.values()]
+    eval_s = {
+        bench: [
+            float(r.get("wall_time_s") or 0.0) for arm, by in by_arm.items() if arm != agg.BASE for r in by.values()
+        ]
+        for bench, by_arm in run.results.items()
+    }
+    if train_s:
+        evals = "; ".join(f"{BENCH_LABEL.get(b, b)} {sum(v):.0f} s ({len(v)} runs)" for b, v in eval_s.items() if v)
+        parts.append(
+            f"Compute time of these results, recorded when each was computed (a resumed study's earlier sessions "
+            f"included): training {sum(train_s):.0f} s ({len(train_s)} runs, {sum(train_s) / len(train_s):.0f} s "
+            f"each); evaluation: {evals or '–'}."
+        )
     timings = (run.timings or {}).get("runs") or []
     if timings:
         stg = timings[-1].get("stages", {})
