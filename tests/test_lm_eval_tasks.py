@@ -378,3 +378,33 @@ def test_hub_and_local_definitions_give_the_same_scores(
         assert hub["source"] == "hub" and local["source"] == "local"
         for key in ("value", "stderr", "n", "subjects"):
             assert hub.get(key) == local.get(key), (fn.__name__, key)
+
+
+def test_lm_eval_environment_report_built_once_per_unit(
+    lm_eval_mod, tiny, data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """torch's collect_env (a `pip list` and more subprocesses, 1-2 s) runs once per unit, not once per lm-eval call;
+    lm-eval's own results file still carries the report."""
+    import torch.utils.collect_env
+
+    from im_pipeline.evaluation.common import ModelCache
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or f"env {len(calls)}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = BenchmarkConfig(limit=1, options={"subjects": SUBJECTS[:1], "num_fewshot": 0})
+
+    def ctx(out: str, unit: ModelCache) -> EvalContext:
+        return EvalContext("no-such-model", tmp_path / out, data_dir=data_dir, batch_size=4, cache=unit, _loaded=tiny)
+
+    unit = ModelCache()
+    run_benchmark("mmlu", ctx("a0", unit), cfg)
+    run_benchmark("truthfulqa", ctx("a1", unit), BenchmarkConfig(limit=1))
+    assert len(calls) == 1  # the unit's second lm-eval call reused the report
+    for i in range(2):
+        own = next((tmp_path / f"a{i}" / "lm_eval").rglob("results_*.json"))
+        assert json.loads(own.read_text())["pretty_env_info"] == "env 1"
+    run_benchmark("mmlu", ctx("b", ModelCache()), cfg)  # another unit builds its own
+    assert len(calls) == 2
+    own = next((tmp_path / "b" / "lm_eval").rglob("results_*.json"))
+    assert json.loads(own.read_text())["pretty_env_info"] == "env 2"

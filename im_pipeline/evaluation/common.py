@@ -39,13 +39,22 @@ class ModelCache:
 
     An explicit object instead of a module-level cache: each unit owns one, so units running concurrently (threads
     of one flow run, or flow runs on workers) never hand each other a model. It keeps at most one evaluated model
-    and one judge model, keyed by what identifies them (source, training key, dtype), and is thread-safe.
+    and one judge model, keyed by what identifies them (source, training key, dtype), and is thread-safe. Other
+    state a unit's benchmarks share (see :meth:`state`) lives here too, for the same reason.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._model: tuple[Any, tuple[Any, Any]] | None = None
         self._judge: tuple[Any, Any] | None = None
+        self._state: dict[str, Any] = {}
+
+    def state(self, key: str, build: Callable[[], Any]) -> Any:
+        """The unit's value for ``key``, built by ``build()`` on first use (e.g. lm-eval's environment report)."""
+        with self._lock:
+            if key not in self._state:
+                self._state[key] = build()
+            return self._state[key]
 
     def model(self, identity: Any, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """The (model, tokenizer) for ``identity``, loaded by ``load()`` unless it is the one held."""
@@ -66,6 +75,7 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._model = self._judge = None
+            self._state = {}
 
 
 @dataclass

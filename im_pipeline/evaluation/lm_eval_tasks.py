@@ -26,6 +26,7 @@ Options (``BenchmarkConfig.options``):
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import csv
 import json
@@ -260,6 +261,34 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ValueError(f"option {name}={value!r}: expected true or false")
 
 
+# lm-eval's simple_evaluate ends with ``add_env_info(results)``: torch's collect_env, which runs ``pip list`` and a
+# dozen more subprocesses (1-2 s on 2 cores), for every call, although its answer cannot change within a process.
+# lm-eval offers no switch, so the function is wrapped once: inside _evaluate the unit's report (kept on the unit's
+# ModelCache, filled by lm-eval's own add_env_info on the unit's first call) is copied in instead. The ContextVar
+# says which unit's report belongs to the running call (each thread has its own); outside _evaluate nothing changes.
+_UNIT_ENV_INFO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("lm_eval_env_info", default=None)
+
+
+def _install_env_info_hook() -> None:
+    import lm_eval.evaluator as evaluator
+
+    if getattr(evaluator.add_env_info, "im_pipeline_hook", False):
+        return
+    original = evaluator.add_env_info
+
+    def add_env_info(storage: dict[str, Any]) -> None:
+        unit = _UNIT_ENV_INFO.get()
+        if unit is None:
+            original(storage)
+            return
+        if not unit:
+            original(unit)
+        storage.update(unit)
+
+    add_env_info.im_pipeline_hook = True  # type: ignore[attr-defined]
+    evaluator.add_env_info = add_env_info
+
+
 def _evaluate(
     ctx: EvalContext,
     tasks: list[Any],
@@ -293,6 +322,8 @@ def _evaluate(
     out = Path(ctx.out_dir) / LM_EVAL_DIR / save_as
     shutil.rmtree(out, ignore_errors=True)  # one evaluation's files, not a history
     tracker = EvaluationTracker(output_path=str(out))
+    _install_env_info_hook()
+    unit_env = _UNIT_ENV_INFO.set(ctx.cache.state("lm_eval_env_info", dict))
     try:
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -307,6 +338,7 @@ def _evaluate(
             evaluation_tracker=tracker,
         )
     finally:
+        _UNIT_ENV_INFO.reset(unit_env)
         task_log.removeFilter(quiet)
     if results is None:  # only for non-zero ranks in distributed runs
         raise RuntimeError("lm-eval returned no results")
