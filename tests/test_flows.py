@@ -326,6 +326,13 @@ def test_model_cache_loads_once_per_identity_and_is_per_object() -> None:
     assert other.model(("m", "k"), loader("b")) is not got[0]  # another unit: its own model
     assert shared.model(("m", "k2"), loader("c"))[1] == "c" and loads == ["a", "b", "c"]  # new identity: reload
     assert shared.judge("j", loader("j1")) is shared.judge("j", loader("j2")) and loads[-1] == "j1"
+    # other per-unit state: built once per unit and key, never seen by another unit, dropped by clear()
+    first = shared.state("env", dict)
+    first["x"] = 1
+    assert shared.state("env", dict) is first and shared.state("other", dict) is not first
+    assert other.state("env", dict) == {}
+    shared.clear()
+    assert shared.state("env", dict) == {}
 
 
 @pytest.mark.slow
