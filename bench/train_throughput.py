@@ -1,17 +1,27 @@
-"""Training throughput: our trainer (WeightedLossTrainer via train_arm, IT mode) vs TRL ``SFTTrainer``.
+"""Training throughput: our trainer (WeightedLossTrainer via train_arm, IT mode; padded and padding-free) vs TRL
+``SFTTrainer`` with gradient checkpointing on and off.
 
-Same model, same LIMA examples (single-turn, first ``--n``), same max length, batch size, learning rate and number of
-optimiser steps, in one run. TRL gets its defaults for everything else (prompt/completion format with
-completion-only loss, random sampling, padding to the longest in the batch, gradient checkpointing on) except the
-precision, which is matched to ours (fp32; ``--trl-bf16`` for TRL's CPU default of bf16 autocast).
+Per source (``--source paper_lima paper_dolly_3k``, both by default): the same model, the same ``steps × batch``
+single-turn training examples (one epoch: every trainer sees the same examples, in its own order), max length, batch
+size, learning rate and number of optimiser steps. TRL gets its defaults for everything else (prompt/completion
+format with completion-only loss, random sampling, padding to the longest in the batch) except the precision, which is
+matched to ours (fp32; ``--trl-bf16`` for TRL's CPU default of bf16 autocast) and gradient checkpointing, run both
+ways. Ours: length-grouped batches (its default), ``padding_free`` off and on.
 
-Prints tokens/s (real, non-padding tokens per second of ``train()``), padding fractions, the ratio, and the loss on
-the output tokens of ``--eval-n`` further LIMA examples for both trained models ("at equal loss").
+Printed per run: real (non-padding) tokens per second of ``train()``, the padding fraction, the train loss, the loss
+on the output tokens of ``--eval-n`` further examples after the same number of steps ("at equal loss": the held-out
+losses should agree; the speed ratio means something only if they do), and MFU: model FLOPs per second over a peak
+fp32 matmul FLOP/s measured here (best of timed ``torch.matmul`` of square fp32 matrices, 1024–3072, with the threads
+used). Model FLOPs = 6 · N · real tokens (forward 2·N, backward 4·N per token; N = the parameters that take part in
+matmuls: all but an untied input embedding). Attention score FLOPs and gradient-checkpointing recomputation are not
+counted, so MFU is conservative and comparable between runs. Then the ratios ours / TRL, and one ``SUMMARY`` line.
 
-    nice -n 10 python bench/train_throughput.py            # smollm2-135m-instruct, 64 examples, 8 steps of 4, 512
-    python bench/train_throughput.py --model DIR --steps 4 --json out.json
+    nice -n 10 python bench/train_throughput.py                            # both sources, default sizes
+    python bench/train_throughput.py --source paper_dolly_3k --steps 2 --json out.json
 
-Not a test: timings on a shared CPU are noisy; run it on a quiet machine for numbers you publish.
+Default sizes (LIMA: 4 steps of 4 at max length 512; Dolly 3k: 4 steps of 8 at 256, the paper's setting) take about
+4 minutes per source on a quiet 2-core CPU. Not a test: timings on a shared CPU are noisy; run it on a quiet machine
+for numbers you publish.
 """
 
 from __future__ import annotations
@@ -76,33 +86,55 @@ class TokenCounter:
         return self._inner(model, inputs, *args, **kwargs)
 
 
-def load_lima(data_dir: Path | None, n: int) -> list[dict]:
-    """First ``n`` single-turn LIMA records (normalised)."""
-    try:
-        from im_pipeline.data import load_records
+# Per-source defaults: (max length, batch size) — LIMA as the paper trains it on our CPU budget; Dolly 3k as the
+# issue measured it (max length 256, batch 8).
+SOURCE_DEFAULTS = {"paper_lima": (512, 4), "paper_dolly_3k": (256, 8)}
 
-        records = load_records("lima", data_dir, multi_turn=False)
-    except ImportError:  # data layer not installed: read the offline file directly
-        path = (data_dir or REPO.parent / "shared" / "data") / "lima" / "lima.json"
-        raw = json.loads(path.read_text())
-        records = [
-            {
-                "id": f"lima-{i}",
-                "source": "lima",
-                "messages": [
-                    {"role": "user", "content": r["conversations"][0]},
-                    {"role": "assistant", "content": r["conversations"][1]},
-                ],
-            }
-            for i, r in enumerate(raw)
-            if len(r["conversations"]) == 2
-        ]
+
+def load_source(source: str, data_dir: Path | None, n: int) -> list[dict]:
+    """First ``n`` single-turn records of a named source (normalised)."""
+    from im_pipeline.data import load_records
+
+    records = load_records(source, data_dir, multi_turn=False)
     if len(records) < n:
-        raise SystemExit(f"need {n} LIMA examples, found {len(records)}")
+        raise SystemExit(f"need {n} {source} examples, found {len(records)}")
     return records[:n]
 
 
-def run_ours(args: argparse.Namespace, train: list[dict], held: list[dict], work: Path) -> dict:
+def peak_matmul_flops(threads: int, sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 3) -> dict:
+    """Peak fp32 matmul FLOP/s on this machine: best of ``repeats`` timed ``torch.matmul`` per square size."""
+    torch.set_num_threads(threads)
+    best = 0.0
+    per_size = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(a, b)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - t0)
+        flops = 2 * n**3 / min(times)
+        per_size[n] = flops
+        best = max(best, flops)
+    return {"flops": best, "per_size": per_size, "threads": threads}
+
+
+def matmul_params(model_source: str) -> int:
+    """Parameters that take part in matmuls: all but an untied input embedding (a lookup)."""
+    from im_pipeline.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(model_source)
+    n = sum(p.numel() for p in model.parameters())
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or out.weight is not emb.weight:
+        n -= emb.weight.numel()
+    return n
+
+
+def run_ours(
+    args: argparse.Namespace, train: list[dict], held: list[dict], work: Path, *, padding_free: bool = False
+) -> dict:
     from im_pipeline.config import ArmConfig, DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
     from im_pipeline.training import train_arm
 
@@ -120,21 +152,25 @@ def run_ours(args: argparse.Namespace, train: list[dict], held: list[dict], work
             logging_steps=1,
             threads=args.threads,
             group_by_length=True,
+            padding_free=padding_free,
+            report_to=[],
         ),
     )
     timer = Timer()
-    summary = train_arm(cfg, ArmConfig(name="IT", loss_mode="it"), 0, train, [], work / "ours", callbacks=[timer])
+    name = "ours_padding_free" if padding_free else "ours"
+    summary = train_arm(cfg, ArmConfig(name="IT", loss_mode="it"), 0, train, [], work / name, callbacks=[timer])
     padded = summary["train_tokens"] / (1 - summary["padding_fraction"]) if summary["padding_fraction"] < 1 else 0
     return {
         "tokens": summary["train_tokens"],
         "padded_tokens": round(padded),
         "seconds": timer.seconds,
         "train_loss": summary["mean_train_loss"],
-        "model_dir": str(work / "ours" / "checkpoint"),
+        "model_dir": str(work / name / "checkpoint"),
+        "padding_free": padding_free,
     }
 
 
-def run_trl(args: argparse.Namespace, train: list[dict], work: Path) -> dict:
+def run_trl(args: argparse.Namespace, train: list[dict], work: Path, *, gradient_checkpointing: bool) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -149,8 +185,9 @@ def run_trl(args: argparse.Namespace, train: list[dict], work: Path) -> dict:
         }
         for r in train
     ]
+    out_dir = work / ("trl_gc" if gradient_checkpointing else "trl_no_gc")
     config = SFTConfig(
-        output_dir=str(work / "trl"),
+        output_dir=str(out_dir),
         max_length=args.max_length,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr,
@@ -162,7 +199,7 @@ def run_trl(args: argparse.Namespace, train: list[dict], work: Path) -> dict:
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         bf16=args.trl_bf16,
-        gradient_checkpointing=not args.trl_no_gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing,
     )
     timer = Timer()
     trainer = SFTTrainer(
@@ -170,14 +207,14 @@ def run_trl(args: argparse.Namespace, train: list[dict], work: Path) -> dict:
     )
     counter = TokenCounter(trainer)
     out = trainer.train()
-    trainer.model.save_pretrained(work / "trl" / "final")
-    tok.save_pretrained(work / "trl" / "final")
+    trainer.model.save_pretrained(out_dir / "final")
+    tok.save_pretrained(out_dir / "final")
     return {
         "tokens": counter.real,
         "padded_tokens": counter.padded,
         "seconds": timer.seconds,
         "train_loss": out.training_loss,
-        "model_dir": str(work / "trl" / "final"),
+        "model_dir": str(out_dir / "final"),
         "gradient_checkpointing": config.gradient_checkpointing,
         "bf16": config.bf16,
     }
@@ -193,72 +230,113 @@ def held_out_loss(model_dir: str, held: list[dict], max_length: int) -> float:
     return output_token_loss(model, tok, held, template="tulu", max_length=max_length, batch_size=4)
 
 
+RUNS = ("ours", "ours_padding_free", "trl_gc", "trl_no_gc")
+
+
+def bench_source(args: argparse.Namespace, source: str, data_dir: Path, peak: float, n_params: int) -> dict:
+    """All runs on one source; returns the results with ratios."""
+    max_length, batch = SOURCE_DEFAULTS.get(source, (512, 4))
+    ns = argparse.Namespace(**vars(args))
+    ns.max_length = args.max_length or max_length
+    ns.batch_size = args.batch_size or batch
+    n = ns.steps * ns.batch_size
+    eval_n = args.eval_n
+    records = load_source(source, data_dir, n + eval_n)
+    train, held = records[:n], records[n:]
+    results: dict[str, Any] = {
+        "source": source,
+        "n_train": n,
+        "n_held_out": len(held),
+        "max_length": ns.max_length,
+        "batch_size": ns.batch_size,
+        "steps": ns.steps,
+    }
+    sides = {
+        "ours": lambda w: run_ours(ns, train, held, w),
+        "ours_padding_free": lambda w: run_ours(ns, train, held, w, padding_free=True),
+        "trl_gc": lambda w: run_trl(ns, train, w, gradient_checkpointing=True),
+        "trl_no_gc": lambda w: run_trl(ns, train, w, gradient_checkpointing=False),
+    }
+    with tempfile.TemporaryDirectory(prefix="im-bench-") as tmp:
+        for name in RUNS:
+            if args.only and name not in args.only:
+                continue
+            log.info("%s: training %s", source, name)
+            r = sides[name](Path(tmp))
+            r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            r["padding_fraction"] = 1 - r["tokens"] / r["padded_tokens"] if r["padded_tokens"] else 0.0
+            r["mfu"] = 6 * n_params * r["tokens_per_s"] / peak
+            model_dir = r.pop("model_dir")
+            if held:
+                r["held_out_loss"] = held_out_loss(model_dir, held, ns.max_length)
+            results[name] = r
+    ratios = {}
+    for ours in ("ours", "ours_padding_free"):
+        for trl in ("trl_gc", "trl_no_gc"):
+            if ours in results and trl in results:
+                ratios[f"{ours}/{trl}"] = results[ours]["tokens_per_s"] / results[trl]["tokens_per_s"]
+    results["ratios"] = ratios
+    return results
+
+
+def print_source(res: dict, threads: int) -> None:
+    print(
+        f"\n{res['source']}: {res['n_train']} examples (one epoch), max_length {res['max_length']}, batch "
+        f"{res['batch_size']}, {res['steps']} steps, {threads} threads; held-out loss on {res['n_held_out']} examples"
+    )
+    header = f"{'run':18} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'padding':>8} {'MFU':>6} {'train loss':>10}"
+    print(header + f" {'held-out':>9}")
+    for name in RUNS:
+        if name in res:
+            r = res[name]
+            print(
+                f"{name:18} {r['tokens']:7d} {r['seconds']:8.1f} {r['tokens_per_s']:7.1f} "
+                f"{100 * r['padding_fraction']:7.1f}% {100 * r['mfu']:5.1f}% {r['train_loss']:10.4f} "
+                f"{r.get('held_out_loss', float('nan')):9.4f}"
+            )
+    for key, v in res["ratios"].items():
+        print(f"  speed-up {key}: {v:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="model source (name, local dir, .gguf)")
     p.add_argument("--data-dir", default=None, help="offline data dir (default: $IM_PIPELINE_DATA_DIR, ../shared/data)")
-    p.add_argument("--n", type=int, default=64, help="training examples")
-    p.add_argument("--eval-n", type=int, default=16, help="held-out examples for the output-token loss")
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--source", nargs="+", default=["paper_lima", "paper_dolly_3k"], help="data sources (default: both)")
+    p.add_argument("--eval-n", type=int, default=8, help="held-out examples for the output-token loss")
+    p.add_argument("--max-length", type=int, default=None, help="default per source: LIMA 512, Dolly 3k 256")
+    p.add_argument("--batch-size", type=int, default=None, help="default per source: LIMA 4, Dolly 3k 8")
+    p.add_argument("--steps", type=int, default=4, help="optimiser steps (= one epoch of steps × batch examples)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trl-bf16", action="store_true", help="TRL's CPU default: bf16 autocast (ours stays fp32)")
-    p.add_argument(
-        "--trl-no-gradient-checkpointing", action="store_true", help="turn off TRL's default gradient checkpointing"
-    )
-    p.add_argument("--only", choices=["ours", "trl"], default=None, help="run one side only")
+    p.add_argument("--only", nargs="+", choices=RUNS, default=None, help="run only these")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
 
     data_dir = Path(args.data_dir or os.environ.get("IM_PIPELINE_DATA_DIR") or REPO.parent / "shared" / "data")
-    records = load_lima(data_dir, args.n + args.eval_n)
-    train, held = records[: args.n], records[args.n :]
-    results: dict[str, Any] = {
-        "model": args.model,
-        "n": args.n,
-        "max_length": args.max_length,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "threads": torch.get_num_threads(),
-    }
-    with tempfile.TemporaryDirectory(prefix="im-bench-") as tmp:
-        work = Path(tmp)
-        sides = {"ours": lambda: run_ours(args, train, held, work), "trl": lambda: run_trl(args, train, work)}
-        for name, fn in sides.items():
-            if args.only and name != args.only:
-                continue
-            log.info("training: %s", name)
-            r = fn()
-            r["tokens_per_s"] = r["tokens"] / r["seconds"]
-            r["padding_fraction"] = 1 - r["tokens"] / r["padded_tokens"] if r["padded_tokens"] else 0.0
-            if held:
-                r["held_out_loss"] = held_out_loss(r.pop("model_dir"), held, args.max_length)
-            else:
-                r.pop("model_dir")
-            results[name] = r
-    if "ours" in results and "trl" in results:
-        results["speedup"] = results["ours"]["tokens_per_s"] / results["trl"]["tokens_per_s"]
-
+    peak = peak_matmul_flops(threads)
+    n_params = matmul_params(args.model)
+    log.info("peak fp32 matmul %.1f GFLOP/s (%d threads); %d matmul parameters", peak["flops"] / 1e9, threads, n_params)
+    results: dict[str, Any] = {"model": args.model, "threads": threads, "peak_matmul": peak, "matmul_params": n_params}
+    for source in args.source:
+        results[source] = bench_source(args, source, data_dir, peak["flops"], n_params)
+        print_source(results[source], threads)
     print(
-        f"\nmodel {args.model}, {args.n} LIMA examples, max_length {args.max_length}, batch {args.batch_size}, "
-        f"{args.steps} steps, {results['threads']} threads"
+        f"\npeak fp32 matmul {peak['flops'] / 1e9:.1f} GFLOP/s ({threads} threads); MFU = 6 · {n_params / 1e6:.1f}M "
+        "params · real tokens/s / peak (attention and recomputation not counted)"
     )
-    print(f"{'trainer':8} {'tokens':>8} {'seconds':>8} {'tok/s':>8} {'padding':>8} {'train loss':>11} {'held-out':>9}")
-    for name in ("ours", "trl"):
-        if name in results:
-            r = results[name]
-            held = r.get("held_out_loss", float("nan"))
-            print(
-                f"{name:8} {r['tokens']:8d} {r['seconds']:8.1f} {r['tokens_per_s']:8.1f} "
-                f"{100 * r['padding_fraction']:7.1f}% {r['train_loss']:11.4f} {held:9.4f}"
-            )
-    if "speedup" in results:
-        print(f"speed-up (ours / TRL tokens/s): {results['speedup']:.2f}x")
+    for source in args.source:
+        res = results[source]
+        parts = [f"{k} {v:.2f}x" for k, v in res["ratios"].items()]
+        held = {k: res[k].get("held_out_loss") for k in RUNS if k in res}
+        held_s = ", ".join(f"{k} {v:.3f}" for k, v in held.items() if v is not None)
+        pads = ", ".join(f"{k} {100 * res[k]['padding_fraction']:.1f}%" for k in RUNS if k in res)
+        print(f"SUMMARY {source}: {'; '.join(parts)} | held-out loss {held_s} | padding {pads}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
