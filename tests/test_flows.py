@@ -407,6 +407,7 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     assert "Learning rate of `IT-lr`: 0.001 scaled by Σ output tokens / Σ `im_release` target tokens" in text
     assert f"seed 1: × {lr['lr_scale_tokens']['ratio']:.4f}" in text
     assert "Nothing here is claimed beyond this model" in text
+    assert "`IT-lr` (loss_mode `it`, lr_scale=output_over_im_release)" in text
     # the committed results rebuild the same report, byte for byte
     build_report(results, tmp_path / "rebuilt")
     assert (tmp_path / "rebuilt" / "REPORT.md").read_bytes() == (report_dir / "REPORT.md").read_bytes()

@@ -1193,6 +1193,8 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         extras = [f"{k}={a[k]}" for k in ("prompt_loss_weight", "neftune_alpha", "kl_coef") if a.get(k)]
         if a.get("kl_coef"):
             extras.append(f"kl_form={a.get('kl_form', 'full')}")
+        if a.get("lr_scale", 1.0) != 1.0:
+            extras.append(f"lr_scale={a['lr_scale']}")
         arm_lines.append(f"`{arm}` (loss_mode `{a.get('loss_mode', '?')}`{', ' + ', '.join(extras) if extras else ''})")
     t = cfg.get("training", {})
     sections = [
