@@ -20,8 +20,10 @@ load time is printed separately (once per unit, not per benchmark).
 ``n`` is what ``limit`` means for the benchmark: MMLU items per subject, TruthfulQA questions, HumanEval
 problems, AlpacaEval instructions, overfitting BLEU prompts (``loss_examples`` is scaled with it, so both
 of its parts double). ``--profile`` prints the top functions by cumulative time of each ``t(n)`` run.
-Results go to a temporary directory. Wall time on a loaded machine is inflated (``uptime`` is printed);
-the CPU-time columns are less so.
+A generative benchmark whose n and 2n items fit in one generation batch (``evaluation.batch_size``) shows
+most of that batch's cost as "fixed": a decoding step costs about the same for 4 rows as for 8 (choose n
+so that n and 2n fill whole batches to see the per-item work). Results go to a temporary directory.
+Wall time on a loaded machine is inflated (``uptime`` is printed); the CPU-time columns are less so.
 """
 
 from __future__ import annotations
