@@ -51,7 +51,6 @@ from prefect.futures import as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from flows.ephemeral import start_bound_ephemeral_server  # noqa: E402
 from im_pipeline.config import (  # noqa: E402
     ExperimentConfig,
     apply_overrides,
@@ -62,11 +61,12 @@ from im_pipeline.config import (  # noqa: E402
 from im_pipeline.evaluation.common import ModelCache  # noqa: E402
 from im_pipeline.locking import unit_lock  # noqa: E402
 from im_pipeline.provenance import machine, write_json  # noqa: E402
-from tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
-from tasks.evaluate import evaluate_task  # noqa: E402
-from tasks.prepare import prepare_data_task  # noqa: E402
-from tasks.report import report_task, save_results_task  # noqa: E402
-from tasks.train import train_task  # noqa: E402
+from im_pipeline_flows.ephemeral import start_bound_ephemeral_server  # noqa: E402
+from im_pipeline_tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
+from im_pipeline_tasks.evaluate import evaluate_task  # noqa: E402
+from im_pipeline_tasks.prepare import prepare_data_task  # noqa: E402
+from im_pipeline_tasks.report import report_task, save_results_task  # noqa: E402
+from im_pipeline_tasks.train import train_task  # noqa: E402
 
 BENCHMARK_ORDER = ("overfitting", "mmlu", "truthfulqa", "humaneval", "alpaca_eval")
 """Evaluation order per model: cheap loss-based first, generation-heavy last."""
@@ -339,7 +339,7 @@ def _compare(cfg: ExperimentConfig, pool: str | None) -> Any:
         progress=0.0, key=f"{_slug(cfg.name)}-progress", description=f"{cfg.name}: {len(units)} units"
     )
     if pool:
-        from flows.pool import run_units_on_pool
+        from im_pipeline_flows.pool import run_units_on_pool
 
         def on_unit_done(i: int, unit_records: dict[str, dict[str, Any]]) -> None:
             update_progress_artifact(progress_id, progress=100.0 * i / max(len(units), 1))

@@ -50,7 +50,7 @@ def ensure_unit_deployment(cfg: ExperimentConfig, pool: str) -> str:
     The code comes from this checkout (workers of a process pool on machines that mount it); the deployment's
     job variables switch on flow-run heartbeats and forward the library's progress logs to the UI.
     """
-    from flows.compare import unit_flow
+    from im_pipeline_flows.compare import unit_flow
 
     name = unit_deployment_name(pool)
     flow = unit_flow.from_source(source=str(REPO_ROOT), entrypoint=UNIT_ENTRYPOINT)
@@ -127,8 +127,8 @@ def lock_evidence(out_dir: Path, flow_run_id: str) -> str:
     """
     import socket
 
-    from flows.compare import unit_record, unit_run_lock
     from im_pipeline.locking import is_held
+    from im_pipeline_flows.compare import unit_record, unit_run_lock
 
     path = unit_record(out_dir)
     try:
@@ -182,7 +182,7 @@ def run_units_on_pool(
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
 
-    from flows.compare import unit_dir
+    from im_pipeline_flows.compare import unit_dir
 
     orch = cfg.orchestration
     deployment = ensure_unit_deployment(cfg, pool)
@@ -241,7 +241,7 @@ def run_units_on_pool(
 
 
 def _unit_records(u: UnitRun, state: Any) -> dict[str, dict[str, Any]]:
-    from flows.compare import unit_record
+    from im_pipeline_flows.compare import unit_record
 
     path = unit_record(u.out_dir)
     if (state.is_completed() or state.is_failed()) and path.is_file():  # failed task runs: listed in the record

@@ -11,8 +11,8 @@ from prefect import get_run_logger, task
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.evaluation.common import ModelCache
 from im_pipeline.locking import unit_lock
-from tasks.cache import BASE_ARM, is_done, prefect_cache_key, unit_lock_path, write_stamp
-from tasks.common import done, retry_on_io, unit_name
+from im_pipeline_tasks.cache import BASE_ARM, is_done, prefect_cache_key, unit_lock_path, write_stamp
+from im_pipeline_tasks.common import done, retry_on_io, unit_name
 
 
 @task(

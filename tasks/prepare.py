@@ -11,8 +11,8 @@ from prefect import get_run_logger, task
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.locking import unit_lock
 from im_pipeline.provenance import write_json
-from tasks.cache import DATA_SEED, files_hash, is_done, prefect_cache_key, unit_lock_path, write_stamp
-from tasks.common import done, retry_on_io
+from im_pipeline_tasks.cache import DATA_SEED, files_hash, is_done, prefect_cache_key, unit_lock_path, write_stamp
+from im_pipeline_tasks.common import done, retry_on_io
 
 UNAVAILABLE = "unavailable.json"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import done
+from im_pipeline_tasks.common import done
 
 
 @task(name="report", task_run_name="report")

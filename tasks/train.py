@@ -11,8 +11,8 @@ from prefect import get_run_logger, task
 from im_pipeline.config import BENCHMARK_OPTIONS as BENCHMARKS
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.locking import unit_lock
-from tasks.cache import clear_stale_run, is_done, prefect_cache_key, unit_lock_path, write_stamp
-from tasks.common import done, unit_name
+from im_pipeline_tasks.cache import clear_stale_run, is_done, prefect_cache_key, unit_lock_path, write_stamp
+from im_pipeline_tasks.common import done, unit_name
 
 
 @task(name="train-arm", cache_key_fn=prefect_cache_key, persist_result=True, task_run_name=unit_name("train"))

@@ -13,8 +13,8 @@ from im_pipeline.analysis import paper_reference as paper
 from im_pipeline.analysis.advise import advise, format_advice, nearest_paper_dataset, verdict
 from im_pipeline.analysis.paper_reference import gain_from_num_examples, gain_from_ratio, observed_gain
 from im_pipeline.analysis.stats import ols_prediction
-from im_pipeline.cli import main
 from im_pipeline.data import length_stats, load_records, write_jsonl
+from im_pipeline_flows.cli import main
 
 
 def test_fig2_fits() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from im_pipeline.cli import RunNameFormatter, build_parser, main
+from im_pipeline_flows.cli.main import RunNameFormatter, build_parser, main
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str = "im-pipeline"):
@@ -55,8 +55,8 @@ def _config(tmp_path: Path, **extra: object) -> Path:
 
 
 def test_data_dir_becomes_an_explicit_override(tmp_path: Path) -> None:
-    from flows.compare import with_data_dir
     from im_pipeline.config import load_config
+    from im_pipeline_flows.compare import with_data_dir
 
     data = tmp_path / "data"
     data.mkdir()

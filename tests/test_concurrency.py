@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from im_pipeline.locking import unit_lock
-from tasks.cache import unit_lock_path
+from im_pipeline_tasks.cache import unit_lock_path
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def _env(tmp: Path) -> dict[str, str]:
 def _start(cfg: Path, tmp: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "im_pipeline.cli", "run", str(cfg)],
+            [sys.executable, "-m", "im_pipeline_flows.cli", "run", str(cfg)],
             cwd=REPO,
             env=_env(tmp),
             stdout=out,
@@ -141,7 +141,7 @@ def test_run_with_malformed_data_exits_2_naming_file_and_line(tmp_path, tiny_mod
     lines[2] = lines[2].replace("Question", "Question \\ud800", 1)
     bad.write_text("\n".join(lines) + "\n")
     run = subprocess.run(
-        [sys.executable, "-m", "im_pipeline.cli", "run", str(cfg_path)],
+        [sys.executable, "-m", "im_pipeline_flows.cli", "run", str(cfg_path)],
         cwd=REPO,
         env=_env(tmp_path),
         capture_output=True,

@@ -113,7 +113,7 @@ def test_paper_processed_sources_give_table5_exactly(
     """The paper's own processed files (paper_processed/ in the data dir, $IM_PIPELINE_DATA_DIR) give Table 5."""
     import json
 
-    from im_pipeline.cli import main
+    from im_pipeline_flows.cli import main
 
     if not (data_dir / "paper_processed").is_dir():
         pytest.skip(f"{data_dir}/paper_processed/ not found (the paper's processed files; see its SOURCE.md)")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from im_pipeline.cli import main
 from im_pipeline.config import DATA_DIR_ENV, ConfigError
 from im_pipeline.data import write_jsonl
-from im_pipeline.evaluation.cli import parse_options
+from im_pipeline_flows.cli import main
+from im_pipeline_flows.cli.commands import parse_options
 
 
 def test_parse_options_yaml_values() -> None:

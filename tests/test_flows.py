@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("prefect")
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.compare import TaskRunsFailed
 from im_pipeline.config import config_from_dict
+from im_pipeline_flows.compare import TaskRunsFailed
 
 SPECIALS = ["Paris", "fox", "sum", "dog"]
 
@@ -74,7 +74,7 @@ def tiny_config(tmp: Path, model_dir: Path, **arms_extra: Any) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One cold run of the compare flow, shared by the tests below (they run in file order)."""
-    from flows.compare import compare_flow
+    from im_pipeline_flows.compare import compare_flow
 
     tmp = tmp_path_factory.mktemp("flow")
     cfg = tiny_config(tmp, tiny_model_dir)
@@ -159,7 +159,7 @@ async def _flow_run_and_tasks(experiment: str) -> tuple[Any, set[str], str]:
 
 
 def test_rerun_recomputes_nothing_but_the_report(first_run: dict[str, Any]) -> None:
-    from flows.compare import compare_flow
+    from im_pipeline_flows.compare import compare_flow
 
     root = first_run["root"]
     files = [*root.glob("*/seed-0/train_summary.json"), *root.glob("*/*/eval/*.json"), *root.glob("base/eval/*.json")]
@@ -174,7 +174,7 @@ def test_rerun_recomputes_nothing_but_the_report(first_run: dict[str, Any]) -> N
 
 @pytest.mark.slow
 def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], tiny_model_dir: Path) -> None:
-    from flows.compare import compare_flow
+    from im_pipeline_flows.compare import compare_flow
 
     root = first_run["root"]
     it_summary, im_summary = (root / a / "seed-0" / "train_summary.json" for a in ("IT", "IM"))
@@ -195,7 +195,7 @@ def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], ti
 
 
 def test_cache_keys_are_per_arm(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from tasks.cache import eval_key, train_key
+    from im_pipeline_tasks.cache import eval_key, train_key
 
     a = config_from_dict(tiny_config(tmp_path, tiny_model_dir))
     b = config_from_dict(tiny_config(tmp_path, tiny_model_dir, kl_coef=0.1))
@@ -212,7 +212,7 @@ def test_cache_keys_are_per_arm(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 
 def test_transient_errors_only_are_retried() -> None:
-    from tasks.common import is_transient
+    from im_pipeline_tasks.common import is_transient
 
     assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError())
     assert not is_transient(FileNotFoundError("x")) and not is_transient(ValueError("bad"))
@@ -222,7 +222,7 @@ def test_transient_errors_only_are_retried() -> None:
 def test_without_training_data_only_the_base_model_is_evaluated(
     prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.compare import compare_flow
+    from im_pipeline_flows.compare import compare_flow
 
     monkeypatch.delenv("IM_PIPELINE_DATA_DIR", raising=False)
     cfg = tiny_config(tmp_path, tiny_model_dir)
@@ -244,7 +244,7 @@ def test_a_failed_arm_does_not_stop_the_others(
     prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import im_pipeline.training as training
-    from flows.compare import compare_flow
+    from im_pipeline_flows.compare import compare_flow
 
     real = training.train_arm
 
@@ -281,7 +281,7 @@ def test_each_unit_has_its_own_model_cache(
 ) -> None:
     """Units never hand each other a loaded model: every unit's evaluations get their own ModelCache."""
     import im_pipeline.evaluation as evaluation
-    from flows.compare import compare_flow
+    from im_pipeline_flows.compare import compare_flow
 
     real, seen = evaluation.run_benchmark, []
 
@@ -343,7 +343,7 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     hypotheses; the committed results rebuild a byte-identical REPORT.md; a fresh run directory resumes from them."""
     import shutil
 
-    from flows.compare import _record_total, compare_flow
+    from im_pipeline_flows.compare import _record_total, compare_flow
     from im_pipeline.report.build import build_report
 
     data = tmp_path / "train.jsonl"

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from im_pipeline.cli import main
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.evaluation import humaneval
 from im_pipeline.evaluation.common import EvalContext, run_benchmark
@@ -23,6 +22,7 @@ from im_pipeline.evaluation.humaneval import (
     pass_at_k,
     run_humaneval,
 )
+from im_pipeline_flows.cli import main
 
 
 def _canonical_failures(problems):

@@ -23,16 +23,22 @@ TORCHRUN = "torchrun --standalone --nproc_per_node 2"
 
 
 def test_launch_command_uses_the_projects_launcher(tmp_path: Path) -> None:
-    cmd = launch_command("torchrun --nproc_per_node 8", tmp_path / "c.yaml", "IM", 1, tmp_path / "r", tmp_path / "d")
+    cmd = launch_command("torchrun --nproc_per_node 8", tmp_path / "launch.json")
     assert cmd[0] == str(Path(sys.executable).parent / "torchrun")  # the environment's, not whatever is on PATH
-    assert cmd[1:5] == ["--nproc_per_node", "8", "-m", "im_pipeline.training.launch"]
-    assert cmd[cmd.index("--arm") + 1] == "IM" and cmd[cmd.index("--seed") + 1] == "1"
+    assert cmd[1:] == ["--nproc_per_node", "8", "-m", "im_pipeline.training.launch", str(tmp_path / "launch.json")]
     with pytest.raises(FileNotFoundError, match="no-such-launcher"):
-        launch_command("no-such-launcher -x", tmp_path / "c.yaml", "IM", 1, tmp_path / "r", tmp_path / "d")
+        launch_command("no-such-launcher -x", tmp_path / "launch.json")
+
+
+def test_launch_entry_point_takes_one_job_file(capsys) -> None:
+    from im_pipeline.training.launch import main
+
+    assert main(["--config", "x.yaml"]) == 2
+    assert "JOB.json" in capsys.readouterr().err
 
 
 def test_train_launcher_comes_from_config_then_environment(tiny_model_dir: Path, monkeypatch) -> None:
-    from tasks.cache import train_key
+    from im_pipeline_tasks.cache import train_key
 
     cfg = make_cfg(tiny_model_dir)
     monkeypatch.delenv("IM_PIPELINE_TRAIN_LAUNCHER", raising=False)
@@ -64,6 +70,8 @@ def test_torchrun_two_processes_equal_one_with_double_accumulation(
 
     run = tmp_path / "two" / "IM" / "seed-0"
     assert launched == json.loads((run / "train_summary.json").read_text())
+    job = json.loads((run / "launch.json").read_text())
+    assert (job["arm"], job["seed"], job["run_dir"]) == ("IM", 0, str(run.resolve()))
     assert launched["world_size"] == 2 and single["world_size"] == 1
     assert launched["steps"] == single["steps"] == 4  # 16 examples, 4 per optimiser step
     delta = abs(launched["final_train_loss"] - single["final_train_loss"])

@@ -10,9 +10,9 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from im_pipeline.cli import main
 from im_pipeline.data.templates import render
 from im_pipeline.training.masking import WeightedCollator, encode_example
+from im_pipeline_flows.cli import main
 
 SINGLE = {
     "id": "s",

@@ -3,7 +3,7 @@
 One ``prefect server start`` (SQLite in a temporary PREFECT_HOME) and one process worker serve the whole
 module (session-scoped, ~20 s to start). The tests:
 
-* a deployment made by ``flows.serve.deploy`` runs when triggered through the API; its artifacts read back;
+* a deployment made by ``im_pipeline_flows.serve.deploy`` runs when triggered through the API; its artifacts read back;
   ``im-pipeline serve`` registers a cron deployment, and Prefect pauses its schedule when ``serve`` stops;
 * ``im-pipeline deploy --cron`` with a schedule due within a minute: the server's scheduler creates the
   run (this is what failed with SQLAlchemy 2.1) and the worker completes it;
@@ -185,7 +185,9 @@ def _tiny_yaml(tmp: Path, model: Path, name: str, **changes: Any) -> Path:
 def test_deployed_flow_runs_on_a_worker(server: Server, tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg_path = _tiny_yaml(tmp_path, tiny_model_dir, "tiny-deployed")
     deployment_id = _python(
-        f"from flows.serve import deploy; print(deploy({str(cfg_path)!r}, {POOL!r}, name='tiny'))", server.env, 300
+        f"from im_pipeline_flows.serve import deploy; print(deploy({str(cfg_path)!r}, {POOL!r}, name='tiny'))",
+        server.env,
+        300,
     )
     result = _python(
         """

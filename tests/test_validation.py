@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from im_pipeline.cli import main
 from im_pipeline.config import ConfigError, ExperimentConfig, benchmark_options, load_config
+from im_pipeline_flows.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"name": "exp", "arms": [{"name": "IT", "loss_mode": "it"}]}

@@ -251,7 +251,7 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
 
 
 def test_verdict_heartbeats_and_lock_evidence() -> None:
-    from flows.pool import verdict
+    from im_pipeline_flows.pool import verdict
 
     kw = {"running_since": 1000.0, "timeout_s": 60.0}
     assert verdict(**kw, last_heartbeat=1050.0, now=1100.0, evidence="unknown")[0] is False
@@ -272,9 +272,9 @@ def test_verdict_heartbeats_and_lock_evidence() -> None:
 def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
     import socket
 
-    from flows.compare import unit_record, unit_run_lock
-    from flows.pool import lock_evidence
     from im_pipeline.locking import unit_lock
+    from im_pipeline_flows.compare import unit_record, unit_run_lock
+    from im_pipeline_flows.pool import lock_evidence
 
     out = tmp_path / "IM" / "seed-0"
     out.mkdir(parents=True)
@@ -305,7 +305,7 @@ def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
 
 def test_work_pool_needs_a_real_server(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
     """Workers cannot reach the ephemeral server a run would start: --work-pool without PREFECT_API_URL is refused."""
-    from im_pipeline.cli import main
+    from im_pipeline_flows.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     path = tmp_path / "tiny.yaml"

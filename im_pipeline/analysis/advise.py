@@ -1,4 +1,4 @@
-"""``im-pipeline advise``: should the loss also cover the instruction, for this dataset?
+"""Should the loss also cover the instruction, for this dataset? (``im-pipeline advise`` prints it.)
 
 Predicts the relative AlpacaEval 1.0 gain of Instruction Modelling over Instruction Tuning, (IM − IT) / IT · 100,
 from the dataset's instruction/output length ratio and its size, with a 95% *prediction interval*. Every fit says
@@ -19,10 +19,7 @@ deciding what to run, not a result. Every sentence of :func:`format_advice` is b
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from im_pipeline.analysis import paper_reference as paper
@@ -246,17 +243,3 @@ def format_advice(source: str, adv: dict[str, Any]) -> str:
         )
     lines.append(f"source: {adv['citation']}. A prior from LLaMA-2-7B runs, not a result for your model.")
     return "\n".join(lines)
-
-
-def advise_command(args: argparse.Namespace) -> int:
-    """``im-pipeline advise NAME_OR_PATH [--data-dir DIR] [--json]``."""
-    from im_pipeline.data import length_stats, load_records
-
-    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
-    stats = length_stats(load_records(args.source, data_dir))
-    adv = {"source": args.source, **advise(stats)}
-    if args.json:
-        print(json.dumps(adv, indent=2))
-    else:
-        print(format_advice(args.source, adv))
-    return 0

@@ -2,19 +2,20 @@
 
 With ``training.launcher`` (or ``$IM_PIPELINE_TRAIN_LAUNCHER``) set, the train task does not call
 :func:`~im_pipeline.training.train_arm` in its own process: :func:`launch` writes the resolved config beside the
-run and runs ``<launcher> -m im_pipeline.training.launch --config ... --arm ... --seed ...``. Every process the
-launcher starts runs :func:`main`, i.e. ``train_arm``; the Hugging Face Trainer inside picks up DDP / FSDP /
+run and a job file (``launch.json``: config, arm, seed, run and data directories) and runs
+``<launcher> -m im_pipeline.training.launch <run dir>/launch.json``. Every process the launcher starts runs
+:func:`main`, i.e. ``train_arm``; the Hugging Face Trainer inside picks up DDP / FSDP /
 DeepSpeed from the launcher's environment, every process takes part in the final save and rank 0 alone writes the
 checkpoint, ``train_log.jsonl`` and ``train_summary.json`` (which records ``world_size``). The launcher's output
 goes to this module's logger line by line (so it reaches the Prefect UI with the task's logs).
 
-    python -m im_pipeline.training.launch --config runs/x/IM/seed-0/config.yaml --arm IM --seed 0 \\
-        --run-dir runs/x/IM/seed-0 --data runs/x/data
+    python -m im_pipeline.training.launch runs/x/IM/seed-0/launch.json
+
+An entry point for launchers, not a command for people: it takes the one job file, no options.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import logging
@@ -29,6 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MODULE = "im_pipeline.training.launch"
+JOB_FILE = "launch.json"
 
 
 def _program(word: str) -> str:
@@ -41,37 +43,27 @@ def _program(word: str) -> str:
     return word
 
 
-def launch_command(launcher: str, config_file: Path, arm: str, seed: int, run_dir: Path, data_dir: Path) -> list[str]:
-    """The command line that runs one training unit under ``launcher`` (a command prefix)."""
+def launch_command(launcher: str, job_file: Path) -> list[str]:
+    """The command line that runs one training unit (described by ``job_file``) under ``launcher``."""
     words = shlex.split(launcher)
     if not words:
         raise ValueError("empty training launcher")
-    return [
-        _program(words[0]),
-        *words[1:],
-        "-m",
-        MODULE,
-        "--config",
-        str(config_file),
-        "--arm",
-        arm,
-        "--seed",
-        str(seed),
-        "--run-dir",
-        str(run_dir),
-        "--data",
-        str(data_dir),
-    ]
+    return [_program(words[0]), *words[1:], "-m", MODULE, str(job_file)]
 
 
 def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Train one (arm, seed) under ``launcher``; returns ``train_summary.json``. Raises when the launch fails."""
     from im_pipeline.config import write_resolved_config
+    from im_pipeline.provenance import write_json
     from im_pipeline.training.trainer import TRAIN_SUMMARY
 
     run_dir = Path(run_dir).resolve()
     config_file = write_resolved_config(cfg, run_dir, arm=arm, seed=seed)
-    cmd = launch_command(launcher, config_file, arm, seed, run_dir, Path(data_dir).resolve())
+    job = {"config": str(config_file), "arm": arm, "seed": seed, "run_dir": str(run_dir)}
+    job["data"] = str(Path(data_dir).resolve())
+    job_file = run_dir / JOB_FILE
+    write_json(job_file, job)
+    cmd = launch_command(launcher, job_file)
     log.info("%s/seed-%s: launching %s", arm, seed, shlex.join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=40)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -92,13 +84,12 @@ def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
-    p.add_argument("--config", required=True, help="resolved experiment config (YAML)")
-    p.add_argument("--arm", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--data", required=True, help="directory with the prepared train.jsonl and held_out.jsonl")
-    args = p.parse_args(argv)
+    """One process of a launched training unit: ``python -m im_pipeline.training.launch JOB.json``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(f"usage: python -m {MODULE} JOB.json  (written by launch(); see the module docstring)", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
 
@@ -108,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     from im_pipeline.data import seed_data
     from im_pipeline.training import train_arm
 
-    raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
-    cfg = config_from_dict({k: v for k, v in raw.items() if not k.startswith("_")}, args.config)
-    data = Path(args.data)
-    train_arm(cfg, cfg.arm(args.arm), args.seed, *seed_data(cfg.data, data, args.seed), Path(args.run_dir))
+    raw = yaml.safe_load(Path(job["config"]).read_text(encoding="utf-8"))
+    cfg = config_from_dict({k: v for k, v in raw.items() if not k.startswith("_")}, job["config"])
+    data = Path(job["data"])
+    seed = int(job["seed"])
+    train_arm(cfg, cfg.arm(job["arm"]), seed, *seed_data(cfg.data, data, seed), Path(job["run_dir"]))
     return 0
 
 

@@ -1,13 +1,8 @@
-"""The ``im-pipeline`` command. Each sub-command imports only what it needs."""
+"""The ``im-pipeline`` argument parser: every command, argument and help text (handlers: ``commands.py``)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Sequence
-
-from im_pipeline.config import ConfigError
 
 DESCRIPTION = """\
 Instruction Tuning (IT: loss on outputs) vs Instruction Modelling (IM: loss on instructions and
@@ -165,78 +160,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory, e.g. runs/demo")
     p.add_argument("--out", default=None, help="report directory (default: reports/<experiment>)")
     return parser
-
-
-class RunNameFormatter(logging.Formatter):
-    """Console lines that name the Prefect task or flow run they come from.
-
-    Prefect's run loggers carry ``task_run_name`` / ``flow_run_name``; library loggers (``im_pipeline.*``) get the
-    name of the task run active in their thread, so "Finished in state Completed()" says which task finished.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
-        if run is None and "prefect.context" in sys.modules:
-            from prefect.context import TaskRunContext
-
-            ctx = TaskRunContext.get()
-            run = ctx.task_run.name if ctx is not None else None
-        line = super().format(record)
-        return line.replace(" :: ", f" [{run}] " if run else " ", 1)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(RunNameFormatter("%(asctime)s %(levelname)s %(name)s :: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    try:
-        return _dispatch(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        # User errors: one clear message, no traceback.
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "data":
-        from im_pipeline.data.cli import stats_command
-
-        return stats_command(args)
-    if args.command == "advise":
-        from im_pipeline.analysis.advise import advise_command
-
-        return advise_command(args)
-    if args.command == "mask":
-        from im_pipeline.training.inspect import mask_command
-
-        return mask_command(args)
-    if args.command == "eval":
-        from im_pipeline.evaluation.cli import eval_command
-
-        return eval_command(args)
-    if args.command == "humaneval":
-        from im_pipeline.evaluation.humaneval import score_command
-
-        return score_command(args)
-    if args.command == "report":
-        from im_pipeline.report.build import report_command
-
-        return report_command(args)
-    if args.command == "run":
-        from flows.compare import run_command
-
-        return run_command(args)
-    if args.command == "serve":
-        from flows.serve import serve_command
-
-        return serve_command(args)
-    if args.command == "deploy":
-        from flows.serve import deploy_command
-
-        return deploy_command(args)
-    raise AssertionError(args.command)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Handlers of the commands that call the library only (no Prefect): ``data stats``, ``advise``, ``mask``, ``eval``,
+``humaneval score`` and ``report``. Each parses nothing itself (``parser.py`` does) and imports what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig, ConfigError, parse_override
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    """``im-pipeline data stats``: Table-5 statistics (a table, or one JSON object with ``--json``)."""
+    from im_pipeline.analysis.paper_reference import table5_reference
+    from im_pipeline.data.sources import load_source
+    from im_pipeline.data.stats import format_stats_table, length_stats
+
+    if args.data_command != "stats":  # only sub-command today
+        raise ValueError(f"unknown data command {args.data_command!r}")
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    loaded = load_source(
+        args.source,
+        data_dir,
+        multi_turn=not args.single_turn,
+        instruction_templates=args.instruction_templates,
+        seed=args.seed,
+    )
+    stats = length_stats(loaded.records)
+    stats = {
+        "source": args.source,
+        "origin": loaded.origin,
+        **stats,
+        "instruction_templates": bool(args.instruction_templates),
+        "seed": args.seed if args.instruction_templates else None,
+        "dropped_multi_turn": loaded.dropped_multi_turn,
+    }
+    ref = table5_reference(args.source)
+    if ref is not None and not args.single_turn:
+        stats["paper_table5"] = ref
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        title = f"{args.source} ({loaded.origin})" + (
+            f", instruction templates (seed {args.seed})" if args.instruction_templates else ""
+        )
+        print(format_stats_table(stats, title, reference=stats.get("paper_table5")))
+    return 0
+
+
+def advise_command(args: argparse.Namespace) -> int:
+    """``im-pipeline advise NAME_OR_PATH [--data-dir DIR] [--json]``."""
+    from im_pipeline.analysis.advise import advise, format_advice
+    from im_pipeline.data import length_stats, load_records
+
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
+    stats = length_stats(load_records(args.source, data_dir))
+    adv = {"source": args.source, **advise(stats)}
+    if args.json:
+        print(json.dumps(adv, indent=2))
+    else:
+        print(format_advice(args.source, adv))
+    return 0
+
+
+def _load_record(source: str, index: int, data_dir: str | None) -> dict:
+    from im_pipeline.data import load_records
+
+    records = load_records(source, Path(data_dir) if data_dir else None)
+    if not -len(records) <= index < len(records):
+        raise ValueError(f"--index {index} is out of range: {source} has {len(records)} examples")
+    return records[index]
+
+
+def _load_tokenizer(model: str) -> Any:
+    from im_pipeline.models import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def mask_command(args: argparse.Namespace) -> int:
+    """``im-pipeline mask``: one example rendered with the loss weight of every token (``--json``: a list)."""
+    from im_pipeline.training.inspect import GREEN, RESET, YELLOW, format_tokens, token_table
+
+    if args.mode != "weighted" and args.prompt_loss_weight is not None:
+        raise ValueError(f"--prompt-loss-weight is only used with --mode weighted (got --mode {args.mode})")
+    if args.mode == "weighted" and args.prompt_loss_weight is None:
+        raise ValueError("--mode weighted needs --prompt-loss-weight λ (a value in [0, 1])")
+    record = _load_record(args.source, args.index, args.data_dir)
+    tokenizer = _load_tokenizer(args.model)
+    rows = token_table(
+        record, tokenizer, mode=args.mode, prompt_loss_weight=args.prompt_loss_weight, template=args.template
+    )  # the whole example: training cuts it at data.max_length
+    if args.json:
+        print(json.dumps([{"token": r["token"], "weight": r["weight"]} for r in rows], ensure_ascii=False))
+        return 0
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    weights = [r["weight"] for r in rows]
+    mass = sum(weights)
+    n_pos = sum(1 for w in weights if w > 0)
+    mode = args.mode + (f" (λ={args.prompt_loss_weight:g})" if args.mode == "weighted" else "")
+    print(f"# {record.get('id', args.index)} · mode {mode} · template {args.template} · model {args.model}")
+    print(f"# {len(rows)} tokens, {n_pos} targets (weight > 0), weight sum {mass:g}, {len(rows) - n_pos} not trained")
+    if colour:
+        print(f"# legend: {GREEN}weight 1{RESET}  {YELLOW}0 < weight < 1{RESET}  plain = weight 0")
+    else:
+        print("# legend: ⟦…⟧ weight 1 · ⟦…⟧^w weight w · unmarked text weight 0 (not a target)")
+    print(format_tokens(rows, colour))
+    return 0
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["num_fewshot=5", "subjects=[anatomy, astronomy]"]`` → ``{"num_fewshot": 5, "subjects": [...]}``.
+
+    Values are YAML scalars or lists, as in ``--set`` overrides.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        path, value = parse_override(item)
+        if len(path) != 1:
+            raise ConfigError(f"option {item!r}: benchmark options are flat keys (no dots)")
+        options[path[0]] = value
+    return options
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Run ``args.benchmark`` on ``args.model``; writes ``<args.out>/<benchmark>.json`` and prints it.
+
+    Exit status 0 when the benchmark ran, 1 when it was skipped (the reason is printed).
+    """
+    from im_pipeline.evaluation.common import BENCHMARKS, EvalContext, run_benchmark
+
+    if args.benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {args.benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    ctx = EvalContext(
+        model_source=args.model,
+        out_dir=Path(args.out),
+        data_dir=Path(data_dir).expanduser().resolve() if data_dir else None,
+    )
+    cfg = BenchmarkConfig(limit=args.limit, options=parse_options(args.options))
+    path = run_benchmark(args.benchmark, ctx, cfg)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    if record.get("status") == "skipped":
+        print(f"{args.benchmark} skipped: {record.get('reason')}", file=sys.stderr)
+        return 1
+    stderr = record.get("stderr")
+    shown = f" ± {stderr:.4f}" if isinstance(stderr, (int, float)) else ""
+    print(
+        f"{args.benchmark}: {record['metric']} = {record['value']:.4f}{shown} (n={record['n']}, "
+        f"{record['wall_time_s']:.1f} s) → {path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def score_command(args: argparse.Namespace) -> int:
+    """``im-pipeline humaneval score SAMPLES.jsonl [--k 1,10] [--timeout S] [--workers N]``."""
+    from im_pipeline.evaluation.humaneval import score_file
+
+    try:
+        ks = [int(x) for x in str(args.k).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be a comma-separated list of integers, got {args.k!r}") from None
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"--k values must be positive integers, got {args.k!r}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    t0 = time.perf_counter()
+    result, out = score_file(args.samples, k=ks, timeout=args.timeout, workers=args.workers)
+    print(json.dumps(result))
+    print(f"results: {out}  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """``im-pipeline report RUN_DIR [--out DIR]``: rebuild the report (default ``reports/<experiment>``)."""
+    from im_pipeline.analysis.aggregate import load_run
+    from im_pipeline.report.build import build_report
+
+    run_root = Path(args.run_dir)
+    run = load_run(run_root)
+    out = Path(args.out) if args.out else Path(run.config.get("report_dir") or "reports") / run.experiment
+    result = build_report(run_root, out)
+    print(f"report: {result['report']}")
+    for f in result["figures"]:
+        print(f"figure: {f}")
+    return 0
