@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from im_pipeline.evaluation import sandbox
-from im_pipeline.evaluation.sandbox import SandboxResult, isolation, run_program
+from im_pipeline.evaluation.sandbox import SandboxLimits, SandboxResult, isolation, run_program
+from im_pipeline.evaluation.sandbox import host as sandbox_host
+from im_pipeline.evaluation.sandbox import run as sandbox_run
 
 
 def _alive(pid: int) -> bool:
@@ -25,9 +27,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_good_and_wrong_programs():
-    ok = run_program("print('hello')\n", timeout=10)
+    ok = run_program("print('hello')\n", SandboxLimits(timeout=10))
     assert ok.passed and ok.status == "passed" and ok.returncode == 0 and ok.stdout == "hello\n"
-    bad = run_program("assert 1 + 1 == 3, 'arithmetic'\n", timeout=10)
+    bad = run_program("assert 1 + 1 == 3, 'arithmetic'\n", SandboxLimits(timeout=10))
     assert not bad.passed and bad.status == "failed" and bad.returncode == 1
     assert "AssertionError: arithmetic" in bad.stderr
     assert bad.result == "failed: AssertionError: arithmetic"
@@ -36,7 +38,7 @@ def test_good_and_wrong_programs():
 
 def test_infinite_loop_times_out():
     start = time.perf_counter()
-    r = run_program("while True:\n    pass\n", timeout=1.5)
+    r = run_program("while True:\n    pass\n", SandboxLimits(timeout=1.5))
     assert (r.passed, r.status, r.result) == (False, "timeout", "timed out")
     assert time.perf_counter() - start < 6
 
@@ -45,9 +47,9 @@ def test_fork_bomb_is_capped_and_every_process_killed():
     if not isolation()["uid"]:
         pytest.skip("no separate uid here: RLIMIT_NPROC cannot contain a fork bomb (killpg still applies)")
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    r = run_program(code, timeout=2, max_processes=16)
+    r = run_program(code, SandboxLimits(timeout=2, max_processes=16))
     assert not r.passed and r.status == "timeout"
-    assert r.uid is not None and sandbox._pids_of_uid(r.uid) == []
+    assert r.uid is not None and sandbox_host.pids_of_uid(r.uid) == []
 
 
 def test_escaped_grandchild_is_killed():
@@ -61,14 +63,14 @@ def test_escaped_grandchild_is_killed():
         "    os._exit(0)\n"
         "print(pid, flush=True)\n"
     )
-    r = run_program(code, timeout=5)
+    r = run_program(code, SandboxLimits(timeout=5))
     assert r.status == "passed"
     if isolation()["uid"]:
-        assert sandbox._pids_of_uid(r.uid) == []  # the grandchild died with the run's PID namespace
+        assert sandbox_host.pids_of_uid(r.uid) == []  # the grandchild died with the run's PID namespace
 
 
 def test_memory_bomb_fails():
-    r = run_program("x = bytearray(4 * 1024**3)\nprint(len(x))\n", timeout=10, memory_mb=512)
+    r = run_program("x = bytearray(4 * 1024**3)\nprint(len(x))\n", SandboxLimits(timeout=10, memory_mb=512))
     assert not r.passed and r.status in {"failed", "killed"}
     assert "MemoryError" in r.stderr or r.status == "killed"
 
@@ -82,7 +84,7 @@ def test_no_network_even_to_localhost():
         server.settimeout(0.2)
         port = server.getsockname()[1]
         code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).sendall(b'x')\n"
-        r = run_program(code, timeout=10)
+        r = run_program(code, SandboxLimits(timeout=10))
         assert not r.passed and r.status == "failed"
         assert "unreachable" in r.stderr.lower() or "refused" in r.stderr.lower()
         with pytest.raises(TimeoutError):
@@ -102,7 +104,7 @@ def test_files_outside_workdir_are_untouched(tmp_path: Path):
         f"open({str(created)!r}, 'w').write('new')\n",
         f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n",
     ):
-        r = run_program(code, timeout=10)
+        r = run_program(code, SandboxLimits(timeout=10))
         assert not r.passed and r.status == "failed", (code, r)
     assert sentinel.read_text() == "keep me"
     assert not created.exists()
@@ -127,7 +129,7 @@ def test_repo_is_read_only(host_dir: Path):
     if not (isolation()["mounts"] or isolation()["uid"]):
         pytest.skip("neither mount namespace nor separate uid here")
     target = host_dir / "_sandbox_should_not_exist.txt"
-    r = run_program(f"open({str(target)!r}, 'w').write('x')\n", timeout=10)
+    r = run_program(f"open({str(target)!r}, 'w').write('x')\n", SandboxLimits(timeout=10))
     assert r.status == "failed" and not target.exists()
 
 
@@ -137,7 +139,7 @@ def test_killing_the_parent_fails_and_we_survive():
         "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\n",
         "import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time\ntime.sleep(1)\nraise SystemExit(1)\n",
     ):
-        r = run_program(code, timeout=5)
+        r = run_program(code, SandboxLimits(timeout=5))
         assert not r.passed, (code, r)
     assert _alive(os.getpid())
 
@@ -151,7 +153,7 @@ def test_workdir_is_fresh_and_removed_and_env_is_clean(monkeypatch):
         "print(sorted(os.listdir('.')))\n"
         "print(os.environ.get('IM_SECRET_TOKEN'))\n"
     )
-    r = run_program(code, timeout=10)
+    r = run_program(code, SandboxLimits(timeout=10))
     assert r.passed, r
     cwd, listing, secret = r.stdout.splitlines()
     assert listing == "['program.py', 'scratch.txt']"
@@ -160,13 +162,15 @@ def test_workdir_is_fresh_and_removed_and_env_is_clean(monkeypatch):
 
 
 def test_output_flood_is_bounded():
-    r = run_program("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", timeout=10, max_file_mb=1)
+    r = run_program(
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", SandboxLimits(timeout=10, max_file_mb=1)
+    )
     assert not r.passed and r.status in {"failed", "killed"}
     assert len(r.stdout) <= sandbox.TAIL_CHARS
 
 
 def test_sandbox_errors_become_results():
-    r = run_program("print(1)\n", timeout=5, python="/nonexistent/python")
+    r = run_program("print(1)\n", SandboxLimits(timeout=5), python="/nonexistent/python")
     assert isinstance(r, SandboxResult) and r.status == "error" and not r.passed
 
 
@@ -175,17 +179,18 @@ def test_degraded_mode_uses_reliability_guard(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(sandbox, "isolation", lambda: {"uid": False, "namespaces": False, "cgroup": False})
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("keep me")
-    r = run_program(f"import os\nos.remove({str(sentinel)!r})\n", timeout=5)
+    r = run_program(f"import os\nos.remove({str(sentinel)!r})\n", SandboxLimits(timeout=5))
     assert r.status == "failed" and sentinel.exists()
-    r = run_program("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", timeout=5)
+    r = run_program("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", SandboxLimits(timeout=5))
     assert r.status == "failed"
-    r = run_program("while True:\n    pass\n", timeout=1)
+    r = run_program("while True:\n    pass\n", SandboxLimits(timeout=1))
     assert r.status == "timeout"
 
 
 NON_ROOT_SCRIPT = """
-import importlib.util, json, socket, sys
-spec = importlib.util.spec_from_file_location("sbx", sys.argv[1])
+import importlib.util, json, os, socket, sys
+here = os.path.dirname(sys.argv[1])
+spec = importlib.util.spec_from_file_location("sbx", sys.argv[1], submodule_search_locations=[here])
 sbx = importlib.util.module_from_spec(spec)
 sys.modules["sbx"] = sbx
 spec.loader.exec_module(sbx)
@@ -197,7 +202,7 @@ out = {"isolation": sbx.isolation()}
 out["ok"] = sbx.run_program("print('hi')").status
 out["net"] = sbx.run_program(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)").status
 out["tmp"] = sbx.run_program("open('/tmp/im_sbx_nonroot_probe', 'w').write('x')").status
-out["loop"] = sbx.run_program("while True: pass", timeout=1).status
+out["loop"] = sbx.run_program("while True: pass", sbx.SandboxLimits(timeout=1)).status
 print(json.dumps(out))
 """
 
@@ -209,13 +214,13 @@ def test_unprivileged_user_gets_namespaces_via_user_namespace():
     import subprocess
 
     python = "/usr/bin/python3"
-    if os.geteuid() != 0 or not sandbox._world_accessible(python) or not shutil.which("setpriv"):
+    if os.geteuid() != 0 or not sandbox_host.world_accessible(python) or not shutil.which("setpriv"):
         pytest.skip("needs root (to become an unprivileged user), setpriv and a world-executable /usr/bin/python3")
     probe = Path("/tmp/im_sbx_nonroot_probe")
     probe.unlink(missing_ok=True)
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     proc = subprocess.run(
-        [*as_nobody, python, "-c", NON_ROOT_SCRIPT, sandbox.__file__],
+        [*as_nobody, python, "-c", NON_ROOT_SCRIPT, str(Path(sandbox.__file__))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -262,7 +267,7 @@ EARLY_EXITS = {
 
 @pytest.mark.parametrize("case", sorted(EARLY_EXITS))
 def test_early_exit_by_any_means_is_failed(case: str):
-    r = run_program(EARLY_EXITS[case], timeout=10)
+    r = run_program(EARLY_EXITS[case], SandboxLimits(timeout=10))
     assert (r.passed, r.status) == (False, "failed") or (not r.passed and r.status == "killed"), (case, r)
     assert r.result.startswith("failed"), r.result
 
@@ -297,7 +302,7 @@ def test_own_pid_namespace_and_proc_hide_host_processes():
             "found = [p for p in pids if b'im-secret-argument' in open(f'/proc/{p}/cmdline', 'rb').read()]\n"
             "print(len(pids), os.getpid(), os.getppid(), found)\n"
         )
-        r = run_program(code, timeout=10)
+        r = run_program(code, SandboxLimits(timeout=10))
     finally:
         host.kill()
         host.wait()
@@ -320,7 +325,7 @@ print(open('/proc/sysvipc/shm').read().count(chr(10)) - 1)
 def test_own_ipc_namespace_shared_memory_dies_with_the_run():
     _needs("namespaces")
     key = 0x494D0000 + os.getpid() % 0xFFFF * 4
-    r = run_program(SHM.format(key=key), timeout=10)
+    r = run_program(SHM.format(key=key), SandboxLimits(timeout=10))
     assert r.passed, r
     assert r.stdout.strip() == "3"  # the run sees only its own segments
     host = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
@@ -352,7 +357,7 @@ def test_host_unix_sockets_are_unreachable(tmp_path: Path):
         targets = [str(p) for p in paths] + [abstract.getsockname()]
         for t in [*targets, "/var/run/" + paths[0].name]:
             code = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({t!r})\n"
-            r = run_program(code, timeout=10)
+            r = run_program(code, SandboxLimits(timeout=10))
             assert not r.passed and ("FileNotFoundError" in r.result or "ConnectionRefusedError" in r.result), (t, r)
         for s in servers:
             with pytest.raises(TimeoutError):
@@ -376,7 +381,7 @@ def test_working_dir_is_a_size_capped_tmpfs():
         "    for _ in range(64):\n"
         "        f.write(b'x' * (1 << 20))\n"
     )
-    r = run_program(code, timeout=10, workdir_mb=8, max_file_mb=256)
+    r = run_program(code, SandboxLimits(timeout=10, workdir_mb=8, max_file_mb=256))
     assert r.stdout.split()[0] == "tmpfs"
     assert not r.passed and "No space left on device" in r.result, r
 
@@ -384,7 +389,7 @@ def test_working_dir_is_a_size_capped_tmpfs():
 def test_root_filesystem_is_read_only_even_where_permissions_allow(host_dir: Path):
     _needs("namespaces")
     target = host_dir / "_sandbox_should_not_exist.txt"
-    r = run_program(f"open({str(target)!r}, 'w').write('x')\n", timeout=10)
+    r = run_program(f"open({str(target)!r}, 'w').write('x')\n", SandboxLimits(timeout=10))
     assert not r.passed and ("Read-only file system" in r.result or "Permission denied" in r.result)
     assert not target.exists()
 
@@ -408,7 +413,8 @@ def test_one_memory_bound_for_the_whole_process_tree():
     """6 children x 100 MiB each under a 256 MiB bound: the cgroup stops the tree, not each process."""
     _needs("cgroup")
     r = run_program(
-        MEMORY_TREE.replace("os._exit(0)", "import time; time.sleep(2); os._exit(0)"), timeout=20, memory_mb=256
+        MEMORY_TREE.replace("os._exit(0)", "import time; time.sleep(2); os._exit(0)"),
+        SandboxLimits(timeout=20, memory_mb=256),
     )
     assert not r.passed, r
     assert r.memory_peak_mb is not None and r.memory_peak_mb <= 256.5, r.memory_peak_mb
@@ -419,7 +425,7 @@ def test_memory_bound_fallback_without_cgroup_is_processes_times_address_space(m
     if not isolation()["uid"]:
         pytest.skip("the fallback bound needs a separate uid (RLIMIT_NPROC)")
     caps = {**isolation(), "cgroup": False}
-    monkeypatch.setattr(sandbox, "isolation", lambda: caps)
+    monkeypatch.setattr(sandbox_run, "isolation", lambda: caps)
     code = (
         "import os, time\n"
         "n = 0\n"
@@ -438,7 +444,7 @@ def test_memory_bound_fallback_without_cgroup_is_processes_times_address_space(m
         "except MemoryError:\n"
         "    print('MemoryError')\n"
     )
-    r = run_program(code, timeout=10, memory_mb=256, max_processes=4)
+    r = run_program(code, SandboxLimits(timeout=10, memory_mb=256, max_processes=4))
     assert r.passed and r.memory_peak_mb is None, r
     children, alloc = r.stdout.split()
     assert int(children) <= 3 and alloc == "MemoryError"  # 4 processes at most, 256 MiB each at most
@@ -447,8 +453,8 @@ def test_memory_bound_fallback_without_cgroup_is_processes_times_address_space(m
 SCORER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from im_pipeline.evaluation.sandbox import run_program
-run_program("import time\\nopen('marker', 'w').write('x')\\ntime.sleep(120)\\n", timeout=300)
+from im_pipeline.evaluation.sandbox import SandboxLimits, run_program
+run_program("import time\\nopen('marker', 'w').write('x')\\ntime.sleep(120)\\n", SandboxLimits(timeout=300))
 """
 
 
@@ -462,16 +468,16 @@ def test_program_dies_with_its_scorer_and_leaves_nothing(tmp_path: Path):
     repo = str(Path(__file__).resolve().parent.parent)
     before = set(Path("/tmp").glob("im-sandbox-*"))
     scorer = subprocess.Popen([sys.executable, "-c", SCORER, repo])
-    lo = sandbox._UID_BASE + (scorer.pid % 10_000) * 100
+    lo = sandbox_host.UID_BASE + (scorer.pid % 10_000) * 100
     deadline = time.time() + 60
     pids: list[int] = []
     while time.time() < deadline and not pids:
-        pids = [p for uid in range(lo, lo + 100) for p in sandbox._pids_of_uid(uid)] if isolation()["uid"] else []
+        pids = [p for uid in range(lo, lo + 100) for p in sandbox_host.pids_of_uid(uid)] if isolation()["uid"] else []
         time.sleep(0.1)
     supervisors = [
         int(d.name)
         for d in Path("/proc").iterdir()
-        if d.name.isdigit() and b"sandbox_init.py" in _cmdline(d) and _ppid(int(d.name)) == scorer.pid
+        if d.name.isdigit() and b"sandbox/supervisor.py" in _cmdline(d) and _ppid(int(d.name)) == scorer.pid
     ]
     assert supervisors, "the scorer's supervisor was not found"
     if isolation()["uid"]:
@@ -486,11 +492,11 @@ def test_program_dies_with_its_scorer_and_leaves_nothing(tmp_path: Path):
     # What the next scorer does: remove the empty cgroups of dead scorers (once their last zombie is reaped).
     leftovers: list[Path] = []
     for _ in range(100):
-        sandbox._remove_stale_cgroups()
+        sandbox_host.remove_stale_cgroups()
         leftovers = [
             d
             for controller in ("memory", "pids")
-            if (base := sandbox._own_cgroup(controller)) is not None and base.is_dir()
+            if (base := sandbox_host.own_cgroup(controller)) is not None and base.is_dir()
             for d in base.glob(f"im-sandbox-{scorer.pid}-*")
         ]
         if not leftovers:

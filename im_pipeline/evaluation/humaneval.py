@@ -32,7 +32,7 @@ from im_pipeline.config import BenchmarkConfig, HumanEvalOptions, benchmark_opti
 from im_pipeline.data.sources import write_jsonl
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
-from im_pipeline.evaluation.sandbox import SandboxResult, isolation, run_program
+from im_pipeline.evaluation.sandbox import SandboxLimits, SandboxResult, isolation, run_program
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def execute_completions(
             unique.setdefault(check_program(problem, c))
     programs = list(unique)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(run_program, p, timeout, memory_mb) for p in programs]
+        limits = SandboxLimits(timeout=timeout, memory_mb=memory_mb)
+        futures = [pool.submit(run_program, p, limits) for p in programs]
         done = {
             p: f.result() for p, f in zip(programs, tqdm(futures, desc="execute", disable=not progress), strict=True)
         }

@@ -1,6 +1,6 @@
-"""The sandbox's supervisor: runs as its own process (``python -I -S sandbox_init.py``), stdlib only.
+"""The sandbox's supervisor: runs as its own process (``python -I -S supervisor.py``), stdlib only.
 
-:mod:`.sandbox` starts this script with the run's specification (JSON) on stdin, the write end of
+:mod:`.run` starts this script with the run's specification (JSON) on stdin, the write end of
 the result pipe passed as an inherited file descriptor, and ``PR_SET_PDEATHSIG(SIGKILL)`` already
 set, so this supervisor dies with the scorer. It then:
 
