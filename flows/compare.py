@@ -61,8 +61,9 @@ from im_pipeline.config import (  # noqa: E402
 from im_pipeline.evaluation.common import ModelCache  # noqa: E402
 from im_pipeline.locking import unit_lock  # noqa: E402
 from im_pipeline.provenance import machine, write_json  # noqa: E402
+from im_pipeline.runs.layout import BASE_ARM  # noqa: E402
+from im_pipeline.runs.staleness import base_key, data_key, eval_key, is_done, train_key  # noqa: E402
 from im_pipeline_flows.ephemeral import start_bound_ephemeral_server  # noqa: E402
-from im_pipeline_tasks.cache import BASE_ARM, base_key, data_key, eval_key, is_done, train_key  # noqa: E402
 from im_pipeline_tasks.evaluate import evaluate_task  # noqa: E402
 from im_pipeline_tasks.prepare import prepare_data_task  # noqa: E402
 from im_pipeline_tasks.report import report_task, save_results_task  # noqa: E402

@@ -11,7 +11,9 @@ from prefect import get_run_logger, task
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.evaluation.common import ModelCache
 from im_pipeline.locking import unit_lock
-from im_pipeline_tasks.cache import BASE_ARM, is_done, prefect_cache_key, unit_lock_path, write_stamp
+from im_pipeline.runs.layout import BASE_ARM, lock_beside
+from im_pipeline.runs.staleness import is_done, write_stamp
+from im_pipeline_tasks.cache import prefect_cache_key
 from im_pipeline_tasks.common import done, retry_on_io, unit_name
 
 
@@ -42,7 +44,7 @@ def evaluate_task(
     """
     start, eval_dir = time.perf_counter(), Path(out_dir) / "eval"
     # One lock per (model, benchmark): a concurrent run of the same experiment waits, then skips it.
-    with unit_lock(unit_lock_path(eval_dir / benchmark), on_wait=get_run_logger().warning):
+    with unit_lock(lock_beside(eval_dir / benchmark), on_wait=get_run_logger().warning):
         computed = not is_done(eval_dir / f"{benchmark}.json", eval_dir, benchmark, key)
         if computed:
             from im_pipeline.data import seed_data

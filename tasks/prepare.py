@@ -11,7 +11,9 @@ from prefect import get_run_logger, task
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.locking import unit_lock
 from im_pipeline.provenance import write_json
-from im_pipeline_tasks.cache import DATA_SEED, files_hash, is_done, prefect_cache_key, unit_lock_path, write_stamp
+from im_pipeline.runs.layout import lock_beside
+from im_pipeline.runs.staleness import DATA_SEED, files_hash, is_done, write_stamp
+from im_pipeline_tasks.cache import prefect_cache_key
 from im_pipeline_tasks.common import done, retry_on_io
 
 UNAVAILABLE = "unavailable.json"
@@ -47,7 +49,7 @@ def prepare_data_task(cfg: ExperimentConfig, key: str, out_dir: str) -> dict[str
     """
     start, out = time.perf_counter(), Path(out_dir)
     paths = (out / "train.jsonl", out / "held_out.jsonl")
-    with unit_lock(unit_lock_path(out), on_wait=get_run_logger().warning):  # concurrent runs prepare once
+    with unit_lock(lock_beside(out), on_wait=get_run_logger().warning):  # concurrent runs prepare once
         computed = not is_done(out / "data_stats.json", out, "data", key)
         if computed:
             from im_pipeline.data import DataError, prepare_data

@@ -11,7 +11,9 @@ from prefect import get_run_logger, task
 from im_pipeline.config import BENCHMARK_OPTIONS as BENCHMARKS
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.locking import unit_lock
-from im_pipeline_tasks.cache import clear_stale_run, is_done, prefect_cache_key, unit_lock_path, write_stamp
+from im_pipeline.runs.layout import lock_beside
+from im_pipeline.runs.staleness import clear_stale_run, is_done, write_stamp
+from im_pipeline_tasks.cache import prefect_cache_key
 from im_pipeline_tasks.common import done, unit_name
 
 
@@ -23,7 +25,7 @@ def train_task(cfg: ExperimentConfig, arm: str, seed: int, key: str, out_dir: st
     ``im-pipeline run``, another worker) waits for it, saying so, then finds the unit done and skips it.
     """
     start, run_dir = time.perf_counter(), Path(out_dir)
-    with unit_lock(unit_lock_path(run_dir), on_wait=get_run_logger().warning):
+    with unit_lock(lock_beside(run_dir), on_wait=get_run_logger().warning):
         if cfg.save_results:  # a unit finished in an earlier session: its committed files make it "done"
             from im_pipeline.report.results import restore_unit
 

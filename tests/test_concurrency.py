@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from im_pipeline.locking import unit_lock
-from im_pipeline_tasks.cache import unit_lock_path
+from im_pipeline.runs.layout import lock_beside
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def test_two_concurrent_runs_compute_each_unit_once(tmp_path, tiny_model_dir):
     cfg = _config(tmp_path, tiny_model_dir)
     unit = tmp_path / "runs" / "tiny-flow" / "IT" / "seed-0"
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    with unit_lock(unit_lock_path(unit)):
+    with unit_lock(lock_beside(unit)):
         runs = [_start(cfg, tmp_path, log) for log in logs]
         deadline = time.time() + 240
         while time.time() < deadline and not all("waiting for" in log.read_text() for log in logs):

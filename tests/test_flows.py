@@ -195,7 +195,7 @@ def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], ti
 
 
 def test_cache_keys_are_per_arm(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from im_pipeline_tasks.cache import eval_key, train_key
+    from im_pipeline.runs.staleness import eval_key, train_key
 
     a = config_from_dict(tiny_config(tmp_path, tiny_model_dir))
     b = config_from_dict(tiny_config(tmp_path, tiny_model_dir, kl_coef=0.1))

@@ -38,7 +38,7 @@ def test_launch_entry_point_takes_one_job_file(capsys) -> None:
 
 
 def test_train_launcher_comes_from_config_then_environment(tiny_model_dir: Path, monkeypatch) -> None:
-    from im_pipeline_tasks.cache import train_key
+    from im_pipeline.runs.staleness import train_key
 
     cfg = make_cfg(tiny_model_dir)
     monkeypatch.delenv("IM_PIPELINE_TRAIN_LAUNCHER", raising=False)

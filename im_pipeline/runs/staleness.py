@@ -1,0 +1,139 @@
+"""When a unit's outputs are still valid: one key per unit, and every layer decides with that key.
+
+A unit's **key** hashes exactly what changes its output: data preparation its data section, data directory and
+seed; a training run the model, the data section, the prepared data's content hash, the training settings that
+change the model (:func:`training_identity`), *this* arm and the seed (never the other arms, so editing one arm
+recomputes only that arm); an evaluation the model's key, the benchmark's settings and what else it reads.
+
+The same key is used by
+
+1. Prefect's task cache (``im_pipeline_tasks.cache.prefect_cache_key``): a cached task does not even start;
+2. the **stamps** beside the outputs (``<dir>/.keys/<stage>.key``): :func:`is_done` is true when the output exists
+   and its stamp equals the key; this makes a re-run cheap without Prefect's result storage and tells a stale run
+   directory from an interrupted one (:func:`clear_stale_run`);
+3. the trainer: it resumes Trainer checkpoints and finds a finished run by a fingerprint built on the same
+   :func:`training_identity`, so a setting that does not change the model (``save_steps``, ``logging_steps``,
+   threads, loggers) neither retrains nor throws checkpoints away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from im_pipeline.config import ArmConfig, BenchmarkConfig, ExperimentConfig, stable_hash
+from im_pipeline.provenance import write_text_atomic
+from im_pipeline.runs.layout import stamp_path
+
+DATA_SEED = 0
+"""Seed of data preparation (subsampling, splits): fixed, so adding a training seed keeps the data."""
+
+NOT_IN_IDENTITY = frozenset({"threads", "logging_steps", "save_steps", "report_to", "launcher"})
+"""Training settings that do not change the trained model: how often to log or checkpoint, threads, loggers; the
+launcher counts through the number of processes it starts (the global batch), see :func:`train_key`."""
+
+
+def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The training settings that change the trained model (everything but :data:`NOT_IN_IDENTITY`)."""
+    return cfg.training.model_dump(mode="json", exclude=set(NOT_IN_IDENTITY))
+
+
+def _model_part(cfg: ExperimentConfig) -> dict[str, Any]:
+    return cfg.model.model_dump(mode="json", exclude={"cache_dir"})
+
+
+def data_key(cfg: ExperimentConfig) -> str:
+    """Key of data preparation: the data section, the data directory and the data seed."""
+    data_dir = cfg.resolved_data_dir()
+    return stable_hash(
+        {
+            "stage": "data",
+            "data": cfg.data.model_dump(mode="json"),
+            "data_dir": str(data_dir) if data_dir else None,
+            "seed": DATA_SEED,
+        }
+    )
+
+
+def files_hash(*paths: Path) -> str:
+    """Content hash of files (the prepared data), so training keys follow the data, not its recipe."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) -> str:
+    """Key of one (arm, seed) training run. Excludes other arms, evaluation settings and names."""
+    training = training_identity(cfg)
+    if cfg.train_launcher():  # the effective one (config or environment): it sets the number of processes
+        training["launcher"] = cfg.train_launcher()
+    return stable_hash(
+        {
+            "stage": "train",
+            "model": _model_part(cfg),
+            "data": cfg.data.model_dump(mode="json"),
+            "data_hash": data_hash,
+            "training": training,
+            "arm": arm.model_dump(mode="json"),
+            "seed": seed,
+        }
+    )
+
+
+def base_key(cfg: ExperimentConfig) -> str:
+    """Key standing in for "training" of the untouched base model."""
+    return stable_hash({"stage": "base", "model": _model_part(cfg)})
+
+
+def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: BenchmarkConfig, data_hash: str) -> str:
+    """Key of one benchmark on one model (``model_key`` = its training key or the base key)."""
+    data_dir = cfg.resolved_data_dir()
+    part: dict[str, Any] = {
+        "stage": "eval",
+        "model_key": model_key,
+        "benchmark": benchmark,
+        "cfg": bcfg.model_dump(mode="json"),
+        "template": cfg.data.template,
+        "dtype": cfg.model.dtype,
+        "data_dir": str(data_dir) if data_dir else None,
+    }
+    if benchmark == "alpaca_eval":
+        part["judge"] = cfg.evaluation.judge.model_dump(mode="json")
+    if benchmark == "overfitting":
+        part["data_hash"] = data_hash
+    return stable_hash(part)
+
+
+def read_stamp(out_dir: Path, stage: str) -> str | None:
+    p = stamp_path(out_dir, stage)
+    return p.read_text().strip() if p.is_file() else None
+
+
+def write_stamp(out_dir: Path, stage: str, key: str) -> None:
+    write_text_atomic(stamp_path(out_dir, stage), key + "\n")
+
+
+def is_done(output: Path, out_dir: Path, stage: str, key: str) -> bool:
+    """True when ``output`` exists and was produced under ``key``."""
+    return Path(output).exists() and read_stamp(out_dir, stage) == key
+
+
+def clear_stale_run(run_dir: Path, key: str) -> bool:
+    """Remove a run directory trained under another key (so the trainer does not resume a stale run).
+
+    A run directory whose ``train-started`` stamp equals ``key`` is kept (an interrupted run resumes from its
+    checkpoints). Returns True when something was removed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return False
+    if read_stamp(run_dir, "train-started") == key:
+        return False
+    if not any(run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir)
+    return True
