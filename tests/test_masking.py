@@ -296,3 +296,16 @@ def test_mask_cli_json_and_text(tmp_path: Path, tiny_model_dir: Path, capsys):
     assert "out of range" in capsys.readouterr().err
     assert main(["mask", str(path), "--mode", "weighted", "--model", str(tiny_model_dir)]) == 2
     assert "--prompt-loss-weight" in capsys.readouterr().err
+
+
+def test_loss_modes_are_defined_once() -> None:
+    """config, masks, CLI choices and texts all read im_pipeline.loss_modes.LossMode."""
+    from im_pipeline.loss_modes import LossMode
+    from im_pipeline_flows.cli.parser import build_parser
+
+    assert [m.value for m in LossMode] == ["it", "im", "im_release", "weighted"]
+    assert [LossMode(m).user_weight(0.25) for m in LossMode] == [0.0, 1.0, 1.0, 0.25]
+    with pytest.raises(ValueError, match="needs prompt_loss_weight"):
+        LossMode.weighted.user_weight()
+    mask = next(a for a in build_parser()._subparsers._group_actions[0].choices["mask"]._actions if a.dest == "mode")
+    assert mask.choices == [m.value for m in LossMode]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from im_pipeline.loss_modes import LossMode
+
 DESCRIPTION = """\
 Instruction Tuning (IT: loss on outputs) vs Instruction Modelling (IM: loss on instructions and
 outputs), side by side: train, evaluate (MMLU, TruthfulQA, HumanEval, AlpacaEval, overfitting) and
@@ -118,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mask", help="show the loss weight of every token of one example")
     p.add_argument("source", help="registered dataset name or local file")
-    p.add_argument("--mode", required=True, choices=["it", "im", "im_release", "weighted"], help="loss mode")
+    p.add_argument(
+        "--mode",
+        required=True,
+        choices=[m.value for m in LossMode],
+        help="loss mode: " + "; ".join(f"{m.value}: {m.description}" for m in LossMode),
+    )
     p.add_argument("--prompt-loss-weight", type=float, default=None, help="λ for --mode weighted")
     p.add_argument("--model", required=True, help="model source (for its tokenizer)")
     p.add_argument("--index", type=int, default=0, help="which example (0-based, default 0)")

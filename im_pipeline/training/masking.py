@@ -44,9 +44,7 @@ from typing import Any
 import torch
 
 from im_pipeline.data.templates import Rendered, render
-
-MODES = ("it", "im", "im_release", "weighted")
-IGNORE_INDEX = -100
+from im_pipeline.loss_modes import IGNORE_INDEX, LossMode
 
 
 def _span_weight(role: str, kind: str, mode: str, lam: float) -> float:
@@ -54,8 +52,7 @@ def _span_weight(role: str, kind: str, mode: str, lam: float) -> float:
         return 0.0
     if role == "assistant":  # content or eos
         return 1.0
-    # user / system content
-    return {"it": 0.0, "im": 1.0, "im_release": 1.0, "weighted": lam}[mode]
+    return LossMode(mode).user_weight(lam)  # user / system content
 
 
 def char_weights(rendered: Rendered, mode: str, prompt_loss_weight: float | None = None) -> list[float]:
@@ -75,8 +72,8 @@ def char_weights(rendered: Rendered, mode: str, prompt_loss_weight: float | None
 
 
 def _check_mode(mode: str, prompt_loss_weight: float | None) -> float:
-    if mode not in MODES:
-        raise ValueError(f"unknown loss mode {mode!r}; allowed: {list(MODES)}")
+    if mode not in set(LossMode):
+        raise ValueError(f"unknown loss mode {mode!r}; allowed: {[m.value for m in LossMode]}")
     if mode == "weighted":
         if prompt_loss_weight is None:
             raise ValueError("loss mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
