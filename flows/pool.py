@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import ExperimentConfig
+from im_pipeline.runs.layout import RunLayout, UnitLayout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UNIT_FLOW = "im-unit"
@@ -90,8 +91,8 @@ def _parse_time(value: Any) -> float:
 class UnitRun:
     """One unit's flow runs on the pool (the current one and how many were started)."""
 
-    def __init__(self, arm: str, seed: int | None, parameters: dict[str, Any], out_dir: Path) -> None:
-        self.arm, self.seed, self.parameters, self.out_dir = arm, seed, parameters, out_dir
+    def __init__(self, arm: str, seed: int | None, parameters: dict[str, Any], unit: UnitLayout) -> None:
+        self.arm, self.seed, self.parameters, self.unit = arm, seed, parameters, unit
         self.flow_run_id: Any = None
         self.attempts = 0
         self.final: str | None = None  # final state name once settled
@@ -116,10 +117,10 @@ def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
     return _parse_time(page.events[0].occurred) if page.events else None
 
 
-def lock_evidence(out_dir: Path, flow_run_id: str) -> str:
+def lock_evidence(unit: UnitLayout, flow_run_id: str) -> str:
     """What the unit's files say about flow run ``flow_run_id``: ``alive``, ``dead``, ``finished`` or ``unknown``.
 
-    The unit flow holds ``unit_run_lock`` while it runs and records itself in its ``unit_record``
+    The unit flow holds ``unit.flow_lock`` while it runs and records itself in its ``unit.flow_record``
     (``finished_at`` None) once it has the lock. That run's record with the lock free and no ``finished_at``
     means its process is gone: the kernel released the lock (``kill -9``, a lost node's processes). Trusted
     only when the unit ran on this host (flock does not reach other hosts on every filesystem); otherwise
@@ -128,9 +129,8 @@ def lock_evidence(out_dir: Path, flow_run_id: str) -> str:
     import socket
 
     from im_pipeline.locking import is_held
-    from im_pipeline_flows.compare import unit_record, unit_run_lock
 
-    path = unit_record(out_dir)
+    path = unit.flow_record
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -141,7 +141,7 @@ def lock_evidence(out_dir: Path, flow_run_id: str) -> str:
         return "finished"
     if record.get("host") != socket.gethostname():
         return "unknown"
-    return "alive" if is_held(unit_run_lock(out_dir)) else "dead"
+    return "alive" if is_held(unit.flow_lock) else "dead"
 
 
 def verdict(
@@ -182,11 +182,9 @@ def run_units_on_pool(
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
 
-    from im_pipeline_flows.compare import unit_dir
-
-    orch = cfg.orchestration
+    orch, layout = cfg.orchestration, RunLayout.of(cfg)
     deployment = ensure_unit_deployment(cfg, pool)
-    runs = [UnitRun(a, s, unit_parameters(cfg, a, s, data_hash), unit_dir(cfg, a, s)) for a, s in units]
+    runs = [UnitRun(a, s, unit_parameters(cfg, a, s, data_hash), layout.unit(a, s)) for a, s in units]
 
     def submit(u: UnitRun) -> None:
         u.attempts += 1
@@ -218,7 +216,7 @@ def run_units_on_pool(
                         last_heartbeat=_last_heartbeat(client, u.flow_run_id),
                         now=time.time(),
                         timeout_s=orch.heartbeat_timeout_s,
-                        evidence=lock_evidence(u.out_dir, str(u.flow_run_id)),
+                        evidence=lock_evidence(u.unit, str(u.flow_run_id)),
                     )
                     if dead:
                         log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
@@ -241,9 +239,7 @@ def run_units_on_pool(
 
 
 def _unit_records(u: UnitRun, state: Any) -> dict[str, dict[str, Any]]:
-    from im_pipeline_flows.compare import unit_record
-
-    path = unit_record(u.out_dir)
+    path = u.unit.flow_record
     if (state.is_completed() or state.is_failed()) and path.is_file():  # failed task runs: listed in the record
         result = json.loads(path.read_text(encoding="utf-8"))
         if result.get("flow_run_id") == str(u.flow_run_id):

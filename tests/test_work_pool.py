@@ -273,16 +273,16 @@ def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
     import socket
 
     from im_pipeline.locking import unit_lock
-    from im_pipeline_flows.compare import unit_record, unit_run_lock
+    from im_pipeline.runs.layout import RunLayout
     from im_pipeline_flows.pool import lock_evidence
 
-    out = tmp_path / "IM" / "seed-0"
-    out.mkdir(parents=True)
+    out = RunLayout(tmp_path).unit("IM", 0)
+    out.dir.mkdir(parents=True)
     assert lock_evidence(out, "run-1") == "unknown"  # not started
     record = {"flow_run_id": "run-1", "host": socket.gethostname(), "finished_at": None}
-    unit_record(out).write_text(json.dumps(record))
+    out.flow_record.write_text(json.dumps(record))
     assert lock_evidence(out, "run-2") == "unknown"  # another run's record
-    code = f"from im_pipeline.locking import unit_lock; import time\nwith unit_lock({str(unit_run_lock(out))!r}):\n"
+    code = f"from im_pipeline.locking import unit_lock; import time\nwith unit_lock({str(out.flow_lock)!r}):\n"
     code += "    print('in', flush=True); time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -295,11 +295,11 @@ def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
     while lock_evidence(out, "run-1") != "dead":  # the kernel released the dead holder's lock
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    unit_record(out).write_text(json.dumps({**record, "finished_at": "2026-01-01T00:00:00Z"}))
+    out.flow_record.write_text(json.dumps({**record, "finished_at": "2026-01-01T00:00:00Z"}))
     assert lock_evidence(out, "run-1") == "finished"
-    unit_record(out).write_text(json.dumps({**record, "host": "another-host"}))
+    out.flow_record.write_text(json.dumps({**record, "host": "another-host"}))
     assert lock_evidence(out, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
-    with unit_lock(unit_run_lock(out)):
+    with unit_lock(out.flow_lock):
         pass
 
 
