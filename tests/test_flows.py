@@ -343,8 +343,8 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     hypotheses; the committed results rebuild a byte-identical REPORT.md; a fresh run directory resumes from them."""
     import shutil
 
-    from im_pipeline_flows.compare import _record_total, compare_flow
     from im_pipeline.report.build import build_report
+    from im_pipeline_flows.compare import _record_total, compare_flow
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _records(20)))

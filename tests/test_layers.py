@@ -30,6 +30,7 @@ OVERSIZE_FOR_NOW: dict[str, str] = {
     "im_pipeline/data/sources.py": "issue 14 phase B",
     "im_pipeline/models.py": "issue 14 phase B",
     "im_pipeline/analysis/aggregate.py": "issue 14 phase B",
+    "im_pipeline/analysis/stats.py": "issue 14 phase B",
 }
 ARGPARSE_FOR_NOW = {"im_pipeline/report/build.py"}  # its report_command moves to flows/cli in phase B
 
