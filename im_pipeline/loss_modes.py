@@ -24,8 +24,13 @@ class LossMode(StrEnum):
 
     @property
     def description(self) -> str:
-        """What the mode trains on, in words."""
-        return _DESCRIPTIONS[self]
+        """What the mode trains on, in words (the model card, the CLI's help)."""
+        return _WORDS[self][0]
+
+    @property
+    def short(self) -> str:
+        """The same in a few words (the report's arms line)."""
+        return _WORDS[self][1]
 
     def user_weight(self, prompt_loss_weight: float | None = None) -> float:
         """Weight of user / system content: 0 (it), 1 (im, im_release) or λ (weighted)."""
@@ -36,9 +41,9 @@ class LossMode(StrEnum):
         return 0.0 if self is LossMode.it else 1.0
 
 
-_DESCRIPTIONS = {
-    LossMode.it: "loss on the outputs only (assistant content + EOS)",
-    LossMode.im: "loss on the instructions and the outputs, template tokens excluded (paper Eq. 4)",
-    LossMode.im_release: "loss on everything but the first user header (the released code)",
-    LossMode.weighted: "outputs weight 1, instruction tokens weighted by λ (prompt_loss_weight)",
+_WORDS = {
+    LossMode.it: ("loss on the outputs only", "loss on outputs"),
+    LossMode.im: ("loss on the instructions and the outputs", "loss on instructions and outputs"),
+    LossMode.im_release: ("loss on everything but the first user header",) * 2,
+    LossMode.weighted: ("instruction tokens weighted by λ", "instruction tokens weighted"),
 }
