@@ -83,3 +83,21 @@ def test_console_lines_name_the_task_run() -> None:
     assert fmt.format(rec) == "INFO prefect.task_runs [train IM seed 0] Finished in state Completed()"
     plain = logging.LogRecord("im_pipeline.x", logging.INFO, __file__, 1, "hello :: world", (), None)
     assert fmt.format(plain) == "INFO im_pipeline.x hello :: world"
+
+
+def test_keys_lists_every_config_key_with_default_and_help(capsys) -> None:
+    """`im-pipeline keys` is the config's own field help as CLI help (what --set takes)."""
+    from im_pipeline.config import ExperimentConfig
+    from im_pipeline_flows.cli.commands import config_keys
+
+    rows = {key: (default, text) for key, default, text in config_keys(ExperimentConfig)}
+    assert rows["training.save_steps"] == (
+        "50",
+        ExperimentConfig.model_fields["training"].annotation.model_fields["save_steps"].description,
+    )
+    assert rows["arms.N.loss_mode"][0] == "(required)" and "evaluation.mmlu.limit" in rows
+    assert main(["keys", "training.learning"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("training.learning_rate = 2e-05\n    Peak learning rate")
+    assert main(["keys", "no.such"]) == 2
+    assert "no config key starts with 'no.such'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Handlers of the commands that call the library only (no Prefect): ``data stats``, ``advise``, ``mask``, ``eval``,
-``humaneval score`` and ``report``. Each parses nothing itself (``parser.py`` does) and imports what it needs."""
+``humaneval score``, ``report`` and ``keys``. Each parses nothing itself (``parser.py`` does) and imports what it
+needs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -190,4 +192,46 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"report: {result['report']}")
     for f in result["figures"]:
         print(f"figure: {f}")
+    return 0
+
+
+def config_keys(model: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, default, description)`` of every field of a config model, sections flattened; a list of
+    models (``arms``) also lists one item's keys as ``arms.N.<key>``."""
+    from pydantic import BaseModel
+
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            rows += config_keys(kind, f"{prefix}{name}.")
+            continue
+        rows.append((prefix + name, _default(field), field.description or ""))
+        items = [a for a in typing.get_args(kind) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if typing.get_origin(kind) is list and items:
+            rows += config_keys(items[0], f"{prefix}{name}.N.")
+    return rows
+
+
+def _default(field: Any) -> str:
+    from pydantic_core import to_jsonable_python
+
+    if field.is_required():
+        return "(required)"
+    return json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    """``im-pipeline keys [PREFIX]``: every config key, its default and its help text."""
+    import textwrap
+
+    from im_pipeline.config import ExperimentConfig
+
+    rows = [r for r in config_keys(ExperimentConfig) if r[0].startswith(args.prefix)]
+    if not rows:
+        raise ValueError(f"no config key starts with {args.prefix!r}")
+    for key, default, text in rows:
+        print(f"{key} = {default}")
+        if text:
+            print(textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    "))
     return 0

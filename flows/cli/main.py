@@ -59,6 +59,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "eval": commands.eval_command,
         "humaneval": commands.score_command,
         "report": commands.report_command,
+        "keys": commands.keys_command,
     }
     return handlers[args.command](args)
 

