@@ -27,7 +27,8 @@ import uuid
 from pathlib import Path
 
 from im_pipeline.config import load_config
-from im_pipeline_flows.compare import compare_flow, run_tags
+from im_pipeline_flows.compare import compare_flow
+from im_pipeline_flows.records import run_tags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,5 +60,6 @@ def deploy(
         cron=cron,
         parameters={"config": str(Path(config).resolve()), "overrides": list(overrides or [])},
         tags=run_tags(cfg),
+        job_variables={"env": {"PREFECT_LOGGING_EXTRA_LOGGERS": "im_pipeline"}},  # library progress in the UI
         print_next_steps=False,
     )

@@ -49,8 +49,24 @@ def unit_name(prefix: str) -> Any:
     def name() -> str:
         from prefect.runtime import task_run
 
-        p = task_run.parameters
-        parts = [prefix, p.get("benchmark"), p.get("arm"), None if p.get("seed") is None else f"seed {p['seed']}"]
+        job = task_run.parameters.get("job")
+        benchmark, arm, seed = (getattr(job, k, None) for k in ("benchmark", "arm", "seed"))
+        parts = [prefix, benchmark, arm, None if seed is None else f"seed {seed}"]
         return " ".join(str(x) for x in parts if x)
 
     return name
+
+
+def prefect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect ``cache_key_fn``: the task's name, the unit's own key (:mod:`im_pipeline.runs.staleness`) and a hash
+    of where the unit writes (the same config in two output directories is two units)."""
+    from im_pipeline.config import stable_hash
+    from im_pipeline.runs.layout import RunLayout
+
+    name = context.task.name if context is not None else "task"
+    layout, job = RunLayout.of(parameters["cfg"]), parameters.get("job")
+    if job is None:  # data preparation
+        key, extra, where = parameters["key"], "", layout.data
+    else:
+        key, extra, where = job.key, getattr(job, "benchmark", ""), layout.unit(job.arm, job.seed).dir
+    return f"im-pipeline-{name}-{extra}-{key}-{stable_hash(str(where.resolve()), 8)}"

@@ -61,12 +61,12 @@ def make_experiment(
     ``items[bench][arm]`` = per seed, the per-item scores (written as the result's ``items``, keyed ``q0, q1, ...``;
     the value is then their mean, ×100 for AlpacaEval); ``extra[bench]`` = more fields for every result of bench.
     """
-    from im_pipeline.analysis.aggregate import ITEM_KEY, ITEM_SCALE
+    from im_pipeline.evaluation.specs import get_spec
 
     values = {b: dict(v) for b, v in values.items()}
     for bench, by_arm in (items or {}).items():
         for arm, per_seed in by_arm.items():
-            values.setdefault(bench, {})[arm] = [sum(v) / len(v) * ITEM_SCALE.get(bench, 1.0) for v in per_seed]
+            values.setdefault(bench, {})[arm] = [sum(v) / len(v) * get_spec(bench).item_scale for v in per_seed]
     root = runs_root / name
     cfg = {
         "name": name,
@@ -109,7 +109,7 @@ def make_experiment(
                 fields = dict(more)
                 n = 10
                 if per_item:
-                    fields["items"] = {ITEM_KEY[bench]: {f"q{j}": x for j, x in enumerate(per_item[i])}}
+                    fields["items"] = {get_spec(bench).item_key: {f"q{j}": x for j, x in enumerate(per_item[i])}}
                     n = len(per_item[i])
                 _write(
                     root / arm / f"seed-{seed}" / "eval" / f"{bench}.json",

@@ -15,6 +15,7 @@ from synthetic_run import make_experiment, result, skipped
 
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import stats as st
+from im_pipeline.analysis.length_ratio import fit_line, length_ratio_points
 
 
 def _by_seed(values: list[float], stderr: float | None = 0.02) -> dict:
@@ -83,7 +84,7 @@ def test_delta_one_seed_paired_items_mcnemar_and_bootstrap() -> None:
 
 
 def test_delta_one_seed_identical_items_is_marked_and_printed_without_a_degenerate_interval() -> None:
-    from im_pipeline.report.build import _delta_cell
+    from im_pipeline.report.cells import _delta_cell
 
     v = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]
     im = {0: result("mmlu", "acc", 0.5, 0.1, 10, items=_items(v))}
@@ -161,11 +162,11 @@ def test_relative_gain() -> None:
 
 
 def test_fit_line_exact() -> None:
-    fit = agg.fit_line([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
+    fit = fit_line([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
     assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(1.0)
     assert fit["r2"] == pytest.approx(1.0)
-    assert agg.fit_line([1.0], [2.0]) is None
-    assert agg.fit_line([1.0, 1.0], [2.0, 3.0]) is None
+    assert fit_line([1.0], [2.0]) is None
+    assert fit_line([1.0, 1.0], [2.0, 3.0]) is None
 
 
 def test_load_run_and_comparison_rows(tmp_path: Path) -> None:
@@ -202,7 +203,7 @@ def test_length_ratio_points_one_per_experiment(tmp_path: Path) -> None:
     )
     make_experiment(tmp_path, "exp-c", ratio=2.0, n=50, values={"mmlu": {"IT": [0.3, 0.3], "IM": [0.4, 0.4]}})
     (tmp_path / "not-a-run").mkdir()
-    points = agg.length_ratio_points(tmp_path)
+    points = length_ratio_points(tmp_path)
     assert [p["experiment"] for p in points] == ["exp-a", "exp-b"]  # exp-c has no AlpacaEval
     a, b = points
     assert a["gain"] == pytest.approx((33.0 - 25.0) / 25.0 * 100)

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from openai_stub_server import StubOpenAIServer
 
+from im_pipeline import hub
 from im_pipeline.config import BenchmarkConfig, JudgeConfig
 from im_pipeline.evaluation import alpaca_eval as ae
+from im_pipeline.evaluation.alpaca_eval_judging import annotator_config
+from im_pipeline.evaluation.alpaca_eval_metrics import compute_metrics
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, run_benchmark
 
 KEY = "sk-alpaca-test-5b1e0d-secret"
@@ -63,7 +66,7 @@ def test_bad_version_and_annotator_are_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="version must be 1 or 2"):
         ae.run_alpaca_eval(ctx, BenchmarkConfig(limit=2, options={"version": 3}))
     with pytest.raises(ValueError, match="unknown alpaca_eval annotator 'nope'"):
-        ae.annotator_config("nope")
+        annotator_config("nope")
 
 
 def test_select_is_seeded_subset_with_original_index():
@@ -222,16 +225,16 @@ def test_both_orders_averages_the_two_presentations(tmp_path, tiny_model_dir):
 
 def test_position_bias_flag(monkeypatch):
     """compute_metrics flags a judge whose first-shown output wins >= 90% of decided verdicts."""
-    monkeypatch.setattr(ae, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     rows = [
         {"index": i, "preference": p, "first_shown_won": w, "output_1": "a", "output_2": "b", "instruction": "q"}
         for i, (p, w) in enumerate([(1.5, [True, True])] * 9 + [(1.5, [True, False])])
     ]
-    m = ae.compute_metrics(rows)
+    m = compute_metrics(rows)
     assert m["judge_prefers_first_shown"] == pytest.approx(19 / 20) and m["judge_position_biased"] is True
     rows[0]["first_shown_won"] = [False, False]
     rows[1]["first_shown_won"] = [False, False]
-    m = ae.compute_metrics(rows)
+    m = compute_metrics(rows)
     assert m["judge_prefers_first_shown"] == pytest.approx(15 / 20) and m["judge_position_biased"] is False
 
 

@@ -56,7 +56,7 @@ def _config(tmp_path: Path, **extra: object) -> Path:
 
 def test_data_dir_becomes_an_explicit_override(tmp_path: Path) -> None:
     from im_pipeline.config import load_config
-    from im_pipeline_flows.compare import with_data_dir
+    from im_pipeline_flows.cli.run import with_data_dir
 
     data = tmp_path / "data"
     data.mkdir()

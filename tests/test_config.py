@@ -3,13 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from im_pipeline.config import (
-    ConfigError,
-    ExperimentConfig,
-    apply_overrides,
-    load_config,
-    write_resolved_config,
-)
+from im_pipeline.config import ConfigError, ExperimentConfig, apply_overrides, load_config, write_resolved_config
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

@@ -16,7 +16,7 @@ pytest.importorskip("prefect")
 from prefect.testing.utilities import prefect_test_harness
 
 from im_pipeline.config import config_from_dict
-from im_pipeline_flows.compare import TaskRunsFailed
+from im_pipeline_flows.records import TaskRunsFailed
 
 SPECIALS = ["Paris", "fox", "sum", "dog"]
 
@@ -280,7 +280,7 @@ def test_each_unit_has_its_own_model_cache(
     prefect_harness, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Units never hand each other a loaded model: every unit's evaluations get their own ModelCache."""
-    import im_pipeline.evaluation as evaluation
+    import im_pipeline.evaluation.common as evaluation
     from im_pipeline_flows.compare import compare_flow
 
     real, seen = evaluation.run_benchmark, []
@@ -344,7 +344,8 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     import shutil
 
     from im_pipeline.report.build import build_report
-    from im_pipeline_flows.compare import _record_total, compare_flow
+    from im_pipeline_flows.cli.run import record_total
+    from im_pipeline_flows.compare import compare_flow
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _records(20)))
@@ -386,7 +387,7 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     summary = compare_flow(cfg)
     assert summary["failed"] == []
     root, report_dir = tmp_path / "runs" / "tiny-study", tmp_path / "reports" / "tiny-study"
-    _record_total(root, report_dir, 12.5)  # what `im-pipeline run` does last (timings, then the report again)
+    record_total(root, report_dir, 12.5)  # what `im-pipeline run` does last (timings, then the report again)
     results = report_dir / "results"
     # per seed its own training sample and a disjoint test sample
     ov = {s: json.loads((root / "IT" / f"seed-{s}" / "eval" / "overfitting.json").read_text()) for s in (0, 1)}

@@ -10,7 +10,7 @@ from openai_stub_server import StubOpenAIServer
 
 from im_pipeline.config import JudgeConfig
 from im_pipeline.evaluation import judges
-from im_pipeline.evaluation.alpaca_eval import annotator_config
+from im_pipeline.evaluation.alpaca_eval_judging import annotator_config
 from im_pipeline.evaluation.judges import (
     AnnotationCache,
     JudgeError,

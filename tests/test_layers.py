@@ -20,19 +20,7 @@ LIBRARY, TASKS, FLOWS = ROOT / "im_pipeline", ROOT / "tasks", ROOT / "flows"
 MAX_LINES = 400
 """No library module longer than this: past it a file holds more than one idea."""
 
-OVERSIZE_FOR_NOW: dict[str, str] = {
-    # Split in phase B of issue 14 (these files are being changed by issue 15 at the moment).
-    "im_pipeline/report/build.py": "issue 14 phase B",
-    "im_pipeline/training/trainer.py": "issue 14 phase B",
-    "im_pipeline/config.py": "issue 14 phase B",
-    "im_pipeline/evaluation/alpaca_eval.py": "issue 14 phase B",
-    "im_pipeline/evaluation/lm_eval_tasks.py": "issue 14 phase B",
-    "im_pipeline/data/sources.py": "issue 14 phase B",
-    "im_pipeline/models.py": "issue 14 phase B",
-    "im_pipeline/analysis/aggregate.py": "issue 14 phase B",
-    "im_pipeline/analysis/stats.py": "issue 14 phase B",
-}
-ARGPARSE_FOR_NOW = {"im_pipeline/report/build.py"}  # its report_command moves to flows/cli in phase B
+OVERSIZE_FOR_NOW: dict[str, str] = {}  # none: keep it that way
 
 
 def _imports(path: Path, root: Path = ROOT) -> set[str]:
@@ -62,10 +50,8 @@ def _modules(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("path", _modules(LIBRARY), ids=lambda p: str(p.relative_to(ROOT)))
 def test_library_imports_no_orchestration(path: Path) -> None:
-    forbidden = {"prefect", "im_pipeline_flows", "im_pipeline_tasks", "flows", "tasks"}
+    forbidden = {"prefect", "argparse", "im_pipeline_flows", "im_pipeline_tasks", "flows", "tasks"}
     rel = str(path.relative_to(ROOT))
-    if rel not in ARGPARSE_FOR_NOW:
-        forbidden.add("argparse")
     found = sorted(n for n in _imports(path) if _top(n) in forbidden)
     assert not found, f"{rel} imports {found}: the library must not know its orchestration or CLI"
 

@@ -10,14 +10,16 @@ import pytest
 
 from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, run_benchmark
-from im_pipeline.evaluation.lm_eval_tasks import (
+from im_pipeline.evaluation.lm_eval_data import (
     LocalDataError,
     lm_eval_tasks_dir,
     read_mmlu_csv,
     read_truthfulqa,
+    standard_mmlu_subjects,
+)
+from im_pipeline.evaluation.lm_eval_tasks import (
     run_mmlu,
     run_truthfulqa,
-    standard_mmlu_subjects,
     write_local_mmlu_tasks,
     write_local_truthfulqa_task,
 )

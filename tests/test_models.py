@@ -17,13 +17,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from im_pipeline import models
-from im_pipeline.models import (
-    PROVENANCE_FILE,
-    ModelSourceError,
-    load_model_and_tokenizer,
-    load_tokenizer,
-    resolve_model,
-)
+from im_pipeline.models import ModelSourceError, load_model_and_tokenizer, load_tokenizer, resolve_model
+from im_pipeline.models import gguf as models_gguf
+from im_pipeline.models.cache import CACHE_ENV, PROVENANCE_FILE
+from im_pipeline.models.gguf import _gguf_cache_key, convert_gguf
 
 TEXT = "Write a function that returns the sum of two numbers."
 
@@ -193,7 +190,7 @@ def test_gguf_cache_hit_skips_dequantisation(tiny_gguf: Path, tmp_path: Path, mo
     assert resolve_model(str(tiny_gguf), cache_dir=str(tmp_path)) == first
     assert time.perf_counter() - start < 1.0
     # $IM_PIPELINE_CACHE is the default cache dir.
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     assert resolve_model(str(tiny_gguf)) == first
 
 
@@ -209,20 +206,20 @@ def test_changed_gguf_gets_a_new_cache_entry(tiny_gguf: Path, tmp_path: Path) ->
 def test_crash_during_conversion_leaves_no_cache(
     tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = models.convert_gguf
+    real = convert_gguf
 
     def crash(gguf: Path, out_dir: Path) -> None:
         (out_dir / "config.json").write_text("{}")  # half-written
         raise RuntimeError("killed mid-conversion")
 
-    monkeypatch.setattr(models, "convert_gguf", crash)
+    monkeypatch.setattr(models_gguf, "convert_gguf", crash)
     with pytest.raises(RuntimeError, match="killed"):
         resolve_model(str(tiny_gguf), cache_dir=str(tmp_path))
     assert list((tmp_path / "models").iterdir()) == []
     # A SIGKILLed conversion leaves its temporary dir behind; the next conversion (holding the lock) removes it.
-    stale = tmp_path / "models" / f".{models._gguf_cache_key(tiny_gguf)}.tmp-killed"
+    stale = tmp_path / "models" / f".{_gguf_cache_key(tiny_gguf)}.tmp-killed"
     stale.mkdir()
-    monkeypatch.setattr(models, "convert_gguf", real)
+    monkeypatch.setattr(models_gguf, "convert_gguf", real)
     out = Path(resolve_model(str(tiny_gguf), cache_dir=str(tmp_path)))
     assert (out / PROVENANCE_FILE).is_file()
     assert [p.name for p in (tmp_path / "models").iterdir()] == [out.name]

@@ -11,7 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_run import make_experiment
 
-from im_pipeline.report.build import build_report, report_command
+from im_pipeline.report.build import build_report
+from im_pipeline.report.figures import _ensure_span
+from im_pipeline.report.overfitting import MIN_LOSS_SPAN, _loss_figure, held_out_difference_ci
+from im_pipeline_flows.cli.commands import report_command
 
 VALUES = {"mmlu": {"IT": [0.30, 0.34], "IM": [0.36, 0.38]}, "alpaca_eval": {"IT": [20.0, 30.0], "IM": [30.0, 36.0]}}
 
@@ -187,7 +190,7 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
     import json
 
     from im_pipeline.analysis import aggregate as agg
-    from im_pipeline.report import build
+    from im_pipeline.report import overfitting as rov
 
     root = make_experiment(
         tmp_path / "runs", "curves", ratio=0.5, n=10, seeds=(0,), values={"mmlu": {"IT": [0.5], "IM": [0.6]}}
@@ -207,22 +210,22 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
         rec["items"] = {"test_loss": {f"e{i}": 2.5 + 0.1 * i - off + noise[i] for i in range(10)}}
         ov.write_text(json.dumps(rec))
     run = agg.load_run(root)
-    width, why = build.held_out_difference_ci(run)
+    width, why = held_out_difference_ci(run)
     assert width is not None and width > 0 and "test loss (10 examples)" in why
     captured = {}
-    real = build._ensure_span
+    real = _ensure_span
 
     def spy(ax, min_span):
         real(ax, min_span)
         captured.setdefault("spans", []).append(ax.get_ylim()[1] - ax.get_ylim()[0])
         captured["ticks"] = [t for t in ax.get_xticks() if 1 <= t <= 3]
 
-    build._ensure_span = spy
+    rov._ensure_span = spy
     try:
-        build._loss_figure(run, tmp_path)
+        _loss_figure(run, tmp_path)
     finally:
-        build._ensure_span = real
-    assert width > build.MIN_LOSS_SPAN  # noisy per-example differences: a wide CI
+        rov._ensure_span = real
+    assert width > MIN_LOSS_SPAN  # noisy per-example differences: a wide CI
     assert len(captured["spans"]) == 2 and all(span >= width - 1e-9 for span in captured["spans"])
     assert all(float(t).is_integer() for t in captured["ticks"])
 

@@ -6,7 +6,8 @@ import base64
 from pathlib import Path
 
 from im_pipeline.analysis.aggregate import RunResults
-from im_pipeline.report.build import UI_MAX_COLUMNS, data_origin_text, describe, for_prefect_ui, judge_text
+from im_pipeline.report.prefect_ui import UI_MAX_COLUMNS, for_prefect_ui
+from im_pipeline.report.provenance import data_origin_text, describe, judge_text
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -13,8 +13,16 @@ import pytest
 from im_pipeline.analysis import stats as st
 from im_pipeline.analysis.aggregate import RunResults
 from im_pipeline.analysis.hypotheses import evaluate_hypotheses
+from im_pipeline.analysis.hypothesis_tests import (
+    holm,
+    sign_test_one_sided,
+    stratified_bootstrap_ci,
+    stratified_mean,
+    stratified_sign_flip,
+)
 from im_pipeline.config import ArmConfig, ConfigError, DataConfig, ExperimentConfig, config_from_dict
 from im_pipeline.data import prepare_data, seed_data, seed_sample
+from im_pipeline.training.held_out import output_over_im_release
 
 # -- per-seed samples ------------------------------------------------------------------------------------------------
 
@@ -97,8 +105,8 @@ def test_lr_scale_and_study_config_errors():
 def test_output_over_im_release_is_the_ratio_of_token_sums(tiny_model_dir):
     from transformers import AutoTokenizer
 
+    from im_pipeline.training.held_out import output_over_im_release
     from im_pipeline.training.masking import encode_example
-    from im_pipeline.training.trainer import output_over_im_release
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     recs = [
@@ -129,14 +137,14 @@ def test_output_over_im_release_is_the_ratio_of_token_sums(tiny_model_dir):
 
 
 def test_output_over_im_release_on_hand_made_masks(monkeypatch):
-    from im_pipeline.training import trainer
+    from im_pipeline.training import held_out
 
     encoded = [  # position 0 is never a target; a weight > 0 is one target token
         {"input_ids": [1] * 5, "it_weights": [1, 0, 0, 1, 1], "loss_weights": [1, 1, 1, 1, 1]},  # 2 / 4
         {"input_ids": [1] * 4, "it_weights": [0, 0, 0, 1], "loss_weights": [0, 1, 1, 1]},  # 1 / 3
     ]
-    monkeypatch.setattr(trainer, "_encode_records", lambda *a, **k: (encoded, {}))
-    got = trainer.output_over_im_release([], None, template="tulu", max_length=8)
+    monkeypatch.setattr(held_out, "_encode_records", lambda *a, **k: (encoded, {}))
+    got = output_over_im_release([], None, template="tulu", max_length=8)
     assert got == {"output_tokens": 3, "im_release_tokens": 7, "ratio": 3 / 7}  # Σ/Σ, not (2/4 + 1/3) / 2
 
 
@@ -144,7 +152,7 @@ def test_output_over_im_release_on_hand_made_masks(monkeypatch):
 def test_the_trainer_gets_the_scaled_learning_rate(tiny_model_dir, tmp_path, scale):
     from im_pipeline.config import ModelConfig, TrainingConfig
     from im_pipeline.training import train_arm
-    from im_pipeline.training.trainer import output_over_im_release
+    from im_pipeline.training.held_out import output_over_im_release
 
     seen = []
 
@@ -191,7 +199,7 @@ def test_sign_flip_one_stratum_equals_scipy_permutation_test():
 
     d = np.array([0.8, -0.3, 1.1, 0.4, -0.2, 0.9, 0.05, 0.6])
     for alt in ("greater", "less"):
-        ours = st.stratified_sign_flip([d], alternative=alt)
+        ours = stratified_sign_flip([d], alternative=alt)
         ref = permutation_test(
             (d,), np.mean, permutation_type="samples", alternative=alt, n_resamples=np.inf
         )  # exact: all 2^8 sign flips
@@ -203,47 +211,47 @@ def test_stratified_sign_flip_hand_computed():
     # seeds [1, -2] and [3]: contributions 1/(2·2), -2/(2·2), 3/(2·1) = 0.25, -0.5, 1.5; T = 1.25.
     # The 8 flips give ±0.25 ± 0.5 ± 1.5 = 2.25, 1.75, 1.25, 0.75, -0.75, -1.25, -1.75, -2.25: 3 of 8 are >= 1.25.
     per_seed = [[1.0, -2.0], [3.0]]
-    res = st.stratified_sign_flip(per_seed, alternative="greater")
-    assert res["statistic"] == 1.25 == st.stratified_mean(per_seed)
+    res = stratified_sign_flip(per_seed, alternative="greater")
+    assert res["statistic"] == 1.25 == stratified_mean(per_seed)
     assert res["p_value"] == 3 / 8
-    assert st.stratified_sign_flip(per_seed, alternative="less")["p_value"] == 6 / 8  # <= 1.25: all but 2.25, 1.75
-    assert st.stratified_sign_flip([[0.0, 0.0], [0.0]])["p_value"] == 1.0
+    assert stratified_sign_flip(per_seed, alternative="less")["p_value"] == 6 / 8  # <= 1.25: all but 2.25, 1.75
+    assert stratified_sign_flip([[0.0, 0.0], [0.0]])["p_value"] == 1.0
 
 
 def test_monte_carlo_sign_flip_matches_exact_and_uses_b_plus_one():
     rng = np.random.default_rng(3)
     per_seed = [rng.normal(0.2, 1, 6), rng.normal(0.2, 1, 5), rng.normal(0.2, 1, 7)]
-    exact = st.stratified_sign_flip(per_seed, alternative="greater")
-    mc = st.stratified_sign_flip(per_seed, alternative="greater", exact_max=5, n_resamples=200_000, seed=1)
+    exact = stratified_sign_flip(per_seed, alternative="greater")
+    mc = stratified_sign_flip(per_seed, alternative="greater", exact_max=5, n_resamples=200_000, seed=1)
     assert exact["exact"] and not mc["exact"]
     assert mc["p_value"] == (mc["extreme"] + 1) / (200_000 + 1)
     assert mc["p_value"] == pytest.approx(exact["p_value"], abs=0.005)
     # far in the tail: never 0
-    far = st.stratified_sign_flip([np.full(30, 1.0)], alternative="greater", n_resamples=1000)
+    far = stratified_sign_flip([np.full(30, 1.0)], alternative="greater", n_resamples=1000)
     assert far["p_value"] == 1 / 1001
 
 
 def test_holm_against_a_hand_example():
     # sorted 0.01, 0.03, 0.04 (m = 3): 3·0.01 = 0.03; max(0.03, 2·0.03) = 0.06; max(0.06, 1·0.04) = 0.06
-    assert st.holm({"H1": 0.01, "H2": 0.04, "H3": 0.03}) == pytest.approx({"H1": 0.03, "H2": 0.06, "H3": 0.06})
-    assert st.holm({"a": 0.5, "b": 0.6}) == {"a": 1.0, "b": 1.0}
+    assert holm({"H1": 0.01, "H2": 0.04, "H3": 0.03}) == pytest.approx({"H1": 0.03, "H2": 0.06, "H3": 0.06})
+    assert holm({"a": 0.5, "b": 0.6}) == {"a": 1.0, "b": 1.0}
     with pytest.raises(ValueError):
-        st.holm({"a": 1.5})
+        holm({"a": 1.5})
 
 
 def test_stratified_bootstrap_one_stratum_is_the_paired_bootstrap():
     d = [0.3, -0.1, 0.5, 0.2, 0.0, 0.7, -0.4]
-    assert st.stratified_bootstrap_ci([d], seed=5) == st.bootstrap_mean_ci(d, seed=5)
-    lo, hi = st.stratified_bootstrap_ci([[1.0, 1.0], [3.0, 3.0, 3.0]])
+    assert stratified_bootstrap_ci([d], seed=5) == st.bootstrap_mean_ci(d, seed=5)
+    lo, hi = stratified_bootstrap_ci([[1.0, 1.0], [3.0, 3.0, 3.0]])
     assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # constant within seeds: the mean of means
 
 
 def test_one_sided_sign_test_against_scipy():
     from scipy.stats import binomtest
 
-    res = st.sign_test_one_sided([0.1, 0.2, 0.3], "greater")
+    res = sign_test_one_sided([0.1, 0.2, 0.3], "greater")
     assert res["p_value"] == 0.125 == res["min_p"]  # 3 seeds: the smallest one-sided p
-    res = st.sign_test_one_sided([0.1, -0.2, 0.3, 0.4, 0.5], "less")
+    res = sign_test_one_sided([0.1, -0.2, 0.3, 0.4, 0.5], "less")
     assert res["p_value"] == pytest.approx(binomtest(4, 5, 0.5, alternative="less").pvalue)
 
 
@@ -293,7 +301,7 @@ def test_outcomes_confirmed_reversed_not_confirmed_with_holm():
         assert r["seed_deltas"].keys() == {0, 1, 2}
         assert r["sign_test"]["min_p"] == 0.125
     p = {k: v["p_predicted"] for k, v in by.items()}
-    assert {k: v["p_holm"] for k, v in by.items()} == st.holm(p)
+    assert {k: v["p_holm"] for k, v in by.items()} == holm(p)
     assert by["H1"]["ci"][0] < by["H1"]["effect"] < by["H1"]["ci"][1]
     assert evaluate_hypotheses(RunResults(experiment="x", root=Path("."), config={"name": "x"})) is None
 
@@ -308,7 +316,7 @@ def test_controls_are_compared_with_the_treatment_outside_holm():
 
 
 def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
-    from im_pipeline.report.build import hypotheses_section
+    from im_pipeline.report.hypotheses import hypotheses_section
 
     run = _run({"IM": {"train_loss": 0.05}})
     run.config["model"] = {"source": "smollm2-135m-instruct"}

@@ -25,7 +25,9 @@ from im_pipeline.training import (
     train_arm,
     weighted_lm_loss,
 )
-from im_pipeline.training import trainer as trainer_mod
+from im_pipeline.training.checkpoint import _drop_incomplete_checkpoints
+from im_pipeline.training.held_out import _encode_records
+from im_pipeline.training.sampler import LengthGroupedEpochSampler
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -171,9 +173,9 @@ def test_on_overlength_drop_and_truncate(tiny_model_dir):
     lengths = [len(encode_example(r, tok, mode="it", max_length=10_000)["input_ids"]) for r in recs]
     limit = sorted(lengths)[3]  # the two longest are over the limit
     kw = {"mode": "im", "prompt_loss_weight": None, "template": "tulu", "max_length": limit}
-    kept, stats = trainer_mod._encode_records(recs, tok, on_overlength="drop", **kw)
+    kept, stats = _encode_records(recs, tok, on_overlength="drop", **kw)
     assert len(kept) == sum(n <= limit for n in lengths) and stats["n_dropped_overlength"] == 6 - len(kept)
-    cut, stats = trainer_mod._encode_records(recs, tok, on_overlength="truncate", **kw)
+    cut, stats = _encode_records(recs, tok, on_overlength="truncate", **kw)
     assert len(cut) == 6 and stats["n_truncated"] == 6 - len(kept) and max(len(e["input_ids"]) for e in cut) == limit
 
 
@@ -283,7 +285,8 @@ KILL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from transformers import TrainerCallback
-    from im_pipeline.config import ArmConfig, ExperimentConfig
+    from im_pipeline.config.experiment import ExperimentConfig
+    from im_pipeline.config.sections import ArmConfig
     from im_pipeline.training import train_arm
     from test_trainer import make_records
 
@@ -334,13 +337,13 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_model_dir, tmp
 def test_length_grouped_sampler_is_seeded_per_epoch_and_cuts_padding():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(5, 500, (64,), generator=g).tolist()
-    s = trainer_mod.LengthGroupedEpochSampler(lengths, batch_size=4, seed=3)
+    s = LengthGroupedEpochSampler(lengths, batch_size=4, seed=3)
     s.set_epoch(0)
     e0, e0_again = list(s), list(s)
     s.set_epoch(1)
     e1 = list(s)
     assert sorted(e0) == list(range(64)) and e0 == e0_again and e0 != e1
-    assert trainer_mod.LengthGroupedEpochSampler(lengths, 4, seed=3).__iter__().__next__() == e0[0]
+    assert LengthGroupedEpochSampler(lengths, 4, seed=3).__iter__().__next__() == e0[0]
 
     def padding(order):
         batches = [[lengths[i] for i in order[k : k + 4]] for k in range(0, 64, 4)]
@@ -357,6 +360,6 @@ def test_an_interrupted_checkpoint_is_not_resumed_from(tmp_path):
     (root / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     (root / "checkpoint-4").mkdir()  # killed while saving: weights written, trainer_state.json not yet
     (root / "checkpoint-4" / "model.safetensors").write_bytes(b"partial")
-    trainer_mod._drop_incomplete_checkpoints(root)
+    _drop_incomplete_checkpoints(root)
     assert get_last_checkpoint(str(root)) == str(root / "checkpoint-2")
     assert not (root / "checkpoint-4").exists()

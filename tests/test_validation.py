@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from im_pipeline.config import ConfigError, ExperimentConfig, benchmark_options, load_config
+from im_pipeline.config import ConfigError, ExperimentConfig, load_config
+from im_pipeline.evaluation.specs import get_spec
 from im_pipeline_flows.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,11 +92,11 @@ def test_allowed_names_and_paper_configs_load():
 
 
 def test_benchmark_options_are_typed_with_defaults():
-    he = benchmark_options("humaneval", {"n": 20, "temperatures": [0.1, 0.7], "k": [1, 10]})
+    he = get_spec("humaneval").validate_options({"n": 20, "temperatures": [0.1, 0.7], "k": [1, 10]})
     assert he.n == 20 and he.timeout == 10.0 and he.backend == "hf"
-    assert benchmark_options("mmlu", {}).num_fewshot == 0
+    assert get_spec("mmlu").validate_options({}).num_fewshot == 0
     with pytest.raises(ValueError, match="unknown benchmark"):
-        benchmark_options("gsm8k", {})
+        get_spec("gsm8k")
 
 
 def test_cli_run_with_malformed_config_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -163,11 +164,11 @@ def test_offline_named_dataset_fails_at_once_without_touching_the_hub(tmp_path, 
     assert code == 2 and "offline (HF_HUB_OFFLINE=1)" in err and time.perf_counter() - start < 10
 
     # not declared offline, but unreachable: same, no retries
-    import im_pipeline.evaluation.common as common
+    from im_pipeline import hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("HF_DATASETS_OFFLINE")
-    monkeypatch.setattr(common, "hub_reachable", lambda timeout=3.0: False)
+    for var in hub.OFFLINE_VARIABLES:  # any of them declares the Hub off (im_pipeline/hub.py)
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     code, err = _run_cli(tmp_path, monkeypatch, capsys, "data", "stats", "lima")
     assert code == 2 and "unreachable from this machine" in err
     code, err = _run_cli(tmp_path, monkeypatch, capsys, "data", "stats", "someone/some-set")

@@ -134,10 +134,10 @@ def eval_command(args: argparse.Namespace) -> int:
 
     Exit status 0 when the benchmark ran, 1 when it was skipped (the reason is printed).
     """
-    from im_pipeline.evaluation.common import BENCHMARKS, EvalContext, run_benchmark
+    from im_pipeline.evaluation.common import EvalContext, run_benchmark
+    from im_pipeline.evaluation.specs import get_spec
 
-    if args.benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {args.benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    get_spec(args.benchmark)  # an unknown name: ValueError naming the known ones
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     ctx = EvalContext(
         model_source=args.model,

@@ -49,7 +49,7 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from im_pipeline.evaluation.common import BENCHMARKS
+    from im_pipeline.evaluation.specs import names
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="im-pipeline", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="run one benchmark on any model source")
     p.add_argument("model", help="model source: Hub id, local directory (e.g. a checkpoint), .gguf or a shipped name")
-    p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="which benchmark")
+    p.add_argument("--benchmark", required=True, choices=names(), help="which benchmark")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many items (per subject for MMLU)")
     _add_data_dir(p)
     p.add_argument("--out", default="eval-out", help="directory for <benchmark>.json (default eval-out)")

@@ -1,26 +1,112 @@
 """Handlers of the commands that start flows: ``im-pipeline run``, ``serve`` and ``deploy``.
 
 ``run`` runs the compare flow in this process (``flows/compare.py``); ``serve`` and ``deploy`` make scheduled
-deployments of it (``flows/serve.py`` says which process keeps each schedule alive).
+deployments of it (``flows/serve.py`` says which process keeps each schedule alive). Prefect's settings for these
+processes are set here, before Prefect is imported (:data:`PREFECT_DEFAULTS`), never by importing a flow module.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from im_pipeline.config import load_config
-from im_pipeline_flows.compare import compare_flow, run_tags, with_data_dir
-from im_pipeline_flows.serve import deploy, deployment_name
+
+PREFECT_DEFAULTS = {
+    # Library progress (im_pipeline.* loggers) goes to the Prefect UI with the task logs.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "im_pipeline",
+    # Air-gapped friendly: the Prefect server must not try to reach the internet.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The ephemeral server can take > 20 s (the default limit) to start on a busy 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    # `im-pipeline run` rebuilds the report after the flow run (to record the command's total): console only.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+"""Prefect settings of the processes these commands start (an environment variable already set wins)."""
+
+
+def prefect_defaults() -> None:
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def with_data_dir(config: str, overrides: list[str], data_dir: str | None) -> list[str]:
+    """``--data-dir``: an explicit ``data_dir=`` override unless the config file names its own data_dir.
+
+    The precedence is the config's ``data_dir``, then ``--data-dir``, then ``$IM_PIPELINE_DATA_DIR``.
+    """
+    if not data_dir:
+        return list(overrides)
+    if load_config(config, overrides).data_dir:
+        return list(overrides)
+    path = Path(data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir}: no such directory")
+    return [*overrides, f"data_dir={path}"]
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``im-pipeline run CONFIG [--set k=v ...]``: run the compare flow, print wall times per stage."""
-    from im_pipeline_flows.compare import run_command as run_flow
+    t0 = time.perf_counter()
+    for noisy in ("httpx", "httpcore"):  # one line per API call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
+    cfg = load_config(args.config, overrides)  # validate before starting Prefect: clear errors first
+    cfg.check_data_dir()
+    pool = getattr(args, "work_pool", None) or cfg.orchestration.work_pool
+    where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
+    if pool and not os.environ.get("PREFECT_API_URL"):
+        # Workers cannot reach the ephemeral server this process would start.
+        print(
+            f"error: --work-pool {pool} needs a running Prefect server that the pool's workers also use: start one "
+            "(`prefect server start`), set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api) "
+            "here and for the workers; see docs/scale_out.md",
+            file=sys.stderr,
+        )
+        return 2
+    units = f", units on work pool {pool!r}" if pool else ""
+    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
+    prefect_defaults()
+    from im_pipeline_flows.compare import compare_flow
+    from im_pipeline_flows.ephemeral import start_bound_ephemeral_server
+    from im_pipeline_flows.records import TaskRunsFailed
 
-    return run_flow(args)
+    start_bound_ephemeral_server()  # without PREFECT_API_URL: a server that dies with this process, by any signal
+    state = compare_flow(cfg.to_dict(), work_pool=pool, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if isinstance(summary, TaskRunsFailed):
+        summary = summary.summary
+    total = time.perf_counter() - t0
+    if isinstance(summary, ValueError):  # malformed input (DataError, ConfigError): named, exit status 2
+        print(f"error: {summary}", file=sys.stderr)
+        return 2
+    if not isinstance(summary, dict):
+        print(f"error: the flow did not finish: {state.message or summary}")
+        return 1
+    record_total(Path(summary["run_root"]), Path(summary["report"]).parent, total)
+    from im_pipeline.runs.timings import format_timings
+
+    print(format_timings(summary["timings"], total))
+    print(f"\nreport: {summary['report']}")
+    print(f"flow run: {state.name}" + (f" ({state.message})" if state.message else ""))
+    if summary["failed"]:
+        print(f"failed task runs: {', '.join(summary['failed'])}")
+        return 1
+    return 0
+
+
+def record_total(root: Path, report_dir: Path, total: float) -> None:
+    """Record the command's wall time, then rebuild the report so that it shows this run's totals too."""
+    from im_pipeline.report.build import build_report
+    from im_pipeline.runs.layout import RunLayout
+    from im_pipeline.runs.timings import record_command_seconds
+
+    record_command_seconds(RunLayout(root), total)
+    build_report(root, report_dir)  # cheap: its figures are reused (same inputs)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -30,6 +116,11 @@ def serve_command(args: argparse.Namespace) -> int:
     """
     overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
     cfg = load_config(args.config, overrides)  # fail early on a bad config
+    prefect_defaults()
+    from im_pipeline_flows.compare import compare_flow
+    from im_pipeline_flows.records import run_tags
+    from im_pipeline_flows.serve import deployment_name
+
     config_path = str(Path(args.config).resolve())
     api = _require_server()
     if api is None:
@@ -66,6 +157,9 @@ def deploy_command(args: argparse.Namespace) -> int:
     """``im-pipeline deploy CONFIG --pool NAME [--cron CRON]``: register the deployment with a work pool, exit."""
     overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
     cfg = load_config(args.config, overrides)
+    prefect_defaults()
+    from im_pipeline_flows.serve import deploy, deployment_name
+
     api = _require_server()
     if api is None:
         return 2

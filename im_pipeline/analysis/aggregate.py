@@ -31,24 +31,12 @@ import numpy as np
 import yaml
 
 from im_pipeline.analysis import stats as st
+from im_pipeline.evaluation.specs import find_spec, names
+from im_pipeline.runs.layout import BASE_ARM
 
 log = logging.getLogger(__name__)
 
-BASE = "base"
-BENCHMARK_ORDER = ("mmlu", "truthfulqa", "humaneval", "alpaca_eval", "overfitting")
 IT_NAME, IM_NAME = "IT", "IM"
-
-# Chance level (as a fraction, the scale of the results) and how to read it.
-CHANCE: dict[str, tuple[float | None, str]] = {
-    "mmlu": (0.25, "random guess among 4 options"),
-    "truthfulqa": (
-        None,
-        "mc2 has no fixed chance level: a uniform model puts (#true / #choices) of its mass on "
-        "true answers, which varies per question",
-    ),
-    "humaneval": (0.0, "a model that writes no working code"),
-    "alpaca_eval": (0.5, "a model judged against outputs of equal quality (e.g. itself) wins 50%"),
-}
 
 
 @dataclass
@@ -110,7 +98,7 @@ def is_run_root(path: Path) -> bool:
     path = Path(path)
     if (path / "config.yaml").is_file() or (path / "data" / "data_stats.json").is_file():
         return True
-    return any(path.glob("*/seed-*/eval/*.json")) or any(path.glob(f"{BASE}/eval/*.json"))
+    return any(path.glob("*/seed-*/eval/*.json")) or any(path.glob(f"{BASE_ARM}/eval/*.json"))
 
 
 def load_run(root: Path) -> RunResults:
@@ -148,9 +136,9 @@ def load_run(root: Path) -> RunResults:
             for f in sorted((sd / "eval").glob("*.json")):
                 rec = _read_json(f)
                 run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(arm, {})[seed] = rec
-    for f in sorted((root / BASE / "eval").glob("*.json")):
+    for f in sorted((root / BASE_ARM / "eval").glob("*.json")):
         rec = _read_json(f)
-        run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(BASE, {})[None] = rec
+        run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(BASE_ARM, {})[None] = rec
     run.seeds = sorted(seeds)
     return run
 
@@ -160,23 +148,12 @@ def ok(rec: dict[str, Any] | None) -> bool:
     return bool(rec) and rec.get("status", "ok") == "ok" and isinstance(rec.get("value"), (int, float))
 
 
-ITEM_KEY: dict[str, str] = {
-    "mmlu": "acc",
-    "truthfulqa": "mc2",
-    "humaneval": "pass@1",
-    "alpaca_eval": "win",
-    "overfitting": "bleu4",
-}
-"""The per-item scores (``items[key]`` of a result) behind each benchmark's headline value."""
-ITEM_SCALE: dict[str, float] = {"alpaca_eval": 100.0}  # per-instruction win share (0-1) → the percent win rate
-
-
 def item_scores(rec: dict[str, Any] | None, bench: str, key: str | None = None) -> dict[str, float] | None:
     """Per-item scores of a result on the scale of its ``value`` (None when the file has none)."""
-    vals = ((rec or {}).get("items") or {}).get(key or ITEM_KEY.get(bench, ""))
+    vals = ((rec or {}).get("items") or {}).get(key or (spec.item_key if (spec := find_spec(bench)) else ""))
     if not isinstance(vals, dict) or not vals:
         return None
-    k = ITEM_SCALE.get(bench, 1.0)
+    k = item_scale(bench)
     return {str(i): float(v) * k for i, v in vals.items() if isinstance(v, (int, float))}
 
 
@@ -203,7 +180,7 @@ def arm_summary(by_seed: dict[int | None, dict[str, Any]], bench: str = "") -> d
         if out["too_few_items"]:
             out["stderr"] = None
         elif items and st.is_binary(list(items.values())):
-            k = ITEM_SCALE.get(bench, 1.0)
+            k = item_scale(bench)
             ones = sum(1 for v in items.values() if v)
             lo, hi = st.wilson(ones, len(items))
             out.update(interval=[lo * k, hi * k], interval_kind="Wilson 95%")
@@ -351,10 +328,10 @@ def comparison_rows(run: RunResults) -> list[dict[str, Any]]:
     """One row per benchmark: status, per-arm summary (base first), IM − IT delta, chance level."""
     it, im = it_im_arms(run)
     rows = []
-    order = {b: i for i, b in enumerate(BENCHMARK_ORDER)}
+    order = {b: i for i, b in enumerate(names())}
     for bench, by_arm in sorted(run.results.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         row: dict[str, Any] = {"benchmark": bench, "metric": None, "arms": {}, "delta": None, "skipped": {}}
-        for arm in [BASE, *run.arms]:
+        for arm in [BASE_ARM, *run.arms]:
             recs = by_arm.get(arm, {})
             for r in recs.values():
                 if r.get("status") == "skipped":
@@ -366,60 +343,13 @@ def comparison_rows(run: RunResults) -> list[dict[str, Any]]:
             row["delta"] = delta_stats(by_arm.get(im, {}), by_arm.get(it, {}), bench)
             if row["delta"] and row["arms"].get(it):
                 row["delta"]["relative_gain"] = relative_gain(row["arms"][im]["mean"], row["arms"][it]["mean"])
-        row["chance"] = CHANCE.get(bench, (None, ""))[0]
+        row["chance"] = spec.chance if (spec := find_spec(bench)) else None
         row["position_bias"] = position_bias(by_arm)
         rows.append(row)
     return rows
 
 
-def fit_line(xs: list[float], ys: list[float]) -> dict[str, float] | None:
-    """Least-squares line y = slope·x + intercept (+ r²); None with fewer than 2 distinct x."""
-    if len(xs) < 2 or len(set(xs)) < 2:
-        return None
-    from scipy import stats as sps
-
-    res = sps.linregress(xs, ys)
-    return {"slope": float(res.slope), "intercept": float(res.intercept), "r2": float(res.rvalue**2), "n": len(xs)}
-
-
-def length_ratio_points(runs_root: Path, benchmark: str = "alpaca_eval") -> list[dict[str, Any]]:
-    """One point per experiment under ``runs_root``: training-set ratio and size vs relative IM gain.
-
-    An experiment contributes when its data stats exist and both IT and IM have a usable
-    ``benchmark`` result. Gains use the seed-mean of each arm.
-    """
-    points = []
-    for root in sorted(p for p in Path(runs_root).iterdir() if p.is_dir()):
-        if not is_run_root(root):
-            continue
-        try:
-            run = load_run(root)
-        except (ValueError, OSError) as exc:
-            log.warning("skipping %s in the length-ratio analysis: %s", root, exc)
-            continue
-        train = ((run.data_stats or {}).get("stats") or {}).get("train") or {}
-        it, im = it_im_arms(run)
-        by_arm = run.results.get(benchmark, {})
-        s_it = arm_summary(by_arm.get(it, {}), benchmark) if it else None
-        s_im = arm_summary(by_arm.get(im, {}), benchmark) if im else None
-        if not train.get("ratio") or not train.get("n") or not s_it or not s_im:
-            continue
-        gain = relative_gain(s_im["mean"], s_it["mean"])
-        if gain is None:
-            continue
-        points.append(
-            {
-                "experiment": run.experiment,
-                "train_source": (run.data_stats or {}).get("train_source"),
-                "ratio": float(train["ratio"]),
-                "n": int(train["n"]),
-                "benchmark": benchmark,
-                "it": s_it["mean"],
-                "im": s_im["mean"],
-                "gain": gain,
-                "judge_position_biased": bool(position_bias({k: by_arm.get(k, {}) for k in (it, im) if k})),
-                "log_ratio": math.log(float(train["ratio"])),
-                "log_n": math.log(int(train["n"])),
-            }
-        )
-    return points
+def item_scale(bench: str) -> float:
+    """Per-item score → the scale of the benchmark's value (its spec's; 1 for an unregistered name)."""
+    spec = find_spec(bench)
+    return spec.item_scale if spec else 1.0

@@ -27,7 +27,13 @@ import numpy as np
 
 from im_pipeline.analysis import stats as st
 from im_pipeline.analysis.aggregate import RunResults, item_scores, ok
-from im_pipeline.config import StudyConfig
+from im_pipeline.analysis.hypothesis_tests import (
+    holm,
+    sign_test_one_sided,
+    stratified_bootstrap_ci,
+    stratified_sign_flip,
+)
+from im_pipeline.config.study import StudyConfig
 
 BENCHMARK = "overfitting"
 OPPOSITE = {"greater": "less", "less": "greater"}
@@ -74,9 +80,9 @@ def compare(
         return out
     per_seed = [diffs[s] for s in sorted(diffs)]
     kw = {"n_resamples": study.resamples, "seed": study.seed}
-    pred = st.stratified_sign_flip(per_seed, alternative=direction, **kw)
-    opp = st.stratified_sign_flip(per_seed, alternative=OPPOSITE[direction], **kw)
-    lo, hi = st.stratified_bootstrap_ci(per_seed, seed=study.seed)
+    pred = stratified_sign_flip(per_seed, alternative=direction, **kw)
+    opp = stratified_sign_flip(per_seed, alternative=OPPOSITE[direction], **kw)
+    lo, hi = stratified_bootstrap_ci(per_seed, seed=study.seed)
     seed_deltas = {s: float(diffs[s].mean()) for s in sorted(diffs)}
     out.update(
         tested=True,
@@ -89,7 +95,7 @@ def compare(
         exact=pred["exact"],
         n_flips=pred["n_flips"],
         seed_deltas=seed_deltas,
-        sign_test=st.sign_test_one_sided(list(seed_deltas.values()), direction),
+        sign_test=sign_test_one_sided(list(seed_deltas.values()), direction),
     )
     return out
 
@@ -106,8 +112,8 @@ def evaluate_hypotheses(run: RunResults) -> dict[str, Any] | None:
         res = compare(run, study.treatment, study.reference, h.metric, h.direction, study)
         rows.append({"id": h.id, "text": h.text, "paper": h.paper.model_dump() if h.paper else None, **res})
     tested = [r for r in rows if r["tested"]]
-    adj_pred = st.holm({r["id"]: r["p_predicted"] for r in tested}) if tested else {}
-    adj_opp = st.holm({r["id"]: r["p_opposite"] for r in tested}) if tested else {}
+    adj_pred = holm({r["id"]: r["p_predicted"] for r in tested}) if tested else {}
+    adj_opp = holm({r["id"]: r["p_opposite"] for r in tested}) if tested else {}
     for r in rows:
         if not r["tested"]:
             r["outcome"] = NOT_TESTED

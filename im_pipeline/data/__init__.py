@@ -1,10 +1,11 @@
 """Data layer: sources (registered name | local file | Hub id), normalisation to messages, policies,
 Table-5 length statistics, seeded subsampling / ratio-targeted selection, held-out split."""
 
+from im_pipeline.data.files import read_jsonl, write_jsonl
 from im_pipeline.data.normalise import DataError, normalise_record
-from im_pipeline.data.prepare import PreparedData, prepare_data, seed_data
+from im_pipeline.data.prepare import PreparedData, held_out_kind, local_copy_missing, prepare_data, seed_data
 from im_pipeline.data.select import seed_sample, select_by_ratio, split_held_out, subsample
-from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records, read_jsonl, resolve_data_dir, write_jsonl
+from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records, resolve_data_dir
 from im_pipeline.data.stats import example_lengths, length_stats
 
 __all__ = [
@@ -13,8 +14,10 @@ __all__ = [
     "DatasetSpec",
     "PreparedData",
     "example_lengths",
+    "held_out_kind",
     "length_stats",
     "load_records",
+    "local_copy_missing",
     "normalise_record",
     "prepare_data",
     "read_jsonl",

@@ -196,11 +196,31 @@ def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
 def seed_data(cfg: DataConfig, data_out: Path | str, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training, test) records of one seed from the prepared ``data_out``: the prepared files as they are, or with
     ``data.per_seed`` this seed's own training sample and its disjoint test sample (:func:`seed_sample`)."""
+    from im_pipeline.data.files import read_jsonl
     from im_pipeline.data.select import seed_sample
-    from im_pipeline.data.sources import read_jsonl
 
     data_out = Path(data_out)
     train = read_jsonl(data_out / "train.jsonl")
     if not cfg.per_seed:
         return train, read_jsonl(data_out / "held_out.jsonl")
     return seed_sample(train, int(cfg.n or 0), cfg.held_out_size, seed)
+
+
+def local_copy_missing(cfg: DataConfig, data_dir: Path | None) -> bool:
+    """True when the training or test set is a registered dataset whose local copy is not in ``data_dir``."""
+    from im_pipeline.data.sources import REGISTRY
+
+    for source in (cfg.train, cfg.held_out):
+        spec = REGISTRY.get(source) if source else None
+        if spec is not None and (data_dir is None or not spec.local_path or not (data_dir / spec.local_path).is_file()):
+            return True
+    return False
+
+
+def held_out_kind(cfg: DataConfig) -> str:
+    """What the overfitting analysis's test set is, in words (the report says it)."""
+    if cfg.per_seed:
+        return f"per-seed sample of {cfg.train}, disjoint from that seed's training sample"
+    if cfg.held_out:
+        return f"another data set ({cfg.held_out})"
+    return f"in-distribution split of {cfg.train}"

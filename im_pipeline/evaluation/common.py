@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -13,19 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import BenchmarkConfig, JudgeConfig, benchmark_options
+from im_pipeline.config.evaluation import BenchmarkConfig, JudgeConfig
+from im_pipeline.evaluation.specs import get_spec
 from im_pipeline.provenance import git_commit, library_versions, write_json
 
 log = logging.getLogger(__name__)
 
-# name -> "module:function". Plain dict, lazily imported (lm-eval alone takes seconds to import).
-BENCHMARKS: dict[str, str] = {
-    "mmlu": "im_pipeline.evaluation.lm_eval_tasks:run_mmlu",
-    "truthfulqa": "im_pipeline.evaluation.lm_eval_tasks:run_truthfulqa",
-    "humaneval": "im_pipeline.evaluation.humaneval:run_humaneval",
-    "alpaca_eval": "im_pipeline.evaluation.alpaca_eval:run_alpaca_eval",
-    "overfitting": "im_pipeline.evaluation.overfitting:run_overfitting",
-}
 
 Benchmark = Callable[["EvalContext", BenchmarkConfig], dict[str, Any]]
 
@@ -111,32 +103,15 @@ class EvalContext:
         return self.cache.model((self.model_source, self.model_key, self.dtype), load)
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True unless ``HF_HUB_OFFLINE`` is set or huggingface.co cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def get_benchmark(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-    module, func = BENCHMARKS[name].split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def result_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / f"{name}.json"
 
 
 def run_benchmark(name: str, ctx: EvalContext, cfg: BenchmarkConfig) -> Path:
     """Run one benchmark and write its result JSON (also for a skip). Returns the path."""
-    benchmark_options(name, cfg.options)  # typed options: a bad one is named before any model loads
-    fn = get_benchmark(name)
+    spec = get_spec(name)
+    spec.validate_options(cfg.options)  # typed options: a bad one is named before any model loads
+    fn = spec.load_runner()
     start = time.perf_counter()
     record: dict[str, Any] = {
         "benchmark": name,

@@ -16,10 +16,8 @@ The CPU default is greedy with one sample. ``cfg.limit`` takes the first problem
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +26,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from im_pipeline.config import BenchmarkConfig, HumanEvalOptions, benchmark_options
-from im_pipeline.data.sources import write_jsonl
+from im_pipeline.config import BenchmarkConfig
+from im_pipeline.data.files import write_jsonl
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
 from im_pipeline.evaluation.sandbox import SandboxLimits, SandboxResult, isolation, run_program
+from im_pipeline.evaluation.specs import get_spec
+from im_pipeline.evaluation.specs.humaneval import HumanEvalOptions
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ DEFAULT_OPTIONS: dict[str, Any] = HumanEvalOptions().model_dump()
 
 
 def _options(cfg: BenchmarkConfig) -> dict[str, Any]:
-    opts = benchmark_options("humaneval", cfg.options).model_dump()
+    opts = get_spec("humaneval").validate_options(cfg.options).model_dump()
     if opts["temperatures"] is None:
         opts["temperatures"] = [0.0] if opts["n"] == 1 else [0.1, 0.7]
     if isinstance(opts["temperatures"], int | float):
@@ -153,8 +153,8 @@ def pass_at_k_by_task(scored: list[dict[str, Any]], ks: list[int]) -> dict[str, 
 
 def read_samples(path: Path, problems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Samples JSONL: one ``{"task_id", "completion"}`` object a line; errors name the file and line."""
+    from im_pipeline.data.files import read_jsonl
     from im_pipeline.data.normalise import DataError
-    from im_pipeline.data.sources import read_jsonl
 
     samples = []
     for obj, where in read_jsonl(path, with_locations=True):
@@ -182,23 +182,6 @@ def score_file(
     scored, _ = score_samples(samples, problems, timeout=timeout, memory_mb=memory_mb, workers=workers)
     out = write_jsonl(scored, Path(str(path) + "_results.jsonl"))
     return pass_at_k_by_task(scored, k or [1, 10, 100]), out
-
-
-def score_command(args: Any) -> int:
-    """CLI: ``im-pipeline humaneval score SAMPLES.jsonl [--k 1,10] [--timeout S] [--workers N]``."""
-    try:
-        ks = [int(x) for x in str(args.k).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--k must be a comma-separated list of integers, got {args.k!r}") from None
-    if not ks or any(k < 1 for k in ks):
-        raise ValueError(f"--k values must be positive integers, got {args.k!r}")
-    if not args.timeout > 0:
-        raise ValueError(f"--timeout must be positive, got {args.timeout}")
-    t0 = time.perf_counter()
-    result, out = score_file(args.samples, k=ks, timeout=args.timeout, workers=args.workers)
-    print(json.dumps(result))
-    print(f"results: {out}  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    return 0
 
 
 def pass_at_k(num_samples: int, num_correct: list[int], k: int) -> np.ndarray:

@@ -23,7 +23,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import ArmConfig, BenchmarkConfig, ExperimentConfig, stable_hash
+from im_pipeline.config import ExperimentConfig
+
+from im_pipeline.config import BenchmarkConfig
+
+from im_pipeline.config import ArmConfig
+
+from im_pipeline.config import stable_hash
+from im_pipeline.evaluation.specs import get_spec
 from im_pipeline.provenance import write_text_atomic
 from im_pipeline.runs.layout import stamp_path
 
@@ -101,9 +108,10 @@ def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: Benchm
         "dtype": cfg.model.dtype,
         "data_dir": str(data_dir) if data_dir else None,
     }
-    if benchmark == "alpaca_eval":
+    spec = get_spec(benchmark)
+    if spec.uses_judge:
         part["judge"] = cfg.evaluation.judge.model_dump(mode="json")
-    if benchmark == "overfitting":
+    if spec.uses_training_data:
         part["data_hash"] = data_hash
     return stable_hash(part)
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from im_pipeline.loss_modes import IGNORE_INDEX
+
 NORMALISATIONS = ("sequence", "token")
 
 

@@ -1,0 +1,39 @@
+"""Typed experiment configuration: one YAML per experiment, ``--set key=value`` overrides.
+
+Every field carries help text (``description``), in the spirit of TRL's config dataclasses. Validation happens at
+load time; :class:`ConfigError` names the bad key, the bad value and what is allowed. Modules: ``base`` (strict
+models, names, the stable hash), ``sections`` (model, data, arm, training), ``evaluation`` (one entry per registered
+benchmark, the judge), ``study`` (pre-registered hypotheses), ``experiment`` (the whole config), ``loading`` (YAML,
+overrides, resolved config). The names below are the package's public API.
+"""
+
+from im_pipeline.config.base import DATA_DIR_ENV, ConfigError, stable_hash
+from im_pipeline.config.evaluation import BenchmarkConfig, EvaluationConfig, JudgeConfig
+from im_pipeline.config.experiment import ExperimentConfig
+from im_pipeline.config.loading import (
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_override,
+    write_resolved_config,
+)
+from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "ArmConfig",
+    "BenchmarkConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "JudgeConfig",
+    "ModelConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "parse_override",
+    "stable_hash",
+    "write_resolved_config",
+]

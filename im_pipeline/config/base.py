@@ -1,0 +1,47 @@
+"""What every config section shares: strict validation (unknown keys, inf / nan are errors), names that become
+directory names, the environment variables, the stable hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
+"""Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
+
+
+TRAIN_LAUNCHER_ENV = "IM_PIPELINE_TRAIN_LAUNCHER"
+"""Environment variable with the default training launcher (``training.launcher`` wins)."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. The message names key, value and allowed values."""
+
+
+class _Strict(BaseModel):
+    # allow_inf_nan=False: ``.inf`` / ``.nan`` (YAML) or ``inf`` (--set) are rejected for every float.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False)
+
+
+NAME_CHARS = "letters, digits, '-', '_', '.', '+'"
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def check_name(value: str, what: str) -> str:
+    """A name used as a path component: allowed characters only, never ``..`` or ``/`` (stays inside its dir)."""
+    if not _NAME_RE.fullmatch(value) or ".." in value or value == ".":
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use {NAME_CHARS} (no '/', no '..'); it becomes a directory name"
+        )
+    return value
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

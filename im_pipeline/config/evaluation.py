@@ -1,0 +1,63 @@
+"""The evaluation section: one entry per registered benchmark (im_pipeline.evaluation.specs), the judge, batch
+size."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, create_model, model_validator
+
+from im_pipeline.config.base import (
+    _Strict,
+)
+from im_pipeline.evaluation.specs import BenchmarkSpec, specs
+
+
+class BenchmarkConfig(_Strict):
+    enabled: bool = Field(True, description="Run this benchmark.")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many items (per subject for MMLU).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Benchmark-specific options (typed per benchmark: see im_pipeline.evaluation.specs).",
+    )
+
+
+class JudgeConfig(_Strict):
+    kind: Literal["local_hf", "openai"] = Field(
+        "local_hf",
+        description="'local_hf': a local model compares label probabilities; 'openai': an "
+        "OpenAI-compatible endpoint (hosted API or local vLLM).",
+    )
+    model: str = Field(
+        "smollm2-135m-instruct", description="Judge model: model source (local_hf) or model name (openai)."
+    )
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (openai judge).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on transient errors.")
+
+
+def _benchmark_field(spec: BenchmarkSpec) -> Any:
+    def default() -> BenchmarkConfig:
+        return BenchmarkConfig(limit=spec.limit, options=dict(spec.default_options))
+
+    return (BenchmarkConfig, Field(default_factory=default, description=spec.label))
+
+
+# One field per registered benchmark, in report order (the config, its YAML and its hash keep that order).
+_Benchmarks = create_model("_Benchmarks", __base__=_Strict, **{spec.name: _benchmark_field(spec) for spec in specs()})
+
+
+class EvaluationConfig(_Benchmarks):
+    """``evaluation.<benchmark>`` for every registered benchmark (im_pipeline.evaluation.specs), the judge, and
+    how the models are evaluated."""
+
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="after")
+    def _typed_options(self) -> EvaluationConfig:
+        for spec in specs():  # a typo is found when the config loads, not after training
+            spec.validate_options(getattr(self, spec.name).options)
+        return self
+
+    evaluate_base: bool = Field(True, description="Also evaluate the base model once (base → IT → IM).")
+    batch_size: int = Field(8, ge=1, description="Batch size for scoring and generation.")

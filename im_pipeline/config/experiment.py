@@ -1,0 +1,153 @@
+"""The experiment config: every section, validated together, and the values derived from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from im_pipeline.config.base import (
+    DATA_DIR_ENV,
+    NAME_CHARS,
+    TRAIN_LAUNCHER_ENV,
+    ConfigError,
+    _Strict,
+    check_name,
+    stable_hash,
+)
+from im_pipeline.config.evaluation import EvaluationConfig
+from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
+from im_pipeline.config.study import StudyConfig
+from im_pipeline.loss_modes import LossMode
+
+
+class OrchestrationConfig(_Strict):
+    work_pool: str | None = Field(
+        None,
+        description="Prefect work pool: every unit (an arm × seed's training and evaluations, and the base model's "
+        "evaluations) runs as its own flow run on the pool's workers, which share the run directory's filesystem "
+        "(needs PREFECT_API_URL). null = all units in the im-pipeline process.",
+    )
+    heartbeat_s: int = Field(
+        30, ge=30, description="Heartbeat interval of unit flow runs (PREFECT_FLOWS_HEARTBEAT_FREQUENCY; minimum 30)."
+    )
+    heartbeat_timeout_s: float = Field(
+        180.0,
+        gt=0,
+        description="A unit flow run still Running with no heartbeat for this long is marked Crashed and submitted "
+        "again (it resumes from its last checkpoint). Not while it holds its unit lock (same host): heartbeats "
+        "arrive late on a loaded machine.",
+    )
+    max_attempts: int = Field(3, ge=1, description="Flow runs per unit before it counts as failed (crashes only).")
+    poll_s: float = Field(5.0, gt=0, description="How often the parent flow checks its units' states.")
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(description=f"Experiment name: runs/<name>/, reports/<name>/; {NAME_CHARS}.")
+    description: str = Field("", description="Free text shown in the report.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    arms: list[ArmConfig] = Field(
+        default_factory=lambda: [
+            ArmConfig(name="IT", loss_mode=LossMode.it),
+            ArmConfig(name="IM", loss_mode=LossMode.im),
+        ],
+        min_length=1,
+        description="The arms compared; they differ in loss mode and extras.",
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    orchestration: OrchestrationConfig = Field(
+        default_factory=OrchestrationConfig, description="Where units run (in-process or on a work pool)."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One run per arm per seed.")
+    study: StudyConfig | None = Field(
+        None, description="Pre-registered hypotheses, tested and printed at the top of the report (null = none)."
+    )
+    save_results: bool = Field(
+        False,
+        description="Copy the small result files (config, data stats, train summaries and logs, evaluation JSONs, "
+        "timings; no weights) into <report_dir>/<name>/results/ as each unit finishes and with every report: commit "
+        "them, and `im-pipeline report <that dir> --out DIR` rebuilds the same REPORT.md.",
+    )
+    output_dir: str = Field("runs", description="Root of run directories.")
+    report_dir: str = Field("reports", description="Root of generated reports.")
+    data_dir: str | None = Field(
+        None, description=f"Offline data directory (falls back to ${DATA_DIR_ENV}); null = Hub only."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return check_name(value, "experiment name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        dup = sorted({s for s in value if value.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds must be unique (each is one run per arm); repeated: {dup}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_arms(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"arm names must be unique; repeated: {dup}")
+        if self.study is not None:
+            wanted = [self.study.reference, self.study.treatment, *self.study.controls]
+            missing = [a for a in wanted if a not in names]
+            if missing:
+                raise ValueError(f"study names arm(s) {missing} that are not in arms {names}")
+            if not self.evaluation.overfitting.enabled:
+                raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
+        return self
+
+    def check_data_dir(self) -> Path | None:
+        """The data directory, which must exist when one is set (named at once, before any work starts)."""
+        where = "data_dir in the config" if self.data_dir else f"${DATA_DIR_ENV}"
+        path = self.resolved_data_dir()
+        if path is not None and not path.is_dir():
+            raise ConfigError(f"data directory {path} (from {where}) does not exist")
+        return path
+
+    # -- derived values -------------------------------------------------------------------------
+    def resolved_data_dir(self) -> Path | None:
+        """The data directory: config value, else ``$IM_PIPELINE_DATA_DIR``, else None."""
+        value = self.data_dir or os.environ.get(DATA_DIR_ENV)
+        return Path(value).expanduser().resolve() if value else None
+
+    def train_launcher(self) -> str | None:
+        """The training launcher: ``training.launcher``, else ``$IM_PIPELINE_TRAIN_LAUNCHER``, else None."""
+        value = self.training.launcher or os.environ.get(TRAIN_LAUNCHER_ENV, "")
+        return value.strip() or None
+
+    def run_root(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def results_dir(self) -> Path:
+        """Where ``save_results`` copies the small result files: ``<report_dir>/<name>/results``."""
+        return Path(self.report_dir) / self.name / "results"
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.run_root() / arm / f"seed-{seed}"
+
+    def arm(self, name: str) -> ArmConfig:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"no arm named {name!r}; arms: {[a.name for a in self.arms]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def config_hash(self) -> str:
+        """Stable short hash of the resolved config (what goes into every result JSON)."""
+        return stable_hash(self.to_dict())

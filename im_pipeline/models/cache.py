@@ -1,0 +1,69 @@
+"""Where converted and downloaded models are kept ($IM_PIPELINE_CACHE, else ~/.cache/im-pipeline): one lock per
+entry, directories appear whole (built aside, then renamed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+CACHE_ENV = "IM_PIPELINE_CACHE"
+
+
+PROVENANCE_FILE = "im_pipeline_model.json"  # written into every directory this module creates
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory: ``cache_dir``, else ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``."""
+    root = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "im-pipeline"
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock on ``path`` (POSIX ``flock``; a no-op where fcntl is missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success rename it to ``target``, on error remove it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a shared cache must stay readable
+    try:
+        yield tmp
+        if target.exists():  # someone else finished first (only possible without a working lock)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _is_complete_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / PROVENANCE_FILE).is_file()

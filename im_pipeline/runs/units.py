@@ -1,0 +1,183 @@
+"""What one unit of work does, start to end: prepare the data, train one arm × seed, run one benchmark on one model.
+
+Each takes the unit's lock (a concurrent run of the same experiment waits, then finds the unit done), skips it when
+its output exists under its key (:mod:`im_pipeline.runs.staleness`), otherwise computes it and stamps the key. The
+Prefect tasks (``tasks/``) call these and nothing else, so a unit behaves the same in a flow, a test or a notebook.
+Each returns True when it computed (False: already done).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from im_pipeline.config import ExperimentConfig
+from im_pipeline.locking import unit_lock
+from im_pipeline.provenance import write_json
+from im_pipeline.runs.layout import RunLayout
+from im_pipeline.runs.staleness import DATA_SEED, base_key, clear_stale_run, eval_key, files_hash, is_done, train_key, write_stamp
+
+Say = Callable[[str], None] | None
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One arm × seed's training under its key."""
+
+    arm: str
+    seed: int
+    key: str
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One benchmark on one model: an arm × seed's checkpoint, or the base model (``arm`` = ``base``, no seed)."""
+
+    arm: str
+    seed: int | None
+    benchmark: str
+    key: str
+    model: str  # what to load: the checkpoint directory or the base model's source
+    model_key: str  # what identifies its weights (the training key, or the base key)
+
+
+def prepare_unit(cfg: ExperimentConfig, key: str, *, on_wait: Say = None) -> tuple[bool, dict[str, Any]]:
+    """Write ``data/train.jsonl``, ``held_out.jsonl`` and ``data_stats.json``; returns (computed, result) with the
+    result ``{"data_hash": <content hash>}``, or ``{"data_hash": None, "unavailable": why}`` when a registered
+    training set has neither a local copy nor a reachable Hub (``data/unavailable.json`` says why and how to provide
+    it; the flow then evaluates the base model only)."""
+    from im_pipeline.data import DataError, local_copy_missing, prepare_data
+
+    layout = RunLayout.of(cfg)
+    data_files = (layout.train_data, layout.held_out_data)
+    with unit_lock(layout.data_lock, on_wait=on_wait):  # concurrent runs prepare once
+        computed = not is_done(layout.data_stats, layout.data, "data", key)
+        if computed:
+            try:
+                prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=layout.data)
+            except DataError as exc:
+                if not local_copy_missing(cfg.data, cfg.resolved_data_dir()):
+                    raise
+                for stale in (*data_files, layout.data_stats):
+                    stale.unlink(missing_ok=True)
+                write_json(layout.data_unavailable, {"train_source": cfg.data.train, "reason": str(exc)})
+                return computed, {"data_hash": None, "unavailable": str(exc)}
+            layout.data_unavailable.unlink(missing_ok=True)
+            write_stamp(layout.data, "data", key)
+    return computed, {"data_hash": files_hash(*data_files)}
+
+
+def train_unit(cfg: ExperimentConfig, job: TrainJob, *, on_wait: Say = None, say: Say = None) -> bool:
+    """Train (or resume, or skip when done under the same key) one arm × seed into ``<arm>/seed-<s>/``."""
+    layout = RunLayout.of(cfg)
+    unit = layout.unit(job.arm, job.seed)
+    with unit_lock(unit.lock, on_wait=on_wait):
+        if cfg.save_results:  # a unit finished in an earlier session: its committed files make it "done"
+            from im_pipeline.evaluation.specs import names
+            from im_pipeline.report.results import restore_unit
+
+            benches = [b for b in names() if getattr(cfg.evaluation, b).enabled]
+            restore_unit(cfg.results_dir(), layout.root, f"{job.arm}/seed-{job.seed}", benches)
+        if is_done(unit.train_summary, unit.dir, "train", job.key):
+            return False
+        from im_pipeline.data import seed_data
+        from im_pipeline.training import train_arm
+
+        if clear_stale_run(unit.dir, job.key) and say:
+            say(f"{job.arm}/seed-{job.seed}: settings changed, removed the old run directory {unit.dir}")
+        write_stamp(unit.dir, "train-started", job.key)  # an interrupted run with this key resumes
+        launcher = cfg.train_launcher()
+        if launcher:  # torchrun / accelerate launch: one process per device, rank 0 writes the outputs
+            from im_pipeline.training.launch import launch
+
+            launch(launcher, cfg, job.arm, job.seed, unit.dir, layout.data)
+        else:
+            train, held_out = seed_data(cfg.data, layout.data, job.seed)
+            train_arm(cfg, cfg.arm(job.arm), job.seed, train, held_out, unit.dir)
+        write_stamp(unit.dir, "train", job.key)
+    return True
+
+
+def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on_wait: Say = None) -> bool:
+    """Run ``job.benchmark`` on ``job.model`` and write ``eval/<benchmark>.json`` (skipped when done).
+
+    ``models``: the unit's :class:`~im_pipeline.evaluation.common.ModelCache` (its benchmarks load the model once);
+    never shared between units.
+    """
+    from im_pipeline.evaluation.common import EvalContext, ModelCache, run_benchmark
+    from im_pipeline.evaluation.specs import get_spec
+
+    layout = RunLayout.of(cfg)
+    unit = layout.unit(job.arm, job.seed)
+    with unit_lock(unit.eval_lock(job.benchmark), on_wait=on_wait):
+        if is_done(unit.eval_result(job.benchmark), unit.eval_dir, job.benchmark, job.key):
+            return False
+        ev = cfg.evaluation
+        ctx = EvalContext(
+            model_source=job.model,
+            out_dir=unit.eval_dir,
+            data_dir=cfg.resolved_data_dir(),
+            arm=job.arm,
+            seed=job.seed,
+            config_hash=job.key,
+            template=cfg.data.template,
+            batch_size=ev.batch_size,
+            judge=ev.judge,
+            dtype=cfg.model.dtype,
+            cache_dir=cfg.model.cache_dir,
+            cache=models if models is not None else ModelCache(),
+            model_key=job.model_key,
+        )
+        if get_spec(job.benchmark).uses_training_data and layout.train_data.is_file():
+            from im_pipeline.data import held_out_kind, seed_data
+
+            # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's).
+            train, held_out = seed_data(cfg.data, layout.data, cfg.seeds[0] if job.seed is None else job.seed)
+            ctx.extra = {
+                "train": train,
+                "held_out": held_out,
+                "held_out_kind": held_out_kind(cfg.data),
+                "run_dir": None if unit.is_base else str(unit.dir),
+            }
+        run_benchmark(job.benchmark, ctx, getattr(ev, job.benchmark))
+        write_stamp(unit.eval_dir, job.benchmark, job.key)
+    return True
+
+
+def jobs_of(
+    cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None
+) -> tuple[TrainJob | None, list[EvalJob]]:
+    """One unit's jobs with their keys: the training (none for the base model), then every enabled benchmark in
+    run order (cheap first). ``data_hash``: the prepared data's content hash (part of the training key)."""
+    from im_pipeline.evaluation.specs import run_order
+
+    unit = RunLayout.of(cfg).unit(arm, seed)
+    train = None
+    if unit.is_base:
+        model, model_key = cfg.model.source, base_key(cfg)
+    else:
+        key = train_key(cfg, cfg.arm(arm), int(unit.seed or 0), data_hash or "")
+        train = TrainJob(arm, int(unit.seed or 0), key)
+        model, model_key = str(unit.checkpoint), key
+    enabled = [b for b in run_order() if getattr(cfg.evaluation, b).enabled]
+    evals = [
+        EvalJob(arm, unit.seed, b, eval_key(cfg, model_key, b, getattr(cfg.evaluation, b), data_hash), model, model_key)
+        for b in enabled
+    ]
+    return train, evals
+
+
+def data_done(cfg: ExperimentConfig, key: str) -> bool:
+    layout = RunLayout.of(cfg)
+    return is_done(layout.data_stats, layout.data, "data", key)
+
+
+def train_done(cfg: ExperimentConfig, job: TrainJob) -> bool:
+    unit = RunLayout.of(cfg).unit(job.arm, job.seed)
+    return is_done(unit.train_summary, unit.dir, "train", job.key)
+
+
+def eval_done(cfg: ExperimentConfig, job: EvalJob) -> bool:
+    unit = RunLayout.of(cfg).unit(job.arm, job.seed)
+    return is_done(unit.eval_result(job.benchmark), unit.eval_dir, job.benchmark, job.key)
