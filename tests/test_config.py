@@ -19,7 +19,9 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.arms[0].kl_coef == 0.5
     assert cfg.seeds == [1, 2]
     assert cfg.data.n == 16
-    assert cfg.run_dir("IT", 1) == Path("runs/x/IT/seed-1")
+    from im_pipeline.runs.layout import RunLayout
+
+    assert RunLayout.of(cfg).unit("IT", 1).dir == Path("runs/x/IT/seed-1")
 
 
 def test_bad_enum_names_key_value_and_allowed(tmp_path):

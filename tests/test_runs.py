@@ -48,3 +48,28 @@ def test_stamps_decide_done_and_stale(tmp_path: Path) -> None:
     write_stamp(unit.dir, "train-started", "k1")
     assert clear_stale_run(unit.dir, "k1") is False and unit.dir.is_dir()  # same key: resume
     assert clear_stale_run(unit.dir, "k2") is True and not unit.dir.exists()  # another key: removed
+
+
+def test_one_staleness_decision_save_steps_keeps_the_run(tmp_path: Path) -> None:
+    """The unit key and the trainer's fingerprint cover the same settings: a new save_steps (or logging_steps,
+    threads, loggers) neither retrains nor discards checkpoints; a new learning rate makes both stale."""
+    from im_pipeline.config import config_from_dict
+    from im_pipeline.runs.staleness import train_key, training_identity
+    from im_pipeline.training.trainer import _fingerprint
+
+    base = {"name": "x", "model": {"source": "m", "cache_dir": "/a"}}
+    a = config_from_dict(base)
+    records = [{"id": "1", "messages": []}]
+
+    def both(cfg):
+        return train_key(cfg, cfg.arms[0], 0, "h"), _fingerprint(cfg, cfg.arms[0], 0, records, records)
+
+    same = [
+        {"training": {"save_steps": 7, "logging_steps": 3, "threads": 1, "report_to": []}},
+        {"model": {"source": "m", "cache_dir": "/elsewhere"}},
+    ]
+    for change in same:
+        assert both(config_from_dict({**base, **change})) == both(a), change
+    other = config_from_dict({**base, "training": {"learning_rate": 1e-3}})
+    assert all(x != y for x, y in zip(both(other), both(a), strict=True))
+    assert "save_steps" not in training_identity(a) and "learning_rate" in training_identity(a)

@@ -13,7 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig, ConfigError, parse_override
+from im_pipeline.config import BenchmarkConfig, ConfigError, parse_override
+from im_pipeline.config.base import data_dir_of
 
 
 def stats_command(args: argparse.Namespace) -> int:
@@ -138,12 +139,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from im_pipeline.evaluation.specs import get_spec
 
     get_spec(args.benchmark)  # an unknown name: ValueError naming the known ones
-    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
-    ctx = EvalContext(
-        model_source=args.model,
-        out_dir=Path(args.out),
-        data_dir=Path(data_dir).expanduser().resolve() if data_dir else None,
-    )
+    ctx = EvalContext(model_source=args.model, out_dir=Path(args.out), data_dir=data_dir_of(args.data_dir))
     cfg = BenchmarkConfig(limit=args.limit, options=parse_options(args.options))
     path = run_benchmark(args.benchmark, ctx, cfg)
     record = json.loads(path.read_text(encoding="utf-8"))

@@ -32,7 +32,7 @@ import yaml
 
 from im_pipeline.analysis import stats as st
 from im_pipeline.evaluation.specs import find_spec, names
-from im_pipeline.runs.layout import BASE_ARM
+from im_pipeline.runs.layout import BASE_ARM, RunLayout, UnitLayout
 
 log = logging.getLogger(__name__)
 
@@ -84,40 +84,32 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _seed_of(name: str) -> int | None:
-    if name.startswith("seed-"):
-        try:
-            return int(name.removeprefix("seed-"))
-        except ValueError:
-            return None
-    return None
-
-
 def is_run_root(path: Path) -> bool:
     """A directory that looks like ``runs/<experiment>/`` (a config, prepared data or an arm's results)."""
-    path = Path(path)
-    if (path / "config.yaml").is_file() or (path / "data" / "data_stats.json").is_file():
+    layout = RunLayout(Path(path))
+    if layout.config.is_file() or layout.data_stats.is_file():
         return True
-    return any(path.glob("*/seed-*/eval/*.json")) or any(path.glob(f"{BASE_ARM}/eval/*.json"))
+    return any(layout.root.glob("*/seed-*/eval/*.json")) or any(layout.unit(BASE_ARM).eval_dir.glob("*.json"))
 
 
 def load_run(root: Path) -> RunResults:
     """Read ``runs/<experiment>/``: config, data stats, per-arm/seed results, train logs, timings."""
-    root = Path(root)
+    layout = RunLayout(Path(root))
+    root = layout.root
     if not root.is_dir():
         raise FileNotFoundError(f"run directory not found: {root}")
     if not is_run_root(root):
         raise ValueError(f"{root} is not an experiment run directory (no config.yaml, data/ or <arm>/seed-*/eval/)")
     config: dict[str, Any] = {}
-    if (root / "config.yaml").is_file():
-        config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {}
+    if layout.config.is_file():
+        config = yaml.safe_load(layout.config.read_text(encoding="utf-8")) or {}
     run = RunResults(experiment=config.get("name", root.name), root=root, config=config)
-    if (root / "data" / "data_stats.json").is_file():
-        run.data_stats = _read_json(root / "data" / "data_stats.json")
-    if (root / "data" / "unavailable.json").is_file():
-        run.data_unavailable = _read_json(root / "data" / "unavailable.json")
-    if (root / "timings.json").is_file():
-        run.timings = _read_json(root / "timings.json")
+    if layout.data_stats.is_file():
+        run.data_stats = _read_json(layout.data_stats)
+    if layout.data_unavailable.is_file():
+        run.data_unavailable = _read_json(layout.data_unavailable)
+    if layout.timings.is_file():
+        run.timings = _read_json(layout.timings)
 
     configured = [a["name"] for a in config.get("arms", []) if "name" in a]
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("seed-*")))
@@ -125,18 +117,19 @@ def load_run(root: Path) -> RunResults:
     seeds: set[int] = set()
     for arm in run.arms:
         for sd in sorted((root / arm).glob("seed-*")):
-            seed = _seed_of(sd.name)
-            if seed is None:
+            unit = UnitLayout.at(sd)
+            if unit.seed is None:
                 continue
+            seed = unit.seed
             seeds.add(seed)
-            if (sd / "train_summary.json").is_file():
-                run.train_summaries.setdefault(arm, {})[seed] = _read_json(sd / "train_summary.json")
-            if (sd / "train_log.jsonl").is_file():
-                run.train_logs.setdefault(arm, {})[seed] = _read_jsonl(sd / "train_log.jsonl")
-            for f in sorted((sd / "eval").glob("*.json")):
+            if unit.train_summary.is_file():
+                run.train_summaries.setdefault(arm, {})[seed] = _read_json(unit.train_summary)
+            if unit.train_log.is_file():
+                run.train_logs.setdefault(arm, {})[seed] = _read_jsonl(unit.train_log)
+            for f in sorted(unit.eval_dir.glob("*.json")):
                 rec = _read_json(f)
                 run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(arm, {})[seed] = rec
-    for f in sorted((root / BASE_ARM / "eval").glob("*.json")):
+    for f in sorted(layout.unit(BASE_ARM).eval_dir.glob("*.json")):
         rec = _read_json(f)
         run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(BASE_ARM, {})[None] = rec
     run.seeds = sorted(seeds)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -45,3 +47,26 @@ def check_name(value: str, what: str) -> str:
 def stable_hash(obj: Any, length: int = 12) -> str:
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def data_dir_of(
+    value: str | os.PathLike[str] | None = None,
+    *,
+    must_exist: type[Exception] | None = None,
+    given_as: str = "--data-dir / data_dir",
+) -> Path | None:
+    """The offline data directory: ``value`` (the config's ``data_dir``, ``--data-dir``), else
+    ``$IM_PIPELINE_DATA_DIR``, else None; absolute. The one place it is resolved.
+
+    With ``must_exist`` (an exception class), a directory that is set but missing raises it at once, naming the
+    directory and where it came from (``given_as`` for ``value``), never a silent fall-back to the Hub.
+    """
+    given = value not in (None, "")
+    raw = value if given else os.environ.get(DATA_DIR_ENV)
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if must_exist is not None and not path.is_dir():
+        where = given_as if given else f"${DATA_DIR_ENV}"
+        raise must_exist(f"data directory {path} (from {where}) does not exist")
+    return path

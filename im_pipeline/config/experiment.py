@@ -16,6 +16,7 @@ from im_pipeline.config.base import (
     ConfigError,
     _Strict,
     check_name,
+    data_dir_of,
     stable_hash,
 )
 from im_pipeline.config.evaluation import EvaluationConfig
@@ -109,32 +110,21 @@ class ExperimentConfig(_Strict):
 
     def check_data_dir(self) -> Path | None:
         """The data directory, which must exist when one is set (named at once, before any work starts)."""
-        where = "data_dir in the config" if self.data_dir else f"${DATA_DIR_ENV}"
-        path = self.resolved_data_dir()
-        if path is not None and not path.is_dir():
-            raise ConfigError(f"data directory {path} (from {where}) does not exist")
-        return path
+        return data_dir_of(self.data_dir, must_exist=ConfigError, given_as="data_dir in the config")
 
     # -- derived values -------------------------------------------------------------------------
     def resolved_data_dir(self) -> Path | None:
         """The data directory: config value, else ``$IM_PIPELINE_DATA_DIR``, else None."""
-        value = self.data_dir or os.environ.get(DATA_DIR_ENV)
-        return Path(value).expanduser().resolve() if value else None
+        return data_dir_of(self.data_dir)
 
     def train_launcher(self) -> str | None:
         """The training launcher: ``training.launcher``, else ``$IM_PIPELINE_TRAIN_LAUNCHER``, else None."""
         value = self.training.launcher or os.environ.get(TRAIN_LAUNCHER_ENV, "")
         return value.strip() or None
 
-    def run_root(self) -> Path:
-        return Path(self.output_dir) / self.name
-
     def results_dir(self) -> Path:
         """Where ``save_results`` copies the small result files: ``<report_dir>/<name>/results``."""
         return Path(self.report_dir) / self.name / "results"
-
-    def run_dir(self, arm: str, seed: int) -> Path:
-        return self.run_root() / arm / f"seed-{seed}"
 
     def arm(self, name: str) -> ArmConfig:
         for a in self.arms:

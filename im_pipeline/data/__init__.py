@@ -5,7 +5,7 @@ from im_pipeline.data.files import read_jsonl, write_jsonl
 from im_pipeline.data.normalise import DataError, normalise_record
 from im_pipeline.data.prepare import PreparedData, held_out_kind, local_copy_missing, prepare_data, seed_data
 from im_pipeline.data.select import seed_sample, select_by_ratio, split_held_out, subsample
-from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records, resolve_data_dir
+from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records
 from im_pipeline.data.stats import example_lengths, length_stats
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "normalise_record",
     "prepare_data",
     "read_jsonl",
-    "resolve_data_dir",
     "seed_data",
     "seed_sample",
     "select_by_ratio",

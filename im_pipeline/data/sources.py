@@ -14,13 +14,13 @@ is reported as one :class:`DataError` naming the file and the line (JSONL) or re
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from im_pipeline import hub
 from im_pipeline.config import DATA_DIR_ENV
+from im_pipeline.config.base import data_dir_of
 from im_pipeline.data.files import read_raw_file
 from im_pipeline.data.normalise import DataError, Phraser, is_multi_turn, normalise_record
 
@@ -152,23 +152,6 @@ class Loaded:
 # -- data directory ---------------------------------------------------------------------------------
 
 
-def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
-    """The data directory: the argument, else ``$IM_PIPELINE_DATA_DIR``, else None.
-
-    A directory that is set but does not exist is an error at once (naming it and where it came from),
-    never a silent fall-back to the Hub.
-    """
-    given = data_dir not in (None, "")
-    value = data_dir if given else os.environ.get(DATA_DIR_ENV)
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        where = "--data-dir / data_dir" if given else f"${DATA_DIR_ENV}"
-        raise DataError(f"data directory {path} (from {where}) does not exist")
-    return path
-
-
 # -- files ------------------------------------------------------------------------------------------
 
 
@@ -234,7 +217,9 @@ def load_source(
     phrase = make_phraser(seed) if instruction_templates else None
     spec = REGISTRY.get(source)
     if spec is not None:
-        ddir = resolve_data_dir(data_dir)  # only a registered name reads the data directory (checked here)
+        ddir = data_dir_of(
+            data_dir, must_exist=DataError
+        )  # only a registered name reads the data directory (checked here)
         local = ddir / spec.local_path if ddir and spec.local_path else None
         if local is not None and local.is_file():
             records, locations = _normalise_all(read_raw_file(local), spec.name, phrase, spec.name)

@@ -30,7 +30,6 @@ import contextvars
 import copy
 import json
 import logging
-import os
 import shutil
 import string
 import tempfile
@@ -38,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline import hub
-from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig
+from im_pipeline.config import BenchmarkConfig
+from im_pipeline.config.base import data_dir_of
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.lm_eval_data import (
     _data_hint,
@@ -122,12 +122,12 @@ def _source(opts: dict[str, Any]) -> str:
 
 
 def _data_dir(ctx: EvalContext, benchmark: str, layout: str) -> Path:
-    value = ctx.data_dir or os.environ.get(DATA_DIR_ENV)
-    if not value:
+    path = data_dir_of(ctx.data_dir)
+    if path is None:
         raise BenchmarkSkipped(
             f"{benchmark}: offline (Hub unreachable or HF_HUB_OFFLINE set) and no data directory; " + _data_hint(layout)
         )
-    return Path(value).expanduser().resolve()
+    return path
 
 
 def _check_options(opts: dict[str, Any], allowed: set[str], benchmark: str) -> None:

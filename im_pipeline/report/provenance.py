@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.analysis import aggregate as agg
+from im_pipeline.config.base import data_dir_of
+from im_pipeline.loss_modes import LossMode
 from im_pipeline.report.cells import (
     _f,
     _md_table,
@@ -14,13 +16,6 @@ from im_pipeline.report.cells import (
 from im_pipeline.report.results import RESULTS_DIR
 from im_pipeline.report.sections import _flow_run_link
 from im_pipeline.runs.layout import BASE_ARM
-
-LOSS_MODE_TEXT = {
-    "it": "loss on outputs",
-    "im": "loss on instructions and outputs",
-    "im_release": "loss on everything but the first user header",
-    "weighted": "instruction tokens weighted",
-}
 
 
 def built_by(run: agg.RunResults) -> str:
@@ -48,7 +43,7 @@ def describe(cfg: dict[str, Any], run: agg.RunResults) -> str:
     arms = []
     for a in cfg.get("arms", []):
         mode = a.get("loss_mode", "?")
-        what = LOSS_MODE_TEXT.get(mode, mode)
+        what = LossMode(mode).short if mode in set(LossMode) else mode
         if mode == "weighted":
             what += f" λ={a.get('prompt_loss_weight')}"
         arms.append(f"{a.get('name', '?')} ({what})")
@@ -76,14 +71,10 @@ def data_origin_text(origin: str | None, cfg: dict[str, Any]) -> str:
         return "?"
     if origin.startswith("hub:"):
         return f"the Hugging Face Hub (`{origin[4:]}`)"
-    import os
-
-    from im_pipeline.config import DATA_DIR_ENV
-
-    data_dir = cfg.get("_resolved_data_dir") or cfg.get("data_dir") or os.environ.get(DATA_DIR_ENV)
+    data_dir = data_dir_of(cfg.get("_resolved_data_dir") or cfg.get("data_dir"))
     if data_dir:
         try:
-            rel = Path(origin).resolve().relative_to(Path(data_dir).expanduser().resolve())
+            rel = Path(origin).resolve().relative_to(data_dir)
             return f"`{rel.as_posix()}` in the data directory"
         except ValueError:
             pass

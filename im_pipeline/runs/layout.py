@@ -7,6 +7,7 @@ runs/<experiment>/
   base/eval/<benchmark>.json      the base model's results
   <arm>/seed-<s>/                 one unit (UnitLayout)
     config.yaml  train_summary.json  train_log.jsonl  checkpoint/  tensorboard/  trainer_checkpoints/ (while training)
+    launch.json (with training.launcher)
     eval/<benchmark>.json  eval/lm_eval/  eval/alpaca_eval/
     .keys/<stage>.key             the key each output was made under (staleness.py)
   .<arm dir>.lock, .seed-<s>.lock, eval/.<benchmark>.lock   unit locks (beside, not inside: a stale dir is removed)
@@ -51,6 +52,13 @@ class UnitLayout:
     arm: str
     seed: int | None
 
+    @classmethod
+    def at(cls, directory: Path) -> UnitLayout:
+        """The layout of a unit directory given by path (a training run outside an experiment, e.g. in tests)."""
+        directory = Path(directory)
+        seed = seed_of(directory.name)
+        return cls(directory, directory.parent.name if seed is not None else directory.name, seed)
+
     @property
     def is_base(self) -> bool:
         return self.arm == BASE_ARM
@@ -67,6 +75,11 @@ class UnitLayout:
         return self.dir / "trainer_checkpoints"
 
     @property
+    def fingerprint_file(self) -> Path:
+        """What the Trainer checkpoints were made under (``trainer_checkpoints/fingerprint.json``)."""
+        return self.trainer_checkpoints / "fingerprint.json"
+
+    @property
     def train_summary(self) -> Path:
         return self.dir / "train_summary.json"
 
@@ -81,6 +94,11 @@ class UnitLayout:
     @property
     def config(self) -> Path:
         return self.dir / "config.yaml"
+
+    @property
+    def launch_job(self) -> Path:
+        """What a launched training unit's processes read (``training.launcher``)."""
+        return self.dir / "launch.json"
 
     @property
     def lock(self) -> Path:

@@ -47,7 +47,8 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     return cfg.training.model_dump(mode="json", exclude=set(NOT_IN_IDENTITY))
 
 
-def _model_part(cfg: ExperimentConfig) -> dict[str, Any]:
+def model_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The model settings that change the model (where it is cached does not)."""
     return cfg.model.model_dump(mode="json", exclude={"cache_dir"})
 
 
@@ -81,7 +82,7 @@ def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) 
     return stable_hash(
         {
             "stage": "train",
-            "model": _model_part(cfg),
+            "model": model_identity(cfg),
             "data": cfg.data.model_dump(mode="json"),
             "data_hash": data_hash,
             "training": training,
@@ -93,7 +94,7 @@ def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) 
 
 def base_key(cfg: ExperimentConfig) -> str:
     """Key standing in for "training" of the untouched base model."""
-    return stable_hash({"stage": "base", "model": _model_part(cfg)})
+    return stable_hash({"stage": "base", "model": model_identity(cfg)})
 
 
 def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: BenchmarkConfig, data_hash: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from im_pipeline.config import ArmConfig, ExperimentConfig
 from im_pipeline.data.templates import TULU_CHAT_TEMPLATE
+from im_pipeline.loss_modes import LossMode
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def write_model_card(final_dir: Path, cfg: ExperimentConfig, arm: ArmConfig, see
 # {cfg.name} / {arm.name} / seed {seed}
 
 `{base}` fine-tuned by im-pipeline (Instruction Tuning vs Instruction Modelling, Shi et al. 2024) with loss
-mode **{arm.loss_mode}** ({_LOSS_MODE_WORDS.get(str(arm.loss_mode), str(arm.loss_mode))}), experiment `{cfg.name}`.
+mode **{arm.loss_mode}** ({LossMode(arm.loss_mode).description}), experiment `{cfg.name}`.
 
 {table}
 
@@ -107,14 +108,6 @@ the model was tuned on.
     path = Path(final_dir) / "README.md"
     ModelCard(content).save(path)
     return path
-
-
-_LOSS_MODE_WORDS = {
-    "it": "loss on the outputs only",
-    "im": "loss on the instructions and the outputs",
-    "im_release": "loss on everything but the first user header",
-    "weighted": "instruction tokens weighted by λ",
-}
 
 
 def _drop_incomplete_checkpoints(ckpt_root: Path) -> None:

@@ -30,7 +30,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MODULE = "im_pipeline.training.launch"
-JOB_FILE = "launch.json"
 
 
 def _program(word: str) -> str:
@@ -55,13 +54,13 @@ def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir
     """Train one (arm, seed) under ``launcher``; returns ``train_summary.json``. Raises when the launch fails."""
     from im_pipeline.config import write_resolved_config
     from im_pipeline.provenance import write_json
-    from im_pipeline.training.trainer import TRAIN_SUMMARY
+    from im_pipeline.runs.layout import UnitLayout
 
     run_dir = Path(run_dir).resolve()
     config_file = write_resolved_config(cfg, run_dir, arm=arm, seed=seed)
     job = {"config": str(config_file), "arm": arm, "seed": seed, "run_dir": str(run_dir)}
     job["data"] = str(Path(data_dir).resolve())
-    job_file = run_dir / JOB_FILE
+    job_file = UnitLayout.at(run_dir).launch_job
     write_json(job_file, job)
     cmd = launch_command(launcher, job_file)
     log.info("%s/seed-%s: launching %s", arm, seed, shlex.join(cmd))
@@ -77,7 +76,7 @@ def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir
     if code != 0:
         last = "\n".join(tail)
         raise RuntimeError(f"training of {arm}/seed-{seed} under {launcher!r} exited with code {code}:\n{last}")
-    summary_path = run_dir / TRAIN_SUMMARY
+    summary_path = UnitLayout.at(run_dir).train_summary
     if not summary_path.is_file():
         raise RuntimeError(f"training under {launcher!r} exited without writing {summary_path}")
     return json.loads(summary_path.read_text(encoding="utf-8"))

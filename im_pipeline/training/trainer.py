@@ -36,6 +36,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig, stable_hash
 from im_pipeline.provenance import write_text_atomic
+from im_pipeline.runs.layout import UnitLayout
+from im_pipeline.runs.staleness import model_identity, training_identity
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import _drop_incomplete_checkpoints, save_tokenizer, write_model_card
 from im_pipeline.training.held_out import (
@@ -46,13 +48,6 @@ from im_pipeline.training.held_out import (
 from im_pipeline.training.weighted_trainer import WeightedLossTrainer
 
 log = logging.getLogger(__name__)
-
-TRAIN_LOG = "train_log.jsonl"
-TRAIN_SUMMARY = "train_summary.json"
-FINAL_DIR = "checkpoint"
-TENSORBOARD_DIR = "tensorboard"  # the Trainer's TensorBoard event files (training.report_to)
-TRAINER_CKPT_DIR = "trainer_checkpoints"
-FINGERPRINT_FILE = "fingerprint.json"
 
 
 # -- length-grouped sampling -------------------------------------------------------------------------------------------
@@ -108,13 +103,15 @@ def _read_log(path: Path) -> list[dict]:
 def _fingerprint(
     cfg: ExperimentConfig, arm: ArmConfig, seed: int, train: list[dict], held_out: list[dict], world_size: int = 1
 ) -> str:
-    """What determines the trained model: model, data settings, training settings, arm, seed, the data itself, and
-    the number of data-parallel processes (the global batch is per-device batch × accumulation × processes)."""
+    """What determines the trained model: model, data settings, the training settings that change the model
+    (:func:`~im_pipeline.runs.staleness.training_identity`: the same ones the unit's key covers, so neither decides
+    alone that e.g. a new ``save_steps`` makes a run stale), arm, seed, the data itself, and the number of
+    data-parallel processes (the global batch is per-device batch × accumulation × processes)."""
     return stable_hash(
         {
-            "model": cfg.model.model_dump(mode="json"),
+            "model": model_identity(cfg),
             "data": cfg.data.model_dump(mode="json"),
-            "training": cfg.training.model_dump(mode="json", exclude={"threads", "report_to", "launcher"}),
+            "training": training_identity(cfg),
             **({"world_size": world_size} if world_size > 1 else {}),
             "arm": arm.model_dump(mode="json"),
             "seed": seed,
@@ -125,10 +122,9 @@ def _fingerprint(
     )
 
 
-def _is_finished(run_dir: Path, fingerprint: str) -> dict | None:
-    summary_path = run_dir / TRAIN_SUMMARY
-    final = run_dir / FINAL_DIR
-    if not (summary_path.is_file() and (final / "config.json").is_file()):
+def _is_finished(unit: UnitLayout, fingerprint: str) -> dict | None:
+    summary_path = unit.train_summary
+    if not (summary_path.is_file() and (unit.checkpoint / "config.json").is_file()):
         return None
     try:
         summary = json.loads(summary_path.read_text())
@@ -193,7 +189,8 @@ def train_arm(
     from im_pipeline.models import load_model_and_tokenizer
     from im_pipeline.training.masking import PaddingFreeCollator, WeightedCollator
 
-    run_dir = Path(run_dir)
+    unit = UnitLayout.at(run_dir)
+    run_dir = unit.dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if not train:
         raise ValueError("train_arm: the training set is empty")
@@ -202,15 +199,13 @@ def train_arm(
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     is_main = rank == 0
     fingerprint = _fingerprint(cfg, arm, seed, train, held_out, world_size)
-    done = _is_finished(run_dir, fingerprint)
+    done = _is_finished(unit, fingerprint)
     if done is not None:
         log.info("%s seed %d: finished run found in %s, not retraining", arm.name, seed, run_dir)
         return done
     started_at = _utc_now()
 
-    ckpt_root = run_dir / TRAINER_CKPT_DIR
-    fp_file = ckpt_root / FINGERPRINT_FILE
-    log_path = run_dir / TRAIN_LOG
+    ckpt_root, fp_file, log_path = unit.trainer_checkpoints, unit.fingerprint_file, unit.train_log
     args = build_training_arguments(cfg, arm, seed, ckpt_root)
     with args.main_process_first(local=False, desc="checkpoint housekeeping"):  # a barrier when distributed
         if is_main:
@@ -300,12 +295,12 @@ def train_arm(
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback":
             # its default dir is under trainer_checkpoints/, which is removed after training
-            cb.logging_dir = str(run_dir / TENSORBOARD_DIR)
+            cb.logging_dir = str(unit.tensorboard)
     if resume:
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
 
-    final_dir = run_dir / FINAL_DIR
+    final_dir = unit.checkpoint
     with args.main_process_first(local=False, desc="final save"):
         if is_main and final_dir.exists():
             shutil.rmtree(final_dir)
@@ -360,12 +355,12 @@ def train_arm(
         "n_held_out": len(held_enc),
         "encoding": {"train": train_stats, "held_out": held_stats},
         "fingerprint": fingerprint,
-        "checkpoint": FINAL_DIR,
+        "checkpoint": unit.checkpoint.name,
     }
     trainer.accelerator.wait_for_everyone()
     if not is_main:
         return summary
-    write_text_atomic(run_dir / TRAIN_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(unit.train_summary, json.dumps(summary, indent=2) + "\n")
     write_model_card(final_dir, cfg, arm, seed, summary)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # large; the final model is in checkpoint/
     log.info(
