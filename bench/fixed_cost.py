@@ -46,9 +46,8 @@ import torch
 
 from im_pipeline.config import BenchmarkConfig, load_config
 from im_pipeline.evaluation.common import EvalContext, ModelCache, run_benchmark
+from im_pipeline.evaluation.specs import names as benchmark_names
 from im_pipeline.models import load_model_and_tokenizer
-
-BENCHMARK_ORDER = ("mmlu", "truthfulqa", "humaneval", "alpaca_eval", "overfitting")
 
 
 def _scaled(name: str, bench: BenchmarkConfig, n: int) -> BenchmarkConfig:
@@ -73,7 +72,7 @@ def main() -> None:
 
     cfg = load_config(args.config)
     ev = cfg.evaluation
-    names = [b for b in BENCHMARK_ORDER if getattr(ev, b, None) is not None and getattr(ev, b).enabled]
+    names = [b for b in benchmark_names() if getattr(ev, b).enabled]
     if args.only:
         wanted = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = sorted(set(wanted) - set(names))

@@ -16,8 +16,9 @@ server: a unit flow run still ``Running`` with no heartbeat for ``orchestration.
 host), and never while the unit still holds that lock (heartbeats are late on a loaded machine).
 A ``Crashed`` unit (by us, the worker, or an automation) is submitted again, up to
 ``orchestration.max_attempts`` flow runs. The new run resumes from the unit's last Trainer checkpoint and skips
-every finished output (the stamps of ``tasks/cache.py``); the per-unit locks (``im_pipeline/locking.py``, taken in
-the tasks) make sure a wrongly presumed dead run and its successor never write the same unit at once. A unit that
+every finished output (the stamps of ``im_pipeline/runs/staleness.py``); the per-unit locks
+(``im_pipeline/locking.py``, taken in ``im_pipeline/runs/units.py``) make sure a wrongly presumed dead run and
+its successor never write the same unit at once. A unit that
 *fails* (an exception in its code) is not submitted again: the same inputs would fail the same way.
 """
 

@@ -9,6 +9,7 @@ functions), so a lazy import counts as much as a top-level one.
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -110,3 +111,39 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("def f():\n    import prefect\n    from ..training import masking\n", encoding="utf-8")
     assert _imports(path, tmp_path) == {"prefect", "im_pipeline.training"}
+
+
+def test_architecture_doc_lists_every_module() -> None:
+    """docs/architecture.md has one line per module: a module added or removed without it fails here."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([^`]+\.py)` \|", doc, flags=re.M))
+    on_disk = {str(p.relative_to(ROOT)) for folder in (LIBRARY, TASKS, FLOWS) for p in _modules(folder)}
+    assert listed == on_disk, {"not listed": sorted(on_disk - listed), "gone": sorted(listed - on_disk)}
+
+
+def _environ(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+
+@pytest.mark.parametrize("path", _modules(FLOWS), ids=lambda p: str(p.relative_to(ROOT)))
+def test_importing_a_flow_module_changes_no_environment(path: Path) -> None:
+    """Flows only wire: no module-level ``os.environ`` edits (Prefect's settings are the CLI's, flows/cli/run.py)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    edits = []
+    for sub in (s for n in top for s in ast.walk(n)):
+        call = isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and _environ(sub.func.value)
+        if call and sub.func.attr in {"setdefault", "update", "pop", "clear", "__setitem__"}:
+            edits.append(sub.lineno)
+        if isinstance(sub, (ast.Assign, ast.AugAssign)):
+            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+            edits += [sub.lineno for t in targets if isinstance(t, ast.Subscript) and _environ(t.value)]
+    assert not edits, f"{path.relative_to(ROOT)}: module-level os.environ edits at lines {edits}"
+
+
+def test_the_environment_check_sees_an_edit(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nfor k in ('A',):\n    os.environ.setdefault(k, '1')\nos.environ['B'] = '2'\n")
+    tree = ast.parse(probe.read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    assert any(_environ(c.func.value) and c.func.attr == "setdefault" for c in calls)
