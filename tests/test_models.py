@@ -16,7 +16,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from im_pipeline import models
 from im_pipeline.models import ModelSourceError, load_model_and_tokenizer, load_tokenizer, resolve_model
 from im_pipeline.models import gguf as models_gguf
 from im_pipeline.models.cache import CACHE_ENV, PROVENANCE_FILE
@@ -184,7 +183,7 @@ def test_gguf_cache_hit_skips_dequantisation(tiny_gguf: Path, tmp_path: Path, mo
     def boom(*args, **kwargs):
         raise AssertionError("dequantised again despite the cache")
 
-    monkeypatch.setattr(models, "convert_gguf", boom)
+    monkeypatch.setattr(models_gguf, "convert_gguf", boom)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", boom)  # the GGUF is never read
     start = time.perf_counter()
     assert resolve_model(str(tiny_gguf), cache_dir=str(tmp_path)) == first
@@ -251,7 +250,7 @@ def test_named_model_cache_hit_needs_neither_pip_nor_package(
         raise AssertionError("fetched despite the cache")
 
     monkeypatch.setattr(subprocess, "run", no_fetch)
-    monkeypatch.setattr(models, "convert_gguf", no_fetch)
+    monkeypatch.setattr(models_gguf, "convert_gguf", no_fetch)
     assert resolve_model("smollm2-135m-instruct", cache_dir=str(tmp_path)) == str(entry)
     assert resolve_model("SmolLM2-135M-Instruct", cache_dir=str(tmp_path)) == str(entry)
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct", cache_dir=str(tmp_path))

@@ -176,7 +176,7 @@ def test_sandbox_errors_become_results():
 
 def test_degraded_mode_uses_reliability_guard(monkeypatch, tmp_path: Path):
     """Without namespaces or a separate uid, the guard prologue still stops the crude attacks."""
-    monkeypatch.setattr(sandbox, "isolation", lambda: {"uid": False, "namespaces": False, "cgroup": False})
+    monkeypatch.setattr(sandbox_run, "isolation", lambda: {"uid": False, "namespaces": False, "cgroup": False})
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("keep me")
     r = run_program(f"import os\nos.remove({str(sentinel)!r})\n", SandboxLimits(timeout=5))
