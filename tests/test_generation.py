@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from im_pipeline.evaluation.generation import GenerationConfig, StopOnStrings, generate, truncate_at_stop
+from im_pipeline.evaluation.greedy_batch import PreallocatedCache, greedy_batch
 
 PROMPTS = [
     "def add(a, b):",
@@ -128,7 +129,7 @@ def test_max_new_tokens_bounds_output(model_tok):
         got = generate(model, tok, PROMPTS[:2], GenerationConfig(max_new_tokens=3), progress=False)
     finally:
         handle.remove()
-    assert len(calls) <= 3  # one batched forward per new token
+    assert len(calls) <= 1 + 3  # one prefill of the prompts, then one batched forward per new token
     for short, long in zip(got, longer, strict=True):
         assert long[0].startswith(short[0]) and len(short[0]) < len(long[0])
 
@@ -144,3 +145,95 @@ def test_empty_and_bad_input(model_tok):
         GenerationConfig(stop=("",))
     with pytest.raises(ValueError, match="n "):
         GenerationConfig(n=0)
+
+
+def _plain_ids(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
+    enc = tok(prompt, return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+@pytest.fixture
+def early_eos(model_tok):
+    """The model's EOS set to a token that ends PROMPTS[0] after 3 tokens, so rows finish at different steps."""
+    model, tok = model_tok
+    before = model.generation_config.eos_token_id
+    eos = _plain_ids(model, tok, PROMPTS[0], 12)[2]
+    model.generation_config.eos_token_id = eos
+    try:
+        yield eos
+    finally:
+        model.generation_config.eos_token_id = before
+
+
+def test_rows_finishing_at_eos_match_sequential_and_leave_the_batch(model_tok, early_eos):
+    model, tok = model_tok
+    expected_ids = [_plain_ids(model, tok, p, 12) for p in PROMPTS]
+    lengths = [len(ids) for ids in expected_ids]
+    assert min(lengths) <= 3 and max(lengths) == 12  # some rows end early at EOS, some run to the limit
+    batch_rows = []
+    handle = model.register_forward_hook(
+        lambda _m, args, kwargs, _o: batch_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=8), progress=False)
+    finally:
+        handle.remove()
+    assert got == [[tok.decode(ids, skip_special_tokens=True)] for ids in expected_ids]
+    # One forward per step with the rows still running: a finished row is no longer computed.
+    steps = batch_rows[1:]  # after the one prefill chunk
+    assert steps[0] == len(PROMPTS) and steps[-1] == sum(n == 12 for n in lengths)
+    assert sum(steps) == sum(lengths)  # row-steps == tokens generated, nothing wasted on finished rows
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 8])
+def test_greedy_batch_prefill_chunks_match_sequential(model_tok, early_eos, chunk):
+    model, tok = model_tok
+    prompts = sorted([*PROMPTS, ""], key=lambda p: -len(tok(p)["input_ids"]))
+    rows = [tok(p)["input_ids"] for p in prompts]
+    assert min(len(r) for r in rows) == 1  # the empty prompt is BOS alone: nothing to prefill for it
+    gen_cfg = model.generation_config
+    got = greedy_batch(model, rows, gen_cfg, 10, tok.pad_token_id, prefill_chunk=chunk)
+    assert got == [_plain_ids(model, tok, p, 10) for p in prompts]
+
+
+def test_greedy_batch_single_token_prompts(model_tok):
+    model, tok = model_tok
+    rows = [[tok.bos_token_id], [tok.bos_token_id]]
+    got = greedy_batch(model, rows, model.generation_config, 5, tok.pad_token_id)
+    expected = _plain_ids(model, tok, "", 5)
+    assert got == [expected, expected]
+
+
+def test_stop_string_row_leaves_batch_and_others_match(model_tok):
+    model, tok = model_tok
+    base = [r[0] for r in generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=16), progress=False)]
+    stop = next(base[0][s : s + 2] for s in range(1, len(base[0]) - 2) if base[0][s : s + 2].strip())
+    batch_rows = []
+    handle = model.register_forward_hook(
+        lambda _m, args, kwargs, _o: batch_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=16, stop=(stop,)), progress=False)
+    finally:
+        handle.remove()
+    assert got == [[truncate_at_stop(b, (stop,))] for b in base]
+    assert batch_rows[-1] < len(PROMPTS)  # the rows that met the stop string were dropped before the end
+
+
+def test_preallocated_cache_holds_what_a_dynamic_cache_holds():
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    ours, ref = PreallocatedCache(num_layers=1, capacity=4), DynamicCache()
+    for n in (3, 1, 1, 2):  # the last update outgrows the capacity
+        k, v = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
+        got, want = ours.update(k, v, 0), ref.update(k, v, 0)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert ours.get_seq_length() == ref.get_seq_length() == 7
+    keep = torch.tensor([2, 0])
+    ours.batch_select_indices(keep)
+    ref.batch_select_indices(keep)
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    got, want = ours.update(k, v, 0), ref.update(k, v, 0)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

@@ -29,6 +29,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
+from im_pipeline.evaluation.greedy_batch import greedy_batch
+
 log = logging.getLogger(__name__)
 
 
@@ -187,6 +189,15 @@ def generate(
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
     for b in range(0, len(order), cfg.batch_size):
         idx = order[b : b + cfg.batch_size]
+        if cfg.greedy:
+            # Finished rows leave the batch, chunked prefill, preallocated KV cache: see greedy_batch.
+            stop_factory = (lambda width: StopOnStrings(tokenizer, cfg.stop, width)) if cfg.stop else None
+            rows = greedy_batch(model, [encoded[i] for i in idx], gen_cfg, cfg.max_new_tokens, pad_id, stop_factory)
+            texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+            for i, text in zip(idx, texts, strict=True):
+                results[i] = [truncate_at_stop(text, cfg.stop)] * cfg.n
+            bar.update(len(idx))
+            continue
         input_ids, attention = _left_pad([encoded[i] for i in idx], pad_id)
         input_ids, attention = input_ids.to(device), attention.to(device)
         criteria = StoppingCriteriaList()
