@@ -11,7 +11,11 @@ need around it:
   single deterministic completion is generated once and repeated;
 * **stop sequences**: a :class:`StopOnStrings` criterion marks a row finished as soon as its generated
   text contains a stop string (the other rows of the batch go on), and the returned text is cut at
-  the first stop string (which is not included). EOS stops a row too.
+  the first stop string (which is not included). EOS stops a row too;
+* **greedy** decoding goes through :func:`im_pipeline.evaluation.greedy_batch.greedy_batch`: rows that
+  finished leave the batch and its KV cache, prompts are prefilled in chunks of similar length, and the
+  cache is preallocated (same ``model.generate`` steps, no compute for finished rows). Sampling keeps one
+  ``model.generate`` call per batch, so its seeded random stream is unchanged.
 
 Optional backend: :func:`generate_vllm` runs the same :class:`GenerationConfig` through vLLM when the
 ``vllm`` package is importable (GPU machines). It takes a model *path* rather than a loaded model and
