@@ -335,6 +335,11 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     assert "| 0.580 / 0.610 |" in text and "| 60.99 / 59.04 |" in text
     assert "**confirmed**" in text and "**not confirmed**" in text
     assert "smallest possible p is 0.125" in text
+    res_n = evaluate_hypotheses(run)["hypotheses"]
+    counts = "; ".join(
+        f"{r['id']} " + ", ".join(f"s{s} {n}" for s, n in sorted(r["n_items"].items())) for r in res_n if r["tested"]
+    )
+    assert f"paired items per hypothesis and seed: {counts})" in text and counts.startswith("H1 s0 ")
     assert "Scope: The model is already instruction-tuned. Nothing here is claimed beyond this model" in text
     res = evaluate_hypotheses(run)
     for r in res["hypotheses"]:  # raw and Holm-adjusted p as printed in the hypothesis' row

@@ -71,7 +71,11 @@ def hypotheses_section(run: agg.RunResults) -> str:
         )
     tested = [r for r in res["hypotheses"] if r["tested"]]
     seeds = sorted({s for r in tested for s in r["seeds"]})
-    n_items = sorted({n for r in tested for n in r["n_items"].values()})
+    # Paired items per hypothesis and seed (the train and test measures can pair different numbers of items).
+    n_items = "; ".join(
+        f"{r['id']} " + ", ".join(f"s{s} {n}" for s, n in sorted(r["n_items"].items(), key=lambda kv: int(kv[0])))
+        for r in tested
+    )
     exact = {r["exact"] for r in tested}
     flips = (
         "all 2^m sign flips enumerated (exact)"
@@ -80,8 +84,8 @@ def hypotheses_section(run: agg.RunResults) -> str:
     )
     parts = [
         f"Written in the config (`study:`) before the first run. Each hypothesis is about {trt} − {ref} on the "
-        f"overfitting analysis' per-item scores ({len(seeds)} seeds: {seeds}; paired items per seed: "
-        f"{', '.join(map(str, n_items)) or '–'}). **Primary test**: one-sided, paired at the item level, stratified "
+        f"overfitting analysis' per-item scores ({len(seeds)} seeds: {seeds}; paired items per hypothesis and seed: "
+        f"{n_items or '–'}). **Primary test**: one-sided, paired at the item level, stratified "
         "by seed: a sign-flip randomisation test whose statistic is the mean over seeds of each seed's mean paired "
         f"difference (signs flipped within each seed's pairs; {flips}); Holm's correction over "
         f"{', '.join(r['id'] for r in res['hypotheses'])} at α = {alpha}. **Outcome**: *confirmed* when the "
