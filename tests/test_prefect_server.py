@@ -238,6 +238,11 @@ for _ in range(240):
         time.sleep(1)
 """
     assert _python(read, server.env, 300) == f"0 2 * * * False {cfg_path}", server.log("serve.log")
+    # Ctrl-C only once the runner serves: the deployment exists a moment before the runner starts, and an interrupt
+    # in that window (while its client retries a 503, as seen in CI) was lost, leaving the runner polling.
+    deadline = time.monotonic() + 120
+    while "polling for scheduled runs" not in (server.logs / "serve.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
     # ... and when `serve` stops (Ctrl-C), Prefect pauses the schedule: it does not outlive the process
     # (a generous grace: on a loaded machine the shutdown, which pauses the schedule, took over 30 s, and a SIGKILL
     # before it ends leaves the schedule active)
