@@ -118,6 +118,9 @@ class Server:
             stdout=(self.logs / log).open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Ctrl-C must reach Python as KeyboardInterrupt even when this test process ignores SIGINT (a shell's
+            # background job does: seen in a CI rehearsal started with `&`, where `serve` then never stopped).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.procs.append(proc)
         return proc
