@@ -7,7 +7,7 @@ recomputes only that arm); an evaluation the model's key, the benchmark's settin
 
 The same key is used by
 
-1. Prefect's task cache (``im_pipeline_tasks.cache.prefect_cache_key``): a cached task does not even start;
+1. Prefect's task cache (``im_pipeline_tasks.common.prefect_cache_key``): a cached task does not even start;
 2. the **stamps** beside the outputs (``<dir>/.keys/<stage>.key``): :func:`is_done` is true when the output exists
    and its stamp equals the key; this makes a re-run cheap without Prefect's result storage and tells a stale run
    directory from an interrupted one (:func:`clear_stale_run`);
@@ -23,13 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import ExperimentConfig
-
-from im_pipeline.config import BenchmarkConfig
-
-from im_pipeline.config import ArmConfig
-
-from im_pipeline.config import stable_hash
+from im_pipeline.config import ArmConfig, BenchmarkConfig, ExperimentConfig, stable_hash
 from im_pipeline.evaluation.specs import get_spec
 from im_pipeline.provenance import write_text_atomic
 from im_pipeline.runs.layout import stamp_path

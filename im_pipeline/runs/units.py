@@ -16,7 +16,16 @@ from im_pipeline.config import ExperimentConfig
 from im_pipeline.locking import unit_lock
 from im_pipeline.provenance import write_json
 from im_pipeline.runs.layout import RunLayout
-from im_pipeline.runs.staleness import DATA_SEED, base_key, clear_stale_run, eval_key, files_hash, is_done, train_key, write_stamp
+from im_pipeline.runs.staleness import (
+    DATA_SEED,
+    base_key,
+    clear_stale_run,
+    eval_key,
+    files_hash,
+    is_done,
+    train_key,
+    write_stamp,
+)
 
 Say = Callable[[str], None] | None
 
