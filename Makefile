@@ -1,7 +1,7 @@
 # The README's commands. `make demo` and `make test` each install what they need first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(VENV)/bin/pip
+PIP := $(PY) -m pip
 # Offline data for development and CI: the shared checkout beside the repository.
 export IM_PIPELINE_DATA_DIR ?= $(abspath ../shared/data)
 
