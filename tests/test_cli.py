@@ -48,6 +48,20 @@ def test_help_lists_choices_and_a_clean_description(capsys: pytest.CaptureFixtur
         assert "--data-dir DIR" in capsys.readouterr().out
 
 
+def test_work_pool_is_an_option_of_run_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """serve and deploy never read --work-pool (deploy names its pool with --pool): they must refuse it."""
+    parser = build_parser()
+    args = parser.parse_args(["run", "x.yaml", "--work-pool", "gpu", "--set", "a=1", "--data-dir", "d"])
+    assert (args.config, args.work_pool, args.overrides, args.data_dir) == ("x.yaml", "gpu", ["a=1"], "d")
+    for argv in (["serve", "x.yaml", "--cron", "0 2 * * *"], ["deploy", "x.yaml", "--pool", "cpu"]):
+        args = parser.parse_args([*argv, "--set", "a=1", "--data-dir", "d"])
+        assert (args.config, args.overrides, args.data_dir) == ("x.yaml", ["a=1"], "d")
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*argv, "--work-pool", "gpu"])
+        assert exc.value.code == 2
+        assert "unrecognized arguments: --work-pool gpu" in capsys.readouterr().err
+
+
 def _config(tmp_path: Path, **extra: object) -> Path:
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump({"name": "cli-exp", **extra}))

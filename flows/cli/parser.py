@@ -26,7 +26,9 @@ def _add_data_dir(p: argparse.ArgumentParser, help: str = DATA_DIR_HELP) -> None
     p.add_argument("--data-dir", default=None, metavar="DIR", help=help)
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
+def _add_experiment(p: argparse.ArgumentParser, config_help: str) -> None:
+    """The arguments of every command that runs the compare flow (run, serve, deploy): the config and its overrides."""
+    p.add_argument("config", help=config_help)
     p.add_argument(
         "--set",
         dest="overrides",
@@ -35,12 +37,10 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.epochs=3 (repeatable; values are YAML)",
     )
-    p.add_argument(
-        "--work-pool",
-        default=None,
-        metavar="NAME",
-        help="run each unit (arm × seed, base model) as a flow run on this Prefect work pool and wait for all "
-        "(needs PREFECT_API_URL; default: orchestration.work_pool, else in this process)",
+    _add_data_dir(
+        p,
+        "offline data directory, used when the config sets no data_dir (default: $IM_PIPELINE_DATA_DIR); "
+        "recorded in the resolved config",
     )
 
 
@@ -55,10 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="im-pipeline", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_data_dir = (
-        "offline data directory, used when the config sets no data_dir (default: $IM_PIPELINE_DATA_DIR); "
-        "recorded in the resolved config"
-    )
 
     p = sub.add_parser(
         "run",
@@ -67,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(the run shows in its UI), otherwise on Prefect's ephemeral local server. Exits 1 when a task "
         "run failed (the report is still written and lists the failures).",
     )
-    p.add_argument("config", help="experiment YAML (e.g. configs/demo.yaml)")
-    _add_overrides(p)
-    _add_data_dir(p, run_data_dir)
+    _add_experiment(p, "experiment YAML (e.g. configs/demo.yaml)")
+    p.add_argument(
+        "--work-pool",
+        default=None,
+        metavar="NAME",
+        help="run each unit (arm × seed, base model) as a flow run on this Prefect work pool and wait for all "
+        "(needs PREFECT_API_URL; default: orchestration.work_pool, else in this process)",
+    )
 
     p = sub.add_parser(
         "serve",
@@ -79,10 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stops, Prefect pauses the deployment's schedule (use `im-pipeline deploy` for schedules that "
         "outlive it).",
     )
-    p.add_argument("config", help="experiment YAML; each scheduled run re-reads it")
+    _add_experiment(p, "experiment YAML; each scheduled run re-reads it")
     p.add_argument("--cron", required=True, help='cron schedule (UTC), e.g. "0 2 * * *"')
-    _add_overrides(p)
-    _add_data_dir(p, run_data_dir)
 
     p = sub.add_parser(
         "deploy",
@@ -91,12 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "$PREFECT_API_URL; workers of that pool (`prefect worker start --pool NAME`) run its flow runs. The "
         "schedule lives on the server and outlives this command.",
     )
-    p.add_argument("config", help="experiment YAML; each run re-reads it")
+    _add_experiment(p, "experiment YAML; each run re-reads it")
     p.add_argument("--pool", required=True, help="work pool name (create it with `prefect work-pool create`)")
     p.add_argument("--cron", default=None, help='cron schedule (UTC), e.g. "0 2 * * *" (default: no schedule)')
     p.add_argument("--name", default=None, help="deployment name (default: <experiment>-scheduled)")
-    _add_overrides(p)
-    _add_data_dir(p, run_data_dir)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
