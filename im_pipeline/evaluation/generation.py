@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
-from im_pipeline.evaluation.greedy_batch import greedy_batch
+from im_pipeline.evaluation.greedy_batch import greedy_batch, left_pad
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +123,6 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # Manual left padding: independent of the tokenizer's padding_side setting, which we must not mutate
-    # for other callers (the training collator pads on the right).
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention[i, width - len(ids) :] = 1
-    return input_ids, attention
-
-
 def _hf_generation_config(model: Any, tokenizer: Any, cfg: GenerationConfig, num_return: int, pad_id: int) -> Any:
     gen = copy.deepcopy(model.generation_config)
     gen.max_new_tokens = cfg.max_new_tokens
@@ -202,7 +190,7 @@ def generate(
                 results[i] = [truncate_at_stop(text, cfg.stop)] * cfg.n
             bar.update(len(idx))
             continue
-        input_ids, attention = _left_pad([encoded[i] for i in idx], pad_id)
+        input_ids, attention = left_pad([encoded[i] for i in idx], pad_id)
         input_ids, attention = input_ids.to(device), attention.to(device)
         criteria = StoppingCriteriaList()
         if cfg.stop:
@@ -216,8 +204,7 @@ def generate(
         texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
         texts = [truncate_at_stop(t, cfg.stop) for t in texts]
         for j, i in enumerate(idx):
-            row = texts[j * num_return : (j + 1) * num_return]
-            results[i] = row * cfg.n if cfg.greedy else row
+            results[i] = texts[j * num_return : (j + 1) * num_return]
         bar.update(len(idx))
     bar.close()
     return [r for r in results if r is not None]

@@ -123,21 +123,31 @@ def _eos_ids(gen_cfg: Any) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])]
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` left-padded with ``pad_id`` to the longest (an empty row is all padding): (ids, attention mask).
+
+    By hand: independent of the tokenizer's padding_side setting, which we must not mutate for other callers
+    (the training collator pads on the right).
+    """
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
 def _prefill(model: Any, rows: list[list[int]], width: int, capacity: int, chunk: int, pad_id: int) -> Any:
     """Cache of ``rows`` (already without their last token), left-padded to ``width``, chunk by chunk."""
     cache = PreallocatedCache(model.config.get_text_config(decoder=True).num_hidden_layers, capacity)
     device = next(model.parameters()).device
     for c in range(0, len(rows), chunk):
         part = rows[c : c + chunk]
-        w = max(len(r) for r in part)
+        ids, mask = left_pad(part, pad_id)
+        w = ids.shape[1]
         if w == 0:
             continue
-        ids = torch.full((len(part), w), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(part), w), dtype=torch.long)
-        for i, r in enumerate(part):
-            if r:
-                ids[i, w - len(r) :] = torch.tensor(r, dtype=torch.long)
-                mask[i, w - len(r) :] = 1
         # As generate computes them for a left-padded batch (pads: position 0, masked anyway).
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         out = model(
@@ -178,12 +188,8 @@ def greedy_batch(
     ``stop_factory(prompt_length)`` builds the per-row stop-string criterion, or is None.
     """
     device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
+    ids, mask = left_pad(rows, pad_id)
+    width = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
     # Always our cache (empty when every prompt is one token): generate fills it, the next round resumes it.
     cache = _prefill(model, [r[:-1] for r in rows], width - 1, width - 1 + max_new_tokens, prefill_chunk, pad_id)
