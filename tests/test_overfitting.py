@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.data.templates import render_prompt
 from im_pipeline.evaluation import generation
-from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, run_benchmark
 from im_pipeline.evaluation.overfitting import _sample, bleu4, output_token_losses, run_overfitting, split_prompt
 from im_pipeline.training import encode_example, output_token_loss
 
@@ -102,6 +103,14 @@ def test_overfitting_tiny_model(tiny, tmp_path: Path) -> None:
         _ctx(tmp_path, tiny, train_records=TRAIN, held_out_records=HELD, held_out_kind="another data set (x)"), cfg
     )
     assert other["held_out_kind"] == "another data set (x)"
+    # the documented option labels standalone held-out records, and passes the pipeline's option check
+    labelled = {**cfg.options, "held_out_kind": "label (y)"}
+    run_benchmark(
+        "overfitting",
+        _ctx(tmp_path / "own", tiny, train_records=TRAIN, held_out_records=HELD),
+        BenchmarkConfig(limit=cfg.limit, options=labelled),
+    )
+    assert json.loads((tmp_path / "own" / "overfitting.json").read_text())["held_out_kind"] == "label (y)"
 
 
 def test_output_token_losses_per_example_independent_of_batching(tiny) -> None:
@@ -141,8 +150,9 @@ def test_bleu_pairs_each_prompt_with_its_own_output(tiny, tmp_path: Path, monkey
 def test_overfitting_without_records_skips(tiny, tmp_path: Path) -> None:
     with pytest.raises(BenchmarkSkipped, match="train=SOURCE"):
         run_overfitting(_ctx(tmp_path, tiny), BenchmarkConfig(limit=2))
-    with pytest.raises(ValueError, match="unknown option"):
-        run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), BenchmarkConfig(options={"tokens": 3}))
+    for unread in ("tokens", "bootstrap"):  # bootstrap: the BLEU stderr is analytic, no option sets resamples
+        with pytest.raises(ValueError, match="unknown option"):
+            run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), BenchmarkConfig(options={unread: 3}))
 
 
 def test_overfitting_without_held_out_reports_no_test_loss(tiny, tmp_path: Path) -> None:

@@ -32,26 +32,26 @@ import logging
 import math
 import random
 import statistics
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from im_pipeline.analysis.stats import MIN_ITEMS
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
+from im_pipeline.evaluation.specs import get_spec
+from im_pipeline.evaluation.specs.overfitting import OverfittingOptions
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {"loss_examples", "max_new_tokens", "max_length", "sample_seed", "train", "held_out", "held_out_kind"}
 STOP_TULU = ("<|user|>", "<|system|>")  # the next turn of the Tulu template: the answer is over
 
 
-def _records(ctx: EvalContext, opts: dict[str, Any], which: str) -> list[dict] | None:
-    """Records for ``which`` ("train" | "held_out") from the context, else from the option's source."""
+def _records(ctx: EvalContext, source: str | None, which: str) -> list[dict] | None:
+    """Records for ``which`` ("train" | "held_out") from the context, else from ``source`` (the option)."""
     for key in (f"{which}_records", which):
         if ctx.extra.get(key) is not None:
             return list(ctx.extra[key])
-    source = opts.get(which)
     if source is None:
         return None
     from im_pipeline.data import load_records
@@ -151,24 +151,19 @@ def loss_summary(per_example: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     """Train/test loss on output tokens and BLEU-4 memorisation of ``cfg.limit`` training prompts."""
-    opts = dict(cfg.options)
-    unknown = sorted(set(opts) - OPTIONS)
-    if unknown:
-        raise ValueError(f"overfitting: unknown option(s) {unknown}; allowed: {sorted(OPTIONS)}")
-    train = _records(ctx, opts, "train")
-    held_out = _records(ctx, opts, "held_out")
+    opts = cast(OverfittingOptions, get_spec("overfitting").validate_options(cfg.options))
+    train = _records(ctx, opts.train, "train")
+    held_out = _records(ctx, opts.held_out, "held_out")
     if not train:
         raise BenchmarkSkipped(
             "overfitting: no training records; the pipeline passes the run's train/held-out data, "
             "standalone use needs --option train=SOURCE [--option held_out=SOURCE]"
         )
-    loss_examples = int(opts.get("loss_examples", 128))
-    max_length = int(opts.get("max_length", 512))
-    seed = int(opts.get("sample_seed", 0))
+    loss_examples, max_length, seed = opts.loss_examples, opts.max_length, opts.sample_seed
     n_bleu = min(cfg.limit or 16, len(train))
-    held_out_kind = ctx.extra.get("held_out_kind") or opts.get("held_out_kind")
-    if held_out_kind is None and opts.get("held_out") is not None:
-        held_out_kind = f"another data set ({opts['held_out']})"
+    held_out_kind = ctx.extra.get("held_out_kind") or opts.held_out_kind
+    if held_out_kind is None and opts.held_out is not None:
+        held_out_kind = f"another data set ({opts.held_out})"
 
     from im_pipeline.data.templates import render_prompt
     from im_pipeline.evaluation.generation import GenerationConfig, generate
@@ -190,7 +185,7 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         prompts.append(render_prompt(messages, ctx.template, tokenizer))
         references.append(reference)
     gen_cfg = GenerationConfig(
-        max_new_tokens=int(opts.get("max_new_tokens", 256)),
+        max_new_tokens=opts.max_new_tokens,
         stop=STOP_TULU if ctx.template == "tulu" else (),
         batch_size=ctx.batch_size,
         seed=seed,

@@ -15,7 +15,7 @@ class OverfittingOptions(Options):
     sample_seed: int = Field(0, description="Seed of the example sample (same items for every arm).")
     train: str | None = Field(None, description="Training records for standalone use (the pipeline passes its own).")
     held_out: str | None = Field(None, description="Held-out records for standalone use.")
-    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the BLEU standard error.")
+    held_out_kind: str | None = Field(None, description="Label of the held-out records for standalone use.")
 
 
 SPEC = register(
