@@ -167,6 +167,8 @@ def test_bad_options_are_rejected(tmp_path: Path) -> None:
         run_mmlu(_ctx(tmp_path, tmp_path), BenchmarkConfig(options={"num_fewshot": 6}))
     with pytest.raises(ValueError, match="source"):
         run_truthfulqa(_ctx(tmp_path, tmp_path), BenchmarkConfig(options={"source": "web"}))
+    with pytest.raises(ValueError, match="truthfulqa: option apply_chat_template"):
+        run_truthfulqa(_ctx(tmp_path, tmp_path), BenchmarkConfig(options={"apply_chat_template": "maybe"}))
 
 
 def test_standard_subjects_are_the_57_of_lm_eval() -> None:

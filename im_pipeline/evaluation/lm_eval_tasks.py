@@ -34,7 +34,7 @@ import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from im_pipeline import hub
 from im_pipeline.config import BenchmarkConfig
@@ -48,6 +48,9 @@ from im_pipeline.evaluation.lm_eval_data import (
     read_truthfulqa,
     standard_mmlu_subjects,
 )
+from im_pipeline.evaluation.specs import get_spec
+from im_pipeline.evaluation.specs.mmlu import MMLUOptions
+from im_pipeline.evaluation.specs.truthfulqa import TruthfulQAOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 MMLU_GROUP = "im_pipeline_mmlu"
 LM_EVAL_DIR = "lm_eval"  # lm-eval's own results JSON + samples, per benchmark, beside <benchmark>.json
 TRUTHFULQA_LOCAL_TASK = "truthfulqa_mc2_local"
-SOURCES = ("auto", "hub", "local")
 
 
 class _QuietCustomDataset(logging.Filter):
@@ -63,9 +65,6 @@ class _QuietCustomDataset(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Custom kwargs can be passed" not in record.getMessage()
-
-
-# -- local data: readers used both for up-front validation and as lm-eval's custom_dataset --------
 
 
 # -- task definitions --------------------------------------------------------------------------
@@ -112,12 +111,10 @@ def write_local_truthfulqa_task(data_dir: Path, out_dir: Path) -> str:
 # -- running ----------------------------------------------------------------------------------
 
 
-def _source(opts: dict[str, Any]) -> str:
-    source = str(opts.get("source", "auto"))
-    if source not in SOURCES:
-        raise ValueError(f"option source={source!r}: allowed {list(SOURCES)}")
+def _source(source: str) -> str:
+    """``source`` ("auto" | "hub" | "local", checked by the spec's options) with "auto" resolved."""
     if source == "auto":
-        source = "hub" if hub.hub_reachable() else "local"
+        return "hub" if hub.hub_reachable() else "local"
     return source
 
 
@@ -128,20 +125,6 @@ def _data_dir(ctx: EvalContext, benchmark: str, layout: str) -> Path:
             f"{benchmark}: offline (Hub unreachable or HF_HUB_OFFLINE set) and no data directory; " + _data_hint(layout)
         )
     return path
-
-
-def _check_options(opts: dict[str, Any], allowed: set[str], benchmark: str) -> None:
-    unknown = sorted(set(opts) - allowed)
-    if unknown:
-        raise ValueError(f"{benchmark}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
-        return value.lower() in {"true", "1", "yes", "on"}
-    raise ValueError(f"option {name}={value!r}: expected true or false")
 
 
 # lm-eval's simple_evaluate ends with ``add_env_info(results)``: torch's collect_env, which runs ``pip list`` and a
@@ -253,9 +236,8 @@ def _n(results: dict[str, Any], task: str) -> int:
     return int(results["n-samples"][task]["effective"])
 
 
-def _subjects(opts: dict[str, Any]) -> list[str]:
+def _subjects(chosen: list[str] | str | None) -> list[str]:
     known = standard_mmlu_subjects()
-    chosen = opts.get("subjects")
     if chosen is None:
         return known
     if isinstance(chosen, str):
@@ -272,14 +254,10 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     Returns metric "acc", value (micro-average over the items scored, as lm-eval's ``mmlu`` group),
     stderr (pooled), n, and a per-subject breakdown.
     """
-    opts = dict(cfg.options)
-    _check_options(opts, {"num_fewshot", "subjects", "apply_chat_template", "source"}, "mmlu")
-    num_fewshot = int(opts.get("num_fewshot", 0))
-    if not 0 <= num_fewshot <= 5:
-        raise ValueError(f"mmlu: num_fewshot must be 0-5 (the dev split holds 5 per subject), got {num_fewshot}")
-    chat = _as_bool(opts.get("apply_chat_template", False), "apply_chat_template")
-    subjects = _subjects(opts)
-    source = _source(opts)
+    opts = cast(MMLUOptions, get_spec("mmlu").validate_options(cfg.options))
+    num_fewshot, chat = opts.num_fewshot, opts.apply_chat_template
+    subjects = _subjects(opts.subjects)
+    source = _source(opts.source)
 
     with tempfile.TemporaryDirectory(prefix="im-pipeline-mmlu-") as tmp:
         include_path = Path(tmp)
@@ -332,10 +310,9 @@ def run_mmlu(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
 
 def run_truthfulqa(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     """TruthfulQA mc2 (lm-eval ``truthfulqa_mc2``, 0-shot with its QA primer) on ``cfg.limit`` questions."""
-    opts = dict(cfg.options)
-    _check_options(opts, {"apply_chat_template", "source"}, "truthfulqa")
-    chat = _as_bool(opts.get("apply_chat_template", False), "apply_chat_template")
-    source = _source(opts)
+    opts = cast(TruthfulQAOptions, get_spec("truthfulqa").validate_options(cfg.options))
+    chat = opts.apply_chat_template
+    source = _source(opts.source)
     with tempfile.TemporaryDirectory(prefix="im-pipeline-truthfulqa-") as tmp:
         if source == "hub":
             include_path, task = None, "truthfulqa_mc2"
