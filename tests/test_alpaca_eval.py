@@ -65,6 +65,9 @@ def test_bad_version_and_annotator_are_errors(tmp_path, tiny_model_dir):
     ctx = make_ctx(tiny_model_dir, tmp_path / "out", fake_data_dir(tmp_path), JudgeConfig(model=str(tiny_model_dir)))
     with pytest.raises(ValueError, match="version must be 1 or 2"):
         ae.run_alpaca_eval(ctx, BenchmarkConfig(limit=2, options={"version": 3}))
+    # both_orders is true or false (default true, as the runner applies it); null used to pass and mean false
+    with pytest.raises(ValueError, match="alpaca_eval: option both_orders"):
+        run_benchmark("alpaca_eval", ctx, BenchmarkConfig(limit=2, options={"both_orders": None}))
     with pytest.raises(ValueError, match="unknown alpaca_eval annotator 'nope'"):
         annotator_config("nope")
 

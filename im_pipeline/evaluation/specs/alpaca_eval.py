@@ -12,7 +12,7 @@ from im_pipeline.evaluation.specs import BenchmarkSpec, Options, register
 class AlpacaEvalOptions(Options):
     version: Literal[1, 2] = Field(1, description="AlpacaEval 1.0 or 2.0.")
     annotator: str | None = Field(None, description="alpaca_eval annotator config; null = the version's default.")
-    both_orders: bool | None = Field(None, description="Judge both output orders; null = yes for a local judge.")
+    both_orders: bool = Field(True, description="Judge each pair in both output orders and average (every judge).")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget per answer.")
     cache_dir: str | None = Field(None, description="Annotation cache; null = <eval dir>/alpaca_eval.")
     seed: int = Field(123, description="Seed of the subsample of instructions (limit).")
