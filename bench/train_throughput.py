@@ -121,15 +121,12 @@ def peak_matmul_flops(threads: int, sizes: tuple[int, ...] = (1024, 2048, 3072),
 
 
 def matmul_params(model_source: str) -> int:
-    """Parameters that take part in matmuls: all but an untied input embedding (a lookup)."""
+    """Parameters that take part in matmuls (:func:`im_pipeline.training.trainer.linear_params`)."""
     from im_pipeline.models import load_model_and_tokenizer
+    from im_pipeline.training.trainer import linear_params
 
     model, _ = load_model_and_tokenizer(model_source)
-    n = sum(p.numel() for p in model.parameters())
-    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
-    if out is None or out.weight is not emb.weight:
-        n -= emb.weight.numel()
-    return n
+    return linear_params(model)
 
 
 def run_ours(

@@ -189,9 +189,13 @@ def test_train_arm_padding_free_matches_padded_and_logs_no_padding(tiny_model_di
 
 
 def test_attention_cost_of_the_tiny_llama(tiny_model_dir):
-    from im_pipeline.training.trainer import attention_cost_of
+    from im_pipeline.training.masking import DEFAULT_ATTENTION_COST
+    from im_pipeline.training.trainer import attention_cost_of, linear_params
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     c = model.config
     n_linear = sum(p.numel() for p in model.parameters()) - c.vocab_size * c.hidden_size  # untied input embedding
+    assert linear_params(model) == n_linear  # also the N of bench/train_throughput.py's MFU
     assert attention_cost_of(model) == pytest.approx(2 * 2 * (4 * 8) / n_linear)
+    # A model whose config lacks the shape: the collator's default.
+    assert attention_cost_of(torch.nn.Linear(2, 2)) == DEFAULT_ATTENTION_COST

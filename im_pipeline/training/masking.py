@@ -207,6 +207,11 @@ class WeightedCollator:
         }
 
 
+DEFAULT_ATTENTION_COST = 1 / 4096
+"""Attention FLOPs per context position over linear FLOPs per token when the model's shape is not known (the order of
+SmolLM2-135M's, 1 / 3892: :func:`im_pipeline.training.trainer.attention_cost_of`)."""
+
+
 class PaddingFreeCollator:
     """Padding-free batches (``training.padding_free``): the micro-batch's examples concatenated into a few rows.
 
@@ -233,7 +238,7 @@ class PaddingFreeCollator:
     their examples; :func:`im_pipeline.training.loss.unpack_targets` applies the map.
     """
 
-    def __init__(self, pad_token_id: int, attention_cost: float = 1 / 4096) -> None:
+    def __init__(self, pad_token_id: int, attention_cost: float = DEFAULT_ATTENTION_COST) -> None:
         from transformers import DataCollatorWithFlattening
 
         self.padded = WeightedCollator(pad_token_id)
@@ -242,7 +247,7 @@ class PaddingFreeCollator:
         self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
 
     @staticmethod
-    def assign_rows(lengths: Sequence[int], attention_cost: float = 1 / 4096) -> list[list[int]]:
+    def assign_rows(lengths: Sequence[int], attention_cost: float = DEFAULT_ATTENTION_COST) -> list[list[int]]:
         """Example indices per row. For each ``R`` in 1..n: each example, longest first, onto the shortest of ``R``
         rows (greedy LPT balancing); keep the ``R`` whose ``R · L · (1 + attention_cost · L)`` is least (``L`` = the
         longest row; ties → fewer rows). Within a row, examples keep their batch order."""

@@ -1,20 +1,12 @@
-"""Train one arm: a ``transformers.Trainer`` subclass with per-token loss weights, KL and NEFTune.
+"""Train one arm: :func:`train_arm` (encode → Trainer → checkpoints every ``save_steps``, resumed after a crash →
+final ``save_pretrained`` model in ``run_dir/checkpoint/`` → ``train_summary.json``).
 
-The training loop is ``transformers.Trainer``'s own; this module adds only what it cannot do:
-
-* :class:`WeightedLossTrainer` overrides ``compute_loss`` (per-token weights from
-  :class:`~im_pipeline.training.masking.WeightedCollator`, see :mod:`im_pipeline.training.loss`) and
-  ``get_batch_samples`` (the loss denominator over the whole accumulated batch, so gradient accumulation gives the
-  same loss as one big batch — Trainer's own ``num_items_in_batch`` counts labels ``!= -100``, which is wrong for
-  λ-weights and for per-sequence normalisation).
-* KL(model ‖ frozen base) over the output tokens (IT mask), weighted by ``kl_coef`` (paper Eq. 5).
-* NEFTune through Trainer's own ``neftune_noise_alpha`` (a forward hook on the input embeddings that adds noise only
-  while the module is in training mode; removed when ``train()`` returns).
-* :class:`TrainLogCallback` writes ``train_log.jsonl`` (train loss, held-out loss on output tokens, tokens/s,
-  padding fraction) and logs progress.
-
-:func:`train_arm` ties it together: encode → Trainer → checkpoints every ``save_steps`` (resumed after a crash) →
-final ``save_pretrained`` model in ``run_dir/checkpoint/`` → ``train_summary.json``.
+The training loop is ``transformers.Trainer``'s own; what it cannot do lives beside this module:
+:class:`~im_pipeline.training.weighted_trainer.WeightedLossTrainer` (per-token loss weights with the denominator of
+the whole accumulated batch, KL to the frozen base model, padding-free batches, NEFTune through Trainer's own
+``neftune_noise_alpha``), :class:`~im_pipeline.training.callback.TrainLogCallback` (``train_log.jsonl``, held-out
+loss on output tokens) and :mod:`im_pipeline.training.held_out` (encoding, the ``lr_scale`` ratio). Here: the
+``TrainingArguments``, the run's fingerprint, and the FLOP estimates that size padding-free rows.
 """
 
 from __future__ import annotations
@@ -40,53 +32,38 @@ from im_pipeline.runs.layout import UnitLayout
 from im_pipeline.runs.staleness import model_identity, training_identity
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import _drop_incomplete_checkpoints, save_tokenizer, write_model_card
-from im_pipeline.training.held_out import (
-    LR_SCALE_RATIO,
-    _encode_records,
-    output_over_im_release,
-)
+from im_pipeline.training.held_out import LR_SCALE_RATIO, _encode_records, output_over_im_release
+from im_pipeline.training.masking import DEFAULT_ATTENTION_COST, PaddingFreeCollator, WeightedCollator
 from im_pipeline.training.weighted_trainer import WeightedLossTrainer
 
 log = logging.getLogger(__name__)
 
 
-# -- length-grouped sampling -------------------------------------------------------------------------------------------
-
-
-# -- the Trainer subclass ---------------------------------------------------------------------------------------------
+def linear_params(model: torch.nn.Module) -> int:
+    """Parameters that take part in matmuls: all but an untied input embedding (a lookup, unless it is tied to the
+    output head). The ``N`` of the FLOP estimates: :func:`attention_cost_of` and ``bench/train_throughput.py``'s MFU."""
+    n = sum(p.numel() for p in model.parameters())
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if emb is not None and (out is None or out.weight is not emb.weight):
+        n -= emb.weight.numel()
+    return n
 
 
 def attention_cost_of(model: torch.nn.Module) -> float:
     """Attention FLOPs per context position over linear FLOPs per token: ``2 · layers · d_attn / N_linear``.
 
     Per token and layer, ``QKᵀ`` and ``AV`` cost ``2 · 2 · L · d_attn`` FLOPs over a context of ``L`` (sdpa computes
-    masked-out blocks too); the matmuls cost ``2 · N_linear`` (parameters less the input embedding lookup, unless it
-    is tied to the output head). Used by :class:`PaddingFreeCollator` to weigh longer rows against more rows.
+    masked-out blocks too); the matmuls cost ``2 · N_linear`` (:func:`linear_params`). Used by
+    :class:`~im_pipeline.training.masking.PaddingFreeCollator` to weigh longer rows against more rows; models without
+    the config fields get its default, :data:`~im_pipeline.training.masking.DEFAULT_ATTENTION_COST`.
     """
     c = getattr(model, "config", None)
     layers = getattr(c, "num_hidden_layers", None)
     heads, head_dim = getattr(c, "num_attention_heads", None), getattr(c, "head_dim", None)
     d_attn = heads * head_dim if heads and head_dim else getattr(c, "hidden_size", None)
     if not (layers and d_attn):
-        return 1 / 4096
-    n = sum(p.numel() for p in model.parameters())
-    emb = model.get_input_embeddings()
-    out = model.get_output_embeddings()
-    if emb is not None and (out is None or out.weight is not emb.weight):
-        n -= emb.weight.numel()
-    return 2 * layers * d_attn / max(n, 1)
-
-
-# -- held-out loss on output tokens ----------------------------------------------------------------------------------
-
-
-# -- logging callback -----------------------------------------------------------------------------------------------
-
-
-# -- the saved checkpoint --------------------------------------------------------------------------------------
-
-
-# -- train_arm --------------------------------------------------------------------------------------------------
+        return DEFAULT_ATTENTION_COST
+    return 2 * layers * d_attn / max(linear_params(model), 1)
 
 
 def _utc_now() -> str:
@@ -187,7 +164,6 @@ def train_arm(
     ``callbacks`` are extra ``TrainerCallback``s (e.g. for tests).
     """
     from im_pipeline.models import load_model_and_tokenizer
-    from im_pipeline.training.masking import PaddingFreeCollator, WeightedCollator
 
     unit = UnitLayout.at(run_dir)
     run_dir = unit.dir
