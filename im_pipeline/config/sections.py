@@ -155,11 +155,12 @@ class TrainingConfig(_Strict):
     group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
     padding_free: bool = Field(
         False,
-        description="Concatenate each micro-batch's examples into one row without padding (position ids restart "
-        "per example, attention stays within each example, the first token of an example is never predicted from "
-        "the previous one); the same examples per step and the same loss as padded batches, without the padding's "
-        "compute. Needs a model whose attention builds packed masks from position_ids (transformers' Llama, Gemma, "
-        "Qwen …; tested on Llama with sdpa and eager attention).",
+        description="Concatenate each micro-batch's examples into the few rows of least estimated compute (position "
+        "ids restart per example, attention stays within each example, the first token of an example is never "
+        "predicted from the previous one; a row's leftover is one padding segment); the same examples per step and "
+        "the same loss as padded batches, without most of the padding's compute. Needs a model whose attention "
+        "builds packed masks from position_ids (transformers' Llama, Gemma, Qwen …; tested on Llama with sdpa and "
+        "eager attention).",
     )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
     logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")
