@@ -185,6 +185,7 @@ def test_load_run_and_comparison_rows(tmp_path: Path) -> None:
     assert agg.it_im_arms(run) == ("IT", "IM")
     rows = {r["benchmark"]: r for r in agg.comparison_rows(run)}
     assert list(rows) == ["mmlu", "humaneval", "alpaca_eval", "overfitting"]  # canonical order
+    assert agg.benchmark_order(run) == list(rows)  # what the provenance table uses, without the statistics
     assert rows["mmlu"]["arms"]["base"]["mean"] == 0.25
     assert rows["mmlu"]["arms"]["IM"]["mean"] == pytest.approx(0.37)
     assert rows["mmlu"]["delta"]["delta"] == pytest.approx(0.05)

@@ -317,12 +317,18 @@ def it_im_arms(run: RunResults) -> tuple[str | None, str | None]:
     return pick(IT_NAME, "it"), pick(IM_NAME, "im")
 
 
+def benchmark_order(run: RunResults) -> list[str]:
+    """The run's benchmarks in the registry's order (unregistered names last, alphabetically): the report's rows."""
+    order = {b: i for i, b in enumerate(names())}
+    return sorted(run.results, key=lambda b: (order.get(b, len(order)), b))
+
+
 def comparison_rows(run: RunResults) -> list[dict[str, Any]]:
     """One row per benchmark: status, per-arm summary (base first), IM − IT delta, chance level."""
     it, im = it_im_arms(run)
     rows = []
-    order = {b: i for i, b in enumerate(names())}
-    for bench, by_arm in sorted(run.results.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
+    for bench in benchmark_order(run):
+        by_arm = run.results[bench]
         row: dict[str, Any] = {"benchmark": bench, "metric": None, "arms": {}, "delta": None, "skipped": {}}
         for arm in [BASE_ARM, *run.arms]:
             recs = by_arm.get(arm, {})

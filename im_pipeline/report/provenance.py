@@ -138,7 +138,7 @@ def provenance_section(run: agg.RunResults) -> str:
             "report, the command total the whole `im-pipeline run` including Prefect's start-up):\n\n"
             + _md_table(header, rows)
         )
-    benches = [r["benchmark"] for r in agg.comparison_rows(run)]
+    benches = agg.benchmark_order(run)  # the names only: comparison_rows would recompute every paired statistic
     models = ([BASE_ARM] if any(BASE_ARM in b for b in run.results.values()) else []) + [
         f"{arm}/seed-{seed}" for arm in run.arms for seed in run.seeds
     ]
