@@ -212,6 +212,9 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
     run = agg.load_run(root)
     width, why = held_out_difference_ci(run)
     assert width is not None and width > 0 and "test loss (10 examples)" in why
+    ov = run.results["overfitting"]
+    table_delta = agg.delta_stats(ov["IM"], ov["IT"], "overfitting", key="test_loss")  # the section's, reused
+    assert held_out_difference_ci(run, table_delta) == (width, why)
     captured = {}
     real = _ensure_span
 

@@ -4,6 +4,7 @@ curves, BLEU-4 memorisation."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import stats as pstats
@@ -58,6 +59,7 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
     ]
     ov = run.results.get("overfitting", {})
     ov_rows, kinds = [], set()
+    deltas: dict[str, dict[str, Any] | None] = {}
     for arm in [BASE_ARM, *arms]:
         for seed, r in sorted(ov.get(arm, {}).items(), key=lambda kv: kv[0] or 0):
             if agg.ok(r):
@@ -111,7 +113,9 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
         it, im = agg.it_im_arms(run)
         paired = []
         for key, label in (("test_loss", "test loss"), ("train_loss", "train loss"), ("bleu4", "BLEU-4")):
-            d = agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key=key) if it and im else None
+            d = deltas[key] = (
+                agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key=key) if it and im else None
+            )
             if d:
                 paired.append([label, d.get("n_items", "–"), _delta_cell(d, 1.0, 3), _p_cell(d)])
         if paired:
@@ -119,17 +123,23 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
                 f"{im} − {it} on the same examples (per-item paired differences; per-example losses, sentence "
                 "BLEU):\n\n" + _md_table(["measure", "items", f"{im} − {it} [95% CI]", "p (test)"], paired)
             )
-    fig = _figure(fig_dir, "loss_curves.png", _loss_figure, run, fig_dir)
+    fig = _figure(fig_dir, "loss_curves.png", _loss_figure, run, fig_dir, deltas.get("test_loss"))
     if fig:
         parts.append(f"![loss curves](figures/{fig.name})")
     return "\n\n".join(parts)
 
 
-def held_out_difference_ci(run: agg.RunResults) -> tuple[float | None, str]:
-    """Width of the 95% CI of IM − IT on the per-example test loss (overfitting benchmark), and how it was got."""
+def held_out_difference_ci(
+    run: agg.RunResults, test_loss_delta: dict[str, Any] | None = None
+) -> tuple[float | None, str]:
+    """Width of the 95% CI of IM − IT on the per-example test loss (overfitting benchmark), and how it was got.
+    ``test_loss_delta``: that difference's :func:`~im_pipeline.analysis.aggregate.delta_stats` when the caller
+    has it (the section's table), so its bootstraps do not run twice."""
     it, im = agg.it_im_arms(run)
     ov = run.results.get("overfitting", {})
-    d = agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key="test_loss") if it and im else None
+    d = test_loss_delta
+    if d is None and it and im:
+        d = agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key="test_loss")
     if d and d.get("ci_low") is not None:
         return d["ci_high"] - d["ci_low"], f"the 95% CI of {im} − {it} test loss ({d.get('n_items')} examples)"
     return None, ""
@@ -139,7 +149,7 @@ MIN_LOSS_SPAN = 0.5
 """Least y-span (nats) of the loss curves; wider when the CI of the IM − IT held-out difference is wider."""
 
 
-def _loss_figure(run: agg.RunResults, fig_dir: Path) -> Path | None:
+def _loss_figure(run: agg.RunResults, fig_dir: Path, test_loss_delta: dict[str, Any] | None = None) -> Path | None:
     if not any(run.train_logs.values()):
         return None
     plt = _plt()
@@ -159,7 +169,7 @@ def _loss_figure(run: agg.RunResults, fig_dir: Path) -> Path | None:
                 axes[1].plot(*zip(*ho, strict=True), "o-", color=f"C{i}", label=label)
     axes[0].set_title("train loss (each arm's own mask)" if own_mask else "train loss on output tokens (IT mask)")
     axes[1].set_title("held-out loss on output tokens")
-    width, why = held_out_difference_ci(run)
+    width, why = held_out_difference_ci(run, test_loss_delta)
     span = max(width or 0.0, MIN_LOSS_SPAN)
     why = (
         f"the larger of {MIN_LOSS_SPAN} nats and {why} ({width:.3f})"
