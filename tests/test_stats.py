@@ -46,6 +46,13 @@ def test_sign_test_matches_scipy_binomtest() -> None:
     neg = sum(d < 0 for d in D)
     assert (res["positive"], res["negative"]) == (pos, neg) == (8, 3)
     assert res["p_value"] == pytest.approx(sps.binomtest(pos, pos + neg, 0.5).pvalue, rel=1e-9)
+    assert res["min_p"] == 2 * 0.5**11
+    # the one-sided test of the hypotheses' seed deltas is the same function
+    one = stats.sign_test(D, "greater")
+    assert (one["positive"], one["negative"]) == (8, 3)
+    assert one["p_value"] == pytest.approx(sps.binomtest(8, 11, 0.5, alternative="greater").pvalue, rel=1e-9)
+    with pytest.raises(ValueError, match="alternative"):
+        stats.sign_test(D, "both")
 
 
 def test_wilcoxon_matches_scipy_and_handles_all_zero() -> None:

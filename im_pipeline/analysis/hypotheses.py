@@ -29,7 +29,6 @@ from im_pipeline.analysis import stats as st
 from im_pipeline.analysis.aggregate import RunResults, item_scores, ok
 from im_pipeline.analysis.hypothesis_tests import (
     holm,
-    sign_test_one_sided,
     stratified_bootstrap_ci,
     stratified_sign_flip,
 )
@@ -95,7 +94,7 @@ def compare(
         exact=pred["exact"],
         n_flips=pred["n_flips"],
         seed_deltas=seed_deltas,
-        sign_test=sign_test_one_sided(list(seed_deltas.values()), direction),
+        sign_test=st.sign_test(list(seed_deltas.values()), direction),
     )
     return out
 

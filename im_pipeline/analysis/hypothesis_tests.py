@@ -1,5 +1,6 @@
 """Tests of pre-registered hypotheses: one-sided paired tests stratified by seed (randomisation by sign flips,
-exact up to 2^20), a stratified bootstrap CI, Holm's correction, the one-sided sign test across seeds."""
+exact up to 2^20), a stratified bootstrap CI, Holm's correction (the one-sided sign test across seeds is
+:func:`im_pipeline.analysis.stats.sign_test`)."""
 
 from __future__ import annotations
 
@@ -118,15 +119,3 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (m - j) * p))
         out[name] = running
     return out
-
-
-def sign_test_one_sided(differences: Sequence[float], alternative: str = "greater") -> dict[str, Any]:
-    """Exact one-sided sign test (``scipy.stats.binomtest``) on e.g. the seed deltas, zeros dropped. With k seeds
-    the smallest possible p is 0.5^k (0.125 for 3 seeds, 0.03125 for 5)."""
-    from scipy.stats import binomtest
-
-    pos = sum(1 for d in differences if d > 0)
-    neg = sum(1 for d in differences if d < 0)
-    n = pos + neg
-    p = 1.0 if n == 0 else float(binomtest(pos, n, 0.5, alternative=alternative).pvalue)
-    return {"test": "exact one-sided sign test", "positive": pos, "negative": neg, "p_value": p, "min_p": 0.5**n}

@@ -97,16 +97,27 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def sign_test(differences: Sequence[float]) -> dict[str, Any]:
-    """Exact two-sided sign test on paired differences (zeros dropped)."""
+def sign_test(differences: Sequence[float], alternative: str = "two-sided") -> dict[str, Any]:
+    """Exact sign test on paired differences (zeros dropped): two-sided, or one-sided (``'greater'``: more positive
+    than chance; ``'less'``) as ``scipy.stats.binomtest`` on the positives. ``min_p``: the smallest p-value these n
+    signs can give (one-sided 0.5^n: 0.125 for 3 seeds, 0.03125 for 5)."""
+    from scipy.stats import binomtest
+
     pos = sum(1 for d in differences if d > 0)
     neg = sum(1 for d in differences if d < 0)
-    return {
-        "test": "sign test",
-        "positive": pos,
-        "negative": neg,
-        "p_value": _binom_two_sided(min(pos, neg), pos + neg),
-    }
+    n = pos + neg
+    if alternative == "two-sided":
+        return {
+            "test": "sign test",
+            "positive": pos,
+            "negative": neg,
+            "p_value": _binom_two_sided(min(pos, neg), n),
+            "min_p": min(1.0, 2 * 0.5**n),
+        }
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
+    p = 1.0 if n == 0 else float(binomtest(pos, n, 0.5, alternative=alternative).pvalue)
+    return {"test": "exact one-sided sign test", "positive": pos, "negative": neg, "p_value": p, "min_p": 0.5**n}
 
 
 def wilcoxon_signed_rank(differences: Sequence[float]) -> dict[str, Any]:
