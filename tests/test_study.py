@@ -241,6 +241,8 @@ def test_holm_against_a_hand_example():
 def test_stratified_bootstrap_one_stratum_is_the_paired_bootstrap():
     d = [0.3, -0.1, 0.5, 0.2, 0.0, 0.7, -0.4]
     assert stratified_bootstrap_ci([d], seed=5) == st.bootstrap_mean_ci(d, seed=5)
+    big = np.random.default_rng(0).normal(size=301)  # 2M // 301 < 10,000 resamples: drawn in chunks, in both
+    assert stratified_bootstrap_ci([big], seed=2) == st.bootstrap_mean_ci(big, seed=2)
     lo, hi = stratified_bootstrap_ci([[1.0, 1.0], [3.0, 3.0, 3.0]])
     assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # constant within seeds: the mean of means
 

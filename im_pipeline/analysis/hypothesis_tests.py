@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from im_pipeline.analysis.stats import DEFAULT_RESAMPLES, _percentiles
+from im_pipeline.analysis.stats import DEFAULT_RESAMPLES, _percentiles, resampled_means
 
 EXACT_MAX_ITEMS = 20
 """Up to this many non-zero paired items the sign-flip test enumerates all 2^n flips (exact p-value)."""
@@ -101,8 +101,8 @@ def stratified_bootstrap_ci(
         raise ValueError("every stratum (seed) needs at least one paired difference")
     rng = np.random.default_rng(seed)
     total = np.zeros(n_resamples)
-    for s in seeds:
-        total += s[rng.integers(0, s.size, size=(n_resamples, s.size))].mean(axis=1)
+    for s in seeds:  # one rng for all strata, in seed order
+        total += resampled_means(s, n_resamples, rng)
     return _percentiles(total / len(seeds), confidence)
 
 

@@ -170,16 +170,21 @@ def bootstrap_mean_ci(
     d = np.asarray(differences, dtype=float)
     if d.size == 0:
         raise ValueError("no differences to bootstrap")
-    rng = np.random.default_rng(seed)
+    return _percentiles(resampled_means(d, n_resamples, np.random.default_rng(seed)), confidence)
+
+
+def resampled_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_resamples`` means of ``d`` resampled with replacement (drawn from ``rng``, in order): the paired
+    bootstrap's statistic, also per stratum in :func:`~im_pipeline.analysis.hypothesis_tests.stratified_bootstrap_ci`.
+    """
     # In chunks of ~2M indices: full MMLU (14k items) × 10,000 resamples would be a 1 GB index matrix at once.
     chunk = max(1, 2_000_000 // d.size)
-    means = np.concatenate(
+    return np.concatenate(
         [
             d[rng.integers(0, d.size, size=(min(chunk, n_resamples - start), d.size))].mean(axis=1)
             for start in range(0, n_resamples, chunk)
         ]
     )
-    return _percentiles(means, confidence)
 
 
 def seed_item_bootstrap(
@@ -306,9 +311,6 @@ def proportion_summary(values: Sequence[float], confidence: float = 0.95) -> dic
         out.update(wilson=list(wilson(k, n, confidence)), clopper_pearson=list(clopper_pearson(k, n, confidence)))
         out["too_few_items"] = False
     return out
-
-
-# -- pre-registered hypotheses: stratified paired tests, Holm ------------------------------------------------------
 
 
 # -- regression with a prediction interval (advise) -------------------------------------------------------------------
