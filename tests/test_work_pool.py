@@ -19,6 +19,7 @@ The decision between "alive" and "dead" (heartbeat timeout, lock evidence) is te
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -301,6 +302,57 @@ def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
     assert lock_evidence(out, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
     with unit_lock(out.flow_lock):
         pass
+
+
+def test_a_crashed_unit_is_submitted_again_up_to_max_attempts(tmp_path: Path, monkeypatch) -> None:
+    """orchestration.max_attempts caps the flow runs of a unit that keeps crashing; a completed unit is not rerun."""
+    import uuid
+    from types import SimpleNamespace
+
+    import prefect.client.orchestration
+    import prefect.deployments
+    from prefect.states import Completed, Crashed
+
+    from im_pipeline.config import config_from_dict
+    from im_pipeline_flows import pool
+
+    cfg = config_from_dict(
+        {"name": "cap", "output_dir": str(tmp_path / "runs"), "orchestration": {"poll_s": 0.01, "max_attempts": 2}},
+        "<test>",
+    )
+    submitted: list[str] = []  # flow run names, in order
+    states: dict[uuid.UUID, object] = {}
+
+    def run_deployment(name: str, parameters: dict, timeout: int, flow_run_name: str, tags: list[str]):
+        assert (name, timeout) == ("im-unit/units-p", 0)
+        submitted.append(flow_run_name)
+        run_id = uuid.uuid4()
+        states[run_id] = Crashed(message="worker died") if parameters["arm"] == "IM" else Completed()
+        return SimpleNamespace(id=run_id)
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_flow_run(self, run_id):
+            return SimpleNamespace(id=run_id, state=states[run_id])
+
+    monkeypatch.setattr(pool, "ensure_unit_deployment", lambda cfg, p: f"im-unit/units-{p}")
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: Client())
+    done: list[int] = []
+    records = pool.run_units_on_pool(
+        cfg, [("IT", 0), ("IM", 0)], "h", "p", lambda i, r: done.append(i), logging.getLogger()
+    )
+    assert sorted(submitted) == ["cap-IM-seed-0-1", "cap-IM-seed-0-2", "cap-IT-seed-0-1"]
+    assert done == [1, 2]
+    im = records["unit/IM/0"]
+    assert (im["state"], im["attempts"]) == ("Crashed", 2)
+    assert im["error"].endswith("ended Crashed after 2 attempt(s): worker died")
+    assert (records["unit/IT/0"]["state"], records["unit/IT/0"]["attempts"]) == ("Completed", 1)
 
 
 def test_work_pool_needs_a_real_server(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
