@@ -419,3 +419,22 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     assert again["failed"] == []
     assert again["timings"]["stages"]["train"]["computed"] == 0
     assert again["timings"]["stages"]["evaluate"]["computed"] == 0
+
+
+def test_max_workers_sets_the_task_runners_of_both_flows() -> None:
+    """IM_PIPELINE_MAX_WORKERS (README: concurrent task runs in one flow run, default 1) bounds both flows' runners."""
+    import os
+    import subprocess
+    import sys
+
+    from im_pipeline_flows.compare import compare_flow, unit_flow
+
+    if "IM_PIPELINE_MAX_WORKERS" not in os.environ:
+        assert compare_flow.task_runner._max_workers == unit_flow.task_runner._max_workers == 1
+    code = (
+        "from im_pipeline_flows.compare import compare_flow, unit_flow\n"
+        "print(compare_flow.task_runner._max_workers, unit_flow.task_runner._max_workers)"
+    )
+    env = {**os.environ, "IM_PIPELINE_MAX_WORKERS": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["3", "3"]
