@@ -6,8 +6,8 @@ runs/<experiment>/
   data/  train.jsonl held_out.jsonl data_stats.json [unavailable.json]
   base/eval/<benchmark>.json      the base model's results
   <arm>/seed-<s>/                 one unit (UnitLayout)
-    config.yaml  train_summary.json  train_log.jsonl  checkpoint/  tensorboard/  trainer_checkpoints/ (while training)
-    launch.json (with training.launcher)
+    train_summary.json  train_log.jsonl  checkpoint/  tensorboard/  trainer_checkpoints/ (while training)
+    config.yaml  launch.json      (with training.launcher: what the launched processes read)
     eval/<benchmark>.json  eval/lm_eval/  eval/alpaca_eval/
     .keys/<stage>.key             the key each output was made under (staleness.py)
   .<arm dir>.lock, .seed-<s>.lock, eval/.<benchmark>.lock   unit locks (beside, not inside: a stale dir is removed)
