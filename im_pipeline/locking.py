@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOCK_NAME = ".unit.lock"
-
 
 def holder(lock_path: Path) -> dict[str, object] | None:
     """Who last took the lock (host, pid, since), or None when unknown."""
