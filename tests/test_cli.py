@@ -115,3 +115,14 @@ def test_keys_lists_every_config_key_with_default_and_help(capsys) -> None:
     assert out.startswith("training.learning_rate = 2e-05\n    Peak learning rate")
     assert main(["keys", "no.such"]) == 2
     assert "no config key starts with 'no.such'" in capsys.readouterr().err
+
+
+def test_schedules_are_refused_without_a_server(tmp_path: Path, monkeypatch, capsys) -> None:
+    """serve and deploy need a real server (the ephemeral one has no scheduler): refused, exit 2, before any flow."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    cfg = str(_config(tmp_path))
+    for argv in (["serve", cfg, "--cron", "0 2 * * *"], ["deploy", cfg, "--pool", "cpu", "--cron", "0 2 * * *"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error: schedules need a running Prefect server" in err and "PREFECT_API_URL" in err
+    assert not (tmp_path / "runs").exists()

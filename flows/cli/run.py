@@ -116,15 +116,15 @@ def serve_command(args: argparse.Namespace) -> int:
     """
     overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
     cfg = load_config(args.config, overrides)  # fail early on a bad config
+    api = _require_server()
+    if api is None:
+        return 2
     prefect_defaults()
     from im_pipeline_flows.compare import compare_flow
     from im_pipeline_flows.records import run_tags
     from im_pipeline_flows.serve import deployment_name
 
     config_path = str(Path(args.config).resolve())
-    api = _require_server()
-    if api is None:
-        return 2
     name = deployment_name(cfg.name)
     print(
         f"serving deployment 'im-compare/{name}' with cron {args.cron!r} on {api} (Ctrl-C stops; "
@@ -157,12 +157,12 @@ def deploy_command(args: argparse.Namespace) -> int:
     """``im-pipeline deploy CONFIG --pool NAME [--cron CRON]``: register the deployment with a work pool, exit."""
     overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
     cfg = load_config(args.config, overrides)
-    prefect_defaults()
-    from im_pipeline_flows.serve import deploy, deployment_name
-
     api = _require_server()
     if api is None:
         return 2
+    prefect_defaults()
+    from im_pipeline_flows.serve import deploy, deployment_name
+
     name = args.name or deployment_name(cfg.name)
     deployment_id = deploy(args.config, args.pool, cron=args.cron, overrides=overrides, name=name)
     when = f"on cron {args.cron!r} (UTC)" if args.cron else "without a schedule (start runs from the UI or API)"
