@@ -61,7 +61,7 @@ def prepare_unit(cfg: ExperimentConfig, key: str, *, on_wait: Say = None) -> tup
     layout = RunLayout.of(cfg)
     data_files = (layout.train_data, layout.held_out_data)
     with unit_lock(layout.data_lock, on_wait=on_wait):  # concurrent runs prepare once
-        computed = not is_done(layout.data_stats, layout.data, "data", key)
+        computed = not data_done(cfg, key)
         if computed:
             try:
                 prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=layout.data)
@@ -88,7 +88,7 @@ def train_unit(cfg: ExperimentConfig, job: TrainJob, *, on_wait: Say = None, say
 
             benches = [b for b in names() if getattr(cfg.evaluation, b).enabled]
             restore_unit(cfg.results_dir(), layout.root, f"{job.arm}/seed-{job.seed}", benches)
-        if is_done(unit.train_summary, unit.dir, "train", job.key):
+        if train_done(cfg, job):
             return False
         from im_pipeline.data import seed_data
         from im_pipeline.training import train_arm
@@ -120,7 +120,7 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
     layout = RunLayout.of(cfg)
     unit = layout.unit(job.arm, job.seed)
     with unit_lock(unit.eval_lock(job.benchmark), on_wait=on_wait):
-        if is_done(unit.eval_result(job.benchmark), unit.eval_dir, job.benchmark, job.key):
+        if eval_done(cfg, job):
             return False
         ev = cfg.evaluation
         ctx = EvalContext(
@@ -178,15 +178,18 @@ def jobs_of(
 
 
 def data_done(cfg: ExperimentConfig, key: str) -> bool:
+    """The prepared data exist under ``key`` (the flow asks before submitting; :func:`prepare_unit` again, locked)."""
     layout = RunLayout.of(cfg)
     return is_done(layout.data_stats, layout.data, "data", key)
 
 
 def train_done(cfg: ExperimentConfig, job: TrainJob) -> bool:
+    """The unit's training finished under ``job.key``."""
     unit = RunLayout.of(cfg).unit(job.arm, job.seed)
     return is_done(unit.train_summary, unit.dir, "train", job.key)
 
 
 def eval_done(cfg: ExperimentConfig, job: EvalJob) -> bool:
+    """The benchmark's result exists under ``job.key``."""
     unit = RunLayout.of(cfg).unit(job.arm, job.seed)
     return is_done(unit.eval_result(job.benchmark), unit.eval_dir, job.benchmark, job.key)
