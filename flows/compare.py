@@ -61,8 +61,8 @@ from im_pipeline_tasks.report import report_task, save_results_task
 from im_pipeline_tasks.train import train_task
 
 MAX_WORKERS = int(os.environ.get("IM_PIPELINE_MAX_WORKERS", "1"))
-"""Concurrent task runs in one flow process. 1 on a CPU box (runs would fight for the cores);
-raise it on a multi-GPU machine, or use a distributed task runner (docs/scale_out.md)."""
+"""Concurrent task runs in one flow process, read at import. 1 on a CPU box (runs would fight for the cores);
+raise it on a multi-GPU machine; across machines use a work pool (``--work-pool``, docs/scale_out.md)."""
 
 
 def units_of(cfg: ExperimentConfig, data_hash: str | None) -> list[tuple[str, int | None]]:

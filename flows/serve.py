@@ -49,7 +49,7 @@ def deploy(
     """Register the compare flow for ``config`` with ``work_pool`` (optionally on a cron schedule).
 
     ``source`` is where workers find the code: this checkout by default (a process worker on this
-    machine); use a git URL or an image for remote workers (docs/scale_out.md). Returns the deployment id.
+    machine); a git URL for remote workers (not tested here: docs/scale_out.md §5). Returns the deployment id.
     The schedule lives on the server: it outlives this call (see the module docstring).
     """
     cfg = load_config(config, overrides)
