@@ -21,8 +21,6 @@ LIBRARY, TASKS, FLOWS = ROOT / "im_pipeline", ROOT / "tasks", ROOT / "flows"
 MAX_LINES = 400
 """No library module longer than this: past it a file holds more than one idea."""
 
-OVERSIZE_FOR_NOW: dict[str, str] = {}  # none: keep it that way
-
 
 def _imports(path: Path, root: Path = ROOT) -> set[str]:
     """Every module ``path`` imports (absolute names; relative imports resolved against its package)."""
@@ -80,9 +78,7 @@ def test_library_modules_are_small() -> None:
         for p in _modules(LIBRARY)
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
-    assert set(long) <= set(OVERSIZE_FOR_NOW), {k: v for k, v in long.items() if k not in OVERSIZE_FOR_NOW}
-    fixed = set(OVERSIZE_FOR_NOW) - set(long)
-    assert not fixed, f"now within {MAX_LINES} lines: remove from OVERSIZE_FOR_NOW: {sorted(fixed)}"
+    assert long == {}, f"over {MAX_LINES} lines: split by concern"
 
 
 def test_every_package_is_installed() -> None:
