@@ -8,15 +8,19 @@ from pydantic import Field
 
 from im_pipeline.evaluation.specs import BenchmarkSpec, Options, register
 
-Source = Literal["auto", "hub", "local"]
-SOURCE_HELP = "'hub', 'local' (data directory) or 'auto' (hub when reachable)."
+
+class LmEvalOptions(Options):
+    """The options of every benchmark run through lm-eval (MMLU, TruthfulQA)."""
+
+    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template.")
+    source: Literal["auto", "hub", "local"] = Field(
+        "auto", description="'hub', 'local' (data directory) or 'auto' (hub when reachable)."
+    )
 
 
-class MMLUOptions(Options):
+class MMLUOptions(LmEvalOptions):
     num_fewshot: int = Field(0, ge=0, le=5, description="Few-shot examples (the dev split holds 5 per subject).")
     subjects: list[str] | str | None = Field(None, description="Subjects (list or comma-separated); null = all 57.")
-    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template.")
-    source: Source = Field("auto", description=SOURCE_HELP)
 
 
 SPEC = register(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from im_pipeline.evaluation.specs import BenchmarkSpec, Options, register
-from im_pipeline.evaluation.specs.mmlu import SOURCE_HELP, Source
+from im_pipeline.evaluation.specs import BenchmarkSpec, register
+from im_pipeline.evaluation.specs.mmlu import LmEvalOptions
 
 
-class TruthfulQAOptions(Options):
-    apply_chat_template: bool = Field(False, description="Wrap prompts in the tokenizer's chat template.")
-    source: Source = Field("auto", description=SOURCE_HELP)
+class TruthfulQAOptions(LmEvalOptions):
+    """lm-eval's options alone (``truthfulqa_mc2`` is 0-shot over every question)."""
 
 
 SPEC = register(
