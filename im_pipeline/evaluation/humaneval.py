@@ -9,8 +9,9 @@ problem prompt (signature + docstring), no chat format. ``options.chat: true`` w
 training template (``render_prompt``): the user asks "Complete the following python function." and
 the assistant turn is pre-filled with the code prompt, so the model continues the function body.
 
-Options (``BenchmarkConfig.options``): see :data:`DEFAULT_OPTIONS`. Paper setting: ``n: 20``,
-``temperatures: [0.1, 0.7]``, ``top_p: 0.95``, ``k: [1, 10]``; pass@1 is the best over temperatures.
+Options (``BenchmarkConfig.options``): see :class:`~im_pipeline.evaluation.specs.humaneval.HumanEvalOptions`.
+Paper setting: ``n: 20``, ``temperatures: [0.1, 0.7]``, ``top_p: 0.95``, ``k: [1, 10]``; pass@1 is the best over
+temperatures.
 The CPU default is greedy with one sample. ``cfg.limit`` takes the first problems in task order.
 """
 
@@ -32,18 +33,14 @@ from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
 from im_pipeline.evaluation.sandbox import SandboxLimits, SandboxResult, isolation, run_program
 from im_pipeline.evaluation.specs import get_spec
-from im_pipeline.evaluation.specs.humaneval import HumanEvalOptions
+from im_pipeline.evaluation.specs.humaneval import STOP_SEQUENCES as STOP_SEQUENCES  # the default stop strings
 
 log = logging.getLogger(__name__)
 
-STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_INSTRUCTION = "Complete the following python function.\n\n\n"
 CHAT_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
 CHAT_STOP = ("```",)
 SAMPLES_FILE = "humaneval_samples.jsonl"
-
-DEFAULT_OPTIONS: dict[str, Any] = HumanEvalOptions().model_dump()
-"""Options and defaults: :class:`im_pipeline.config.HumanEvalOptions` (checked when the config loads)."""
 
 
 def _options(cfg: BenchmarkConfig) -> dict[str, Any]:

@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from im_pipeline.evaluation.specs import BenchmarkSpec, Options, register
 
+STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+"""The default stop strings: the completion's function is over when top-level code starts."""
+
 
 class HumanEvalOptions(Options):
     n: int = Field(1, ge=1, description="Samples per problem and temperature.")
@@ -20,10 +23,7 @@ class HumanEvalOptions(Options):
     )
     max_new_tokens: int = Field(256, ge=1, description="Generation budget per completion.")
     chat: bool = Field(False, description="Wrap the prompt in the training template.")
-    stop: list[str] = Field(
-        default_factory=lambda: ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
-        description="Stop strings.",
-    )
+    stop: list[str] = Field(default_factory=lambda: list(STOP_SEQUENCES), description="Stop strings.")
     timeout: float = Field(10.0, gt=0, description="Wall-clock seconds per program in the sandbox.")
     memory_mb: int = Field(1024, ge=32, description="Memory of one program's whole process tree (MiB).")
     workers: int = Field(2, ge=1, description="Programs executed in parallel.")
