@@ -113,7 +113,8 @@ def train_arm(model: Any, tok: Any, modules: Any, mode: str, args: argparse.Name
 
     masking, loss_mod, _ = modules
     records = conversations(args.batch_size * max(args.steps, 1), args.seq_len)
-    encoded = [masking.encode_example(r, tok, mode=mode, template="tulu", max_length=args.seq_len) for r in records]
+    loss = masking.LossSpec(masking.LossMode(mode))
+    encoded = [masking.encode_example(r, tok, loss=loss, template="tulu", max_length=args.seq_len) for r in records]
     collate = masking.WeightedCollator(tok.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     model.train()

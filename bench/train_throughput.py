@@ -121,9 +121,9 @@ def peak_matmul_flops(threads: int, sizes: tuple[int, ...] = (1024, 2048, 3072),
 
 
 def matmul_params(model_source: str) -> int:
-    """Parameters that take part in matmuls (:func:`im_pipeline.training.trainer.linear_params`)."""
+    """Parameters that take part in matmuls (:func:`im_pipeline.training.packing.linear_params`)."""
     from im_pipeline.models import load_model_and_tokenizer
-    from im_pipeline.training.trainer import linear_params
+    from im_pipeline.training.packing import linear_params
 
     model, _ = load_model_and_tokenizer(model_source)
     return linear_params(model)
@@ -155,7 +155,8 @@ def run_ours(
     )
     timer = Timer()
     name = "ours_padding_free" if padding_free else "ours"
-    summary = train_arm(cfg, ArmConfig(name="IT", loss_mode="it"), 0, train, [], work / name, callbacks=[timer])
+    arm = ArmConfig(name="IT", loss_mode="it")
+    summary = train_arm(cfg, arm, 0, train, [], work / name, key=f"bench-{name}", callbacks=[timer])
     padded = summary["train_tokens"] / (1 - summary["padding_fraction"]) if summary["padding_fraction"] < 1 else 0
     return {
         "tokens": summary["train_tokens"],

@@ -1,5 +1,6 @@
-"""The loss modes: which tokens get loss. The one place they are defined (the config, the masks, the model card,
-the report and the CLI read them here), as torchtune's one ``MaskingStrategy`` enum.
+"""The loss modes: which tokens get loss, and :class:`LossSpec`, an arm's whole loss. The one place they are defined
+(the config, the masks, the trainer, the model card, the report and the CLI read them here), as torchtune's one
+``MaskingStrategy`` enum.
 
 ``user_weight`` is the weight of user / system content under each mode (λ is the arm's ``prompt_loss_weight``);
 assistant content and its EOS always weigh 1; template text weighs 0 except under ``im_release``
@@ -8,10 +9,16 @@ assistant content and its EOS always weigh 1; template text weighs 0 except unde
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 IGNORE_INDEX = -100
 """The label of a position that gets no loss (PyTorch's ``cross_entropy`` default, Hugging Face's convention)."""
+
+KL_FORMS = ("full", "release")
+"""``full``: KL(model ‖ base) over the whole next-token distribution (paper Eq. 5); ``release``: the released code's
+``log p_θ(y) − log p_ref(y)`` at the target token (:func:`im_pipeline.training.loss.release_kl`)."""
 
 
 class LossMode(StrEnum):
@@ -32,14 +39,6 @@ class LossMode(StrEnum):
         """The same in a few words (the report's arms line)."""
         return _WORDS[self][1]
 
-    def user_weight(self, prompt_loss_weight: float | None = None) -> float:
-        """Weight of user / system content: 0 (it), 1 (im, im_release) or λ (weighted)."""
-        if self is LossMode.weighted:
-            if prompt_loss_weight is None:
-                raise ValueError("loss mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
-            return float(prompt_loss_weight)
-        return 0.0 if self is LossMode.it else 1.0
-
 
 _WORDS = {
     LossMode.it: ("loss on the outputs only", "loss on outputs"),
@@ -47,3 +46,42 @@ _WORDS = {
     LossMode.im_release: ("loss on everything but the first user header",) * 2,
     LossMode.weighted: ("instruction tokens weighted by λ", "instruction tokens weighted"),
 }
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """An arm's loss, checked once when built (``ArmConfig.loss`` builds it; its validator is this one): the mask
+    (``mode``), λ for ``weighted`` and the KL term to the frozen base model. Masking, loss and trainer take it as is.
+    """
+
+    mode: LossMode
+    prompt_loss_weight: float | None = None
+    kl_coef: float = 0.0
+    kl_form: Literal["full", "release"] = "full"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, LossMode):
+            raise TypeError(f"LossSpec.mode must be a LossMode, got {self.mode!r}")
+        lam = self.prompt_loss_weight
+        if self.mode is LossMode.weighted:
+            if lam is None:
+                raise ValueError("loss_mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
+            if not 0.0 <= lam <= 1.0:
+                raise ValueError(f"prompt_loss_weight must be in [0, 1], got {lam}")
+        elif lam is not None:
+            raise ValueError(f"prompt_loss_weight is only used with loss_mode 'weighted' (this arm has '{self.mode}')")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.kl_form not in KL_FORMS:
+            raise ValueError(f"kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
+
+    @property
+    def user_weight(self) -> float:
+        """Weight of user / system content: 0 (it), 1 (im, im_release) or λ (weighted)."""
+        if self.mode is LossMode.weighted:
+            return float(self.prompt_loss_weight)  # type: ignore[arg-type]  # checked in __post_init__
+        return 0.0 if self.mode is LossMode.it else 1.0
+
+
+OUTPUT_ONLY = LossSpec(LossMode.it)
+"""The IT mask (assistant content + EOS): held-out loss, ``it_weights``, every arm's output-token loss."""

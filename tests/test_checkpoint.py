@@ -68,7 +68,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     )
     arm = ArmConfig(name="IM", loss_mode="im")
     run = tmp / "runs" / "card-test" / "IM" / "seed-3"
-    summary = train_arm(cfg, arm, 3, _records(6), _records(8)[6:], run)
+    summary = train_arm(cfg, arm, 3, _records(6), _records(8)[6:], run, key="k")
     return {"cfg": cfg, "run": run, "summary": summary, "tmp": tmp, "base": base}
 
 

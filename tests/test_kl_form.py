@@ -18,6 +18,7 @@ from test_trainer import _bare_trainer, _batch, _tokenizer, make_records
 from transformers import AutoModelForCausalLM
 
 from im_pipeline.config import ArmConfig, ConfigError, config_from_dict
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training.loss import release_kl, weighted_kl
 
 V = 13
@@ -50,8 +51,9 @@ def kl_gradient_norms(model_dir: Path, tmp_path: Path, mode: str, kl_form: str, 
     batch = _batch(tok, make_records(5), mode)
     norms = {}
     for c in (0.0, 0.1, 1.0):
+        loss = LossSpec(LossMode(mode), kl_coef=c, kl_form=kl_form)
         trainer = _bare_trainer(
-            model, tmp_path, loss_normalisation=normalisation, kl_coef=c, ref_model=ref if c else None, kl_form=kl_form
+            model, tmp_path, loss=loss, loss_normalisation=normalisation, ref_model=ref if c else None
         )
         norms[c] = _grad_norm(trainer, model, batch)
     return norms
@@ -142,7 +144,7 @@ def test_it_mask_loss_logged_for_every_arm(tiny_model_dir, tmp_path, normalisati
     rows = {}
     for mode in ("it", "im"):
         run = tmp_path / mode
-        train_arm(cfg, ArmConfig(name=mode, loss_mode=mode), 0, make_records(8), make_records(10)[8:], run)
+        train_arm(cfg, ArmConfig(name=mode, loss_mode=mode), 0, make_records(8), make_records(10)[8:], run, key="k")
         rows[mode] = [json.loads(ln) for ln in (run / "train_log.jsonl").read_text().splitlines()]
     for r in rows["it"]:
         assert r["it_mask_loss"] == pytest.approx(r["train_loss"], rel=1e-5)

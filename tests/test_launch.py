@@ -66,7 +66,7 @@ def test_torchrun_two_processes_equal_one_with_double_accumulation(
     two = make_cfg(tiny_model_dir, gradient_accumulation_steps=1, launcher=TORCHRUN, **common)
     launched = launch(two.train_launcher(), two, "IM", 0, tmp_path / "two" / "IM" / "seed-0", data)
     one = make_cfg(tiny_model_dir, gradient_accumulation_steps=2, **common)
-    single = train_arm(one, arm, 0, train, held, tmp_path / "one")
+    single = train_arm(one, arm, 0, train, held, tmp_path / "one", key="k")
 
     run = tmp_path / "two" / "IM" / "seed-0"
     assert launched == json.loads((run / "train_summary.json").read_text())

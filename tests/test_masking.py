@@ -10,7 +10,9 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from im_pipeline.config import ConfigError, config_from_dict
 from im_pipeline.data.templates import render
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training.masking import WeightedCollator, encode_example
 from im_pipeline_flows.cli import main
 
@@ -76,13 +78,13 @@ def sp_tok() -> PreTrainedTokenizerFast:
 
 
 def _pairs(tok, rec, mode, lam=None, key="loss_weights", **kw):
-    enc = encode_example(rec, tok, mode=mode, prompt_loss_weight=lam, **kw)
+    enc = encode_example(rec, tok, loss=LossSpec(LossMode(mode), lam), **kw)
     return [(tok.convert_ids_to_tokens(i), w) for i, w in zip(enc["input_ids"], enc[key], strict=True)]
 
 
 def _trained_text(tok, rec, mode, lam=None, template="tulu") -> dict[float, str]:
     """Characters covered by the tokens of each weight, concatenated (from offsets, so tokenizer-agnostic)."""
-    enc = encode_example(rec, tok, mode=mode, prompt_loss_weight=lam, template=template, max_length=10**6)
+    enc = encode_example(rec, tok, loss=LossSpec(LossMode(mode), lam), template=template, max_length=10**6)
     text = render(rec["messages"], template, tok).text
     add = not (template == "chat_template" and tok.bos_token and text.startswith(tok.bos_token))
     offsets = tok(text, add_special_tokens=add, return_offsets_mapping=True)["offset_mapping"]
@@ -145,17 +147,17 @@ def test_trained_characters_are_exactly_the_right_spans(tok_name, request):
         assert sum(len(t) for t in got[mode].values()) == len(text), mode
     # Position 0 is never a target, whatever it is (BOS for the fixture, a real token for sp_tok).
     for mode, lam in MODES:
-        assert encode_example(MULTI, tok, mode=mode, prompt_loss_weight=lam)["loss_weights"][0] == 0.0
+        assert encode_example(MULTI, tok, loss=LossSpec(LossMode(mode), lam))["loss_weights"][0] == 0.0
 
 
 @pytest.mark.parametrize("tok_name", ["hand_tok", "fixture_tok", "sp_tok"])
 @pytest.mark.parametrize("rec", [SINGLE, MULTI], ids=["single", "multi"])
 def test_lambda_zero_is_it_and_lambda_one_is_im_exactly(tok_name, rec, request):
     tok = request.getfixturevalue(tok_name)
-    it = encode_example(rec, tok, mode="it")
-    im = encode_example(rec, tok, mode="im")
-    w0 = encode_example(rec, tok, mode="weighted", prompt_loss_weight=0.0)
-    w1 = encode_example(rec, tok, mode="weighted", prompt_loss_weight=1.0)
+    it = encode_example(rec, tok, loss=LossSpec(LossMode.it))
+    im = encode_example(rec, tok, loss=LossSpec(LossMode.im))
+    w0 = encode_example(rec, tok, loss=LossSpec(LossMode.weighted, 0.0))
+    w1 = encode_example(rec, tok, loss=LossSpec(LossMode.weighted, 1.0))
     assert w0 == it and w1 == im
     assert it["loss_weights"] == it["it_weights"]
     assert it["loss_weights"] != im["loss_weights"]
@@ -163,7 +165,7 @@ def test_lambda_zero_is_it_and_lambda_one_is_im_exactly(tok_name, rec, request):
 
 def test_eos_is_the_special_token(fixture_tok, sp_tok):
     for tok in (fixture_tok, sp_tok):
-        enc = encode_example(MULTI, tok, mode="it")
+        enc = encode_example(MULTI, tok, loss=LossSpec(LossMode.it))
         eos_positions = [i for i, t in enumerate(enc["input_ids"]) if t == tok.eos_token_id]
         assert len(eos_positions) == 2
         assert all(enc["loss_weights"][i] == 1.0 for i in eos_positions)
@@ -174,7 +176,7 @@ def test_eos_that_is_not_a_special_token_is_refused(tiny_model_dir: Path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.eos_token = "<|end|>"  # not in the vocabulary: byte-level pieces
     with pytest.raises(ValueError, match="not tokenised as one special token"):
-        encode_example(SINGLE, tok, mode="it")
+        encode_example(SINGLE, tok, loss=LossSpec(LossMode.it))
 
 
 def test_chat_template_masks(tiny_model_dir: Path):
@@ -190,7 +192,7 @@ def test_chat_template_masks(tiny_model_dir: Path):
     assert im[1.0] == "Be brief.What is it?Paris.\n\nOk<|im_end|>And Rome?Italy.<|im_end|>"
     rel = _trained_text(tok, MULTI, "im_release", template="chat_template")
     assert rel[1.0].startswith("Be brief.<|im_end|>\n<|im_start|>user\n") and rel[1.0].endswith("Italy.<|im_end|>")
-    enc = encode_example(MULTI, tok, mode="it", template="chat_template")
+    enc = encode_example(MULTI, tok, loss=LossSpec(LossMode.it), template="chat_template")
     assert enc["input_ids"][0] == tok.bos_token_id  # one BOS, added by the tokenizer
 
 
@@ -199,7 +201,7 @@ def test_chat_template_with_bos_in_text_gets_one_bos(tiny_model_dir: Path):
     tok.chat_template = (
         "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
     )
-    enc = encode_example(SINGLE, tok, mode="it", template="chat_template")
+    enc = encode_example(SINGLE, tok, loss=LossSpec(LossMode.it), template="chat_template")
     assert enc["input_ids"].count(tok.bos_token_id) == 1 and enc["input_ids"][0] == tok.bos_token_id
     # "assistant: Paris" → the token " Paris" straddles template and content; its first non-space character
     # is content, so it is trained (with its leading template space).
@@ -207,8 +209,8 @@ def test_chat_template_with_bos_in_text_gets_one_bos(tiny_model_dir: Path):
 
 
 def test_truncation_keeps_the_start(fixture_tok):
-    full = encode_example(MULTI, fixture_tok, mode="im", max_length=4096)
-    cut = encode_example(MULTI, fixture_tok, mode="im", max_length=12)
+    full = encode_example(MULTI, fixture_tok, loss=LossSpec(LossMode.im), max_length=4096)
+    cut = encode_example(MULTI, fixture_tok, loss=LossSpec(LossMode.im), max_length=12)
     assert not full["truncated"] and cut["truncated"]
     assert len(cut["input_ids"]) == 12
     for key in ("input_ids", "loss_weights", "it_weights"):
@@ -216,25 +218,31 @@ def test_truncation_keeps_the_start(fixture_tok):
     assert cut["n_targets"] == sum(w > 0 for w in full["loss_weights"][:12])
 
 
-def test_bad_arguments(hand_tok):
-    with pytest.raises(ValueError, match="unknown loss mode"):
-        encode_example(SINGLE, hand_tok, mode="full")
+def test_a_loss_spec_is_checked_once_when_built(hand_tok):
+    with pytest.raises(ValueError, match="not a valid LossMode"):
+        LossMode("full")
+    with pytest.raises(TypeError, match="must be a LossMode"):
+        LossSpec("it")  # a string is not a mode
     with pytest.raises(ValueError, match="needs prompt_loss_weight"):
-        encode_example(SINGLE, hand_tok, mode="weighted")
+        LossSpec(LossMode.weighted)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        encode_example(SINGLE, hand_tok, mode="weighted", prompt_loss_weight=1.5)
-    with pytest.raises(ValueError, match="only used with loss mode 'weighted'"):
-        encode_example(SINGLE, hand_tok, mode="it", prompt_loss_weight=0.5)
+        LossSpec(LossMode.weighted, 1.5)
+    with pytest.raises(ValueError, match="only used with loss_mode 'weighted'"):
+        LossSpec(LossMode.it, 0.5)
+    with pytest.raises(ValueError, match="kl_coef"):
+        LossSpec(LossMode.it, kl_coef=-1.0)
+    with pytest.raises(ValueError, match="kl_form"):
+        LossSpec(LossMode.it, kl_form="half")
     with pytest.raises(ValueError, match="messages"):
-        encode_example({"id": "x"}, hand_tok, mode="it")
+        encode_example({"id": "x"}, hand_tok, loss=LossSpec(LossMode.it))
 
 
 # -- collator --------------------------------------------------------------------------------------
 
 
 def test_collator_pads_right_and_masks_labels(fixture_tok):
-    a = encode_example(SINGLE, fixture_tok, mode="weighted", prompt_loss_weight=0.5)
-    b = encode_example(MULTI, fixture_tok, mode="weighted", prompt_loss_weight=0.5)
+    a = encode_example(SINGLE, fixture_tok, loss=LossSpec(LossMode.weighted, 0.5))
+    b = encode_example(MULTI, fixture_tok, loss=LossSpec(LossMode.weighted, 0.5))
     pad = fixture_tok.pad_token_id
     batch = WeightedCollator(pad)([a, b])
     n, m = len(a["input_ids"]), len(b["input_ids"])
@@ -300,12 +308,14 @@ def test_mask_cli_json_and_text(tmp_path: Path, tiny_model_dir: Path, capsys):
 
 def test_loss_modes_are_defined_once() -> None:
     """config, masks, CLI choices and texts all read im_pipeline.loss_modes.LossMode."""
-    from im_pipeline.loss_modes import LossMode
+    from im_pipeline.loss_modes import LossMode, LossSpec
     from im_pipeline_flows.cli.parser import build_parser
 
     assert [m.value for m in LossMode] == ["it", "im", "im_release", "weighted"]
-    assert [LossMode(m).user_weight(0.25) for m in LossMode] == [0.0, 1.0, 1.0, 0.25]
-    with pytest.raises(ValueError, match="needs prompt_loss_weight"):
-        LossMode.weighted.user_weight()
+    specs = [LossSpec(m, 0.25 if m is LossMode.weighted else None) for m in LossMode]
+    assert [s.user_weight for s in specs] == [0.0, 1.0, 1.0, 0.25]
+    # ArmConfig's rule is LossSpec's: one message whichever builds it.
+    with pytest.raises(ConfigError, match="loss_mode 'weighted' needs prompt_loss_weight"):
+        config_from_dict({"name": "x", "model": {"source": "m"}, "arms": [{"name": "W", "loss_mode": "weighted"}]})
     mask = next(a for a in build_parser()._subparsers._group_actions[0].choices["mask"]._actions if a.dest == "mode")
     assert mask.choices == [m.value for m in LossMode]

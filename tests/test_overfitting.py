@@ -16,6 +16,7 @@ from im_pipeline.data.templates import render_prompt
 from im_pipeline.evaluation import generation
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, run_benchmark
 from im_pipeline.evaluation.overfitting import _sample, bleu4, output_token_losses, run_overfitting, split_prompt
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training import encode_example, output_token_loss
 
 
@@ -81,7 +82,7 @@ def test_overfitting_tiny_model(tiny, tmp_path: Path) -> None:
     # per-example mean (released compute_loss.py, batch 1): each example alone through F.cross_entropy
     ref = []
     for rec in _sample(TRAIN, 5, 0):
-        enc = encode_example(rec, tok, mode="it", max_length=512)
+        enc = encode_example(rec, tok, loss=LossSpec(LossMode.it), max_length=512)
         ids = torch.tensor([enc["input_ids"]])
         keep = torch.tensor(enc["it_weights"][1:]) > 0
         with torch.no_grad():

@@ -15,13 +15,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from im_pipeline.config import ArmConfig
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training import PaddingFreeCollator, WeightedCollator, WeightedLossTrainer, encode_example, train_arm
 from im_pipeline.training.loss import IGNORE_INDEX, unpack_targets
 from tests.test_trainer import make_cfg, make_records
 
 
 def _feats(tok, records, mode, lam=None):
-    return [encode_example(r, tok, mode=mode, prompt_loss_weight=lam, max_length=48) for r in records]
+    return [encode_example(r, tok, loss=LossSpec(LossMode(mode), lam), max_length=48) for r in records]
 
 
 def _trainer(model, tmp_path, **kw) -> WeightedLossTrainer:
@@ -110,7 +111,8 @@ def test_packed_loss_gradients_and_logs_equal_padded(tiny_model_dir, tok, tmp_pa
     results = {}
     for name, collator in (("padded", WeightedCollator), ("packed", PaddingFreeCollator)):
         model = copy.deepcopy(base).train()
-        trainer = _trainer(model, tmp_path / name, loss_normalisation=normalisation, ref_model=ref, **kl)
+        loss_spec = LossSpec(LossMode(mode), lam, **kl)
+        trainer = _trainer(model, tmp_path / name, loss=loss_spec, loss_normalisation=normalisation, ref_model=ref)
         batch = collator(tok.pad_token_id)(feats)
         loss = trainer.compute_loss(model, batch)
         loss.backward()
@@ -175,7 +177,7 @@ def test_train_arm_padding_free_matches_padded_and_logs_no_padding(tiny_model_di
     runs = {}
     for pf in (False, True):
         cfg = make_cfg(tiny_model_dir, batch_size=4, max_steps=2, padding_free=pf)
-        runs[pf] = train_arm(cfg, arm, 0, train, held, tmp_path / f"pf{pf}")
+        runs[pf] = train_arm(cfg, arm, 0, train, held, tmp_path / f"pf{pf}", key="k")
     assert runs[False]["padding_fraction"] > 0.05  # length-grouped, still padded
     assert runs[True]["padding_fraction"] <= 0.05  # the rows' leftover only
     assert runs[True]["train_tokens"] == runs[False]["train_tokens"]
@@ -189,8 +191,7 @@ def test_train_arm_padding_free_matches_padded_and_logs_no_padding(tiny_model_di
 
 
 def test_attention_cost_of_the_tiny_llama(tiny_model_dir):
-    from im_pipeline.training.masking import DEFAULT_ATTENTION_COST
-    from im_pipeline.training.trainer import attention_cost_of, linear_params
+    from im_pipeline.training.packing import DEFAULT_ATTENTION_COST, attention_cost_of, linear_params
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     c = model.config

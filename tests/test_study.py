@@ -21,6 +21,7 @@ from im_pipeline.analysis.hypothesis_tests import (
 )
 from im_pipeline.config import ArmConfig, ConfigError, DataConfig, ExperimentConfig, config_from_dict
 from im_pipeline.data import prepare_data, seed_data, seed_sample
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training.held_out import output_over_im_release
 
 # -- per-seed samples ------------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def test_output_over_im_release_is_the_ratio_of_token_sums(tiny_model_dir):
     got = output_over_im_release(recs, tok, template="tulu", max_length=64)
     out, imr = [], []
     for r in recs:  # the same counts by hand from the masks (masks themselves: tests/test_masking.py)
-        enc = encode_example(r, tok, mode="im_release", template="tulu", max_length=64)
+        enc = encode_example(r, tok, loss=LossSpec(LossMode.im_release), template="tulu", max_length=64)
         ids = enc["input_ids"]
         answer = tok(r["messages"][1]["content"], add_special_tokens=False)["input_ids"]
         # IT targets: the answer's tokens and EOS (tokenised in context they may merge differently: compare counts
@@ -142,7 +143,7 @@ def test_output_over_im_release_on_hand_made_masks(monkeypatch):
         {"input_ids": [1] * 5, "it_weights": [1, 0, 0, 1, 1], "loss_weights": [1, 1, 1, 1, 1]},  # 2 / 4
         {"input_ids": [1] * 4, "it_weights": [0, 0, 0, 1], "loss_weights": [0, 1, 1, 1]},  # 1 / 3
     ]
-    monkeypatch.setattr(held_out, "_encode_records", lambda *a, **k: (encoded, {}))
+    monkeypatch.setattr(held_out, "encode_records", lambda *a, **k: (encoded, {}))
     got = output_over_im_release([], None, template="tulu", max_length=8)
     assert got == {"output_tokens": 3, "im_release_tokens": 7, "ratio": 3 / 7}  # Σ/Σ, not (2/4 + 1/3) / 2
 
@@ -171,7 +172,7 @@ def test_the_trainer_gets_the_scaled_learning_rate(tiny_model_dir, tmp_path, sca
     )
     arm = ArmConfig(name="IT-lr", loss_mode="it", lr_scale=scale)
     train = _records(4)
-    summary = train_arm(cfg, arm, 0, train, _records(6)[4:], tmp_path / "run", callbacks=[Seen()])
+    summary = train_arm(cfg, arm, 0, train, _records(6)[4:], tmp_path / "run", key="k", callbacks=[Seen()])
     if scale == 0.5:
         factor = 0.5
         assert summary["lr_scale_tokens"] is None

@@ -1,4 +1,4 @@
-"""WeightedLossTrainer / train_arm on the tiny random Llama: files, no retraining, GA, KL, NEFTune, resume."""
+"""WeightedLossTrainer / train_arm on the tiny random Llama: files, the unit key, GA, KL, NEFTune, resume."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
 from im_pipeline.config import ArmConfig, DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training import (
     WeightedCollator,
     WeightedLossTrainer,
@@ -25,8 +26,8 @@ from im_pipeline.training import (
     train_arm,
     weighted_lm_loss,
 )
-from im_pipeline.training.checkpoint import _drop_incomplete_checkpoints
-from im_pipeline.training.held_out import _encode_records
+from im_pipeline.training.checkpoint import drop_incomplete_checkpoints
+from im_pipeline.training.held_out import encode_records
 from im_pipeline.training.sampler import LengthGroupedEpochSampler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def _tokenizer(model_dir: Path):
 
 
 def _batch(tok, records: list[dict], mode: str, lam: float | None = None) -> dict[str, torch.Tensor]:
-    feats = [encode_example(r, tok, mode=mode, prompt_loss_weight=lam, max_length=48) for r in records]
+    feats = [encode_example(r, tok, loss=LossSpec(LossMode(mode), lam), max_length=48) for r in records]
     return WeightedCollator(tok.pad_token_id)(feats)
 
 
@@ -93,12 +94,12 @@ def _bare_trainer(model, tmp_path: Path, **kw) -> WeightedLossTrainer:
 # -- train_arm ---------------------------------------------------------------------------------------------------------
 
 
-def test_train_arm_writes_all_files_and_does_not_retrain(tiny_model_dir, tmp_path, monkeypatch):
+def test_train_arm_writes_all_files_and_records_the_key(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir)
     arm = ArmConfig(name="IM", loss_mode="im", neftune_alpha=5.0)
     train, held = make_records(8), make_records(11)[8:]
     run = tmp_path / "IM" / "seed-0"
-    summary = train_arm(cfg, arm, 0, train, held, run)
+    summary = train_arm(cfg, arm, 0, train, held, run, key="k")
 
     # Final model: plain transformers can load it; intermediate checkpoints are gone.
     model = AutoModelForCausalLM.from_pretrained(run / "checkpoint")
@@ -126,23 +127,14 @@ def test_train_arm_writes_all_files_and_does_not_retrain(tiny_model_dir, tmp_pat
     assert summary["final_held_out_loss_per_example"] == pytest.approx(sum(per_example) / len(per_example), abs=1e-5)
     assert rows[-1]["held_out_loss_per_example"] == summary["final_held_out_loss_per_example"]
 
-    # A second call does not train again.
-    def boom(*a, **k):
-        raise AssertionError("retrained a finished run")
-
-    mtime = (run / "checkpoint" / "model.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr(WeightedLossTrainer, "train", boom)
-    assert train_arm(cfg, arm, 0, train, held, run) == summary
-    assert (run / "checkpoint" / "model.safetensors").stat().st_mtime_ns == mtime
-    # ... but a changed configuration does.
-    with pytest.raises(AssertionError, match="retrained"):
-        train_arm(make_cfg(tiny_model_dir, learning_rate=2e-3), arm, 0, train, held, run)
+    # The unit's key (the unit layer decides whether a run is done; the trainer records what it trained under).
+    assert summary["key"] == "k" and "fingerprint" not in summary
 
 
 def test_kl_logged_and_zero_before_the_first_update(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, max_steps=2, loss_normalisation="token")
     arm = ArmConfig(name="KL", loss_mode="it", kl_coef=0.5)
-    train_arm(cfg, arm, 0, make_records(4), make_records(6)[4:], tmp_path / "kl")
+    train_arm(cfg, arm, 0, make_records(4), make_records(6)[4:], tmp_path / "kl", key="k")
     rows = [json.loads(ln) for ln in (tmp_path / "kl" / "train_log.jsonl").read_text().splitlines()]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the model still equals the frozen base
     assert rows[1]["kl"] > 1e-7  # after one update it has moved away
@@ -159,7 +151,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path, no
         cfg = make_cfg(
             tiny_model_dir, batch_size=bs, gradient_accumulation_steps=ga, max_steps=1, loss_normalisation=normalisation
         )
-        runs[ga] = train_arm(cfg, arm, 0, train, held, tmp_path / f"ga{ga}")
+        runs[ga] = train_arm(cfg, arm, 0, train, held, tmp_path / f"ga{ga}", key="k")
     assert runs[1]["final_train_loss"] == pytest.approx(runs[2]["final_train_loss"], abs=1e-5)
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "ga1" / "checkpoint").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "ga2" / "checkpoint").state_dict()
@@ -170,12 +162,12 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path, no
 def test_on_overlength_drop_and_truncate(tiny_model_dir):
     tok = _tokenizer(tiny_model_dir)
     recs = make_records(6)
-    lengths = [len(encode_example(r, tok, mode="it", max_length=10_000)["input_ids"]) for r in recs]
+    lengths = [len(encode_example(r, tok, loss=LossSpec(LossMode.it), max_length=10_000)["input_ids"]) for r in recs]
     limit = sorted(lengths)[3]  # the two longest are over the limit
-    kw = {"mode": "im", "prompt_loss_weight": None, "template": "tulu", "max_length": limit}
-    kept, stats = _encode_records(recs, tok, on_overlength="drop", **kw)
+    kw = {"loss": LossSpec(LossMode.im), "template": "tulu", "max_length": limit}
+    kept, stats = encode_records(recs, tok, on_overlength="drop", **kw)
     assert len(kept) == sum(n <= limit for n in lengths) and stats["n_dropped_overlength"] == 6 - len(kept)
-    cut, stats = _encode_records(recs, tok, on_overlength="truncate", **kw)
+    cut, stats = encode_records(recs, tok, on_overlength="truncate", **kw)
     assert len(cut) == 6 and stats["n_truncated"] == 6 - len(kept) and max(len(e["input_ids"]) for e in cut) == limit
 
 
@@ -210,24 +202,24 @@ def test_kl_is_zero_when_model_equals_reference(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     batch = _batch(tok, make_records(4), "im")
     plain = _bare_trainer(model, tmp_path)
-    same = _bare_trainer(model, tmp_path, kl_coef=1.0, ref_model=copy.deepcopy(model))
+    same = _bare_trainer(model, tmp_path, loss=LossSpec(LossMode.it, kl_coef=1.0), ref_model=copy.deepcopy(model))
     ref_other = copy.deepcopy(model)
     with torch.no_grad():
         for p in ref_other.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    other = _bare_trainer(model, tmp_path, kl_coef=1.0, ref_model=ref_other)
+    other = _bare_trainer(model, tmp_path, loss=LossSpec(LossMode.it, kl_coef=1.0), ref_model=ref_other)
     model.train()
     base = plain.compute_loss(model, batch)
     torch.testing.assert_close(same.compute_loss(model, batch), base, atol=1e-6, rtol=0)
     assert other.compute_loss(model, batch).item() > base.item() + 1e-4
     with pytest.raises(ValueError, match="ref_model"):
-        _bare_trainer(model, tmp_path, kl_coef=0.5)
+        _bare_trainer(model, tmp_path, loss=LossSpec(LossMode.it, kl_coef=0.5))
 
 
 def test_neftune_noise_only_in_training_mode(tiny_model_dir, tmp_path):
     tok = _tokenizer(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    feats = [encode_example(r, tok, mode="it", max_length=48) for r in make_records(4)]
+    feats = [encode_example(r, tok, loss=LossSpec(LossMode.it), max_length=48) for r in make_records(4)]
     probe = WeightedCollator(tok.pad_token_id)(feats[:2])
     inputs = {"input_ids": probe["input_ids"], "attention_mask": probe["attention_mask"]}
     model.eval()
@@ -266,7 +258,7 @@ def test_output_token_loss_is_token_mean_over_output_tokens(tiny_model_dir):
     recs = make_records(5)
     total, count = 0.0, 0
     for r in recs:
-        enc = encode_example(r, tok, mode="it", max_length=48)
+        enc = encode_example(r, tok, loss=LossSpec(LossMode.it), max_length=48)
         ids = torch.tensor([enc["input_ids"]])
         keep = torch.tensor(enc["it_weights"][1:]) > 0
         with torch.no_grad():
@@ -297,7 +289,7 @@ KILL_SCRIPT = textwrap.dedent(
 
     cfg = ExperimentConfig.model_validate(json.loads({cfg!r}))
     arm = ArmConfig.model_validate(json.loads({arm!r}))
-    train_arm(cfg, arm, 0, make_records(8), make_records(10)[8:], Path({run!r}), callbacks=[Kill()])
+    train_arm(cfg, arm, 0, make_records(8), make_records(10)[8:], Path({run!r}), key="k", callbacks=[Kill()])
     """
 )
 
@@ -309,7 +301,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_model_dir, tmp
     cfg = make_cfg(tiny_model_dir, epochs=2, save_steps=3)
     arm = ArmConfig(name="IM", loss_mode="im", neftune_alpha=5.0)
     train, held = make_records(8), make_records(10)[8:]
-    ref = train_arm(cfg, arm, 0, train, held, tmp_path / "straight")
+    ref = train_arm(cfg, arm, 0, train, held, tmp_path / "straight", key="k")
 
     run = tmp_path / "killed"
     script = KILL_SCRIPT.format(
@@ -320,7 +312,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_model_dir, tmp
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (run / "trainer_checkpoints" / "checkpoint-6").is_dir() and not (run / "train_summary.json").exists()
 
-    resumed = train_arm(cfg, arm, 0, train, held, run)
+    resumed = train_arm(cfg, arm, 0, train, held, run, key="k")
     assert resumed["resumed_from"] == "checkpoint-6" and resumed["steps"] == ref["steps"] == 8
     assert resumed["final_train_loss"] == pytest.approx(ref["final_train_loss"], abs=1e-6)
     assert resumed["final_held_out_loss"] == pytest.approx(ref["final_held_out_loss"], abs=1e-6)
@@ -360,6 +352,6 @@ def test_an_interrupted_checkpoint_is_not_resumed_from(tmp_path):
     (root / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     (root / "checkpoint-4").mkdir()  # killed while saving: weights written, trainer_state.json not yet
     (root / "checkpoint-4" / "model.safetensors").write_bytes(b"partial")
-    _drop_incomplete_checkpoints(root)
+    drop_incomplete_checkpoints(root)
     assert get_last_checkpoint(str(root)) == str(root / "checkpoint-2")
     assert not (root / "checkpoint-4").exists()

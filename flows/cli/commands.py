@@ -87,16 +87,17 @@ def _load_tokenizer(model: str) -> Any:
 
 def mask_command(args: argparse.Namespace) -> int:
     """``im-pipeline mask``: one example rendered with the loss weight of every token (``--json``: a list)."""
+    from im_pipeline.loss_modes import LossMode, LossSpec
     from im_pipeline.training.inspect import GREEN, RESET, YELLOW, format_tokens, token_table
 
-    if args.mode != "weighted" and args.prompt_loss_weight is not None:
-        raise ValueError(f"--prompt-loss-weight is only used with --mode weighted (got --mode {args.mode})")
-    if args.mode == "weighted" and args.prompt_loss_weight is None:
-        raise ValueError("--mode weighted needs --prompt-loss-weight λ (a value in [0, 1])")
+    try:
+        loss = LossSpec(LossMode(args.mode), args.prompt_loss_weight)  # raises on a missing or unused λ
+    except ValueError as exc:
+        raise ValueError(f"--mode {args.mode} / --prompt-loss-weight: {exc}") from None
     record = _load_record(args.source, args.index, args.data_dir)
     tokenizer = _load_tokenizer(args.model)
     rows = token_table(
-        record, tokenizer, mode=args.mode, prompt_loss_weight=args.prompt_loss_weight, template=args.template
+        record, tokenizer, loss=loss, template=args.template
     )  # the whole example: training cuts it at data.max_length
     if args.json:
         print(json.dumps([{"token": r["token"], "weight": r["weight"]} for r in rows], ensure_ascii=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from im_pipeline.config.base import (
     NAME_CHARS,
@@ -12,7 +12,7 @@ from im_pipeline.config.base import (
     _Strict,
     check_name,
 )
-from im_pipeline.loss_modes import LossMode
+from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.runs.layout import RESERVED_NAMES
 
 
@@ -89,6 +89,9 @@ class DataConfig(_Strict):
 
 
 class ArmConfig(_Strict):
+    # loss_mode stays a LossMode (not its string): the mode masking, loss and trainer receive via ``loss``.
+    model_config = ConfigDict(use_enum_values=False)
+
     name: str = Field(description=f"Arm name, used in paths and reports (e.g. 'IT', 'IM+NEFTune'): {NAME_CHARS}.")
     loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
     prompt_loss_weight: float | None = Field(
@@ -126,14 +129,14 @@ class ArmConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _check_weight(self) -> ArmConfig:
-        if self.loss_mode == LossMode.weighted.value and self.prompt_loss_weight is None:
-            raise ValueError("loss_mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
-        if self.loss_mode != LossMode.weighted.value and self.prompt_loss_weight is not None:
-            raise ValueError(
-                f"prompt_loss_weight is only used with loss_mode 'weighted' (this arm has '{self.loss_mode}')"
-            )
+    def _check_loss(self) -> ArmConfig:
+        self.loss  # noqa: B018  # LossSpec holds the rules (weighted needs λ, λ only with weighted)
         return self
+
+    @property
+    def loss(self) -> LossSpec:
+        """The arm's loss (mode, λ, KL term) as one typed spec for masking, loss and trainer."""
+        return LossSpec(self.loss_mode, self.prompt_loss_weight, self.kl_coef, self.kl_form)
 
 
 class TrainingConfig(_Strict):

@@ -105,12 +105,13 @@ def output_token_losses(
 ) -> list[dict[str, Any]]:
     """Per-example output-token loss (IT mask): ``{"id", "loss" (token mean), "tokens"}`` per record that has output
     tokens left after truncation to ``max_length``. Eval mode (no dropout, no NEFTune noise), mode restored."""
+    from im_pipeline.loss_modes import OUTPUT_ONLY
     from im_pipeline.training.loss import shifted_weights, token_ce
     from im_pipeline.training.masking import WeightedCollator, encode_example
 
     items: list[tuple[str, dict]] = []
     for i, rec in enumerate(records):
-        enc = encode_example(rec, tokenizer, mode="it", template=template, max_length=max_length)
+        enc = encode_example(rec, tokenizer, loss=OUTPUT_ONLY, template=template, max_length=max_length)
         if any(w > 0 for w in enc["it_weights"][1:]):
             feats = {k: [float(x) for x in enc[k]] for k in ("loss_weights", "it_weights")}
             items.append((str(rec.get("id", i)), {"input_ids": list(enc["input_ids"]), **feats}))

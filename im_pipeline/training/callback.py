@@ -12,9 +12,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from im_pipeline.provenance import write_text_atomic
-from im_pipeline.training.held_out import (
-    _encoded_output_losses,
-)
+from im_pipeline.training.held_out import encoded_output_losses
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class TrainLogCallback(TrainerCallback):
         # Every process computes it (a ZeRO-3 / FSDP sharded model needs all of them in the forward pass).
         if self.held_out and self._is_eval_step(state):
             t0 = time.perf_counter()
-            self._pending_held_out = _encoded_output_losses(model, self.held_out, self.pad_token_id, self.batch_size)
+            self._pending_held_out = encoded_output_losses(model, self.held_out, self.pad_token_id, self.batch_size)
             self.eval_seconds += time.perf_counter() - t0
             control.should_log = True  # make sure this step gets a line
         return control

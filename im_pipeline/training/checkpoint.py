@@ -110,7 +110,7 @@ the model was tuned on.
     return path
 
 
-def _drop_incomplete_checkpoints(ckpt_root: Path) -> None:
+def drop_incomplete_checkpoints(ckpt_root: Path) -> None:
     """Remove Trainer checkpoints a crash interrupted while they were written (so resume takes the last whole one).
 
     Trainer writes ``trainer_state.json`` last; a ``checkpoint-N`` without a readable one was cut short (a process

@@ -8,18 +8,15 @@ from typing import Any
 
 import torch
 
-from im_pipeline.training.loss import (
-    IGNORE_INDEX,
-    token_ce,
-)
+from im_pipeline.loss_modes import IGNORE_INDEX, OUTPUT_ONLY, LossMode, LossSpec
+from im_pipeline.training.loss import token_ce
 
 
-def _encode_records(
+def encode_records(
     records: Sequence[dict],
     tokenizer: Any,
     *,
-    mode: str,
-    prompt_loss_weight: float | None,
+    loss: LossSpec,
     template: str,
     max_length: int,
     on_overlength: str = "truncate",
@@ -37,9 +34,7 @@ def _encode_records(
     out: list[dict] = []
     stats = {"n_in": len(records), "n_truncated": 0, "n_dropped_overlength": 0, "n_dropped_no_output": 0}
     for rec in records:
-        enc = encode_example(
-            rec, tokenizer, mode=mode, prompt_loss_weight=prompt_loss_weight, template=template, max_length=max_length
-        )
+        enc = encode_example(rec, tokenizer, loss=loss, template=template, max_length=max_length)
         if enc["truncated"]:
             if on_overlength == "drop":
                 stats["n_dropped_overlength"] += 1
@@ -68,29 +63,19 @@ def output_over_im_release(
     """Σ output-token targets (IT mask) / Σ ``im_release`` targets over ``records``, encoded as training encodes them
     (same template, max length and over-length policy): the share of IM's trained tokens that are outputs, i.e. the
     learning-rate factor that gives IT the per-output-token step IM takes under token normalisation."""
-    enc, _ = _encode_records(
-        records,
-        tokenizer,
-        mode="im_release",
-        prompt_loss_weight=None,
-        template=template,
-        max_length=max_length,
-        on_overlength=on_overlength,
+    im_release = LossSpec(LossMode.im_release)
+    enc, _ = encode_records(
+        records, tokenizer, loss=im_release, template=template, max_length=max_length, on_overlength=on_overlength
     )
     output = sum(sum(1 for w in e["it_weights"][1:] if w > 0) for e in enc)  # position 0 is never a target
-    im_release = sum(sum(1 for w in e["loss_weights"][1:] if w > 0) for e in enc)
-    if not im_release:
+    trained = sum(sum(1 for w in e["loss_weights"][1:] if w > 0) for e in enc)
+    if not trained:
         raise ValueError("lr_scale output_over_im_release: no im_release target tokens in the training sample")
-    return {"output_tokens": output, "im_release_tokens": im_release, "ratio": output / im_release}
-
-
-def _encoded_output_loss(model: torch.nn.Module, encoded: Sequence[dict], pad_token_id: int, batch_size: int) -> float:
-    """Token-mean CE over the IT-mask targets of pre-encoded examples (model put in eval mode, then restored)."""
-    return _encoded_output_losses(model, encoded, pad_token_id, batch_size)[0]
+    return {"output_tokens": output, "im_release_tokens": trained, "ratio": output / trained}
 
 
 @torch.no_grad()
-def _encoded_output_losses(
+def encoded_output_losses(
     model: torch.nn.Module, encoded: Sequence[dict], pad_token_id: int, batch_size: int
 ) -> tuple[float, float]:
     """(token mean, per-example mean) of the CE over the IT-mask targets of pre-encoded examples. The per-example
@@ -138,7 +123,5 @@ def output_token_loss(
     comparable. Over-length examples are truncated to ``max_length``. The model is evaluated in eval mode (no dropout,
     no NEFTune noise) and its mode restored afterwards.
     """
-    encoded, _ = _encode_records(
-        records, tokenizer, mode="it", prompt_loss_weight=None, template=template, max_length=max_length
-    )
-    return _encoded_output_loss(model, encoded, tokenizer.pad_token_id, batch_size)
+    encoded, _ = encode_records(records, tokenizer, loss=OUTPUT_ONLY, template=template, max_length=max_length)
+    return encoded_output_losses(model, encoded, tokenizer.pad_token_id, batch_size)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from im_pipeline.data.templates import render
+from im_pipeline.loss_modes import LossSpec
 from im_pipeline.training.masking import encode_example, tokenize_rendered
 
 # ANSI backgrounds: weight 1 green, 0 < weight < 1 yellow; weight 0 unmarked.
@@ -15,8 +16,7 @@ def token_table(
     record: dict,
     tokenizer: Any,
     *,
-    mode: str,
-    prompt_loss_weight: float | None = None,
+    loss: LossSpec,
     template: str = "tulu",
     max_length: int = 10**9,
 ) -> list[dict[str, Any]]:
@@ -26,9 +26,7 @@ def token_table(
     the previous token (byte-level pieces of one character share offsets), so the ``token`` fields
     concatenate to the rendered text; tokens the tokenizer adds (BOS) show their token string.
     """
-    enc = encode_example(
-        record, tokenizer, mode=mode, prompt_loss_weight=prompt_loss_weight, template=template, max_length=max_length
-    )
+    enc = encode_example(record, tokenizer, loss=loss, template=template, max_length=max_length)
     rendered = render(record["messages"], template, tokenizer)
     ids, offsets = tokenize_rendered(rendered, tokenizer, template)
     assert ids[: len(enc["input_ids"])] == enc["input_ids"]

@@ -2,7 +2,7 @@
 
 With ``training.launcher`` (or ``$IM_PIPELINE_TRAIN_LAUNCHER``) set, the train task does not call
 :func:`~im_pipeline.training.train_arm` in its own process: :func:`launch` writes the resolved config beside the
-run and a job file (``launch.json``: config, arm, seed, run and data directories) and runs
+run and a job file (``launch.json``: config, arm, seed, run and data directories, the unit's training key) and runs
 ``<launcher> -m im_pipeline.training.launch <run dir>/launch.json``. Every process the launcher starts runs
 :func:`main`, i.e. ``train_arm``; the Hugging Face Trainer inside picks up DDP / FSDP /
 DeepSpeed from the launcher's environment, every process takes part in the final save and rank 0 alone writes the
@@ -50,15 +50,17 @@ def launch_command(launcher: str, job_file: Path) -> list[str]:
     return [_program(words[0]), *words[1:], "-m", MODULE, str(job_file)]
 
 
-def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir: Path) -> dict[str, Any]:
-    """Train one (arm, seed) under ``launcher``; returns ``train_summary.json``. Raises when the launch fails."""
+def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir: Path, *, key: str) -> dict[str, Any]:
+    """Train one (arm, seed) under ``launcher``; returns ``train_summary.json``. Raises when the launch fails.
+
+    ``key``: the unit's training key, passed on to every process's :func:`~im_pipeline.training.train_arm`."""
     from im_pipeline.config import write_resolved_config
     from im_pipeline.provenance import write_json
     from im_pipeline.runs.layout import UnitLayout
 
     run_dir = Path(run_dir).resolve()
     config_file = write_resolved_config(cfg, run_dir, arm=arm, seed=seed)
-    job = {"config": str(config_file), "arm": arm, "seed": seed, "run_dir": str(run_dir)}
+    job = {"config": str(config_file), "arm": arm, "seed": seed, "run_dir": str(run_dir), "key": key}
     job["data"] = str(Path(data_dir).resolve())
     job_file = UnitLayout.at(run_dir).launch_job
     write_json(job_file, job)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_dict({k: v for k, v in raw.items() if not k.startswith("_")}, job["config"])
     data = Path(job["data"])
     seed = int(job["seed"])
-    train_arm(cfg, cfg.arm(job["arm"]), seed, *seed_data(cfg.data, data, seed), Path(job["run_dir"]))
+    train, held_out = seed_data(cfg.data, data, seed)
+    train_arm(cfg, cfg.arm(job["arm"]), seed, train, held_out, Path(job["run_dir"]), key=job["key"])
     return 0
 
 

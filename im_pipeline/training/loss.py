@@ -148,9 +148,6 @@ def weighted_kl(
     return reduce_token_values(kl, w, normalisation, num_items)
 
 
-KL_FORMS = ("full", "release")
-
-
 def target_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log p(label)`` at each target, ``[B, T-1]`` (0 where the label is ignored); gradients flow."""
     return -token_ce(logits, labels)
@@ -185,7 +182,7 @@ def release_kl(
 def unpack_targets(values: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
     """Per-target values of padding-free rows, ``[R, L-1]``, laid out per example as ``[n, T-1]``.
 
-    ``target_index`` (from :class:`~im_pipeline.training.masking.PaddingFreeCollator`) holds, for each target of the
+    ``target_index`` (from :class:`~im_pipeline.training.packing.PaddingFreeCollator`) holds, for each target of the
     padded layout, the flattened packed position whose logits predict it, ``-1`` where there is none (→ 0). The result
     lines up with :func:`shifted_weights` of the padded ``labels``/``weights``, so every reduction above applies
     unchanged. Gradients flow through the gather.

@@ -44,45 +44,24 @@ from typing import Any
 import torch
 
 from im_pipeline.data.templates import Rendered, render
-from im_pipeline.loss_modes import IGNORE_INDEX, LossMode
+from im_pipeline.loss_modes import IGNORE_INDEX, OUTPUT_ONLY, LossMode, LossSpec
 
 
-def _span_weight(role: str, kind: str, mode: str, lam: float) -> float:
-    if kind == "template":
-        return 0.0
-    if role == "assistant":  # content or eos
-        return 1.0
-    return LossMode(mode).user_weight(lam)  # user / system content
-
-
-def char_weights(rendered: Rendered, mode: str, prompt_loss_weight: float | None = None) -> list[float]:
-    """Weight of every character of ``rendered.text`` under ``mode`` (see the module docstring)."""
-    lam = _check_mode(mode, prompt_loss_weight)
+def char_weights(rendered: Rendered, loss: LossSpec) -> list[float]:
+    """Weight of every character of ``rendered.text`` under ``loss.mode`` (see the module docstring)."""
     weights = [0.0] * len(rendered.text)
     for span in rendered.spans:
-        w = _span_weight(span.role, span.kind, mode, lam)
+        if span.kind == "template":
+            continue
+        w = 1.0 if span.role == "assistant" else loss.user_weight  # assistant content / eos; user / system content
         if w:
             weights[span.start : span.end] = [w] * (span.end - span.start)
-    if mode == "im_release":
+    if loss.mode is LossMode.im_release:
         trained = [s for s in rendered.spans if s.kind != "template"]
         if trained:
             start, end = trained[0].start, trained[-1].end
             weights[start:end] = [1.0] * (end - start)
     return weights
-
-
-def _check_mode(mode: str, prompt_loss_weight: float | None) -> float:
-    if mode not in set(LossMode):
-        raise ValueError(f"unknown loss mode {mode!r}; allowed: {[m.value for m in LossMode]}")
-    if mode == "weighted":
-        if prompt_loss_weight is None:
-            raise ValueError("loss mode 'weighted' needs prompt_loss_weight (a value in [0, 1])")
-        if not 0.0 <= float(prompt_loss_weight) <= 1.0:
-            raise ValueError(f"prompt_loss_weight must be in [0, 1], got {prompt_loss_weight}")
-        return float(prompt_loss_weight)
-    if prompt_loss_weight is not None:
-        raise ValueError(f"prompt_loss_weight is only used with loss mode 'weighted' (got mode {mode!r})")
-    return 0.0
 
 
 def anchor_positions(text: str, offsets: Sequence[tuple[int, int]]) -> list[int | None]:
@@ -97,11 +76,6 @@ def anchor_positions(text: str, offsets: Sequence[tuple[int, int]]) -> list[int 
         skip = len(piece) - len(piece.lstrip())
         out.append(start + skip if skip < len(piece) else start)
     return out
-
-
-def token_weights(text: str, offsets: Sequence[tuple[int, int]], weights: Sequence[float]) -> list[float]:
-    """Map character weights to tokens by the first-non-whitespace-character rule."""
-    return [0.0 if p is None else weights[p] for p in anchor_positions(text, offsets)]
 
 
 def tokenize_rendered(rendered: Rendered, tokenizer: Any, template: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -128,14 +102,13 @@ def encode_example(
     record: dict,
     tokenizer: Any,
     *,
-    mode: str,
-    prompt_loss_weight: float | None = None,
+    loss: LossSpec,
     template: str = "tulu",
     max_length: int = 512,
 ) -> dict:
     """Tokenise one normalised record and weight every target position.
 
-    Returns ``input_ids``, ``loss_weights`` (this mode), ``it_weights`` (the IT mask, for held-out
+    Returns ``input_ids``, ``loss_weights`` (``loss.mode``'s), ``it_weights`` (the IT mask, for held-out
     loss on output tokens), ``truncated`` (the sequence was cut at ``max_length``, keeping its
     start) and ``n_targets`` (positions with weight > 0).
     """
@@ -147,7 +120,7 @@ def encode_example(
     rendered = render(messages, template, tokenizer)
     ids, offsets = tokenize_rendered(rendered, tokenizer, template)
     anchors = anchor_positions(rendered.text, offsets)
-    chars, it_chars = char_weights(rendered, mode, prompt_loss_weight), char_weights(rendered, "it")
+    chars, it_chars = char_weights(rendered, loss), char_weights(rendered, OUTPUT_ONLY)
     weights = [0.0 if p is None else chars[p] for p in anchors]
     it = [0.0 if p is None else it_chars[p] for p in anchors]
     weights[0] = it[0] = 0.0  # nothing predicts the first token
@@ -204,97 +177,4 @@ class WeightedCollator:
             "labels": labels,
             "loss_weights": loss_weights,
             "it_weights": it_weights,
-        }
-
-
-DEFAULT_ATTENTION_COST = 1 / 4096
-"""Attention FLOPs per context position over linear FLOPs per token when the model's shape is not known (the order of
-SmolLM2-135M's, 1 / 3892: :func:`im_pipeline.training.trainer.attention_cost_of`)."""
-
-
-class PaddingFreeCollator:
-    """Padding-free batches (``training.padding_free``): the micro-batch's examples concatenated into a few rows.
-
-    The model inputs come from ``transformers.DataCollatorWithFlattening``, one call per row: ``input_ids``
-    ``[R, L]``, ``position_ids`` restarting at 0 for each example, and ``packed_labels`` with ``-100`` at the first
-    token of each example (so the last token of one example never predicts the first of the next). Given
-    ``position_ids`` and no ``attention_mask``, transformers' ``masking_utils`` (``find_packed_sequence_indices``)
-    builds a block-diagonal causal mask: attention stays within each example (sdpa, eager and flash attention alike).
-
-    Rows, not always one row: attention over a row of length ``L`` costs ``O(L)`` per token whatever the mask (sdpa
-    computes the masked-out blocks too), so one row of n examples costs up to n times the padded batch's attention
-    (≈ +50% compute for SmolLM2-135M at 8 × 256 tokens). :meth:`assign_rows` spreads the examples over ``R`` rows
-    (longest first onto the shortest row) and picks the ``R`` of least estimated cost, ``R · L · (1 + a · L)`` with
-    ``a = attention_cost`` (attention FLOPs per context position over linear FLOPs per token, see
-    :func:`im_pipeline.training.trainer.attention_cost_of`). A row shorter than the longest is filled by one padding
-    segment of its own (``pad_token_id``, positions from 0, no targets): it attends only to itself, and no real token
-    attends to it.
-
-    The loss side keeps the :class:`WeightedCollator` layout: ``labels``, ``loss_weights`` and ``it_weights`` are
-    ``[n, T]`` exactly as the padded batch has them, so denominators and reductions (per-sequence means, KL, the IT
-    mask) are the padded path's, unchanged. ``target_index`` ``[n, T-1]`` maps each target of that layout to the
-    position in the flattened ``[R, L-1]`` per-target values whose logits predict it (``-1`` on padding). Written by
-    hand (the row assignment and this map): no library collator balances rows or maps packed per-token values back to
-    their examples; :func:`im_pipeline.training.loss.unpack_targets` applies the map.
-    """
-
-    def __init__(self, pad_token_id: int, attention_cost: float = DEFAULT_ATTENTION_COST) -> None:
-        from transformers import DataCollatorWithFlattening
-
-        self.padded = WeightedCollator(pad_token_id)
-        self.pad_token_id = int(pad_token_id)
-        self.attention_cost = attention_cost
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-
-    @staticmethod
-    def assign_rows(lengths: Sequence[int], attention_cost: float = DEFAULT_ATTENTION_COST) -> list[list[int]]:
-        """Example indices per row. For each ``R`` in 1..n: each example, longest first, onto the shortest of ``R``
-        rows (greedy LPT balancing); keep the ``R`` whose ``R · L · (1 + attention_cost · L)`` is least (``L`` = the
-        longest row; ties → fewer rows). Within a row, examples keep their batch order."""
-        order = sorted(range(len(lengths)), key=lambda j: (-lengths[j], j))
-        best: tuple[float, list[list[int]]] | None = None
-        for n_rows in range(1, len(lengths) + 1):
-            rows: list[list[int]] = [[] for _ in range(n_rows)]
-            fill = [0] * n_rows
-            for i in order:
-                r = min(range(n_rows), key=lambda q: (fill[q], q))
-                rows[r].append(i)
-                fill[r] += lengths[i]
-            longest = max(fill)
-            cost = n_rows * longest * (1 + attention_cost * longest)
-            if best is None or cost < best[0]:
-                best = (cost, rows)
-        assert best is not None
-        return [sorted(row) for row in best[1] if row]
-
-    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        batch = self.padded(features)  # validates the features; its labels/weights are the loss layout
-        n, length = batch["labels"].shape
-        lengths = [len(f["input_ids"]) for f in features]
-        rows = self.assign_rows(lengths, self.attention_cost)
-        row_len = max(sum(lengths[i] for i in row) for row in rows)
-        segments = []
-        target_index = torch.full((n, max(length - 1, 0)), -1, dtype=torch.long)
-        for r, row in enumerate(rows):
-            row_feats = [
-                {"input_ids": list(features[i]["input_ids"]), "labels": batch["labels"][i, : lengths[i]].tolist()}
-                for i in row
-            ]
-            offset = r * (row_len - 1)  # index into the flattened [R, L-1] per-target values
-            for i in row:
-                # target t (1 ≤ t < k) of example i is predicted by the logits at row position offset + t - 1
-                target_index[i, : lengths[i] - 1] = torch.arange(offset, offset + lengths[i] - 1)
-                offset += lengths[i]
-            rest = row_len - sum(lengths[i] for i in row)
-            if rest:  # a padding segment of its own: positions from 0, no targets
-                row_feats.append({"input_ids": [self.pad_token_id] * rest, "labels": [IGNORE_INDEX] * rest})
-            segments.append(self.flatten(row_feats))
-        return {
-            "input_ids": torch.cat([s["input_ids"] for s in segments]),
-            "position_ids": torch.cat([s["position_ids"] for s in segments]),
-            "packed_labels": torch.cat([s["labels"] for s in segments]),
-            "target_index": target_index,
-            "labels": batch["labels"],
-            "loss_weights": batch["loss_weights"],
-            "it_weights": batch["it_weights"],
         }

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer
 
+from im_pipeline.loss_modes import OUTPUT_ONLY, LossSpec
 from im_pipeline.training.loss import (
-    KL_FORMS,
     loss_denominator,
     reduce_token_values,
     shifted_weights,
@@ -23,8 +24,44 @@ from im_pipeline.training.loss import (
 from im_pipeline.training.sampler import LengthGroupedEpochSampler
 
 
+@dataclass(frozen=True)
+class Targets:
+    """The loss side of a batch: ``labels`` and weights in the padded ``[n, T]`` layout, the labels the logits are
+    scored against (the packed rows' when padding-free) and ``target_index``, the map back (None when padded)."""
+
+    labels: torch.Tensor
+    weights: torch.Tensor
+    it_weights: torch.Tensor
+    scored_labels: torch.Tensor
+    target_index: torch.Tensor | None
+
+    def per_example(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-target values of the scored rows in the padded ``[n, T-1]`` layout."""
+        return values if self.target_index is None else unpack_targets(values, self.target_index)
+
+    def shifted(self, it_mask: bool = False) -> torch.Tensor:
+        """:func:`shifted_weights` of the arm's weights (or of the IT mask's)."""
+        return shifted_weights(self.labels, self.it_weights if it_mask else self.weights)
+
+
+def split_batch(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Targets]:
+    """(model inputs, :class:`Targets`) of a :class:`WeightedCollator` or :class:`PaddingFreeCollator` batch."""
+    for key in ("labels", "loss_weights", "it_weights"):
+        if key not in inputs:
+            raise KeyError(f"batch lacks {key!r}: use WeightedCollator and remove_unused_columns=False")
+    labels, weights, it_weights = inputs["labels"], inputs["loss_weights"], inputs["it_weights"]
+    if "target_index" in inputs:  # PaddingFreeCollator (training.padding_free)
+        # Packed rows, no attention_mask: transformers builds the block-diagonal causal mask from position_ids
+        # (masking_utils.find_packed_sequence_indices; it needs attention_mask=None and no cache).
+        model_inputs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"], "use_cache": False}
+        return model_inputs, Targets(labels, weights, it_weights, inputs["packed_labels"], inputs["target_index"])
+    model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    return model_inputs, Targets(labels, weights, it_weights, labels, None)
+
+
 class WeightedLossTrainer(Trainer):
-    """``Trainer`` whose loss is :func:`weighted_lm_loss` (+ ``kl_coef`` · KL to ``ref_model`` on output tokens).
+    """``Trainer`` whose loss is :func:`weighted_lm_loss` (+ ``loss.kl_coef`` · KL to ``ref_model``, in
+    ``loss.kl_form``). The mask of ``loss.mode`` is already in the batch's weights.
 
     Batches must carry ``input_ids``, ``attention_mask``, ``labels``, ``loss_weights`` and ``it_weights`` (the
     :class:`WeightedCollator` output), or, padding-free, the :class:`PaddingFreeCollator` output (packed rows with
@@ -42,20 +79,16 @@ class WeightedLossTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
+        loss: LossSpec = OUTPUT_ONLY,
         loss_normalisation: str = "sequence",
-        kl_coef: float = 0.0,
         ref_model: PreTrainedModel | None = None,
-        kl_form: str = "full",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if kl_coef > 0 and ref_model is None:
+        if loss.kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs ref_model (the frozen base model)")
-        if kl_form not in KL_FORMS:
-            raise ValueError(f"kl_form must be one of {KL_FORMS}, got {kl_form!r}")
+        self.loss_spec = loss
         self.loss_normalisation = loss_normalisation
-        self.kl_coef = kl_coef
-        self.kl_form = kl_form
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -133,78 +166,74 @@ class WeightedLossTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        for key in ("labels", "loss_weights", "it_weights"):
-            if key not in inputs:
-                raise KeyError(f"batch lacks {key!r}: use WeightedCollator and remove_unused_columns=False")
-        labels, weights, it_weights = inputs["labels"], inputs["loss_weights"], inputs["it_weights"]
-        packed = "target_index" in inputs  # PaddingFreeCollator (training.padding_free)
-        if packed:
-            # Packed rows, no attention_mask: transformers builds the block-diagonal causal mask from position_ids
-            # (masking_utils.find_packed_sequence_indices; it needs attention_mask=None and no cache).
-            model_inputs = {
-                "input_ids": inputs["input_ids"],
-                "position_ids": inputs["position_ids"],
-                "use_cache": False,
-            }
-            target_labels = inputs["packed_labels"]
-            target_index = inputs["target_index"]
-
-            def per_example(values: torch.Tensor) -> torch.Tensor:
-                return unpack_targets(values, target_index)
-
-        else:
-            model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-            target_labels = labels
-
-            def per_example(values: torch.Tensor) -> torch.Tensor:
-                return values
-
+        model_inputs, targets = split_batch(inputs)
         # No labels to the model: its own (unweighted) loss would be wasted work.
-        with self._neftune_as_padded(model, inputs, packed):
+        with self._neftune_as_padded(model, inputs, targets.target_index is not None):
             outputs = model(**model_inputs)
         # Accumulated-batch denominators only while training; evaluation batches are normalised on their own.
         loss_n, kl_n = self._denominators if (model.training and self._denominators is not None) else (None, None)
-        norm = self.loss_normalisation
         # Per-target values in the padded [n, T-1] layout (unpacked from the packed row when padding-free), then the
         # reductions of loss.py on them: the same loss either way.
-        ce = per_example(token_ce(outputs.logits, target_labels))
-        lm_loss = reduce_token_values(ce, shifted_weights(labels, weights), norm, loss_n)
-        loss = lm_loss
-        kl = None
-        if self.kl_coef > 0:
-            with torch.no_grad():
-                ref_logits = self.ref_model(**model_inputs).logits
-            if self.kl_form == "release":
-                # As src/finetune.py (compute_kl_divergence_loss_target_token, loss.release_kl): log p_θ(y) − log
-                # p_ref(y) over the tokens the NLL trains on (its mask is `labels != -100`, the arm's own labels: with
-                # --use_lm_loss the instruction too), with the NLL's weights and denominator. -ce is the NLL's own
-                # graph node, so the cancellation at kl_coef = 1 is exact.
-                with torch.no_grad():
-                    ref_logp = per_example(target_token_logprobs(ref_logits, target_labels))
-                kl = reduce_token_values(-ce - ref_logp, shifted_weights(labels, weights), norm, loss_n)
-            else:
-                # loss.weighted_kl: full-distribution KL at the positions predicting output tokens (IT mask).
-                token_kls = per_example(token_kl(outputs.logits[:, :-1], ref_logits[:, :-1]))
-                kl = reduce_token_values(token_kls, shifted_weights(labels, it_weights), norm, kl_n)
-            loss = loss + self.kl_coef * kl
+        ce = targets.per_example(token_ce(outputs.logits, targets.scored_labels))
+        lm_loss = reduce_token_values(ce, targets.shifted(), self.loss_normalisation, loss_n)
+        loss, kl = lm_loss, None
+        if self.loss_spec.kl_coef > 0:
+            kl = self._kl_term(model_inputs, outputs.logits, ce, targets, loss_n, kl_n)
+            loss = loss + self.loss_spec.kl_coef * kl
         if model.training and loss_n is not None and self.args.world_size > 1:
             loss = loss * self.args.world_size
         if model.training:
-            if packed:  # every example's k tokens: its k - 1 targets + its first token
-                real = int((inputs["target_index"] >= 0).sum()) + labels.shape[0]
-            else:
-                real = int(inputs["attention_mask"].sum())
-            self._window["real_tokens"] += real
-            self._window["padded_tokens"] += int(inputs["input_ids"].numel())
-            self._window["lm_loss"] += float(lm_loss.detach())
-            # The output-token loss under the IT mask, for every arm (this micro-batch's share of the step): the
-            # train curve that is comparable between IT and IM (each arm's own loss covers different tokens).
-            with torch.no_grad():
-                self._window["it_loss"] += float(
-                    reduce_token_values(ce.detach(), shifted_weights(labels, it_weights), norm, kl_n)
-                )
-            self._window["kl"] += float(kl.detach()) if kl is not None else 0.0
+            self._count(inputs, targets, lm_loss, ce, kl, kl_n)
         return (loss, outputs) if return_outputs else loss
+
+    def _kl_term(
+        self,
+        model_inputs: dict[str, Any],
+        logits: torch.Tensor,
+        ce: torch.Tensor,
+        targets: Targets,
+        loss_n: torch.Tensor | None,
+        kl_n: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The KL term to the frozen reference model, in the arm's ``kl_form``."""
+        norm = self.loss_normalisation
+        with torch.no_grad():
+            ref_logits = self.ref_model(**model_inputs).logits
+        if self.loss_spec.kl_form == "release":
+            # As src/finetune.py (compute_kl_divergence_loss_target_token, loss.release_kl): log p_θ(y) − log
+            # p_ref(y) over the tokens the NLL trains on (its mask is `labels != -100`, the arm's own labels: with
+            # --use_lm_loss the instruction too), with the NLL's weights and denominator. -ce is the NLL's own
+            # graph node, so the cancellation at kl_coef = 1 is exact.
+            with torch.no_grad():
+                ref_logp = targets.per_example(target_token_logprobs(ref_logits, targets.scored_labels))
+            return reduce_token_values(-ce - ref_logp, targets.shifted(), norm, loss_n)
+        # loss.weighted_kl: full-distribution KL at the positions predicting output tokens (IT mask).
+        token_kls = targets.per_example(token_kl(logits[:, :-1], ref_logits[:, :-1]))
+        return reduce_token_values(token_kls, targets.shifted(it_mask=True), norm, kl_n)
+
+    def _count(
+        self,
+        inputs: dict[str, torch.Tensor],
+        targets: Targets,
+        lm_loss: torch.Tensor,
+        ce: torch.Tensor,
+        kl: torch.Tensor | None,
+        kl_n: torch.Tensor | None,
+    ) -> None:
+        """Add a training micro-batch's tokens and loss parts to the window since the last log."""
+        if targets.target_index is not None:  # every example's k tokens: its k - 1 targets + its first token
+            real = int((targets.target_index >= 0).sum()) + targets.labels.shape[0]
+        else:
+            real = int(inputs["attention_mask"].sum())
+        self._window["real_tokens"] += real
+        self._window["padded_tokens"] += int(inputs["input_ids"].numel())
+        self._window["lm_loss"] += float(lm_loss.detach())
+        # The output-token loss under the IT mask, for every arm (this micro-batch's share of the step): the
+        # train curve that is comparable between IT and IM (each arm's own loss covers different tokens).
+        with torch.no_grad():
+            it_mask = targets.shifted(it_mask=True)
+            self._window["it_loss"] += float(reduce_token_values(ce.detach(), it_mask, self.loss_normalisation, kl_n))
+        self._window["kl"] += float(kl.detach()) if kl is not None else 0.0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the token counts and the loss parts of the window since the last log to training logs."""
@@ -223,7 +252,7 @@ class WeightedLossTrainer(Trainer):
             logs["padding_fraction"] = 1.0 - w["real_tokens"] / w["padded_tokens"] if w["padded_tokens"] else 0.0
             # Per-step values (each micro-batch holds its share of the step's loss, so sums are per step).
             logs["it_mask_loss"] = w["it_loss"] / steps
-            if self.kl_coef > 0:
+            if self.loss_spec.kl_coef > 0:
                 logs["lm_loss"] = w["lm_loss"] / steps
                 logs["kl"] = w["kl"] / steps
             self._window = self._empty_window()
