@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from im_pipeline.models import ModelSourceError, load_model_and_tokenizer, load_tokenizer, resolve_model
 from im_pipeline.models import gguf as models_gguf
 from im_pipeline.models.cache import CACHE_ENV, PROVENANCE_FILE
-from im_pipeline.models.gguf import _gguf_cache_key, convert_gguf
+from im_pipeline.models.gguf import convert_gguf, gguf_cache_key
 
 TEXT = "Write a function that returns the sum of two numbers."
 
@@ -216,7 +216,7 @@ def test_crash_during_conversion_leaves_no_cache(
         resolve_model(str(tiny_gguf), cache_dir=str(tmp_path))
     assert list((tmp_path / "models").iterdir()) == []
     # A SIGKILLed conversion leaves its temporary dir behind; the next conversion (holding the lock) removes it.
-    stale = tmp_path / "models" / f".{_gguf_cache_key(tiny_gguf)}.tmp-killed"
+    stale = tmp_path / "models" / f".{gguf_cache_key(tiny_gguf)}.tmp-killed"
     stale.mkdir()
     monkeypatch.setattr(models_gguf, "convert_gguf", real)
     out = Path(resolve_model(str(tiny_gguf), cache_dir=str(tmp_path)))

@@ -25,7 +25,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Exclusive inter-process lock on ``path`` (POSIX ``flock``; a no-op where fcntl is missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -42,7 +42,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success rename it to ``target``, on error remove it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -60,5 +60,6 @@ def _atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
-def _is_complete_hf_dir(path: Path) -> bool:
+def is_complete_hf_dir(path: Path) -> bool:
+    """A cache entry written whole: ``config.json`` and the provenance file (written last) are there."""
     return (path / "config.json").is_file() and (path / PROVENANCE_FILE).is_file()

@@ -16,7 +16,7 @@ class ModelSourceError(ValueError):
     """A model source cannot be resolved; the message says what was tried and how to fix it."""
 
 
-def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
     """Give the tokenizer a pad token without adding a token: keep an existing one, else reuse EOS.
 
     Padding is masked by ``attention_mask`` and labels (-100), so pad == EOS does not hide EOS from the loss.
@@ -33,7 +33,8 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
     log.info("%s: no pad token; using EOS %r as pad", source, tokenizer.eos_token)
 
 
-def _torch_dtype(dtype: Any) -> Any:
+def torch_dtype(dtype: Any) -> Any:
+    """A ``torch.dtype`` from its name (``"bfloat16"``, ``"torch.float16"``); ``None``, ``"auto"`` and dtypes pass."""
     import torch
 
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):

@@ -11,18 +11,14 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from im_pipeline.models.cache import PROVENANCE_FILE, _atomic_dir, _file_lock, _is_complete_hf_dir
-from im_pipeline.models.common import _ensure_pad_token
-
-if TYPE_CHECKING:
-    pass
+from im_pipeline.models.cache import PROVENANCE_FILE, atomic_dir, file_lock, is_complete_hf_dir
+from im_pipeline.models.common import ensure_pad_token
 
 log = logging.getLogger(__name__)
 
 
-def _gguf_cache_key(gguf: Path) -> str:
+def gguf_cache_key(gguf: Path) -> str:
     """Name of the cache entry of an arbitrary .gguf file: its stem + a hash of (absolute path, size, mtime).
 
     Only ``stat`` is used, so a cache hit never reads the (large) file.
@@ -49,7 +45,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     folder, fname = str(gguf.parent), gguf.name
     log.info("Dequantising %s (one time; later loads use the cache)", gguf)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    _ensure_pad_token(tokenizer, str(gguf))
+    ensure_pad_token(tokenizer, str(gguf))
     loaded = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=fname, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
@@ -92,7 +88,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     log.info("Dequantised %s in %.1f s", gguf.name, provenance["convert_seconds"])
 
 
-def _cached_conversion(
+def cached_conversion(
     name: str, root: Path, get_gguf: Callable[[], Path], cleanup: bool = False, origin: str | None = None
 ) -> Path:
     """The cached HF directory ``<root>/models/<name>``, creating it from ``get_gguf()`` if absent.
@@ -100,10 +96,10 @@ def _cached_conversion(
     ``cleanup`` deletes the .gguf afterwards (a temporary copy); ``origin`` is recorded in the provenance file.
     """
     target = root / "models" / name
-    if _is_complete_hf_dir(target):
+    if is_complete_hf_dir(target):
         return target
-    with _file_lock(root / "locks" / f"{name}.lock"):
-        if _is_complete_hf_dir(target):  # converted by another process while we waited
+    with file_lock(root / "locks" / f"{name}.lock"):
+        if is_complete_hf_dir(target):  # converted by another process while we waited
             return target
         if target.exists():  # incomplete (no provenance file): never trust it
             shutil.rmtree(target)
@@ -111,7 +107,7 @@ def _cached_conversion(
             shutil.rmtree(stale, ignore_errors=True)
         gguf = get_gguf()
         try:
-            with _atomic_dir(target) as tmp:
+            with atomic_dir(target) as tmp:
                 convert_gguf(gguf, tmp)
                 prov_path = tmp / PROVENANCE_FILE
                 prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}

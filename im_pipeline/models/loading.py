@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from im_pipeline.models.common import ModelSourceError, _ensure_pad_token, _torch_dtype
-from im_pipeline.models.resolve import _how_to_provide, resolve_model
+from im_pipeline.models.common import ModelSourceError, ensure_pad_token, torch_dtype
+from im_pipeline.models.resolve import how_to_provide, resolve_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def _wrap_hub_error(source: str, resolved: str, exc: Exception) -> Exception:
     if _is_hub(source, resolved):  # a Hub id used online
         msg = f"could not load {source!r} from the Hugging Face Hub: {exc}\n"
-        return ModelSourceError(msg + _how_to_provide(source))
+        return ModelSourceError(msg + how_to_provide(source))
     return exc
 
 
@@ -32,7 +32,7 @@ def _tokenizer_from(resolved: str, source: str, revision: str | None) -> PreTrai
         tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision if hub else None)
     except (OSError, ValueError) as exc:
         raise _wrap_hub_error(source, resolved, exc) from exc
-    _ensure_pad_token(tokenizer, source)
+    ensure_pad_token(tokenizer, source)
     return tokenizer
 
 
@@ -59,7 +59,7 @@ def load_model_and_tokenizer(
     tokenizer = _tokenizer_from(resolved, source, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=_torch_dtype(dtype), revision=revision if hub else None
+            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None
         )
     except (OSError, ValueError) as exc:
         if isinstance(exc, ModelSourceError):

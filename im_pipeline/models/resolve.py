@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from im_pipeline import hub
 from im_pipeline.models.cache import cache_root
 from im_pipeline.models.common import ModelSourceError
-from im_pipeline.models.gguf import _cached_conversion, _gguf_cache_key
+from im_pipeline.models.gguf import cached_conversion, gguf_cache_key
 from im_pipeline.models.shipped import NAMED_MODELS
-
-if TYPE_CHECKING:
-    pass
-
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _how_to_provide(source: str) -> str:
+def how_to_provide(source: str) -> str:
+    """The end of every "cannot load this Hub id" error: the ways to provide the model offline."""
     names = ", ".join(NAMED_MODELS)
     return (
         f"Provide the model locally instead: on a machine with Hub access run "
@@ -42,7 +38,7 @@ def resolve_model(source: str, *, cache_dir: str | None = None, revision: str | 
         named = NAMED_MODELS[source.lower()]
         root = cache_root(cache_dir)
         fetch = lambda: named.fetch(root)  # noqa: E731
-        return str(_cached_conversion(named.name, root, fetch, cleanup=named.temporary_gguf, origin=named.description))
+        return str(cached_conversion(named.name, root, fetch, cleanup=named.temporary_gguf, origin=named.description))
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -52,7 +48,7 @@ def resolve_model(source: str, *, cache_dir: str | None = None, revision: str | 
                 "(with config.json), a .gguf file, a Hub id, or one of: " + ", ".join(NAMED_MODELS)
             )
         root = cache_root(cache_dir)
-        return str(_cached_conversion(_gguf_cache_key(path), root, lambda: path))
+        return str(cached_conversion(gguf_cache_key(path), root, lambda: path))
     if path.is_dir():
         if (path / "config.json").is_file():
             return str(path)
@@ -78,5 +74,5 @@ def resolve_model(source: str, *, cache_dir: str | None = None, revision: str | 
         raise ModelSourceError(
             f"unknown model source {source!r}: not one of the offline models ({', '.join(NAMED_MODELS)}), "
             f"no local path of that name exists, and the Hugging Face Hub is offline (HF_HUB_OFFLINE) with no "
-            f"cached copy of it ({type(exc).__name__}). " + _how_to_provide(source)
+            f"cached copy of it ({type(exc).__name__}). " + how_to_provide(source)
         ) from exc
