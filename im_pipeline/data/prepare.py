@@ -94,9 +94,23 @@ def prepare_data(
     once everything has succeeded. Raises :class:`DataError` on malformed data or a policy error.
     """
     opts = {"multi_turn": cfg.multi_turn, "instruction_templates": cfg.instruction_templates, "seed": seed}
-    train_loaded = load_source(cfg.train, data_dir, **opts)
-    train, train_actions = _apply_policies(train_loaded, cfg, f"train ({cfg.train})")
-    report: dict[str, Any] = {
+    train, train_actions = _apply_policies(load_source(cfg.train, data_dir, **opts), cfg, f"train ({cfg.train})")
+    report = _report_head(cfg, seed, train_actions)
+    if cfg.per_seed:
+        prepared = _per_seed_pool(cfg, train, report)
+    else:
+        train, held_out = _held_out(cfg, data_dir, seed, opts, train, report)
+        train = _select(cfg, train, seed, report)
+        report["stats"] = {"train": length_stats(train), "held_out": length_stats(held_out)}
+        prepared = PreparedData(train=train, held_out=held_out, report=report)
+    if out_dir is not None:
+        write_prepared(prepared, Path(out_dir))
+    return prepared
+
+
+def _report_head(cfg: DataConfig, seed: int, train_actions: dict[str, Any]) -> dict[str, Any]:
+    """``data_stats.json``'s first part: the sources, the seed, the policies and what they did to the training set."""
+    return {
         "train_source": cfg.train,
         "held_out_source": cfg.held_out or f"split from {cfg.train}",
         "seed": seed,
@@ -110,44 +124,57 @@ def prepare_data(
         "actions": {"train": train_actions},
     }
 
-    if cfg.per_seed:
-        # Every seed draws its own training and test samples from this pool when it trains (seed_data).
-        report["held_out_kind"] = f"per-seed sample of {cfg.train}, disjoint from that seed's training sample"
-        report["selection"] = {
-            "available": len(train),
-            "method": "per seed",
-            "n": cfg.n,
-            "test_n": cfg.held_out_size,
-            "selected": len(train),
-        }
-        if cfg.n is not None and cfg.n + cfg.held_out_size > len(train):
-            raise DataError(
-                f"data.per_seed: {cfg.n} training + {cfg.held_out_size} test examples per seed, but only "
-                f"{len(train)} examples are left in {cfg.train!r}"
-            )
-        report["stats"] = {"train": length_stats(train)}  # the pool; the samples are drawn per seed
-        prepared = PreparedData(train=train, held_out=[], report=report)
-        if out_dir is not None:
-            write_prepared(prepared, Path(out_dir))
-        return prepared
 
-    if cfg.held_out:
-        # Another data set as the test set (the paper's protocol: a Tulu V2 sample for LIMA-trained models). The
-        # training set stays whole; examples that also occur in the training set are only counted.
-        held_loaded = load_source(cfg.held_out, data_dir, **opts)
-        held_out, held_actions = _apply_policies(held_loaded, cfg, f"held_out ({cfg.held_out})")
-        if cfg.held_out_size and len(held_out) > cfg.held_out_size:
-            held_out = subsample(held_out, cfg.held_out_size, seed)
-            held_actions["sampled"] = len(held_out)
-        train_keys = {_content_key(r) for r in train}
-        report["actions"]["held_out"] = held_actions
-        report["actions"]["held_out_also_in_train"] = sum(_content_key(r) in train_keys for r in held_out)
-        report["held_out_kind"] = "another data set"
-    else:
+def _per_seed_pool(cfg: DataConfig, train: list[dict[str, Any]], report: dict[str, Any]) -> PreparedData:
+    """``data.per_seed``: the cleaned pool, from which every seed draws its own training and test samples when it
+    trains (:func:`seed_data`)."""
+    report["held_out_kind"] = f"per-seed sample of {cfg.train}, disjoint from that seed's training sample"
+    report["selection"] = {
+        "available": len(train),
+        "method": "per seed",
+        "n": cfg.n,
+        "test_n": cfg.held_out_size,
+        "selected": len(train),
+    }
+    if cfg.n is not None and cfg.n + cfg.held_out_size > len(train):
+        raise DataError(
+            f"data.per_seed: {cfg.n} training + {cfg.held_out_size} test examples per seed, but only "
+            f"{len(train)} examples are left in {cfg.train!r}"
+        )
+    report["stats"] = {"train": length_stats(train)}  # the pool; the samples are drawn per seed
+    return PreparedData(train=train, held_out=[], report=report)
+
+
+def _held_out(
+    cfg: DataConfig,
+    data_dir: Path | str | None,
+    seed: int,
+    opts: dict[str, Any],
+    train: list[dict[str, Any]],
+    report: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training, held-out): another data set as the test set, or a seeded split off the training set."""
+    if not cfg.held_out:
         train, held_out = split_held_out(train, cfg.held_out_size, seed)
         report["actions"]["held_out_split"] = len(held_out)
         report["held_out_kind"] = "in-distribution split"
+        return train, held_out
+    # Another data set as the test set (the paper's protocol: a Tulu V2 sample for LIMA-trained models). The
+    # training set stays whole; examples that also occur in the training set are only counted.
+    held_loaded = load_source(cfg.held_out, data_dir, **opts)
+    held_out, held_actions = _apply_policies(held_loaded, cfg, f"held_out ({cfg.held_out})")
+    if cfg.held_out_size and len(held_out) > cfg.held_out_size:
+        held_out = subsample(held_out, cfg.held_out_size, seed)
+        held_actions["sampled"] = len(held_out)
+    train_keys = {_content_key(r) for r in train}
+    report["actions"]["held_out"] = held_actions
+    report["actions"]["held_out_also_in_train"] = sum(_content_key(r) in train_keys for r in held_out)
+    report["held_out_kind"] = "another data set"
+    return train, held_out
 
+
+def _select(cfg: DataConfig, train: list[dict[str, Any]], seed: int, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``select_ratio`` (the n examples with ratio closest to α), ``n`` (seeded subsample) or all; recorded."""
     available = len(train)
     selection: dict[str, Any] = {"available": available}
     if cfg.select_ratio is not None:
@@ -166,12 +193,7 @@ def prepare_data(
     report["selection"] = selection
     if not train:
         raise DataError(f"no training examples left from {cfg.train!r} after the policies: {report['actions']}")
-
-    report["stats"] = {"train": length_stats(train), "held_out": length_stats(held_out)}
-    prepared = PreparedData(train=train, held_out=held_out, report=report)
-    if out_dir is not None:
-        write_prepared(prepared, Path(out_dir))
-    return prepared
+    return train
 
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:

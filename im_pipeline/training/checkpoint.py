@@ -12,7 +12,6 @@ from typing import Any
 
 from im_pipeline.config import ArmConfig, ExperimentConfig
 from im_pipeline.data.templates import TULU_CHAT_TEMPLATE
-from im_pipeline.loss_modes import LossMode
 
 log = logging.getLogger(__name__)
 
@@ -44,40 +43,16 @@ def write_model_card(final_dir: Path, cfg: ExperimentConfig, arm: ArmConfig, see
         report_link = os.path.relpath(report, Path(final_dir).resolve())
     except ValueError:  # another drive (Windows)
         report_link = str(report)
-    t = cfg.training
     base = cfg.model.source
-    data = cfg.data
-    extras = {k: getattr(arm, k) for k in ("prompt_loss_weight", "neftune_alpha", "kl_coef") if getattr(arm, k)}
     meta = ModelCardData(
         base_model=base if "/" in base and not Path(base).exists() else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["im-pipeline", f"loss-mode-{arm.loss_mode}", "instruction-tuning"],
     )
-
-    def fmt(x: Any) -> str:
-        return f"{x:.4f}" if isinstance(x, float) else str(x)
-
-    rows = {
-        "base model": f"`{base}`" + (f" (revision `{cfg.model.revision}`)" if cfg.model.revision else ""),
-        "training data": f"`{data.train}`, {summary.get('n_train')} examples"
-        + (f" (subsample n={data.n})" if data.n else "")
-        + f", {summary.get('n_held_out')} held out",
-        "chat template": f"`{data.template}` (saved as the tokenizer's `chat_template`)",
-        "loss mode": f"`{arm.loss_mode}` (arm `{arm.name}`)" + (f", {extras}" if extras else ""),
-        "seed": seed,
-        "epochs / steps": f"{t.epochs} / {summary.get('steps')}",
-        "learning rate": f"{summary.get('learning_rate', t.learning_rate)} ({t.lr_scheduler}, warm-up {t.warmup_ratio})"
-        + (f"; {t.learning_rate} × lr_scale {summary['lr_scale_factor']:.6g}" if arm.lr_scale != 1.0 else ""),
-        "batch": f"{t.batch_size} × {t.gradient_accumulation_steps} accumulation",
-        "max length": data.max_length,
-        "loss normalisation": t.loss_normalisation,
-        "weight decay": t.weight_decay,
-        "final train loss": fmt(summary.get("final_train_loss")),
-        "held-out loss (output tokens)": fmt(summary.get("final_held_out_loss")),
-        "training time": f"{summary.get('wall_time_s')} s, {summary.get('tokens_per_s')} tokens/s",
-    }
-    table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
+    table = "\n".join(
+        ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in _card_rows(cfg, arm, seed, summary).items())]
+    )
     content = f"""---
 {meta.to_yaml()}
 ---
@@ -85,7 +60,7 @@ def write_model_card(final_dir: Path, cfg: ExperimentConfig, arm: ArmConfig, see
 # {cfg.name} / {arm.name} / seed {seed}
 
 `{base}` fine-tuned by im-pipeline (Instruction Tuning vs Instruction Modelling, Shi et al. 2024) with loss
-mode **{arm.loss_mode}** ({LossMode(arm.loss_mode).description}), experiment `{cfg.name}`.
+mode **{arm.loss_mode}** ({arm.loss_mode.description}), experiment `{cfg.name}`.
 
 {table}
 
@@ -108,6 +83,35 @@ the model was tuned on.
     path = Path(final_dir) / "README.md"
     ModelCard(content).save(path)
     return path
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _card_rows(cfg: ExperimentConfig, arm: ArmConfig, seed: int, summary: dict) -> dict[str, Any]:
+    """The model card's table: base model, data, template, loss, seed, schedule, batch, losses, time."""
+    t, data = cfg.training, cfg.data
+    extras = {k: getattr(arm, k) for k in ("prompt_loss_weight", "neftune_alpha", "kl_coef") if getattr(arm, k)}
+    return {
+        "base model": f"`{cfg.model.source}`" + (f" (revision `{cfg.model.revision}`)" if cfg.model.revision else ""),
+        "training data": f"`{data.train}`, {summary.get('n_train')} examples"
+        + (f" (subsample n={data.n})" if data.n else "")
+        + f", {summary.get('n_held_out')} held out",
+        "chat template": f"`{data.template}` (saved as the tokenizer's `chat_template`)",
+        "loss mode": f"`{arm.loss_mode}` (arm `{arm.name}`)" + (f", {extras}" if extras else ""),
+        "seed": seed,
+        "epochs / steps": f"{t.epochs} / {summary.get('steps')}",
+        "learning rate": f"{summary.get('learning_rate', t.learning_rate)} ({t.lr_scheduler}, warm-up {t.warmup_ratio})"
+        + (f"; {t.learning_rate} × lr_scale {summary['lr_scale_factor']:.6g}" if arm.lr_scale != 1.0 else ""),
+        "batch": f"{t.batch_size} × {t.gradient_accumulation_steps} accumulation",
+        "max length": data.max_length,
+        "loss normalisation": t.loss_normalisation,
+        "weight decay": t.weight_decay,
+        "final train loss": _fmt(summary.get("final_train_loss")),
+        "held-out loss (output tokens)": _fmt(summary.get("final_held_out_loss")),
+        "training time": f"{summary.get('wall_time_s')} s, {summary.get('tokens_per_s')} tokens/s",
+    }
 
 
 def drop_incomplete_checkpoints(ckpt_root: Path) -> None:
