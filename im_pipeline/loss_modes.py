@@ -18,7 +18,8 @@ IGNORE_INDEX = -100
 
 KL_FORMS = ("full", "release")
 """``full``: KL(model ‖ base) over the whole next-token distribution (paper Eq. 5); ``release``: the released code's
-``log p_θ(y) − log p_ref(y)`` at the target token (:func:`im_pipeline.training.loss.release_kl`)."""
+``log p_θ(y) − log p_ref(y)`` at the target token
+(:meth:`im_pipeline.training.weighted_trainer.WeightedLossTrainer._kl_term`)."""
 
 
 class LossMode(StrEnum):

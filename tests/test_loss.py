@@ -1,4 +1,4 @@
-"""weighted_lm_loss / weighted_kl against torch.nn.functional.cross_entropy on hand-made tensors."""
+"""weighted_lm_loss / token_kl against torch.nn.functional.cross_entropy on hand-made tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from im_pipeline.training.loss import loss_denominator, token_kl, weighted_kl, weighted_lm_loss
+from im_pipeline.training.loss import (
+    loss_denominator,
+    reduce_token_values,
+    shifted_weights,
+    token_kl,
+    weighted_lm_loss,
+)
 
 V = 11
 
@@ -110,10 +116,12 @@ def test_bad_input_raises():
 
 
 def test_kl_zero_for_identical_and_positive_otherwise():
+    # As the trainer's full KL: token_kl at the positions predicting weighted targets, reduced like the NLL.
     logits, labels, mask = _batch(seed=7)
-    assert weighted_kl(logits, logits.clone(), labels, mask).abs().item() < 1e-6
+    w = shifted_weights(labels, mask)
+    assert reduce_token_values(token_kl(logits[:, :-1], logits.clone()[:, :-1]), w).abs().item() < 1e-6
     other = logits + torch.randn_like(logits)
-    kl = weighted_kl(logits, other, labels, mask, "token")
+    kl = reduce_token_values(token_kl(logits[:, :-1], other[:, :-1]), w, "token")
     assert kl.item() > 0
     # Against torch's kl_div: KL(p‖q) = kl_div(log q, log p, log_target=True) summed over the vocabulary.
     ref_tok = F.kl_div(F.log_softmax(other, -1), F.log_softmax(logits, -1), log_target=True, reduction="none").sum(-1)
@@ -123,9 +131,9 @@ def test_kl_zero_for_identical_and_positive_otherwise():
 
 
 def test_kl_gradient_flows_only_to_model_logits():
-    logits, labels, mask = _batch(seed=8)
+    logits, _, _ = _batch(seed=8)
     logits.requires_grad_(True)
     ref = torch.randn_like(logits, requires_grad=True)
-    weighted_kl(logits, ref, labels, mask).backward()
+    token_kl(logits, ref).sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     assert ref.grad is None

@@ -159,9 +159,5 @@ def user_turns(record: dict[str, Any]) -> list[str]:
     return [m["content"] for m in record["messages"] if m["role"] == "user"]
 
 
-def assistant_turns(record: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in record["messages"] if m["role"] == "assistant"]
-
-
 def is_multi_turn(record: dict[str, Any]) -> bool:
     return len(user_turns(record)) > 1

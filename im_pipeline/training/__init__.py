@@ -2,7 +2,7 @@
 
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.held_out import output_token_loss
-from im_pipeline.training.loss import loss_denominator, weighted_kl, weighted_lm_loss
+from im_pipeline.training.loss import loss_denominator, weighted_lm_loss
 from im_pipeline.training.masking import WeightedCollator, encode_example
 from im_pipeline.training.packing import PaddingFreeCollator
 from im_pipeline.training.trainer import build_training_arguments, train_arm
@@ -18,6 +18,5 @@ __all__ = [
     "loss_denominator",
     "output_token_loss",
     "train_arm",
-    "weighted_kl",
     "weighted_lm_loss",
 ]

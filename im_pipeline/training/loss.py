@@ -88,7 +88,6 @@ def weighted_lm_loss(
     normalisation: str = "sequence",
     *,
     num_items: torch.Tensor | float | None = None,
-    token_losses: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted next-token cross-entropy.
 
@@ -98,13 +97,11 @@ def weighted_lm_loss(
         weights: ``[B, T]`` weight of token ``i`` as a target (aligned with ``labels``).
         normalisation: ``"sequence"`` or ``"token"`` (see the module docstring).
         num_items: denominator over the whole accumulated batch (gradient accumulation); ``None`` = this batch's.
-        token_losses: :func:`token_ce` of ``logits`` if already computed (shared with :func:`release_kl`).
     """
     if logits.dim() != 3 or logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be [B, T, V] with [B, T] = labels {tuple(labels.shape)}")
     w = shifted_weights(labels, weights)
-    ce = token_ce(logits, labels) if token_losses is None else token_losses
-    return reduce_token_values(ce, w, normalisation, num_items)
+    return reduce_token_values(token_ce(logits, labels), w, normalisation, num_items)
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -132,51 +129,9 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(dim=-1)
 
 
-def weighted_kl(
-    logits: torch.Tensor,
-    ref_logits: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    normalisation: str = "sequence",
-    *,
-    num_items: torch.Tensor | float | None = None,
-) -> torch.Tensor:
-    """KL(model ‖ ref) at the positions that predict weighted targets (e.g. the IT mask: output tokens), reduced
-    like :func:`weighted_lm_loss`."""
-    w = shifted_weights(labels, weights)
-    kl = token_kl(logits[:, :-1], ref_logits[:, :-1])
-    return reduce_token_values(kl, w, normalisation, num_items)
-
-
 def target_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log p(label)`` at each target, ``[B, T-1]`` (0 where the label is ignored); gradients flow."""
     return -token_ce(logits, labels)
-
-
-def release_kl(
-    logits: torch.Tensor,
-    ref_logits: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    normalisation: str = "sequence",
-    *,
-    num_items: torch.Tensor | float | None = None,
-    token_logprobs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The released code's "KL" (``src/finetune.py`` → ``utils.compute_kl_divergence_loss_target_token`` with
-    ``compute_kl_penalty(kl_penalty="kl")``): ``log p_θ(y) − log p_ref(y)`` at the *target token* only, averaged over
-    the weighted targets with the same reduction as the NLL (:func:`reduce_token_values`).
-
-    Not a divergence: its expectation under the data is not ≥ 0, and where it shares tokens and denominator with the
-    NLL (``-log p_θ(y)``), ``NLL + c·KL = (1 − c)·NLL − c·mean(log p_ref(y))``: the gradient is ``(1 − c)`` times the
-    NLL's and vanishes at ``c = 1``. ``token_logprobs`` (``-token_ce``, as the NLL computed it) may be passed so the
-    two terms share one graph node and the cancellation at ``c = 1`` is exact in floating point.
-    """
-    w = shifted_weights(labels, weights)
-    logp = target_token_logprobs(logits, labels) if token_logprobs is None else token_logprobs
-    with torch.no_grad():
-        ref_logp = target_token_logprobs(ref_logits.detach(), labels)
-    return reduce_token_values(logp - ref_logp, w, normalisation, num_items)
 
 
 def unpack_targets(values: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:

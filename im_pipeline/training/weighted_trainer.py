@@ -195,19 +195,25 @@ class WeightedLossTrainer(Trainer):
         loss_n: torch.Tensor | None,
         kl_n: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The KL term to the frozen reference model, in the arm's ``kl_form``."""
+        """The KL term to the frozen reference model, in the arm's ``kl_form``.
+
+        ``full`` (paper Eq. 5): :func:`token_kl`, KL(model ‖ ref) over the whole next-token distribution, at the
+        positions that predict output tokens (IT mask), reduced like the NLL. ``release``: the released code's "KL"
+        (``src/finetune.py`` → ``utils.compute_kl_divergence_loss_target_token`` with
+        ``compute_kl_penalty(kl_penalty="kl")``), ``log p_θ(y) − log p_ref(y)`` at the *target token* only, over the
+        tokens the NLL trains on, with its weights and denominator. Not a divergence (its expectation under the data
+        is not ≥ 0): ``NLL + c·KL = (1 − c)·NLL − c·mean(log p_ref(y))``, whose gradient is ``(1 − c)`` times the
+        NLL's and vanishes at ``c = 1``.
+        """
         norm = self.loss_normalisation
         with torch.no_grad():
             ref_logits = self.ref_model(**model_inputs).logits
         if self.loss_spec.kl_form == "release":
-            # As src/finetune.py (compute_kl_divergence_loss_target_token, loss.release_kl): log p_θ(y) − log
-            # p_ref(y) over the tokens the NLL trains on (its mask is `labels != -100`, the arm's own labels: with
-            # --use_lm_loss the instruction too), with the NLL's weights and denominator. -ce is the NLL's own
-            # graph node, so the cancellation at kl_coef = 1 is exact.
+            # The NLL's tokens: the released mask is `labels != -100`, the arm's own labels (with --use_lm_loss the
+            # instruction too). -ce is the NLL's own graph node, so the cancellation at kl_coef = 1 is exact.
             with torch.no_grad():
                 ref_logp = targets.per_example(target_token_logprobs(ref_logits, targets.scored_labels))
             return reduce_token_values(-ce - ref_logp, targets.shifted(), norm, loss_n)
-        # loss.weighted_kl: full-distribution KL at the positions predicting output tokens (IT mask).
         token_kls = targets.per_example(token_kl(logits[:, :-1], ref_logits[:, :-1]))
         return reduce_token_values(token_kls, targets.shifted(it_mask=True), norm, kl_n)
 
