@@ -64,14 +64,15 @@ def test_torchrun_two_processes_equal_one_with_double_accumulation(
     common = {"batch_size": 2, "save_steps": 2, "loss_normalisation": normalisation, "threads": 1}
 
     two = make_cfg(tiny_model_dir, gradient_accumulation_steps=1, launcher=TORCHRUN, **common)
-    launched = launch(two.train_launcher(), two, "IM", 0, tmp_path / "two" / "IM" / "seed-0", data)
+    launched = launch(two.train_launcher(), two, "IM", 0, tmp_path / "two" / "IM" / "seed-0", data, key="k2")
     one = make_cfg(tiny_model_dir, gradient_accumulation_steps=2, **common)
     single = train_arm(one, arm, 0, train, held, tmp_path / "one", key="k")
 
     run = tmp_path / "two" / "IM" / "seed-0"
     assert launched == json.loads((run / "train_summary.json").read_text())
     job = json.loads((run / "launch.json").read_text())
-    assert (job["arm"], job["seed"], job["run_dir"]) == ("IM", 0, str(run.resolve()))
+    assert (job["arm"], job["seed"], job["run_dir"], job["key"]) == ("IM", 0, str(run.resolve()), "k2")
+    assert launched["key"] == "k2" and single["key"] == "k"  # the unit's key reached every launched process
     assert launched["world_size"] == 2 and single["world_size"] == 1
     assert launched["steps"] == single["steps"] == 4  # 16 examples, 4 per optimiser step
     delta = abs(launched["final_train_loss"] - single["final_train_loss"])
