@@ -88,19 +88,22 @@ def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, o
 
 @dataclass(frozen=True)
 class RunFacts:
-    """How this process runs the unit: the unit layer's key, the launch (processes, this one's rank), threads and
-    clocks. Under torchrun / accelerate launch every process runs :func:`train_arm`: all of them train and take part
-    in the final save (ZeRO-3 / FSDP gather the weights); rank 0 alone writes files."""
+    """How this process runs the unit: the unit layer's key, the launch (processes, this one's rank), torch threads
+    and the start (UTC, and ``perf_counter`` for the wall time). Under torchrun / accelerate launch every process
+    runs :func:`train_arm`: all of them train and take part in the final save (ZeRO-3 / FSDP gather the weights);
+    rank 0 alone writes files."""
 
     key: str
     world_size: int
     rank: int
+    threads: int
     started_at: str
+    t_start: float
 
     @classmethod
-    def now(cls, key: str) -> RunFacts:
+    def start(cls, key: str, threads: int | None) -> RunFacts:
         world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        return cls(key, world_size, rank, _utc_now())
+        return cls(key, world_size, rank, threads or os.cpu_count() or 1, _utc_now(), time.perf_counter())
 
     @property
     def is_main(self) -> bool:
@@ -150,12 +153,10 @@ def train_arm(
         raise ValueError("train_arm: the training set is empty")
     unit = UnitLayout.at(run_dir)
     unit.dir.mkdir(parents=True, exist_ok=True)
-    run = RunFacts.now(key)
+    run = RunFacts.start(key, cfg.training.threads)
     args = build_training_arguments(cfg, arm, seed, unit.trainer_checkpoints)
     resume = resume_point(unit, args, run.is_main)
-    threads = cfg.training.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    t_start = time.perf_counter()
+    torch.set_num_threads(run.threads)
     model, ref_model, tokenizer = load_models(cfg, arm)
     data = encode_splits(cfg, arm, seed, train, held_out, tokenizer)
     lr = learning_rate(cfg, arm, seed, train, tokenizer)
@@ -165,8 +166,7 @@ def train_arm(
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, tokenizer, unit, cfg.data.template, run.is_main)
-    facts = {"threads": threads, "wall_time_s": round(time.perf_counter() - t_start, 2)}
-    summary = train_summary(cfg, arm, seed, unit, run, data, lr, result, resume, facts)
+    summary = train_summary(cfg, arm, seed, unit, run, data, lr, result, resume)
     trainer.accelerator.wait_for_everyone()
     if run.is_main:
         write_outputs(unit, cfg, arm, seed, summary)
@@ -317,10 +317,9 @@ def train_summary(
     lr: LearningRate,
     result: Any,
     resume: str | None,
-    facts: dict[str, Any],
 ) -> dict:
     """The content of ``train_summary.json``: the arm, what training did (from ``train_log.jsonl`` and the Trainer's
-    result), throughput, provenance and the unit's key. ``facts``: ``threads`` and ``wall_time_s``."""
+    result), throughput, provenance and the unit's key."""
     rows = _read_log(unit.train_log)
     train_rows = [r for r in rows if r.get("tokens")]
     held_rows = [r for r in rows if r.get("held_out_loss") is not None]
@@ -353,9 +352,9 @@ def train_summary(
         "train_seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
         "padding_fraction": round(1 - tokens / padded, 4) if padded else None,
-        "wall_time_s": facts["wall_time_s"],
+        "wall_time_s": round(time.perf_counter() - run.t_start, 2),
         "resumed_from": Path(resume).name if resume else None,
-        "threads": facts["threads"],
+        "threads": run.threads,
         "world_size": run.world_size,
         "host": socket.gethostname(),  # who computed it (rank 0 of the launch)
         "pid": os.getpid(),
