@@ -51,7 +51,7 @@ _WORDS = {
 
 @dataclass(frozen=True)
 class LossSpec:
-    """An arm's loss, checked once when built (``ArmConfig.loss`` builds it; its validator is this one): the mask
+    """An arm's loss, checked once when built (an ``ArmConfig`` builds its own when validated: ``arm.loss``): the mask
     (``mode``), λ for ``weighted`` and the KL term to the frozen base model. Masking, loss and trainer take it as is.
     """
 

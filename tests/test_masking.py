@@ -317,5 +317,10 @@ def test_loss_modes_are_defined_once() -> None:
     # ArmConfig's rule is LossSpec's: one message whichever builds it.
     with pytest.raises(ConfigError, match="loss_mode 'weighted' needs prompt_loss_weight"):
         config_from_dict({"name": "x", "model": {"source": "m"}, "arms": [{"name": "W", "loss_mode": "weighted"}]})
+    # The arm's spec is built when the arm is validated, also after an assignment (validate_assignment).
+    arm = config_from_dict({"name": "x", "model": {"source": "m"}}).arms[1]
+    assert arm.loss == LossSpec(LossMode.im) and arm.loss.mode is LossMode.im
+    arm.kl_coef, arm.kl_form = 0.5, "release"
+    assert arm.loss == LossSpec(LossMode.im, kl_coef=0.5, kl_form="release")
     mask = next(a for a in build_parser()._subparsers._group_actions[0].choices["mask"]._actions if a.dest == "mode")
     assert mask.choices == [m.value for m in LossMode]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from im_pipeline.config.base import (
     NAME_CHARS,
@@ -128,15 +128,20 @@ class ArmConfig(_Strict):
             raise ValueError(f"lr_scale must be > 0 (got {value})")
         return value
 
+    _loss: LossSpec | None = PrivateAttr(None)
+
     @model_validator(mode="after")
-    def _check_loss(self) -> ArmConfig:
-        self.loss  # noqa: B018  # LossSpec holds the rules (weighted needs λ, λ only with weighted)
+    def _build_loss(self) -> ArmConfig:
+        # LossSpec holds the rules (weighted needs λ, λ only with weighted); built once per validation (also after
+        # an assignment: validate_assignment), read by masking, loss and trainer through ``loss``.
+        self._loss = LossSpec(self.loss_mode, self.prompt_loss_weight, self.kl_coef, self.kl_form)
         return self
 
     @property
     def loss(self) -> LossSpec:
-        """The arm's loss (mode, λ, KL term) as one typed spec for masking, loss and trainer."""
-        return LossSpec(self.loss_mode, self.prompt_loss_weight, self.kl_coef, self.kl_form)
+        """The arm's loss (mode, λ, KL term) as one typed spec, checked once when the arm was validated."""
+        assert self._loss is not None  # set by _build_loss
+        return self._loss
 
 
 class TrainingConfig(_Strict):
