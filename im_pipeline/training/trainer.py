@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig, stable_hash
 from im_pipeline.provenance import write_text_atomic
+from im_pipeline.results import ResultFileError, TrainSummary, new_train_summary
 from im_pipeline.runs.layout import UnitLayout
 from im_pipeline.runs.staleness import model_identity, training_identity
 from im_pipeline.training.callback import TrainLogCallback
@@ -104,10 +105,10 @@ def _is_finished(unit: UnitLayout, fingerprint: str) -> dict | None:
     if not (summary_path.is_file() and (unit.checkpoint / "config.json").is_file()):
         return None
     try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError:
+        summary = TrainSummary.read(summary_path)
+    except ResultFileError:
         return None
-    return summary if summary.get("fingerprint") == fingerprint else None
+    return summary.to_json() if summary.key == fingerprint else None
 
 
 def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, output_dir: Path) -> TrainingArguments:
@@ -333,10 +334,11 @@ def train_arm(
         "fingerprint": fingerprint,
         "checkpoint": unit.checkpoint.name,
     }
+    record = new_train_summary(summary)  # typed: a field TrainSummary lacks is an error, not a silent key
     trainer.accelerator.wait_for_everyone()
     if not is_main:
         return summary
-    write_text_atomic(unit.train_summary, json.dumps(summary, indent=2) + "\n")
+    record.write(unit.train_summary)
     write_model_card(final_dir, cfg, arm, seed, summary)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # large; the final model is in checkpoint/
     log.info(
