@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_run import make_experiment
 
 from im_pipeline.report.build import build_report
-from im_pipeline.report.figures import _ensure_span
+from im_pipeline.report.figures import ensure_span
 from im_pipeline.report.overfitting import MIN_LOSS_SPAN, _loss_figure, held_out_difference_ci
 from im_pipeline_flows.cli.commands import report_command
 
@@ -216,18 +216,18 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
     table_delta = agg.delta_stats(ov["IM"], ov["IT"], "overfitting", key="test_loss")  # the section's, reused
     assert held_out_difference_ci(run, table_delta) == (width, why)
     captured = {}
-    real = _ensure_span
+    real = ensure_span
 
     def spy(ax, min_span):
         real(ax, min_span)
         captured.setdefault("spans", []).append(ax.get_ylim()[1] - ax.get_ylim()[0])
         captured["ticks"] = [t for t in ax.get_xticks() if 1 <= t <= 3]
 
-    rov._ensure_span = spy
+    rov.ensure_span = spy
     try:
         _loss_figure(run, tmp_path)
     finally:
-        rov._ensure_span = real
+        rov.ensure_span = real
     assert width > MIN_LOSS_SPAN  # noisy per-example differences: a wide CI
     assert len(captured["spans"]) == 2 and all(span >= width - 1e-9 for span in captured["spans"])
     assert all(float(t).is_integer() for t in captured["ticks"])

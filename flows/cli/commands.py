@@ -183,7 +183,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     run_root = Path(args.run_dir)
     run = load_run(run_root)
-    out = Path(args.out) if args.out else Path(run.config.get("report_dir") or "reports") / run.experiment
+    out = Path(args.out) if args.out else Path(run.config.report_dir or "reports") / run.experiment
     result = build_report(run_root, out)
     print(f"report: {result['report']}")
     for f in result["figures"]:
