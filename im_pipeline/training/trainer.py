@@ -335,6 +335,7 @@ def train_arm(
         "checkpoint": unit.checkpoint.name,
     }
     record = new_train_summary(summary)  # typed: a field TrainSummary lacks is an error, not a silent key
+    summary = record.to_json()  # what the file holds (schema_version, key)
     trainer.accelerator.wait_for_everyone()
     if not is_main:
         return summary
