@@ -233,3 +233,21 @@ def test_seeds_with_too_few_items_give_no_interval() -> None:
     assert d.seed_deltas == pytest.approx({0: 1 / 3, 1: 0.0})
     s = agg.arm_summary(im, "humaneval")
     assert s.too_few_items and s.stderr is None and s.n_seeds == 2
+
+
+def test_load_run_refuses_an_old_result_file_and_names_a_bad_config(tmp_path: Path) -> None:
+    import json
+
+    from im_pipeline.results import ResultFileError
+
+    root = make_experiment(tmp_path, "old", ratio=0.1, n=8, values={"mmlu": {"IT": [0.3, 0.3], "IM": [0.4, 0.4]}})
+    old = root / "IM" / "seed-1" / "eval" / "mmlu.json"
+    rec = json.loads(old.read_text())
+    del rec["schema_version"]  # as written before results were typed
+    old.write_text(json.dumps(rec))
+    with pytest.raises(ResultFileError, match=rf"{old}: eval result written without a schema_version.*--rerun eval"):
+        agg.load_run(root)
+    old.unlink()
+    (root / "config.yaml").write_text("name: old\nseeds: [zero]\n")
+    with pytest.raises(ValueError, match=r"(?s)config.yaml: .*seeds"):
+        agg.load_run(root)

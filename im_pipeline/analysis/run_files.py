@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from im_pipeline.results import EvalResult, TrainSummary, read_eval_result
 from im_pipeline.runs.layout import BASE_ARM, RunLayout, UnitLayout
@@ -298,14 +298,14 @@ def load_run(root: Path) -> RunResults:
     if not is_run_root(root):
         raise ValueError(f"{root} is not an experiment run directory (no config.yaml, data/ or <arm>/seed-*/eval/)")
     raw = yaml.safe_load(layout.config.read_text(encoding="utf-8")) if layout.config.is_file() else None
-    config = RunConfig.model_validate(raw or {})
+    config = _view(RunConfig, raw or {}, layout.config)
     run = RunResults(experiment=config.name or root.name, root=root, config=config)
     if layout.data_stats.is_file():
-        run.data_stats = DataStats.model_validate(_read_json(layout.data_stats))
+        run.data_stats = _view(DataStats, _read_json(layout.data_stats), layout.data_stats)
     if layout.data_unavailable.is_file():
-        run.data_unavailable = DataUnavailable.model_validate(_read_json(layout.data_unavailable))
+        run.data_unavailable = _view(DataUnavailable, _read_json(layout.data_unavailable), layout.data_unavailable)
     if layout.timings.is_file():
-        run.timings = Timings.model_validate(_read_json(layout.timings))
+        run.timings = _view(Timings, _read_json(layout.timings), layout.timings)
     configured = [a.name for a in config.arms if a.name is not None]
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("seed-*")))
     run.arms = [a for a in configured if a in found] + [a for a in found if a not in configured]
@@ -315,6 +315,17 @@ def load_run(root: Path) -> RunResults:
         run.results.setdefault(rec.benchmark, {}).setdefault(BASE_ARM, {})[None] = rec
     run.seeds = sorted(s for s in seeds if s is not None)
     return run
+
+
+_V = TypeVar("_V", bound=_View)
+
+
+def _view(model: type[_V], data: Any, path: Path) -> _V:
+    """``data`` (read from ``path``) as its view; a value of the wrong type is an error naming the file."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _load_unit(run: RunResults, arm: str, unit: UnitLayout) -> int | None:
