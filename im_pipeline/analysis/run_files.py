@@ -3,8 +3,8 @@
 ``data/data_stats.json`` (:class:`DataStats`), ``data/unavailable.json`` and ``timings.json`` (:class:`Timings`).
 
 The views are lenient on purpose: the report rebuilds from run directories written by older versions, so unknown
-keys are ignored and every field has the default the report prints when it is missing. The result files themselves
-are strict (:mod:`im_pipeline.results`).
+keys are ignored and every field has the default the report prints when it is missing (a value written as null stays
+None). The result files themselves are strict (:mod:`im_pipeline.results`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from im_pipeline.results import EvalResult, TrainSummary, read_eval_result
 from im_pipeline.runs.layout import BASE_ARM, RunLayout, UnitLayout
@@ -31,27 +31,27 @@ class _View(BaseModel):
 
 
 class ModelView(_View):
-    source: str = "?"
-    dtype: str = "?"
+    source: str | None = "?"
+    dtype: str | None = "?"
 
 
 class DataView(_View):
-    train: str = "?"
+    train: str | None = "?"
     n: int | None = None
     per_seed: bool = False
     held_out_size: int | None = None
-    max_length: Shown = "?"
-    template: str = "?"
+    max_length: Shown | None = "?"
+    template: str | None = "?"
 
 
 class ArmView(_View):
     name: str | None = None
-    loss_mode: str = "?"
+    loss_mode: str | None = "?"
     prompt_loss_weight: int | float | None = None
     neftune_alpha: int | float | None = None
     kl_coef: int | float | None = None
-    kl_form: str = "full"
-    lr_scale: int | float | str = 1.0
+    kl_form: str | None = "full"
+    lr_scale: int | float | str | None = 1.0
 
     @property
     def plain(self) -> bool:
@@ -60,11 +60,11 @@ class ArmView(_View):
 
 
 class TrainingView(_View):
-    epochs: Shown = "?"
+    epochs: Shown | None = "?"
     max_steps: int | None = None
     learning_rate: Shown | None = None
-    batch_size: Shown = "?"
-    gradient_accumulation_steps: Shown = 1
+    batch_size: Shown | None = "?"
+    gradient_accumulation_steps: Shown | None = 1
     loss_normalisation: str | None = None
     threads: int | None = None
 
@@ -116,22 +116,18 @@ class Selection(_View):
     method: str | None = None
     n: int | None = None
     test_n: int | None = None
-    available: Shown = "?"
-    selected: Shown = "?"
-
-
-class SourceAction(_View):
-    origin: str | None = None
+    available: Shown | None = "?"
+    selected: Shown | None = "?"
 
 
 class DataStats(_View):
     """``data/data_stats.json``: the prepared data's origin, selection and length statistics."""
 
     train_source: str | None = None
-    held_out_source: str = "?"
+    held_out_source: str | None = "?"
     selection: Selection | None = None
     stats: dict[str, SplitStats | None] = Field(default_factory=dict)
-    actions: dict[str, SourceAction] = Field(default_factory=dict)
+    actions: dict[str, Any] = Field(default_factory=dict)  # per split what the policies did (counts, ids, origin)
 
     @property
     def train(self) -> SplitStats:
@@ -139,8 +135,10 @@ class DataStats(_View):
 
     @property
     def train_origin(self) -> str | None:
+        """Where the training set was read from (a path or ``hub:<id>``), when recorded."""
         action = self.actions.get("train")
-        return action.origin if action else None
+        origin = action.get("origin") if isinstance(action, dict) else None
+        return str(origin) if origin else None
 
 
 class DataUnavailable(_View):
@@ -160,14 +158,14 @@ class Stage(_View):
 
 
 class TaskRecord(_View):
-    state: str = "?"
+    state: str | None = "?"
     error: str | None = None
 
 
 class Machine(_View):
-    platform: str = "?"
-    python: str = "?"
-    cpu_count: int | str = "?"
+    platform: str | None = "?"
+    python: str | None = "?"
+    cpu_count: int | str | None = "?"
     torch_threads: int | None = None
     cuda: str | None = None
 
@@ -184,13 +182,18 @@ class FlowRunRef(_View):
 
 
 class FlowRunTimes(_View):
-    started: str = "?"
+    started: str | None = "?"
     stages: dict[str, Stage] = Field(default_factory=dict)
     tasks: dict[str, TaskRecord] = Field(default_factory=dict)
     machine: Machine = Field(default_factory=Machine)
     flow_run: FlowRunRef = Field(default_factory=FlowRunRef)
     total_seconds: float | None = None
     command_seconds: float | None = None
+
+    @field_validator("stages", "tasks", "machine", "flow_run", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     def stage(self, name: str) -> Stage:
         return self.stages.get(name) or Stage()
