@@ -14,6 +14,7 @@ from synthetic_run import make_experiment
 from im_pipeline.report.build import build_report
 from im_pipeline.report.figures import ensure_span
 from im_pipeline.report.overfitting import MIN_LOSS_SPAN, _loss_figure, held_out_difference_ci
+from im_pipeline.results import read_eval_result
 from im_pipeline_flows.cli.commands import report_command
 
 VALUES = {"mmlu": {"IT": [0.30, 0.34], "IM": [0.36, 0.38]}, "alpaca_eval": {"IT": [20.0, 30.0], "IM": [30.0, 36.0]}}
@@ -205,10 +206,10 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
             )
         )
         ov = root / arm / "seed-0" / "eval" / "overfitting.json"
-        rec = json.loads(ov.read_text())
+        rec = read_eval_result(ov)
         noise = [0.0] * 10 if arm == "IT" else [0.9 * ((7 * i) % 5 - 2) for i in range(10)]
-        rec["items"] = {"test_loss": {f"e{i}": 2.5 + 0.1 * i - off + noise[i] for i in range(10)}}
-        ov.write_text(json.dumps(rec))
+        rec.items = {"test_loss": {f"e{i}": 2.5 + 0.1 * i - off + noise[i] for i in range(10)}}
+        rec.write(ov)
     run = agg.load_run(root)
     width, why = held_out_difference_ci(run)
     assert width is not None and width > 0 and "test loss (10 examples)" in why
@@ -263,7 +264,6 @@ def test_report_lists_failed_task_runs(tmp_path: Path) -> None:
 
 
 def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> None:
-    import json
 
     first = build_report(runs / "exp-a", tmp_path / "r")
     mtimes = {f: Path(f).stat().st_mtime_ns for f in first["figures"]}
@@ -271,9 +271,9 @@ def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> No
     assert {f: Path(f).stat().st_mtime_ns for f in second["figures"]} == mtimes
     assert "](figures/comparison.png)" in Path(second["report"]).read_text()
     res = runs / "exp-a" / "IM" / "seed-0" / "eval" / "mmlu.json"
-    rec = json.loads(res.read_text())
-    rec["value"] = 0.9
-    res.write_text(json.dumps(rec))
+    rec = read_eval_result(res)
+    rec.value = 0.9
+    rec.write(res)
     third = build_report(runs / "exp-a", tmp_path / "r")
     assert all(Path(f).stat().st_mtime_ns != mtimes[f] for f in third["figures"])
 
