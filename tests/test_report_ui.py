@@ -6,6 +6,7 @@ import base64
 from pathlib import Path
 
 from im_pipeline.analysis.aggregate import RunResults
+from im_pipeline.analysis.run_files import DataStats, RunConfig
 from im_pipeline.report.prefect_ui import UI_MAX_COLUMNS, for_prefect_ui
 from im_pipeline.report.provenance import data_origin_text, describe, judge_text
 
@@ -72,7 +73,7 @@ def test_judge_as_text() -> None:
 def test_data_named_relative_to_the_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "lima").mkdir(parents=True)
-    cfg = {"_resolved_data_dir": str(data)}
+    cfg = RunConfig.model_validate({"_resolved_data_dir": str(data)})
     assert data_origin_text(str(data / "lima" / "lima.json"), cfg) == "`lima/lima.json` in the data directory"
     assert data_origin_text("hub:GAIR/lima", cfg) == "the Hugging Face Hub (`GAIR/lima`)"
     assert data_origin_text(str(tmp_path / "mine.jsonl"), cfg) == "`mine.jsonl` (a local file given in the config)"
@@ -80,17 +81,18 @@ def test_data_named_relative_to_the_data_dir(tmp_path: Path) -> None:
 
 
 def test_description_follows_the_resolved_config() -> None:
-    cfg = {
+    raw = {
         "model": {"source": "smollm2-135m-instruct"},
         "data": {"train": "lima", "n": 8},
         "training": {"epochs": 1, "max_steps": -1},
         "arms": [{"name": "IT", "loss_mode": "it"}, {"name": "W", "loss_mode": "weighted", "prompt_loss_weight": 0.5}],
         "seeds": [0, 1],
     }
+    cfg = RunConfig.model_validate(raw)
     run = RunResults(root=Path("runs/x"), experiment="x", config=cfg)
     assert describe(cfg, run) == (
         "`smollm2-135m-instruct` fine-tuned on 8 examples of `lima` (1 epoch(s), 2 seeds) as IT (loss on outputs) "
         "and W (instruction tokens weighted λ=0.5)."
     )
-    run.data_stats = {"stats": {"train": {"n": 7}}}  # what was actually prepared wins
+    run.data_stats = DataStats.model_validate({"stats": {"train": {"n": 7}}})  # what was actually prepared wins
     assert "fine-tuned on 7 examples" in describe(cfg, run)

@@ -19,9 +19,11 @@ from im_pipeline.analysis.hypothesis_tests import (
     stratified_mean,
     stratified_sign_flip,
 )
+from im_pipeline.analysis.run_files import RunConfig
 from im_pipeline.config import ArmConfig, ConfigError, DataConfig, ExperimentConfig, config_from_dict
 from im_pipeline.data import prepare_data, seed_data, seed_sample
 from im_pipeline.loss_modes import LossMode, LossSpec
+from im_pipeline.results import OverfittingResult, TrainSummary
 from im_pipeline.training.held_out import output_over_im_release
 
 # -- per-seed samples ------------------------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ def _run(effects: dict[str, dict[str, float]], seeds=(0, 1, 2), n=10, controls=(
     }  # fmt: skip
     arms = ["IT", "IM", *controls]
     cfg = {"name": "s", "arms": [{"name": a, "loss_mode": "it"} for a in arms], "study": study}
-    run = RunResults(experiment="s", root=Path("."), config=cfg, arms=arms, seeds=list(seeds))
+    run = RunResults(experiment="s", root=Path("."), config=RunConfig.model_validate(cfg), arms=arms, seeds=list(seeds))
     ov: dict = {}
     for arm in arms:
         for s in seeds:
@@ -286,7 +288,7 @@ def _run(effects: dict[str, dict[str, float]], seeds=(0, 1, 2), n=10, controls=(
                 base = rng.normal(1.0, 0.01, n)
                 shift = effects.get(arm, {}).get(metric, 0.0)
                 items[metric] = {f"e{i}": float(v + shift) for i, v in enumerate(base)}
-            ov.setdefault(arm, {})[s] = {"status": "ok", "value": 1.0, "items": items}
+            ov.setdefault(arm, {})[s] = OverfittingResult(benchmark="overfitting", value=1.0, items=items)
     run.results["overfitting"] = ov
     return run
 
@@ -305,7 +307,7 @@ def test_outcomes_confirmed_reversed_not_confirmed_with_holm():
     p = {k: v["p_predicted"] for k, v in by.items()}
     assert {k: v["p_holm"] for k, v in by.items()} == holm(p)
     assert by["H1"]["ci"][0] < by["H1"]["effect"] < by["H1"]["ci"][1]
-    assert evaluate_hypotheses(RunResults(experiment="x", root=Path("."), config={"name": "x"})) is None
+    assert evaluate_hypotheses(RunResults(experiment="x", root=Path("."), config=RunConfig(name="x"))) is None
 
 
 def test_controls_are_compared_with_the_treatment_outside_holm():
@@ -321,13 +323,17 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     from im_pipeline.report.hypotheses import hypotheses_section
 
     run = _run({"IM": {"train_loss": 0.05}})
-    run.config["model"] = {"source": "smollm2-135m-instruct"}
-    run.config["data"] = {"train": "paper_dolly_3k"}
-    run.config["study"]["scope"] = "The model is already instruction-tuned."
-    run.train_summaries = {"IT": {0: {"wall_time_s": 100.0}, 1: {"wall_time_s": 110.0}}}
+    raw = run.config.model_dump(by_alias=True)
+    raw["model"] = {"source": "smollm2-135m-instruct"}
+    raw["data"] = {"train": "paper_dolly_3k"}
+    raw["study"]["scope"] = "The model is already instruction-tuned."
+    run.config = RunConfig.model_validate(raw)
+    run.train_summaries = {
+        "IT": {s: TrainSummary(arm="IT", seed=s, wall_time_s=w) for s, w in ((0, 100.0), (1, 110.0))}
+    }
     for by_seed in run.results["overfitting"].values():
         for rec in by_seed.values():
-            rec["wall_time_s"] = 10.0
+            rec.wall_time_s = 10.0
     text = hypotheses_section(run)
     assert (
         "training 210 s (2 runs, 105 s each); evaluation: Memorisation (BLEU-4 vs training outputs) 60 s (6 runs)"

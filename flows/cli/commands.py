@@ -138,21 +138,21 @@ def eval_command(args: argparse.Namespace) -> int:
     """
     from im_pipeline.evaluation.common import EvalContext, run_benchmark
     from im_pipeline.evaluation.specs import get_spec
+    from im_pipeline.results import read_eval_result
 
     get_spec(args.benchmark)  # an unknown name: ValueError naming the known ones
     ctx = EvalContext(model_source=args.model, out_dir=Path(args.out), data_dir=data_dir_of(args.data_dir))
     cfg = BenchmarkConfig(limit=args.limit, options=parse_options(args.options))
     path = run_benchmark(args.benchmark, ctx, cfg)
-    record = json.loads(path.read_text(encoding="utf-8"))
-    print(json.dumps(record, indent=2, ensure_ascii=False))
-    if record.get("status") == "skipped":
-        print(f"{args.benchmark} skipped: {record.get('reason')}", file=sys.stderr)
+    record = read_eval_result(path)
+    print(json.dumps(record.to_json(), indent=2, ensure_ascii=False))
+    if record.status == "skipped":
+        print(f"{args.benchmark} skipped: {record.reason}", file=sys.stderr)
         return 1
-    stderr = record.get("stderr")
-    shown = f" ± {stderr:.4f}" if isinstance(stderr, (int, float)) else ""
+    shown = f" ± {record.stderr:.4f}" if record.stderr is not None else ""
     print(
-        f"{args.benchmark}: {record['metric']} = {record['value']:.4f}{shown} (n={record['n']}, "
-        f"{record['wall_time_s']:.1f} s) → {path}",
+        f"{args.benchmark}: {record.metric} = {record.value or 0.0:.4f}{shown} (n={record.n}, "
+        f"{record.wall_time_s or 0.0:.1f} s) → {path}",
         file=sys.stderr,
     )
     return 0
@@ -184,7 +184,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     run_root = Path(args.run_dir)
     run = load_run(run_root)
-    out = Path(args.out) if args.out else Path(run.config.get("report_dir") or "reports") / run.experiment
+    out = Path(args.out) if args.out else Path(run.config.report_dir or "reports") / run.experiment
     result = build_report(run_root, out)
     print(f"report: {result['report']}")
     for f in result["figures"]:

@@ -16,195 +16,139 @@ Statistics (stated in the report; the functions live in :mod:`im_pipeline.analys
   and, from 5 seeds on, a seed-then-item bootstrap CI. Below 5 paired items: the difference, no
   interval, no test.
 * **relative gain** (the paper's Figure 2 y-axis): ``(IM − IT) / IT · 100`` in percent.
+
+Reading the run directory itself is :mod:`im_pipeline.analysis.run_files` (``load_run``, ``RunResults``; both
+importable from here too).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from im_pipeline.analysis import stats as st
+from im_pipeline.analysis.run_files import BySeed, RunResults, is_run_root, load_run, ok
 from im_pipeline.evaluation.specs import find_spec, names
-from im_pipeline.runs.layout import BASE_ARM, RunLayout, UnitLayout
+from im_pipeline.results import AlpacaEvalResult, EvalResult
+from im_pipeline.runs.layout import BASE_ARM
 
 log = logging.getLogger(__name__)
 
 IT_NAME, IM_NAME = "IT", "IM"
 
 
-@dataclass
-class RunResults:
-    """Everything a report needs from one experiment's run directory."""
-
-    experiment: str
-    root: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    arms: list[str] = field(default_factory=list)  # trained arms, config order
-    seeds: list[int] = field(default_factory=list)
-    # benchmark -> arm -> seed (None for the base model) -> result record
-    results: dict[str, dict[str, dict[int | None, dict[str, Any]]]] = field(default_factory=dict)
-    train_summaries: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    train_logs: dict[str, dict[int, list[dict[str, Any]]]] = field(default_factory=dict)
-    data_stats: dict[str, Any] | None = None
-    data_unavailable: dict[str, Any] | None = None  # data/unavailable.json: why no arm could be trained
-    timings: dict[str, Any] | None = None
-
-    def arm_config(self, arm: str) -> dict[str, Any]:
-        for a in self.config.get("arms", []):
-            if a.get("name") == arm:
-                return a
-        return {}
-
-    def benchmarks(self) -> list[str]:
-        return list(self.results)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read result file {path}: {exc}") from exc
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: not valid JSON: {exc}") from exc
-    return out
-
-
-def is_run_root(path: Path) -> bool:
-    """A directory that looks like ``runs/<experiment>/`` (a config, prepared data or an arm's results)."""
-    layout = RunLayout(Path(path))
-    if layout.config.is_file() or layout.data_stats.is_file():
-        return True
-    return any(layout.root.glob("*/seed-*/eval/*.json")) or any(layout.unit(BASE_ARM).eval_dir.glob("*.json"))
-
-
-def load_run(root: Path) -> RunResults:
-    """Read ``runs/<experiment>/``: config, data stats, per-arm/seed results, train logs, timings."""
-    layout = RunLayout(Path(root))
-    root = layout.root
-    if not root.is_dir():
-        raise FileNotFoundError(f"run directory not found: {root}")
-    if not is_run_root(root):
-        raise ValueError(f"{root} is not an experiment run directory (no config.yaml, data/ or <arm>/seed-*/eval/)")
-    config: dict[str, Any] = {}
-    if layout.config.is_file():
-        config = yaml.safe_load(layout.config.read_text(encoding="utf-8")) or {}
-    run = RunResults(experiment=config.get("name", root.name), root=root, config=config)
-    if layout.data_stats.is_file():
-        run.data_stats = _read_json(layout.data_stats)
-    if layout.data_unavailable.is_file():
-        run.data_unavailable = _read_json(layout.data_unavailable)
-    if layout.timings.is_file():
-        run.timings = _read_json(layout.timings)
-
-    configured = [a["name"] for a in config.get("arms", []) if "name" in a]
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("seed-*")))
-    run.arms = [a for a in configured if a in found] + [a for a in found if a not in configured]
-    seeds: set[int] = set()
-    for arm in run.arms:
-        for sd in sorted((root / arm).glob("seed-*")):
-            unit = UnitLayout.at(sd)
-            if unit.seed is None:
-                continue
-            seed = unit.seed
-            seeds.add(seed)
-            if unit.train_summary.is_file():
-                run.train_summaries.setdefault(arm, {})[seed] = _read_json(unit.train_summary)
-            if unit.train_log.is_file():
-                run.train_logs.setdefault(arm, {})[seed] = _read_jsonl(unit.train_log)
-            for f in sorted(unit.eval_dir.glob("*.json")):
-                rec = _read_json(f)
-                run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(arm, {})[seed] = rec
-    for f in sorted(layout.unit(BASE_ARM).eval_dir.glob("*.json")):
-        rec = _read_json(f)
-        run.results.setdefault(rec.get("benchmark", f.stem), {}).setdefault(BASE_ARM, {})[None] = rec
-    run.seeds = sorted(seeds)
-    return run
-
-
-def ok(rec: dict[str, Any] | None) -> bool:
-    """A result with a usable value (not skipped, not failed)."""
-    return bool(rec) and rec.get("status", "ok") == "ok" and isinstance(rec.get("value"), (int, float))
-
-
-def item_scores(rec: dict[str, Any] | None, bench: str, key: str | None = None) -> dict[str, float] | None:
+def item_scores(rec: EvalResult | None, bench: str, key: str | None = None) -> dict[str, float] | None:
     """Per-item scores of a result on the scale of its ``value`` (None when the file has none)."""
-    vals = ((rec or {}).get("items") or {}).get(key or (spec.item_key if (spec := find_spec(bench)) else ""))
-    if not isinstance(vals, dict) or not vals:
+    name = key or (spec.item_key if (spec := find_spec(bench)) else "")
+    vals = (rec.items or {}).get(name) if rec is not None else None
+    if not vals:
         return None
     k = item_scale(bench)
-    return {str(i): float(v) * k for i, v in vals.items() if isinstance(v, (int, float))}
+    return {str(i): float(v) * k for i, v in vals.items()}
 
 
-def arm_summary(by_seed: dict[int | None, dict[str, Any]], bench: str = "") -> dict[str, Any] | None:
+@dataclass
+class ArmSummary:
+    """Mean and uncertainty of one arm on one benchmark (see the module docstring)."""
+
+    mean: float
+    stderr: float | None
+    stderr_kind: str  # "items" (one seed) or "seeds"
+    n_seeds: int
+    n_items: int | None
+    values: list[float]
+    too_few_items: bool = False
+    too_few_seeds: bool = False
+    interval: list[float] | None = None  # [low, high]
+    interval_kind: str | None = None
+
+
+def _sorted_ok(by_seed: BySeed) -> list[EvalResult]:
+    return [r for _, r in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) if ok(r)]
+
+
+def arm_summary(by_seed: BySeed, bench: str = "") -> ArmSummary | None:
     """Mean and uncertainty of one arm on one benchmark (see the module docstring). None if no usable result."""
-    recs = [r for _, r in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) if ok(r)]
+    recs = _sorted_ok(by_seed)
     if not recs:
         return None
-    values = [float(r["value"]) for r in recs]
-    if len(values) == 1:
-        se = recs[0].get("stderr")
-        items = item_scores(recs[0], bench)
-        n_items = len(items) if items else recs[0].get("n")
-        out = {
-            "mean": values[0],
-            "stderr": float(se) if isinstance(se, (int, float)) else None,
-            "stderr_kind": "items",
-            "n_seeds": 1,
-            "n_items": n_items,
-            "values": values,
-            "too_few_items": isinstance(n_items, int) and n_items < st.MIN_ITEMS,
-            "interval": None,
-        }
-        if out["too_few_items"]:
-            out["stderr"] = None
-        elif items and st.is_binary(list(items.values())):
-            k = item_scale(bench)
-            ones = sum(1 for v in items.values() if v)
-            lo, hi = st.wilson(ones, len(items))
-            out.update(interval=[lo * k, hi * k], interval_kind="Wilson 95%")
-        return out
-    counts = [len(item_scores(r, bench) or {}) or r.get("n") for r in recs]
-    n_items = min((c for c in counts if isinstance(c, int)), default=None)
+    if len(recs) == 1:
+        return _one_seed_summary(recs[0], bench)
+    values = [float(r.value or 0.0) for r in recs]
+    counts = [len(item_scores(r, bench) or {}) or r.n for r in recs]
+    n_items = min(counts, default=None)
     too_few = n_items is not None and n_items < st.MIN_ITEMS
     # sd / sqrt(k) from 2-4 seeds is a "±" from 2-4 values (its 95% factor would be t(k - 1) = 12.7 at k = 2):
     # below MIN_ITEMS seeds the report lists every seed's value instead.
     too_few_seeds = len(values) < st.MIN_ITEMS
-    return {
-        "mean": float(np.mean(values)),
-        "stderr": None if too_few or too_few_seeds else float(np.std(values, ddof=1) / math.sqrt(len(values))),
-        "stderr_kind": "seeds",
-        "n_seeds": len(values),
-        "n_items": n_items,
-        "values": values,
-        "too_few_items": too_few,
-        "too_few_seeds": too_few_seeds,
-        "interval": None,
-    }
+    return ArmSummary(
+        mean=float(np.mean(values)),
+        stderr=None if too_few or too_few_seeds else float(np.std(values, ddof=1) / math.sqrt(len(values))),
+        stderr_kind="seeds",
+        n_seeds=len(values),
+        n_items=n_items,
+        values=values,
+        too_few_items=too_few,
+        too_few_seeds=too_few_seeds,
+    )
+
+
+def _one_seed_summary(rec: EvalResult, bench: str) -> ArmSummary:
+    """One seed: the item-level stderr, or a Wilson interval for binary items; nothing below MIN_ITEMS items."""
+    value = float(rec.value or 0.0)
+    items = item_scores(rec, bench)
+    n_items = len(items) if items else rec.n
+    out = ArmSummary(
+        mean=value,
+        stderr=rec.stderr,
+        stderr_kind="items",
+        n_seeds=1,
+        n_items=n_items,
+        values=[value],
+        too_few_items=n_items < st.MIN_ITEMS,
+    )
+    if out.too_few_items:
+        out.stderr = None
+    elif items and st.is_binary(list(items.values())):
+        k = item_scale(bench)
+        lo, hi = st.wilson(sum(1 for v in items.values() if v), len(items))
+        out.interval, out.interval_kind = [lo * k, hi * k], "Wilson 95%"
+    return out
+
+
+@dataclass
+class DeltaStats:
+    """IM − IT on one benchmark (see :func:`delta_stats`)."""
+
+    n_seeds: int
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    test: str | None = None
+    too_few_items: bool = False
+    n_items: int | None = None
+    method: str = ""
+    seed_deltas: dict[int | None, float] | None = None
+    identical: bool = False  # one seed, every paired item equal
+    detail: dict[str, Any] | None = None  # the one-seed test's numbers
+    bootstrap: tuple[float, float] | None = None  # seed-then-item bootstrap CI (>= 5 seeds)
+    bootstrap_note: str | None = None
+    relative_gain: float | None = None
 
 
 def delta_stats(
-    im: dict[int | None, dict[str, Any]],
-    it: dict[int | None, dict[str, Any]],
+    im: BySeed,
+    it: BySeed,
     bench: str = "",
     *,
     key: str | None = None,
     confidence: float = 0.95,
-) -> dict[str, Any] | None:
+) -> DeltaStats | None:
     """IM − IT on one benchmark from per-item paired differences (see the module docstring).
 
     ``key`` picks another per-item score than the benchmark's headline (e.g. ``test_loss`` of the overfitting
@@ -214,86 +158,76 @@ def delta_stats(
     if not common:
         return None
     pairs = {s: (item_scores(im[s], bench, key), item_scores(it[s], bench, key)) for s in common}
-    have_items = all(a and b for a, b in pairs.values())
-    if key is not None and not have_items:
+    if all(a and b for a, b in pairs.values()):
+        if len(common) == 1:
+            return _delta_one_seed(*pairs[common[0]], confidence)  # type: ignore[arg-type]
+        return _delta_across_seeds(pairs, confidence)  # type: ignore[arg-type]
+    if key is not None:
         return None
-    base: dict[str, Any] = {
-        "n_seeds": len(common),
-        "ci_low": None,
-        "ci_high": None,
-        "p_value": None,
-        "test": None,
-        "too_few_items": False,
-    }
-    if not have_items:  # result files without per-item scores: a difference, but nothing to pair
-        d = [float(im[s]["value"]) - float(it[s]["value"]) for s in common]
-        base.update(delta=float(np.mean(d)), method="no per-item results in the result files: no interval, no test")
-        n_min = min((int(im[s].get("n") or 0) for s in common), default=0)
-        if len(common) >= 2 and n_min < st.MIN_ITEMS:
-            base.update(seed_deltas=dict(zip(common, d, strict=True)), n_items=n_min, too_few_items=True)
-        elif len(common) >= 2:
-            _, lo, hi = st.t_interval(d, confidence)
-            sign = st.sign_test(d)
-            base.update(
-                ci_low=lo,
-                ci_high=hi,
-                p_value=sign["p_value"],
-                test="sign test",
-                seed_deltas=dict(zip(common, d, strict=True)),
-                method=f"{len(common)} seeds: Student-t interval on the seed deltas ({len(common) - 1} df), sign test",
-            )
-        return base
-    if len(common) == 1:
-        a, b = pairs[common[0]]
-        res = st.paired_comparison(a, b, confidence=confidence)  # type: ignore[arg-type]
-        base.update(
-            delta=res["delta"],
-            ci_low=res["ci_low"],
-            ci_high=res["ci_high"],
-            p_value=res["p_value"],
-            test=(res["test"] or {}).get("test"),
-            n_items=res["n_items"],
-            too_few_items=res["too_few_items"],
-            identical=res.get("identical", False),
-            method=res["method"],
-            detail=res["test"],
-        )
-        return base
-    res = st.across_seeds(pairs, confidence=confidence)  # type: ignore[arg-type]
-    if min(res["n_items"].values()) < st.MIN_ITEMS:
-        base.update(
-            delta=res["delta"],
-            seed_deltas=res["seed_deltas"],
-            n_items=min(res["n_items"].values()),
-            too_few_items=True,
-            method=st.TOO_FEW,
-        )
-        return base
-    lo, hi = res["t_interval"]
-    base.update(
+    return _delta_without_items(im, it, common, confidence)
+
+
+def _delta_without_items(im: BySeed, it: BySeed, common: list, confidence: float) -> DeltaStats:
+    """Result files without per-item scores: a difference, but nothing to pair (a t interval across seeds)."""
+    d = [float(im[s].value or 0.0) - float(it[s].value or 0.0) for s in common]
+    out = DeltaStats(
+        n_seeds=len(common),
+        delta=float(np.mean(d)),
+        method="no per-item results in the result files: no interval, no test",
+    )
+    n_min = min((im[s].n for s in common), default=0)
+    if len(common) >= 2 and n_min < st.MIN_ITEMS:
+        out.seed_deltas, out.n_items, out.too_few_items = dict(zip(common, d, strict=True)), n_min, True
+    elif len(common) >= 2:
+        _, out.ci_low, out.ci_high = st.t_interval(d, confidence)
+        out.p_value, out.test = st.sign_test(d)["p_value"], "sign test"
+        out.seed_deltas = dict(zip(common, d, strict=True))
+        out.method = f"{len(common)} seeds: Student-t interval on the seed deltas ({len(common) - 1} df), sign test"
+    return out
+
+
+def _delta_one_seed(a: dict[str, float], b: dict[str, float], confidence: float) -> DeltaStats:
+    res = st.paired_comparison(a, b, confidence=confidence)
+    return DeltaStats(
+        n_seeds=1,
         delta=res["delta"],
-        ci_low=lo,
-        ci_high=hi,
-        p_value=res["sign_test"]["p_value"],
-        test="sign test",
+        ci_low=res["ci_low"],
+        ci_high=res["ci_high"],
+        p_value=res["p_value"],
+        test=(res["test"] or {}).get("test"),
+        n_items=res["n_items"],
+        too_few_items=res["too_few_items"],
+        identical=res.get("identical", False),
+        method=res["method"],
+        detail=res["test"],
+    )
+
+
+def _delta_across_seeds(pairs: dict, confidence: float) -> DeltaStats:
+    res = st.across_seeds(pairs, confidence=confidence)
+    out = DeltaStats(
+        n_seeds=len(pairs),
+        delta=res["delta"],
         seed_deltas=res["seed_deltas"],
         n_items=min(res["n_items"].values()),
-        bootstrap=res["bootstrap"],
-        bootstrap_note=res.get("bootstrap_note"),
-        method=res["method"],
     )
-    return base
+    if out.n_items is not None and out.n_items < st.MIN_ITEMS:
+        out.too_few_items, out.method = True, st.TOO_FEW
+        return out
+    out.ci_low, out.ci_high = res["t_interval"]
+    out.p_value, out.test = res["sign_test"]["p_value"], "sign test"
+    out.bootstrap, out.bootstrap_note, out.method = res["bootstrap"], res.get("bootstrap_note"), res["method"]
+    return out
 
 
-def position_bias(by_arm: dict[str, dict[int | None, dict[str, Any]]]) -> dict[str, float]:
+def position_bias(by_arm: dict[str, BySeed]) -> dict[str, float | None]:
     """Arm (or ``arm/seed-s``) → share of verdicts won by the first-shown output, for results whose judge was
     position-biased (one position won >= 90% of decided verdicts; see the AlpacaEval module). Empty if none."""
     out = {}
     for arm, by_seed in by_arm.items():
         for seed, r in by_seed.items():
-            if ok(r) and r.get("judge_position_biased"):
-                share = r.get("judge_prefers_first_shown")
-                out[arm if seed is None or len(by_seed) == 1 else f"{arm}/seed-{seed}"] = share
+            if ok(r) and isinstance(r, AlpacaEvalResult) and r.judge_position_biased:
+                out[arm if seed is None or len(by_seed) == 1 else f"{arm}/seed-{seed}"] = r.judge_prefers_first_shown
     return out
 
 
@@ -310,7 +244,7 @@ def it_im_arms(run: RunResults) -> tuple[str | None, str | None]:
             return name
         for arm in run.arms:
             a = run.arm_config(arm)
-            if a.get("loss_mode") == mode and not a.get("neftune_alpha") and not a.get("kl_coef"):
+            if a.loss_mode == mode and a.plain:
                 return arm
         return None
 
@@ -323,27 +257,44 @@ def benchmark_order(run: RunResults) -> list[str]:
     return sorted(run.results, key=lambda b: (order.get(b, len(order)), b))
 
 
-def comparison_rows(run: RunResults) -> list[dict[str, Any]]:
+@dataclass
+class ComparisonRow:
+    """One benchmark of the main table: per-arm summaries (base first), the IM − IT delta, why arms were skipped."""
+
+    benchmark: str
+    metric: str | None = None
+    arms: dict[str, ArmSummary | None] = field(default_factory=dict)
+    delta: DeltaStats | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # arm -> reason
+    chance: float | None = None
+    position_bias: dict[str, float | None] = field(default_factory=dict)
+
+    def arm(self, name: str | None) -> ArmSummary | None:
+        return self.arms.get(name) if name else None
+
+
+def comparison_rows(run: RunResults) -> list[ComparisonRow]:
     """One row per benchmark: status, per-arm summary (base first), IM − IT delta, chance level."""
     it, im = it_im_arms(run)
     rows = []
     for bench in benchmark_order(run):
         by_arm = run.results[bench]
-        row: dict[str, Any] = {"benchmark": bench, "metric": None, "arms": {}, "delta": None, "skipped": {}}
+        row = ComparisonRow(benchmark=bench)
         for arm in [BASE_ARM, *run.arms]:
-            recs = by_arm.get(arm, {})
+            recs = run.by_seed(bench, arm)
             for r in recs.values():
-                if r.get("status") == "skipped":
-                    row["skipped"][arm] = r.get("reason", "")
-                elif ok(r) and row["metric"] is None:
-                    row["metric"] = r.get("metric")
-            row["arms"][arm] = arm_summary(recs, bench) if recs else None
+                if r.status == "skipped":
+                    row.skipped[arm] = r.reason or ""
+                elif ok(r) and row.metric is None:
+                    row.metric = r.metric
+            row.arms[arm] = arm_summary(recs, bench) if recs else None
         if it and im:
-            row["delta"] = delta_stats(by_arm.get(im, {}), by_arm.get(it, {}), bench)
-            if row["delta"] and row["arms"].get(it):
-                row["delta"]["relative_gain"] = relative_gain(row["arms"][im]["mean"], row["arms"][it]["mean"])
-        row["chance"] = spec.chance if (spec := find_spec(bench)) else None
-        row["position_bias"] = position_bias(by_arm)
+            row.delta = delta_stats(run.by_seed(bench, im), run.by_seed(bench, it), bench)
+            s_im, s_it = row.arm(im), row.arm(it)
+            if row.delta and s_it and s_im:
+                row.delta.relative_gain = relative_gain(s_im.mean, s_it.mean)
+        row.chance = spec.chance if (spec := find_spec(bench)) else None
+        row.position_bias = position_bias(by_arm)
         rows.append(row)
     return rows
 
@@ -352,3 +303,24 @@ def item_scale(bench: str) -> float:
     """Per-item score → the scale of the benchmark's value (its spec's; 1 for an unregistered name)."""
     spec = find_spec(bench)
     return spec.item_scale if spec else 1.0
+
+
+__all__ = [
+    "ArmSummary",
+    "BySeed",
+    "ComparisonRow",
+    "DeltaStats",
+    "RunResults",
+    "arm_summary",
+    "benchmark_order",
+    "comparison_rows",
+    "delta_stats",
+    "is_run_root",
+    "it_im_arms",
+    "item_scale",
+    "item_scores",
+    "load_run",
+    "ok",
+    "position_bias",
+    "relative_gain",
+]

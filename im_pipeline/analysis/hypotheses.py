@@ -44,8 +44,7 @@ def paired_differences(
 ) -> tuple[dict[int, np.ndarray], dict[str, dict[int, float]]]:
     """Per seed (both arms with a usable overfitting result): treatment − reference over the items both scored,
     in id order; and each arm's per-seed mean over those items."""
-    by_arm = run.results.get(BENCHMARK, {})
-    a, b = by_arm.get(treatment, {}), by_arm.get(reference, {})
+    a, b = run.by_seed(BENCHMARK, treatment), run.by_seed(BENCHMARK, reference)
     diffs: dict[int, np.ndarray] = {}
     means: dict[str, dict[int, float]] = {treatment: {}, reference: {}}
     for seed in sorted(s for s in a.keys() & b.keys() if s is not None and ok(a[s]) and ok(b[s])):
@@ -102,7 +101,7 @@ def compare(
 def evaluate_hypotheses(run: RunResults) -> dict[str, Any] | None:
     """The study of ``run.config`` (None without one): every hypothesis tested, Holm-corrected, with its outcome;
     the control comparisons; and the learning-rate scale each arm used per seed."""
-    raw = run.config.get("study")
+    raw = run.config.study
     if not raw:
         return None
     study = StudyConfig.model_validate(raw)
@@ -129,16 +128,5 @@ def evaluate_hypotheses(run: RunResults) -> dict[str, Any] | None:
         for control in study.controls
         for h in study.hypotheses
     ]
-    lr = {
-        arm: {
-            seed: {
-                "factor": s.get("lr_scale_factor"),
-                "learning_rate": s.get("learning_rate"),
-                **(s.get("lr_scale_tokens") or {}),
-            }
-            for seed, s in sorted(run.train_summaries.get(arm, {}).items())
-        }
-        for arm in run.arms
-        if run.arm_config(arm).get("lr_scale", 1.0) != 1.0
-    }
+    lr = {arm: dict(sorted(run.summaries(arm).items())) for arm in run.arms if run.arm_config(arm).lr_scale != 1.0}
     return {"study": study.model_dump(), "hypotheses": rows, "controls": controls, "lr_scale": lr}

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from im_pipeline.analysis.stats import DEFAULT_RESAMPLES, _percentiles, resampled_means
+from im_pipeline.analysis.stats import DEFAULT_RESAMPLES, percentiles, resampled_means
 
 EXACT_MAX_ITEMS = 20
 """Up to this many non-zero paired items the sign-flip test enumerates all 2^n flips (exact p-value)."""
@@ -103,7 +103,7 @@ def stratified_bootstrap_ci(
     total = np.zeros(n_resamples)
     for s in seeds:  # one rng for all strata, in seed order
         total += resampled_means(s, n_resamples, rng)
-    return _percentiles(total / len(seeds), confidence)
+    return percentiles(total / len(seeds), confidence)
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:

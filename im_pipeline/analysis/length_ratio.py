@@ -38,29 +38,28 @@ def length_ratio_points(runs_root: Path, benchmark: str = "alpaca_eval") -> list
         except (ValueError, OSError) as exc:
             log.warning("skipping %s in the length-ratio analysis: %s", root, exc)
             continue
-        train = ((run.data_stats or {}).get("stats") or {}).get("train") or {}
+        train = run.data_stats.train if run.data_stats else None
         it, im = it_im_arms(run)
-        by_arm = run.results.get(benchmark, {})
-        s_it = arm_summary(by_arm.get(it, {}), benchmark) if it else None
-        s_im = arm_summary(by_arm.get(im, {}), benchmark) if im else None
-        if not train.get("ratio") or not train.get("n") or not s_it or not s_im:
+        s_it = arm_summary(run.by_seed(benchmark, it), benchmark) if it else None
+        s_im = arm_summary(run.by_seed(benchmark, im), benchmark) if im else None
+        if not train or not train.ratio or not train.n or not s_it or not s_im:
             continue
-        gain = relative_gain(s_im["mean"], s_it["mean"])
+        gain = relative_gain(s_im.mean, s_it.mean)
         if gain is None:
             continue
         points.append(
             {
                 "experiment": run.experiment,
-                "train_source": (run.data_stats or {}).get("train_source"),
-                "ratio": float(train["ratio"]),
-                "n": int(train["n"]),
+                "train_source": run.data_stats.train_source if run.data_stats else None,
+                "ratio": float(train.ratio),
+                "n": int(train.n),
                 "benchmark": benchmark,
-                "it": s_it["mean"],
-                "im": s_im["mean"],
+                "it": s_it.mean,
+                "im": s_im.mean,
                 "gain": gain,
-                "judge_position_biased": bool(position_bias({k: by_arm.get(k, {}) for k in (it, im) if k})),
-                "log_ratio": math.log(float(train["ratio"])),
-                "log_n": math.log(int(train["n"])),
+                "judge_position_biased": bool(position_bias({k: run.by_seed(benchmark, k) for k in (it, im) if k})),
+                "log_ratio": math.log(float(train.ratio)),
+                "log_n": math.log(int(train.n)),
             }
         )
     return points

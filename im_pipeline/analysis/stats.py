@@ -153,7 +153,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return mean, mean - half, mean + half
 
 
-def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = 1 - confidence
     lo, hi = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
@@ -170,7 +170,7 @@ def bootstrap_mean_ci(
     d = np.asarray(differences, dtype=float)
     if d.size == 0:
         raise ValueError("no differences to bootstrap")
-    return _percentiles(resampled_means(d, n_resamples, np.random.default_rng(seed)), confidence)
+    return percentiles(resampled_means(d, n_resamples, np.random.default_rng(seed)), confidence)
 
 
 def resampled_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -213,7 +213,7 @@ def seed_item_bootstrap(
             s = seeds[j]
             means.append(s[rng.integers(0, s.size, size=s.size)].mean())
         stats[r] = float(np.mean(means))
-    return _percentiles(stats, confidence)
+    return percentiles(stats, confidence)
 
 
 # -- the comparisons the report uses ----------------------------------------------------------------------------------

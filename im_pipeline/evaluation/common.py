@@ -14,7 +14,8 @@ from typing import Any
 
 from im_pipeline.config.evaluation import BenchmarkConfig, JudgeConfig
 from im_pipeline.evaluation.specs import get_spec
-from im_pipeline.provenance import git_commit, library_versions, write_json
+from im_pipeline.provenance import git_commit, library_versions
+from im_pipeline.results import new_eval_result
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def result_path(out_dir: Path, name: str) -> Path:
 
 
 def run_benchmark(name: str, ctx: EvalContext, cfg: BenchmarkConfig) -> Path:
-    """Run one benchmark and write its result JSON (also for a skip). Returns the path."""
+    """Run one benchmark and write its result JSON (also for a skip) through its typed model
+    (:func:`im_pipeline.results.new_eval_result`: a field the model lacks is an error, not a silent key). Returns
+    the path."""
     spec = get_spec(name)
     spec.validate_options(cfg.options)  # typed options: a bad one is named before any model loads
     fn = spec.load_runner()
@@ -137,4 +140,4 @@ def run_benchmark(name: str, ctx: EvalContext, cfg: BenchmarkConfig) -> Path:
     record["pid"] = os.getpid()
     record["git_commit"] = git_commit()
     record["versions"] = library_versions()
-    return write_json(result_path(ctx.out_dir, name), record)
+    return new_eval_result(record).write(result_path(ctx.out_dir, name))

@@ -15,12 +15,7 @@ from typing import Any
 
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.provenance import write_text_atomic
-from im_pipeline.report.figures import (
-    INPUTS_STAMP,
-    _comparison_figure,
-    _figure,
-    _inputs_key,
-)
+from im_pipeline.report.figures import INPUTS_STAMP, cached_figure, comparison_figure, inputs_key
 from im_pipeline.report.hypotheses import hypotheses_section
 from im_pipeline.report.length_ratio import length_ratio_section
 from im_pipeline.report.overfitting import overfitting_section
@@ -30,17 +25,11 @@ from im_pipeline.report.sections import comparison_section, data_section, failur
 
 log = logging.getLogger(__name__)
 
-
-# -- formatting -----------------------------------------------------------------------------------------------------
-
-
-# -- sections -------------------------------------------------------------------------------------------------------
-
-
-# -- figures -----------------------------------------------------------------------------------------------------------
-
-
-# -- entry points ---------------------------------------------------------------------------------------------------
+NORMALISATION_TEXT = {
+    "sequence": "per-sequence token mean, then mean over examples (the paper's code with batch 1: "
+    "every example weighs the same)",
+    "token": "weighted token mean over the whole batch",
+}
 
 
 def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
@@ -50,54 +39,19 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     """
     run = agg.load_run(Path(run_root))
     report_dir = Path(report_dir)
-    if run.config.get("save_results") and not is_results_dir(Path(run_root)):
+    if run.config.save_results and not is_results_dir(Path(run_root)):
         save_results(Path(run_root), report_dir / RESULTS_DIR, run.experiment)
     fig_dir = report_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    stamp, key = fig_dir / INPUTS_STAMP, _inputs_key(run)
-    if not (stamp.is_file() and stamp.read_text() == key):  # else: same inputs, keep the figures (see _figure)
+    stamp, key = fig_dir / INPUTS_STAMP, inputs_key(run)
+    if not (stamp.is_file() and stamp.read_text() == key):  # else: same inputs, keep the figures (see cached_figure)
         stamp.unlink(missing_ok=True)
         for old in fig_dir.glob("*.png"):
             old.unlink()
     rows = agg.comparison_rows(run)
-    cfg = run.config
     table_md, table_records = comparison_section(run, rows)
-    norm = cfg.get("training", {}).get("loss_normalisation") or next(
-        (s.get("loss_normalisation") for a in run.train_summaries.values() for s in a.values()), "?"
-    )
-    norm_text = {
-        "sequence": "per-sequence token mean, then mean over examples (the paper's code with batch 1: "
-        "every example weighs the same)",
-        "token": "weighted token mean over the whole batch",
-    }.get(norm, norm)
-    arm_lines = []
-    for arm in run.arms:
-        a = run.arm_config(arm)
-        extras = [f"{k}={a[k]}" for k in ("prompt_loss_weight", "neftune_alpha", "kl_coef") if a.get(k)]
-        if a.get("kl_coef"):
-            extras.append(f"kl_form={a.get('kl_form', 'full')}")
-        if a.get("lr_scale", 1.0) != 1.0:
-            extras.append(f"lr_scale={a['lr_scale']}")
-        arm_lines.append(f"`{arm}` (loss_mode `{a.get('loss_mode', '?')}`{', ' + ', '.join(extras) if extras else ''})")
-    t = cfg.get("training", {})
-    sections = [
-        f"# IT vs IM: {run.experiment}",
-        describe(cfg, run),
-        cfg.get("description", "").strip(),
-        f"- Model: `{cfg.get('model', {}).get('source', '?')}`; "
-        f"training data: `{cfg.get('data', {}).get('train', '?')}`"
-        f"; arms: {', '.join(arm_lines) or '?'}; seeds: {run.seeds or '–'}",
-        f"- Training: {t.get('epochs', '?')} epochs, lr {t.get('learning_rate', '?')}, batch {t.get('batch_size', '?')}"
-        f" × {t.get('gradient_accumulation_steps', 1)}, max length {cfg.get('data', {}).get('max_length', '?')}, "
-        f"template `{cfg.get('data', {}).get('template', '?')}`",
-        f"- **Loss normalisation: `{norm}`** — {norm_text}.",
-        kl_note(run),
-        *(["## Pre-registered hypotheses", hyp] if (hyp := hypotheses_section(run)) else []),
-        *(["## Failed task runs", failures] if (failures := failures_section(run)) else []),
-        "## Results",
-        table_md,
-    ]
-    comp = _figure(fig_dir, "comparison.png", _comparison_figure, run, rows, fig_dir)
+    sections = [*header_sections(run), "## Results", table_md]
+    comp = cached_figure(fig_dir, "comparison.png", comparison_figure, run, rows, fig_dir)
     if comp:
         sections.append(f"![comparison](figures/{comp.name})")
     sections += [
@@ -122,4 +76,42 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     return {"report": str(out), "figures": figures, "table": table_records}
 
 
-# -- the Prefect UI's copy -------------------------------------------------------------------------------------------
+def arm_line(run: agg.RunResults, arm: str) -> str:
+    """An arm, its loss mode and whatever else it sets (λ, NEFTune, KL, lr scale)."""
+    a = run.arm_config(arm)
+    extras = [
+        f"{k}={v}"
+        for k, v in (
+            ("prompt_loss_weight", a.prompt_loss_weight),
+            ("neftune_alpha", a.neftune_alpha),
+            ("kl_coef", a.kl_coef),
+        )
+        if v
+    ]
+    if a.kl_coef:
+        extras.append(f"kl_form={a.kl_form}")
+    if a.lr_scale != 1.0:
+        extras.append(f"lr_scale={a.lr_scale}")
+    return f"`{arm}` (loss_mode `{a.loss_mode}`{', ' + ', '.join(extras) if extras else ''})"
+
+
+def header_sections(run: agg.RunResults) -> list[str]:
+    """Title, what was run, model/data/arms, training settings, loss normalisation, KL, hypotheses, failures."""
+    cfg, t = run.config, run.config.training
+    summaries = [s for a in run.train_summaries.values() for s in a.values()]
+    norm = t.loss_normalisation or next((s.loss_normalisation for s in summaries), "?")
+    return [
+        f"# IT vs IM: {run.experiment}",
+        describe(cfg, run),
+        cfg.description.strip(),
+        f"- Model: `{cfg.model.source}`; "
+        f"training data: `{cfg.data.train}`"
+        f"; arms: {', '.join(arm_line(run, arm) for arm in run.arms) or '?'}; seeds: {run.seeds or '–'}",
+        f"- Training: {t.epochs} epochs, lr {'?' if t.learning_rate is None else t.learning_rate}, batch "
+        f"{t.batch_size} × {t.gradient_accumulation_steps}, max length {cfg.data.max_length}, "
+        f"template `{cfg.data.template}`",
+        f"- **Loss normalisation: `{norm}`** — {NORMALISATION_TEXT.get(norm, norm)}.",
+        kl_note(run),
+        *(["## Pre-registered hypotheses", hyp] if (hyp := hypotheses_section(run)) else []),
+        *(["## Failed task runs", failures] if (failures := failures_section(run)) else []),
+    ]

@@ -8,21 +8,28 @@ from typing import Any
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import stats as pstats
 from im_pipeline.evaluation.specs import find_spec
+from im_pipeline.results import AlpacaEvalResult, EvalResult
 
 LENGTH_BENCHMARK = "alpaca_eval"  # the paper's Figure 2 measures the AlpacaEval 1.0 gain
 
 
-def factor(rec: dict[str, Any] | None, bench: str) -> float:
+def factor(rec: EvalResult | None, bench: str) -> float:
     """Display factor: fractions become percent; percent, loss and BLEU values are shown as they are."""
     if rec is None or bench == "overfitting":
         return 1.0
-    metric = str(rec.get("metric") or "")
-    if rec.get("unit") == "percent" or "loss" in metric or "bleu" in metric.lower():
+    metric = rec.metric or ""
+    if unit_of(rec) == "percent" or "loss" in metric or "bleu" in metric.lower():
         return 1.0
     return 100.0
 
 
-def _f(x: float | None, digits: int = 1) -> str:
+def unit_of(rec: EvalResult | None) -> str | None:
+    """The unit a result declares for its value (AlpacaEval: percent), else None."""
+    return rec.unit if isinstance(rec, AlpacaEvalResult) else None
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    """A number rounded to ``digits`` ("–" for none)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{round(x, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.0" for a value that rounds to zero
@@ -31,58 +38,59 @@ def _f(x: float | None, digits: int = 1) -> str:
 BIASED = "judge position-biased — not a measurement"
 
 
-def _cell(s: dict[str, Any] | None, k: float, digits: int) -> str:
+def arm_cell(s: agg.ArmSummary | None, k: float, digits: int) -> str:
     """An arm's value: "mean [Wilson CI]" (binary items), "mean ± stderr", "mean (too few items)", or with 2-4
     seeds "mean (too few seeds: every seed's value)"."""
     if s is None:
         return "–"
-    mean = _f(s["mean"] * k, digits)
-    if s.get("too_few_items"):
-        return f"{mean} ({pstats.TOO_FEW}: {s.get('n_items')})"
-    if s.get("too_few_seeds"):
-        return f"{mean} (seeds: {', '.join(_f(v * k, digits) for v in s['values'])}; {pstats.TOO_FEW_SEEDS})"
-    if s.get("interval"):
-        lo, hi = s["interval"]
-        return f"{mean} [{_f(lo * k, digits)}, {_f(hi * k, digits)}]"
-    se = f" ± {_f(s['stderr'] * k, digits)}" if s.get("stderr") is not None else ""
+    mean = fmt(s.mean * k, digits)
+    if s.too_few_items:
+        return f"{mean} ({pstats.TOO_FEW}: {s.n_items})"
+    if s.too_few_seeds:
+        return f"{mean} (seeds: {', '.join(fmt(v * k, digits) for v in s.values)}; {pstats.TOO_FEW_SEEDS})"
+    if s.interval:
+        lo, hi = s.interval
+        return f"{mean} [{fmt(lo * k, digits)}, {fmt(hi * k, digits)}]"
+    se = f" ± {fmt(s.stderr * k, digits)}" if s.stderr is not None else ""
     return f"{mean}{se}"
 
 
-def _signed(x: float, digits: int) -> str:
+def signed(x: float, digits: int) -> str:
+    """A difference with its sign, rounded to ``digits``."""
     return f"{round(x, digits) + 0.0:+.{digits}f}"
 
 
-def _delta_cell(d: dict[str, Any] | None, k: float, digits: int) -> str:
-    if not d:
+def delta_cell(d: agg.DeltaStats | None, k: float, digits: int) -> str:
+    """An IM − IT difference with its 95% interval, or why it has none."""
+    if not d or d.delta is None:
         return "–"
-    head = _signed(d["delta"] * k, digits)
-    if d.get("too_few_items"):
-        return f"{head} ({pstats.TOO_FEW}: {d.get('n_items')})"
-    if d.get("ci_low") is None:
+    head = signed(d.delta * k, digits)
+    if d.too_few_items:
+        return f"{head} ({pstats.TOO_FEW}: {d.n_items})"
+    if d.ci_low is None or d.ci_high is None:
         return f"{head} (no interval)"
-    if d.get("identical"):  # a bootstrap of all-zero differences is the degenerate [0, 0]: say what it means
-        return f"{head} (all {d.get('n_items')} paired items equal: no interval)"
-    return f"{head} [{_f(d['ci_low'] * k, digits)}, {_f(d['ci_high'] * k, digits)}]"
+    if d.identical:  # a bootstrap of all-zero differences is the degenerate [0, 0]: say what it means
+        return f"{head} (all {d.n_items} paired items equal: no interval)"
+    return f"{head} [{fmt(d.ci_low * k, digits)}, {fmt(d.ci_high * k, digits)}]"
 
 
-def _p_cell(d: dict[str, Any] | None) -> str:
-    if not d or d.get("p_value") is None:
+def p_cell(d: agg.DeltaStats | None) -> str:
+    """The p-value of a difference and its test."""
+    if not d or d.p_value is None:
         return "–"
-    return f"{_f(d['p_value'], 3)} ({d.get('test')})"
+    return f"{fmt(d.p_value, 3)} ({d.test})"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (``|`` and newlines in cells escaped)."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
-def _first_record(run: agg.RunResults, bench: str) -> dict[str, Any] | None:
-    for by_seed in run.results.get(bench, {}).values():
-        for r in by_seed.values():
-            if agg.ok(r):
-                return r
-    return None
+def digits_of(bench: str) -> int:
+    """Digits shown for a benchmark's values (losses and BLEU of the overfitting row: 2)."""
+    return 2 if bench == "overfitting" else 1
 
 
 def bench_label(bench: str) -> str:

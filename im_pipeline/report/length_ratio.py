@@ -10,22 +10,13 @@ from typing import Any
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import paper_reference as paper
 from im_pipeline.analysis.length_ratio import fit_line, length_ratio_points
-from im_pipeline.report.cells import (
-    BIASED,
-    LENGTH_BENCHMARK,
-    _f,
-    _md_table,
-    bench_label,
-)
-from im_pipeline.report.figures import (
-    _figure,
-    _plt,
-    _savefig,
-)
+from im_pipeline.report.cells import BIASED, LENGTH_BENCHMARK, bench_label, fmt, md_table
+from im_pipeline.report.figures import cached_figure, pyplot, savefig
 
 
 def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
-    if not run.config.get("evaluation", {}).get(LENGTH_BENCHMARK, {}).get("enabled", True):
+    """One point per experiment beside this one, the fits of gain against log ratio and log size, the paper's."""
+    if not run.config.benchmark_enabled(LENGTH_BENCHMARK):
         # Nothing of this experiment's to place; and the section would depend on where the run directory lies.
         return f"{bench_label(LENGTH_BENCHMARK)} is not run in this experiment: no length-ratio point."
     runs_root = run.root.parent
@@ -38,17 +29,17 @@ def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
     ]
     if points:
         txt.append(
-            _md_table(
+            md_table(
                 ["experiment", "train set", "n", "ratio", "IT", "IM", "relative gain (%)"],
                 [
                     [
                         p["experiment"],
                         p["train_source"],
                         p["n"],
-                        _f(p["ratio"], 3),
-                        _f(p["it"], 2),
-                        _f(p["im"], 2),
-                        _f(p["gain"], 1) + (f" — {BIASED}" if p.get("judge_position_biased") else ""),
+                        fmt(p["ratio"], 3),
+                        fmt(p["it"], 2),
+                        fmt(p["im"], 2),
+                        fmt(p["gain"], 1) + (f" — {BIASED}" if p["judge_position_biased"] else ""),
                     ]
                     for p in points
                 ],
@@ -57,42 +48,45 @@ def length_ratio_section(run: agg.RunResults, fig_dir: Path) -> str:
     else:
         txt.append(f"No experiment has IT and IM {bench_label(LENGTH_BENCHMARK)} results yet, so there are no points.")
     # A position-biased judge's win rates are not measurements: such points are listed, never fitted.
-    measured = [p for p in points if not p.get("judge_position_biased")]
+    measured = [p for p in points if not p["judge_position_biased"]]
     if len(measured) < len(points):
         txt.append(f"- Not in the fits: {', '.join(p['experiment'] for p in points if p not in measured)} ({BIASED}).")
     fits = {
         "ratio": fit_line([p["log_ratio"] for p in measured], [p["gain"] for p in measured]),
         "n": fit_line([p["log_n"] for p in measured], [p["gain"] for p in measured]),
     }
-    for name, fit in fits.items():
-        label = "log ratio" if name == "ratio" else "log #examples"
-        if fit:
-            txt.append(
-                f"- Fit vs {label} (this project, {fit['n']} points): gain = {fit['slope']:.2f}·x + "
-                f"{fit['intercept']:.2f}, r² = {fit['r2']:.2f}."
-            )
-        else:
-            txt.append(
-                f"- Fit vs {label}: needs at least two experiments with different x (and a judge that is not "
-                "position-biased); run more configs "
-                "(e.g. other datasets or `data.select_ratio`) to fill this in."
-            )
+    txt += [fit_text(name, fit) for name, fit in fits.items()]
     r, n = paper.FIG2_GAIN_VS_LOG_RATIO, paper.FIG2_GAIN_VS_LOG_NUM_EXAMPLES
     txt.append(
         f"- Paper (reference, LLaMA-2-7B): gain = {r['slope']}·ln(ratio) + {r['intercept']}; "
         f"gain = {n['slope']}·ln(n) + {n['intercept']} (Tulu V2 subsets, {n['range'][0]:,}–{n['range'][1]:,} "
         "examples). Reference only, not results of this pipeline."
     )
-    fig = _figure(fig_dir, "length_ratio.png", _length_ratio_figure, points, fits, fig_dir)
+    fig = cached_figure(fig_dir, "length_ratio.png", _length_ratio_figure, points, fits, fig_dir)
     if fig:
         txt.append(f"\n![length ratio](figures/{fig.name})")
     return "\n\n".join(txt[:2]) + "\n\n" + "\n".join(txt[2:])
 
 
+def fit_text(name: str, fit: dict[str, Any] | None) -> str:
+    """One fit of this project's points (against ``ratio`` or ``n``), or what it needs."""
+    label = "log ratio" if name == "ratio" else "log #examples"
+    if fit:
+        return (
+            f"- Fit vs {label} (this project, {fit['n']} points): gain = {fit['slope']:.2f}·x + "
+            f"{fit['intercept']:.2f}, r² = {fit['r2']:.2f}."
+        )
+    return (
+        f"- Fit vs {label}: needs at least two experiments with different x (and a judge that is not "
+        "position-biased); run more configs "
+        "(e.g. other datasets or `data.select_ratio`) to fill this in."
+    )
+
+
 def _length_ratio_figure(points: list[dict[str, Any]], fits: dict[str, Any], fig_dir: Path) -> Path:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     r, n = paper.FIG2_GAIN_VS_LOG_RATIO, paper.FIG2_GAIN_VS_LOG_NUM_EXAMPLES
     # left: vs log ratio; paper points = Table 1 AlpacaEval 1.0 gains at Table 5 ratios
@@ -128,7 +122,7 @@ def _length_ratio_figure(points: list[dict[str, Any]], fits: dict[str, Any], fig
     ax.legend(fontsize=7)
     fig.tight_layout()
     out = fig_dir / "length_ratio.png"
-    _savefig(fig, out)
+    savefig(fig, out)
     plt.close(fig)
     return out
 

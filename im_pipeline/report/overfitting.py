@@ -4,28 +4,43 @@ curves, BLEU-4 memorisation."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from im_pipeline.analysis import aggregate as agg
 from im_pipeline.analysis import stats as pstats
-from im_pipeline.report.cells import (
-    _delta_cell,
-    _f,
-    _md_table,
-    _p_cell,
-)
-from im_pipeline.report.figures import (
-    _ensure_span,
-    _figure,
-    _integer_steps,
-    _plt,
-    _savefig,
-)
+from im_pipeline.report.cells import delta_cell, fmt, md_table, p_cell
+from im_pipeline.report.figures import cached_figure, ensure_span, integer_steps, pyplot, savefig
+from im_pipeline.results import EvalResult, OverfittingResult
 from im_pipeline.runs.layout import BASE_ARM
+
+BENCHMARK = "overfitting"
 
 
 def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
-    arms = run.arms
+    """Training losses, the overfitting benchmark's losses and BLEU per arm and seed, IM − IT on the same examples,
+    and the loss curves."""
+    parts = [
+        "Training losses (from `train_summary.json`; the train loss follows the arm's own mask, so IT and IM "
+        "train losses are not comparable; the held-out loss is on output tokens for every arm, and the "
+        "figure's train curves use the output-token loss under the IT mask, logged per step for every arm):",
+        training_table(run),
+    ]
+    test_loss_delta = None
+    rows = [(arm, seed, r) for arm, seed, r in _overfitting_results(run)]
+    if rows:
+        kinds = {r.held_out_kind for _, _, r in rows if r.held_out_kind}
+        kind = "; ".join(sorted(kinds)) or "not recorded (older result files)"
+        parts += [overfitting_intro(kind), overfitting_table(rows)]
+        deltas = paired_deltas(run)
+        test_loss_delta = deltas["test_loss"]
+        parts.append(paired_table(run, deltas))
+    fig = cached_figure(fig_dir, "loss_curves.png", _loss_figure, run, fig_dir, test_loss_delta)
+    if fig:
+        parts.append(f"![loss curves](figures/{fig.name})")
+    return "\n\n".join(p for p in parts if p)
+
+
+def training_table(run: agg.RunResults) -> str:
+    """Final train / held-out loss, steps, throughput and wall time of every training unit."""
     header = [
         "arm",
         "seed",
@@ -36,112 +51,123 @@ def overfitting_section(run: agg.RunResults, fig_dir: Path) -> str:
         "tokens/s",
         "train wall (s)",
     ]
-    rows = []
-    for arm in arms:
-        for seed, s in sorted(run.train_summaries.get(arm, {}).items()):
-            rows.append(
-                [
-                    arm,
-                    seed,
-                    _f(s.get("final_train_loss"), 3),
-                    _f(s.get("final_held_out_loss"), 3),
-                    _f(s.get("final_held_out_loss_per_example"), 3),
-                    s.get("steps", "–"),
-                    _f(s.get("tokens_per_s"), 0),
-                    _f(s.get("wall_time_s"), 1),
-                ]
-            )
-    parts = [
-        "Training losses (from `train_summary.json`; the train loss follows the arm's own mask, so IT and IM "
-        "train losses are not comparable; the held-out loss is on output tokens for every arm, and the "
-        "figure's train curves use the output-token loss under the IT mask, logged per step for every arm):",
-        _md_table(header, rows) if rows else "No training summaries.",
+    rows = [
+        [
+            arm,
+            seed,
+            fmt(s.final_train_loss, 3),
+            fmt(s.final_held_out_loss, 3),
+            fmt(s.final_held_out_loss_per_example, 3),
+            "–" if s.steps is None else s.steps,
+            fmt(s.tokens_per_s, 0),
+            fmt(s.wall_time_s, 1),
+        ]
+        for arm in run.arms
+        for seed, s in sorted(run.summaries(arm).items())
     ]
-    ov = run.results.get("overfitting", {})
-    ov_rows, kinds = [], set()
-    deltas: dict[str, dict[str, Any] | None] = {}
-    for arm in [BASE_ARM, *arms]:
-        for seed, r in sorted(ov.get(arm, {}).items(), key=lambda kv: kv[0] or 0):
-            if agg.ok(r):
-                if r.get("held_out_kind"):
-                    kinds.add(str(r["held_out_kind"]))
-                n = r.get("n") or 0
-                bleu = (
-                    f"{_f(r['value'], 2)} ({pstats.TOO_FEW}: {n})"
-                    if n < pstats.MIN_ITEMS or r.get("stderr") is None
-                    else f"{_f(r['value'], 2)} ± {_f(r.get('stderr'), 2)}"
-                )
-                ov_rows.append(
-                    [
-                        arm,
-                        "–" if seed is None else seed,
-                        _f(r.get("train_loss"), 3),
-                        _f(r.get("test_loss"), 3),
-                        _f(r.get("loss_gap"), 3),
-                        _f(r.get("train_loss_token_mean"), 3),
-                        _f(r.get("test_loss_token_mean"), 3),
-                        bleu,
-                        _f(r.get("bleu4_corpus"), 2),
-                    ]
-                )
-    if ov_rows:
-        kind = "; ".join(sorted(kinds)) or "not recorded (older result files)"
-        parts.append(
-            f"Overfitting benchmark. **Test set: {kind}.** Loss on output tokens (IT mask, the same measure for "
-            "every arm) of training and test conversations, as the per-example mean (each example's token mean, "
-            "then the mean over examples: the released compute_loss.py) and as the token mean over all output "
-            "tokens; and BLEU-4 of greedy generations for training prompts against their whole training outputs "
-            "(paper Table 2: the mean of sentence BLEU per generation, ± its standard error over items; corpus "
-            "BLEU over the same pairs beside it; lower = less memorisation):"
-        )
-        parts.append(
-            _md_table(
-                [
-                    "arm",
-                    "seed",
-                    "train loss (per-example)",
-                    "test loss (per-example)",
-                    "gap",
-                    "train loss (token mean)",
-                    "test loss (token mean)",
-                    "BLEU-4 (mean sentence)",
-                    "BLEU-4 (corpus)",
-                ],
-                ov_rows,
-            )
-        )
-        it, im = agg.it_im_arms(run)
-        paired = []
-        for key, label in (("test_loss", "test loss"), ("train_loss", "train loss"), ("bleu4", "BLEU-4")):
-            d = deltas[key] = (
-                agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key=key) if it and im else None
-            )
-            if d:
-                paired.append([label, d.get("n_items", "–"), _delta_cell(d, 1.0, 3), _p_cell(d)])
-        if paired:
-            parts.append(
-                f"{im} − {it} on the same examples (per-item paired differences; per-example losses, sentence "
-                "BLEU):\n\n" + _md_table(["measure", "items", f"{im} − {it} [95% CI]", "p (test)"], paired)
-            )
-    fig = _figure(fig_dir, "loss_curves.png", _loss_figure, run, fig_dir, deltas.get("test_loss"))
-    if fig:
-        parts.append(f"![loss curves](figures/{fig.name})")
-    return "\n\n".join(parts)
+    return md_table(header, rows) if rows else "No training summaries."
+
+
+def _overfitting_results(run: agg.RunResults) -> list[tuple[str, int | None, OverfittingResult]]:
+    """(arm, seed, result) of every usable overfitting result, base model first."""
+    out = []
+    for arm in [BASE_ARM, *run.arms]:
+        for seed, r in sorted(run.by_seed(BENCHMARK, arm).items(), key=lambda kv: kv[0] or 0):
+            if agg.ok(r) and isinstance(r, OverfittingResult):
+                out.append((arm, seed, r))
+    return out
+
+
+def overfitting_intro(kind: str) -> str:
+    return (
+        f"Overfitting benchmark. **Test set: {kind}.** Loss on output tokens (IT mask, the same measure for "
+        "every arm) of training and test conversations, as the per-example mean (each example's token mean, "
+        "then the mean over examples: the released compute_loss.py) and as the token mean over all output "
+        "tokens; and BLEU-4 of greedy generations for training prompts against their whole training outputs "
+        "(paper Table 2: the mean of sentence BLEU per generation, ± its standard error over items; corpus "
+        "BLEU over the same pairs beside it; lower = less memorisation):"
+    )
+
+
+def _bleu_cell(r: EvalResult) -> str:
+    if r.n < pstats.MIN_ITEMS or r.stderr is None:
+        return f"{fmt(r.value, 2)} ({pstats.TOO_FEW}: {r.n})"
+    return f"{fmt(r.value, 2)} ± {fmt(r.stderr, 2)}"
+
+
+def overfitting_table(rows: list[tuple[str, int | None, OverfittingResult]]) -> str:
+    """Per arm and seed: train / test loss (per-example and token mean), their gap, BLEU-4."""
+    header = [
+        "arm",
+        "seed",
+        "train loss (per-example)",
+        "test loss (per-example)",
+        "gap",
+        "train loss (token mean)",
+        "test loss (token mean)",
+        "BLEU-4 (mean sentence)",
+        "BLEU-4 (corpus)",
+    ]
+    cells = [
+        [
+            arm,
+            "–" if seed is None else seed,
+            fmt(r.train_loss, 3),
+            fmt(r.test_loss, 3),
+            fmt(r.loss_gap, 3),
+            fmt(r.train_loss_token_mean, 3),
+            fmt(r.test_loss_token_mean, 3),
+            _bleu_cell(r),
+            fmt(r.bleu4_corpus, 2),
+        ]
+        for arm, seed, r in rows
+    ]
+    return md_table(header, cells)
+
+
+PAIRED = (("test_loss", "test loss"), ("train_loss", "train loss"), ("bleu4", "BLEU-4"))
+"""The overfitting benchmark's per-item scores compared IM − IT, with their labels."""
+
+
+def paired_deltas(run: agg.RunResults) -> dict[str, agg.DeltaStats | None]:
+    """IM − IT on each per-item score of :data:`PAIRED` (None without both arms)."""
+    it, im = agg.it_im_arms(run)
+    return {
+        key: agg.delta_stats(run.by_seed(BENCHMARK, im), run.by_seed(BENCHMARK, it), BENCHMARK, key=key)
+        if it and im
+        else None
+        for key, _ in PAIRED
+    }
+
+
+def paired_table(run: agg.RunResults, deltas: dict[str, agg.DeltaStats | None]) -> str:
+    """The paired IM − IT differences on the same examples ("" when there are none)."""
+    it, im = agg.it_im_arms(run)
+    paired = [
+        [label, "–" if d.n_items is None else d.n_items, delta_cell(d, 1.0, 3), p_cell(d)]
+        for key, label in PAIRED
+        if (d := deltas[key])
+    ]
+    if not paired:
+        return ""
+    return (
+        f"{im} − {it} on the same examples (per-item paired differences; per-example losses, sentence "
+        "BLEU):\n\n" + md_table(["measure", "items", f"{im} − {it} [95% CI]", "p (test)"], paired)
+    )
 
 
 def held_out_difference_ci(
-    run: agg.RunResults, test_loss_delta: dict[str, Any] | None = None
+    run: agg.RunResults, test_loss_delta: agg.DeltaStats | None = None
 ) -> tuple[float | None, str]:
     """Width of the 95% CI of IM − IT on the per-example test loss (overfitting benchmark), and how it was got.
     ``test_loss_delta``: that difference's :func:`~im_pipeline.analysis.aggregate.delta_stats` when the caller
     has it (the section's table), so its bootstraps do not run twice."""
     it, im = agg.it_im_arms(run)
-    ov = run.results.get("overfitting", {})
     d = test_loss_delta
     if d is None and it and im:
-        d = agg.delta_stats(ov.get(im, {}), ov.get(it, {}), "overfitting", key="test_loss")
-    if d and d.get("ci_low") is not None:
-        return d["ci_high"] - d["ci_low"], f"the 95% CI of {im} − {it} test loss ({d.get('n_items')} examples)"
+        d = agg.delta_stats(run.by_seed(BENCHMARK, im), run.by_seed(BENCHMARK, it), BENCHMARK, key="test_loss")
+    if d and d.ci_low is not None and d.ci_high is not None:
+        return d.ci_high - d.ci_low, f"the 95% CI of {im} − {it} test loss ({d.n_items} examples)"
     return None, ""
 
 
@@ -149,10 +175,10 @@ MIN_LOSS_SPAN = 0.5
 """Least y-span (nats) of the loss curves; wider when the CI of the IM − IT held-out difference is wider."""
 
 
-def _loss_figure(run: agg.RunResults, fig_dir: Path, test_loss_delta: dict[str, Any] | None = None) -> Path | None:
+def _loss_figure(run: agg.RunResults, fig_dir: Path, test_loss_delta: agg.DeltaStats | None = None) -> Path | None:
     if not any(run.train_logs.values()):
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     own_mask = False
     for i, arm in enumerate(run.arms):
@@ -180,8 +206,8 @@ def _loss_figure(run: agg.RunResults, fig_dir: Path, test_loss_delta: dict[str, 
     for ax in axes:
         ax.set_xlabel("optimiser step")
         ax.set_xlim(0.5, last + 0.5)  # the whole run on both panels (one held-out point stays at its step)
-        _integer_steps(ax)
-        _ensure_span(ax, span)
+        integer_steps(ax)
+        ensure_span(ax, span)
         ax.legend(fontsize=8)
     fig.text(
         0.5,
@@ -193,6 +219,6 @@ def _loss_figure(run: agg.RunResults, fig_dir: Path, test_loss_delta: dict[str, 
     )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     out = fig_dir / "loss_curves.png"
-    _savefig(fig, out)
+    savefig(fig, out)
     plt.close(fig)
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from im_pipeline.report.cells import (
-    _md_table,
+    md_table,
 )
 
 UI_MAX_COLUMNS = 6
@@ -74,7 +74,7 @@ def _fit_table(table: list[str]) -> list[str]:
     t_header = [header[0], *(r[0] for r in rows)]
     t_rows = [[header[k], *(r[k] for r in rows)] for k in range(1, len(header))]
     if _fits(t_header, t_rows):  # transposed: one row per former column
-        return _md_table(t_header, t_rows).split("\n")
+        return md_table(t_header, t_rows).split("\n")
     # split: tables that repeat the first column, each as wide as fits (at least one more column)
     out: list[str] = []
     k = 1
@@ -84,6 +84,6 @@ def _fit_table(table: list[str]) -> list[str]:
         while k < len(header) and _fits([header[i] for i in [*keep, k]], [[r[i] for i in [*keep, k]] for r in rows]):
             keep.append(k)
             k += 1
-        out.extend(_md_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows]).split("\n"))
+        out.extend(md_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows]).split("\n"))
         out.append("")
     return out[:-1]

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.analysis import aggregate as agg
+from im_pipeline.analysis.run_files import RunConfig
 from im_pipeline.config.base import data_dir_of
 from im_pipeline.loss_modes import LossMode
-from im_pipeline.report.cells import (
-    _f,
-    _md_table,
-)
+from im_pipeline.report.cells import fmt, md_table
 from im_pipeline.report.results import RESULTS_DIR
-from im_pipeline.report.sections import _flow_run_link
+from im_pipeline.results import AlpacaEvalResult
 from im_pipeline.runs.layout import BASE_ARM
 
 
@@ -23,55 +21,55 @@ def built_by(run: agg.RunResults) -> str:
     byte-identical)."""
     cfg = run.config
     line = "\n_Built by `im-pipeline report RUN_DIR` from the run directory's JSON files only"
-    if cfg.get("save_results"):
-        where = f"{cfg.get('report_dir') or 'reports'}/{run.experiment}/{RESULTS_DIR}"
+    if cfg.save_results:
+        where = f"{cfg.report_dir or 'reports'}/{run.experiment}/{RESULTS_DIR}"
         line += f"; they are committed in `{where}/` and `im-pipeline report {where} --out DIR` rebuilds this report"
     return line + "._"
 
 
-def describe(cfg: dict[str, Any], run: agg.RunResults) -> str:
+def describe(cfg: RunConfig, run: agg.RunResults) -> str:
     """One sentence on what was run, built from the resolved config (so ``--set data.n=8`` reads 8)."""
-    d, t = cfg.get("data", {}), cfg.get("training", {})
-    n_train = ((run.data_stats or {}).get("stats") or {}).get("train", {}).get("n")
-    size = f"{n_train} examples" if n_train else (f"{d['n']} examples" if d.get("n") else "all examples")
-    if d.get("per_seed"):
-        size = (
-            f"{d.get('n')} examples per seed (each seed its own sample, tested on a disjoint sample of "
-            f"{d.get('held_out_size')})"
-        )
-    steps = f"{t['max_steps']} steps" if (t.get("max_steps") or -1) > 0 else f"{t.get('epochs', '?')} epoch(s)"
+    d, t = cfg.data, cfg.training
+    n_train = run.data_stats.train.n if run.data_stats else None
+    size = f"{n_train} examples" if n_train else (f"{d.n} examples" if d.n else "all examples")
+    if d.per_seed:
+        size = f"{d.n} examples per seed (each seed its own sample, tested on a disjoint sample of {d.held_out_size})"
+    steps = f"{t.max_steps} steps" if (t.max_steps or -1) > 0 else f"{t.epochs} epoch(s)"
     arms = []
-    for a in cfg.get("arms", []):
-        mode = a.get("loss_mode", "?")
+    for a in cfg.arms:
+        mode = a.loss_mode
         what = LossMode(mode).short if mode in set(LossMode) else mode
         if mode == "weighted":
-            what += f" λ={a.get('prompt_loss_weight')}"
-        arms.append(f"{a.get('name', '?')} ({what})")
-    seeds = cfg.get("seeds") or []
+            what += f" λ={a.prompt_loss_weight}"
+        arms.append(f"{a.name or '?'} ({what})")
+    seeds = cfg.seeds
     return (
-        f"`{cfg.get('model', {}).get('source', '?')}` fine-tuned on {size} of `{d.get('train', '?')}` ({steps}, "
+        f"`{cfg.model.source}` fine-tuned on {size} of `{d.train}` ({steps}, "
         f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}) as {' and '.join(arms) or '?'}."
     )
+
+
+JUDGE_KINDS = {"local_hf": "local model", "openai": "OpenAI-compatible API"}
 
 
 def judge_text(judge: Any) -> str:
     """A judge (its identity dict from a result or the config's judge section) as words, not a dict."""
     if not isinstance(judge, dict):
         return str(judge)
-    kind = {"local_hf": "local model", "openai": "OpenAI-compatible API"}.get(judge.get("kind"), judge.get("kind"))
+    kind = JUDGE_KINDS.get(judge.get("kind"), judge.get("kind"))
     where = judge.get("base_url_host") or judge.get("base_url")
     if where and "://" in str(where):
         where = str(where).split("://", 1)[1].split("/", 1)[0]  # host only: never a path or key
     return f"{judge.get('model', '?')} ({kind}{f' at {where}' if where else ''})"
 
 
-def data_origin_text(origin: str | None, cfg: dict[str, Any]) -> str:
+def data_origin_text(origin: str | None, cfg: RunConfig) -> str:
     """Where the training data was read from, relative to the data directory (no host paths)."""
     if not origin:
         return "?"
     if origin.startswith("hub:"):
         return f"the Hugging Face Hub (`{origin[4:]}`)"
-    data_dir = data_dir_of(cfg.get("_resolved_data_dir") or cfg.get("data_dir"))
+    data_dir = data_dir_of(cfg.resolved_data_dir or cfg.data_dir)
     if data_dir:
         try:
             rel = Path(origin).resolve().relative_to(data_dir)
@@ -81,92 +79,110 @@ def data_origin_text(origin: str | None, cfg: dict[str, Any]) -> str:
     return f"`{Path(origin).name}` (a local file given in the config)"
 
 
+def _judges(run: agg.RunResults) -> list[str]:
+    judges = sorted({judge_text(r.judge) for r in run.records() if isinstance(r, AlpacaEvalResult) and r.judge})
+    if not judges and run.config.judge():
+        judges = [f"{judge_text(run.config.judge())} configured, not used (no AlpacaEval result)"]
+    return judges
+
+
 def provenance_section(run: agg.RunResults) -> str:
+    """The Prefect flow run, model, data, judge, config hash, commits and libraries; the machine and the wall time
+    of the recent flow runs; the compute time of every result shown."""
     cfg = run.config
-    recs = [r for by_arm in run.results.values() for by_seed in by_arm.values() for r in by_seed.values()]
-    commits = sorted({str(r.get("git_commit")) for r in recs if r.get("git_commit")})
-    versions: dict[str, Any] = next((r["versions"] for r in recs if r.get("versions")), {})
-    judges = sorted({judge_text(r["judge"]) for r in recs if r.get("judge")})
-    if not judges and cfg.get("evaluation", {}).get("judge"):
-        judges = [f"{judge_text(cfg['evaluation']['judge'])} configured, not used (no AlpacaEval result)"]
-    origin = (((run.data_stats or {}).get("actions") or {}).get("train") or {}).get("origin")
-    timings = (run.timings or {}).get("runs") or []
-    link = _flow_run_link(timings[-1]) if timings else ""
+    recs = run.records()
+    commits = sorted({str(r.git_commit) for r in recs if r.git_commit})
+    versions = next((r.versions for r in recs if r.versions), {})
+    judges = _judges(run)
+    origin = run.data_stats.train_origin if run.data_stats else None
+    last = run.timings.latest
+    link = last.flow_run.link() if last else ""
     lines = [
         *([f"- Prefect: {link}"] if link else []),
-        f"- Model: `{cfg.get('model', {}).get('source', '?')}` (dtype {cfg.get('model', {}).get('dtype', '?')})",
-        f"- Data: `{cfg.get('data', {}).get('train', '?')}`, read from {data_origin_text(origin, cfg)}",
+        f"- Model: `{cfg.model.source}` (dtype {cfg.model.dtype})",
+        f"- Data: `{cfg.data.train}`, read from {data_origin_text(origin, cfg)}",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
-        f"- Config hash: `{cfg.get('_config_hash', '?')}`",
+        f"- Config hash: `{cfg.config_hash}`",
         f"- Git commit(s) of the results: {', '.join(f'`{c}`' for c in commits) or '?'}",
         "- Libraries: " + (", ".join(f"{k} {v}" for k, v in versions.items() if v) or "?"),
     ]
-    if timings:
-        m = timings[-1].get("machine", {})
-        threads = m.get("torch_threads") or cfg.get("training", {}).get("threads") or m.get("cpu_count", "?")
-        lines.append(
-            f"- Machine: {m.get('platform', '?')}, Python {m.get('python', '?')}, {m.get('cpu_count', '?')} "
-            f"CPUs, torch threads {threads}, CUDA {m.get('cuda') or 'none'}"
-        )
-        header = [
-            "flow run (UTC)",
-            "prepare (s)",
-            "train (s)",
-            "evaluate (s)",
-            "report (s)",
-            "flow total (s)",
-            "command total (s)",
-            "tasks computed / cached",
-        ]
-        rows = []
-        for t in timings[-8:]:
-            st = t.get("stages", {})
-            comp = sum(v.get("computed", 0) for v in st.values())
-            cached = sum(v.get("cached", 0) for v in st.values())
-            rows.append(
-                [
-                    t.get("started", "?"),
-                    *[_f(st.get(s, {}).get("seconds")) for s in ("prepare", "train", "evaluate", "report")],
-                    _f(t.get("total_seconds")),
-                    _f(t.get("command_seconds")),
-                    f"{comp} / {cached}",
-                ]
-            )
-        lines.append(
-            "\nWall time per stage of the recent flow runs (a stage's time is the sum of its task runs' "
-            "times; cached task runs cost ~0; the flow total of a run covers everything up to writing this "
-            "report, the command total the whole `im-pipeline run` including Prefect's start-up):\n\n"
-            + _md_table(header, rows)
-        )
-    benches = agg.benchmark_order(run)  # the names only: comparison_rows would recompute every paired statistic
-    models = ([BASE_ARM] if any(BASE_ARM in b for b in run.results.values()) else []) + [
-        f"{arm}/seed-{seed}" for arm in run.arms for seed in run.seeds
-    ]
-    compute, total = [], 0.0
-    for model in models:
-        arm, _, seed_txt = model.partition("/seed-")
-        seed = int(seed_txt) if seed_txt else None
-        s = run.train_summaries.get(arm, {}).get(seed) if seed is not None else None
-        cells = [_f(s.get("wall_time_s")) if s else "–"]
-        total += float(s.get("wall_time_s") or 0.0) if s else 0.0
-        for bench in benches:
-            r = run.results.get(bench, {}).get(arm, {}).get(seed)
-            cells.append(
-                "–" if r is None else _f(r.get("wall_time_s")) + (" (skipped)" if r.get("status") == "skipped" else "")
-            )
-            total += float(r.get("wall_time_s") or 0.0) if r else 0.0
-        compute.append([model, *cells])
+    if last:
+        lines += [machine_line(run), timings_table(run)]
+    compute = compute_table(run)
     if compute:
-        lines.append(
-            f"\nCompute time (s) of the results shown, recorded when each was computed (total {total:.0f} s):"
-            "\n\n" + _md_table(["model", "train", *benches], compute)
-        )
+        lines.append(compute)
     return "\n".join(lines)
+
+
+def machine_line(run: agg.RunResults) -> str:
+    """The machine of the latest flow run."""
+    m = run.timings.runs[-1].machine
+    threads = m.torch_threads or run.config.training.threads or m.cpu_count
+    return (
+        f"- Machine: {m.platform}, Python {m.python}, {m.cpu_count} "
+        f"CPUs, torch threads {threads}, CUDA {m.cuda or 'none'}"
+    )
+
+
+def timings_table(run: agg.RunResults) -> str:
+    """Wall time per stage of the (at most 8) recent flow runs."""
+    header = [
+        "flow run (UTC)",
+        "prepare (s)",
+        "train (s)",
+        "evaluate (s)",
+        "report (s)",
+        "flow total (s)",
+        "command total (s)",
+        "tasks computed / cached",
+    ]
+    rows = [
+        [
+            t.started,
+            *[fmt(t.stage(s).seconds) for s in ("prepare", "train", "evaluate", "report")],
+            fmt(t.total_seconds),
+            fmt(t.command_seconds),
+            f"{sum(v.computed for v in t.stages.values())} / {sum(v.cached for v in t.stages.values())}",
+        ]
+        for t in run.timings.runs[-8:]
+    ]
+    return (
+        "\nWall time per stage of the recent flow runs (a stage's time is the sum of its task runs' "
+        "times; cached task runs cost ~0; the flow total of a run covers everything up to writing this "
+        "report, the command total the whole `im-pipeline run` including Prefect's start-up):\n\n"
+        + md_table(header, rows)
+    )
+
+
+def compute_table(run: agg.RunResults) -> str:
+    """Compute time (s) of every result shown, per model and stage ("" when there is no model)."""
+    benches = agg.benchmark_order(run)  # the names only: comparison_rows would recompute every paired statistic
+    models: list[tuple[str, int | None]] = (
+        [(BASE_ARM, None)] if any(BASE_ARM in b for b in run.results.values()) else []
+    )
+    models += [(arm, seed) for arm in run.arms for seed in run.seeds]
+    compute, total = [], 0.0
+    for arm, seed in models:
+        s = run.summaries(arm).get(seed) if seed is not None else None
+        cells = [fmt(s.wall_time_s) if s else "–"]
+        total += float(s.wall_time_s or 0.0) if s else 0.0
+        for bench in benches:
+            r = run.by_seed(bench, arm).get(seed)
+            skipped = " (skipped)" if r is not None and r.status == "skipped" else ""
+            cells.append("–" if r is None else fmt(r.wall_time_s) + skipped)
+            total += float(r.wall_time_s or 0.0) if r else 0.0
+        compute.append([arm if seed is None else f"{arm}/seed-{seed}", *cells])
+    if not compute:
+        return ""
+    return (
+        f"\nCompute time (s) of the results shown, recorded when each was computed (total {total:.0f} s):"
+        "\n\n" + md_table(["model", "train", *benches], compute)
+    )
 
 
 def kl_note(run: agg.RunResults) -> str:
     """Which KL term ran (per arm with kl_coef > 0) and why the paper's Table 3 cannot be read as "KL hurts"."""
-    kl_arms = [(arm, run.arm_config(arm)) for arm in run.arms if run.arm_config(arm).get("kl_coef")]
+    kl_arms = [(arm, run.arm_config(arm)) for arm in run.arms if run.arm_config(arm).kl_coef]
     if not kl_arms:
         return ""
     forms = {
@@ -176,8 +192,8 @@ def kl_note(run: agg.RunResults) -> str:
     }
     tokens = {"full": "over the output tokens", "release": "over the tokens of the arm's own NLL"}
     lines = [
-        f"`{arm}`: c = {a['kl_coef']}, {forms.get(a.get('kl_form', 'full'), a.get('kl_form'))}, "
-        f"{tokens.get(a.get('kl_form', 'full'), '')} (loss_mode `{a.get('loss_mode')}`)"
+        f"`{arm}`: c = {a.kl_coef}, {forms.get(a.kl_form, a.kl_form)}, {tokens.get(a.kl_form, '')} "
+        f"(loss_mode `{a.loss_mode}`)"
         for arm, a in kl_arms
     ]
     return (

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from im_pipeline.results import TrainSummary
+
 log = logging.getLogger(__name__)
 
 MODULE = "im_pipeline.training.launch"
@@ -81,7 +83,7 @@ def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir
     summary_path = UnitLayout.at(run_dir).train_summary
     if not summary_path.is_file():
         raise RuntimeError(f"training under {launcher!r} exited without writing {summary_path}")
-    return json.loads(summary_path.read_text(encoding="utf-8"))
+    return TrainSummary.read(summary_path).to_json()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig
 from im_pipeline.loss_modes import OUTPUT_ONLY
-from im_pipeline.provenance import write_text_atomic
+from im_pipeline.results import TrainSummary, new_train_summary
 from im_pipeline.runs.layout import UnitLayout
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer, write_model_card
@@ -166,11 +166,12 @@ def train_arm(
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
     save_final_model(trainer, tokenizer, unit, cfg.data.template, run.is_main)
-    summary = train_summary(cfg, arm, seed, unit, run, data, lr, result, resume)
+    # Typed: a field TrainSummary lacks is an error, not a silent key; the returned dict is what the file holds.
+    record = new_train_summary(train_summary(cfg, arm, seed, unit, run, data, lr, result, resume))
     trainer.accelerator.wait_for_everyone()
     if run.is_main:
-        write_outputs(unit, cfg, arm, seed, summary)
-    return summary
+        write_outputs(unit, cfg, arm, seed, record)
+    return record.to_json()
 
 
 def resume_point(unit: UnitLayout, args: TrainingArguments, is_main: bool) -> str | None:
@@ -368,9 +369,10 @@ def train_summary(
     }
 
 
-def write_outputs(unit: UnitLayout, cfg: ExperimentConfig, arm: ArmConfig, seed: int, summary: dict) -> None:
+def write_outputs(unit: UnitLayout, cfg: ExperimentConfig, arm: ArmConfig, seed: int, record: TrainSummary) -> None:
     """Rank 0's last step: ``train_summary.json``, the model card; the Trainer checkpoints go."""
-    write_text_atomic(unit.train_summary, json.dumps(summary, indent=2) + "\n")
+    record.write(unit.train_summary)
+    summary = record.to_json()
     write_model_card(unit.checkpoint, cfg, arm, seed, summary)
     shutil.rmtree(unit.trainer_checkpoints, ignore_errors=True)  # large; the final model is in checkpoint/
     log.info(
