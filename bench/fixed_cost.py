@@ -38,14 +38,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
 from im_pipeline.config import BenchmarkConfig, load_config
-from im_pipeline.evaluation.common import EvalContext, ModelCache, run_benchmark
+from im_pipeline.evaluation.common import EvalContext, ModelCache, OverfittingInputs, run_benchmark
 from im_pipeline.evaluation.specs import names as benchmark_names
 from im_pipeline.models import load_model_and_tokenizer
 
@@ -81,15 +80,15 @@ def main() -> None:
         names = [b for b in names if b in wanted]
 
     data_dir = cfg.resolved_data_dir()
-    extra: dict[str, Any] = {}
+    overfitting = None
     if "overfitting" in names:
         from im_pipeline.data import load_records
 
-        extra = {
-            "train": load_records(cfg.data.train, data_dir),
-            "held_out": load_records(cfg.data.held_out, data_dir) if cfg.data.held_out else None,
-            "held_out_kind": f"another data set ({cfg.data.held_out})",
-        }
+        overfitting = OverfittingInputs(
+            train=load_records(cfg.data.train, data_dir),
+            held_out=load_records(cfg.data.held_out, data_dir) if cfg.data.held_out else [],
+            held_out_kind=f"another data set ({cfg.data.held_out})",
+        )
 
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     start = time.perf_counter()
@@ -118,7 +117,7 @@ def main() -> None:
             judge=ev.judge,
             dtype=cfg.model.dtype,
             cache_dir=cfg.model.cache_dir,
-            extra=dict(extra),
+            overfitting=overfitting,
             cache=cache,
         )
         prof = cProfile.Profile() if profile else None

@@ -10,9 +10,10 @@ from openai_stub_server import StubOpenAIServer
 
 from im_pipeline import hub
 from im_pipeline.config import BenchmarkConfig, JudgeConfig
-from im_pipeline.evaluation import alpaca_eval as ae
-from im_pipeline.evaluation.alpaca_eval_judging import annotator_config
-from im_pipeline.evaluation.alpaca_eval_metrics import compute_metrics
+from im_pipeline.evaluation.alpaca_eval import runner as ae
+from im_pipeline.evaluation.alpaca_eval.judges import AnnotationCache
+from im_pipeline.evaluation.alpaca_eval.judging import annotator_config
+from im_pipeline.evaluation.alpaca_eval.metrics import compute_metrics
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, run_benchmark
 
 KEY = "sk-alpaca-test-5b1e0d-secret"
@@ -126,7 +127,7 @@ def test_local_judge_end_to_end_and_rerun_is_free(tmp_path, tiny_model_dir, monk
     annotations = json.loads(Path(result["artifacts"]["annotations"]).read_text())
     ident = result["judge"]
     for a in annotations:
-        raw = cache[ae.AnnotationCache.key(ident, "alpaca_eval_gpt4", a["instruction"], a["output_1"], a["output_2"])]
+        raw = cache[AnnotationCache.key(ident, "alpaca_eval_gpt4", a["instruction"], a["output_1"], a["output_2"])]
         assert a["first_shown_won"] == [ranking_parser(raw["raw_completion"])[0] == 1]
 
     # a re-run neither generates nor judges again, and gives the same numbers
@@ -206,12 +207,12 @@ def test_both_orders_averages_the_two_presentations(tmp_path, tiny_model_dir):
     ident = {"kind": "local_hf", "model": str(tiny_model_dir), "base_url_host": None}
     for a in annotations:
         fwd = cache[
-            ae.AnnotationCache.key(
+            AnnotationCache.key(
                 ident, "weighted_alpaca_eval_gpt4_turbo|both-orders", a["instruction"], a["output_1"], a["output_2"]
             )
         ]["preference"]
         rev = cache[
-            ae.AnnotationCache.key(
+            AnnotationCache.key(
                 ident, "weighted_alpaca_eval_gpt4_turbo|both-orders", a["instruction"], a["output_2"], a["output_1"]
             )
         ]["preference"]

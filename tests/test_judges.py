@@ -9,9 +9,8 @@ import torch
 from openai_stub_server import StubOpenAIServer
 
 from im_pipeline.config import JudgeConfig
-from im_pipeline.evaluation import judges
-from im_pipeline.evaluation.alpaca_eval_judging import annotator_config
-from im_pipeline.evaluation.judges import (
+from im_pipeline.evaluation.alpaca_eval import judges
+from im_pipeline.evaluation.alpaca_eval.judges import (
     AnnotationCache,
     JudgeError,
     LocalHFJudge,
@@ -20,6 +19,7 @@ from im_pipeline.evaluation.judges import (
     judge_identity,
     protocol_for,
 )
+from im_pipeline.evaluation.alpaca_eval.judging import annotator_config
 
 KEY = "sk-test-7f3a9c-never-log-me"
 

@@ -48,7 +48,10 @@ def tiny(tiny_model_dir: Path):
 def _ctx(tmp_path: Path, data_dir: Path | None, loaded=None) -> EvalContext:
     # model_source does not exist: anything that tries to load the model (instead of failing early) errors.
     out = tmp_path / "eval"
-    return EvalContext(model_source="no-such-model", out_dir=out, data_dir=data_dir, batch_size=4, _loaded=loaded)
+    ctx = EvalContext(model_source="no-such-model", out_dir=out, data_dir=data_dir, batch_size=4)
+    if loaded is not None:  # the unit already holds the model
+        ctx.cache.model(ctx.model_identity, lambda: loaded)
+    return ctx
 
 
 def _write_mmlu(root: Path, subject: str, rows: list[list[str]], splits=("test", "dev")) -> None:
@@ -399,16 +402,21 @@ def test_lm_eval_environment_report_built_once_per_unit(
     cfg = BenchmarkConfig(limit=1, options={"subjects": SUBJECTS[:1], "num_fewshot": 0})
 
     def ctx(out: str, unit: ModelCache) -> EvalContext:
-        return EvalContext("no-such-model", tmp_path / out, data_dir=data_dir, batch_size=4, cache=unit, _loaded=tiny)
+        return EvalContext("no-such-model", tmp_path / out, data_dir=data_dir, batch_size=4, cache=unit)
 
-    unit = ModelCache()
+    def holding_tiny() -> ModelCache:  # a unit that already holds the model
+        unit = ModelCache()
+        unit.model(ctx("", unit).model_identity, lambda: tiny)
+        return unit
+
+    unit = holding_tiny()
     run_benchmark("mmlu", ctx("a0", unit), cfg)
     run_benchmark("truthfulqa", ctx("a1", unit), BenchmarkConfig(limit=1))
     assert len(calls) == 1  # the unit's second lm-eval call reused the report
     for i in range(2):
         own = next((tmp_path / f"a{i}" / "lm_eval").rglob("results_*.json"))
         assert json.loads(own.read_text())["pretty_env_info"] == "env 1"
-    run_benchmark("mmlu", ctx("b", ModelCache()), cfg)  # another unit builds its own
+    run_benchmark("mmlu", ctx("b", holding_tiny()), cfg)  # another unit builds its own
     assert len(calls) == 2
     own = next((tmp_path / "b" / "lm_eval").rglob("results_*.json"))
     assert json.loads(own.read_text())["pretty_env_info"] == "env 2"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.data.templates import render_prompt
 from im_pipeline.evaluation import generation
-from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, run_benchmark
+from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext, OverfittingInputs, run_benchmark
 from im_pipeline.evaluation.overfitting import _sample, bleu4, output_token_losses, run_overfitting, split_prompt
 from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training import encode_example, output_token_loss
@@ -41,8 +41,11 @@ def tiny(tiny_model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def _ctx(tmp_path: Path, tiny, **extra) -> EvalContext:
-    return EvalContext(model_source="no-such-model", out_dir=tmp_path, batch_size=4, extra=extra, _loaded=tiny)
+def _ctx(tmp_path: Path, tiny, inputs: OverfittingInputs | None = None) -> EvalContext:
+    """A context whose unit already holds the tiny model (its source does not exist: nothing loads it again)."""
+    ctx = EvalContext(model_source="no-such-model", out_dir=tmp_path, batch_size=4, overfitting=inputs)
+    ctx.cache.model(ctx.model_identity, lambda: tiny)
+    return ctx
 
 
 def test_bleu4_is_mean_sentence_bleu_against_whole_references() -> None:
@@ -69,7 +72,7 @@ def test_split_prompt_uses_last_assistant_turn() -> None:
 def test_overfitting_tiny_model(tiny, tmp_path: Path) -> None:
     model, tok = tiny
     cfg = BenchmarkConfig(limit=3, options={"loss_examples": 5, "max_new_tokens": 6})
-    out = run_overfitting(_ctx(tmp_path, tiny, train_records=TRAIN, held_out_records=HELD), cfg)
+    out = run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, HELD)), cfg)
     assert out["metric"] == "bleu4" and out["n"] == 3
     assert out["n_train_loss"] == 5 and out["n_test_loss"] == 3
     # token mean: exactly the shared output-token loss on the seeded sample (the same items for every arm)
@@ -101,14 +104,14 @@ def test_overfitting_tiny_model(tiny, tmp_path: Path) -> None:
     assert out["train_loss"] > 3.0  # random tiny model: near ln(vocab) ≈ 6.2, not trained
     assert len(out["examples"]) == 3 and out["examples"][0]["id"] == _sample(TRAIN, 5, 0)[0]["id"]
     other = run_overfitting(
-        _ctx(tmp_path, tiny, train_records=TRAIN, held_out_records=HELD, held_out_kind="another data set (x)"), cfg
+        _ctx(tmp_path, tiny, OverfittingInputs(TRAIN, HELD, held_out_kind="another data set (x)")), cfg
     )
     assert other["held_out_kind"] == "another data set (x)"
     # the documented option labels standalone held-out records, and passes the pipeline's option check
     labelled = {**cfg.options, "held_out_kind": "label (y)"}
     run_benchmark(
         "overfitting",
-        _ctx(tmp_path / "own", tiny, train_records=TRAIN, held_out_records=HELD),
+        _ctx(tmp_path / "own", tiny, OverfittingInputs(TRAIN, HELD)),
         BenchmarkConfig(limit=cfg.limit, options=labelled),
     )
     assert json.loads((tmp_path / "own" / "overfitting.json").read_text())["held_out_kind"] == "label (y)"
@@ -136,7 +139,7 @@ def test_bleu_pairs_each_prompt_with_its_own_output(tiny, tmp_path: Path, monkey
 
     monkeypatch.setattr(generation, "generate", memorising)
     cfg = BenchmarkConfig(limit=8, options={"loss_examples": 2, "max_new_tokens": 64})
-    out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN, held_out=HELD), cfg)
+    out = run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, HELD)), cfg)
     assert out["value"] == pytest.approx(100.0) and len(prompts_seen) == 8
     assert all(p.endswith("<|assistant|>\n") for p in prompts_seen)
 
@@ -145,7 +148,7 @@ def test_bleu_pairs_each_prompt_with_its_own_output(tiny, tmp_path: Path, monkey
         return [[o] for o in outs[1:] + outs[:1]]
 
     monkeypatch.setattr(generation, "generate", shifted)
-    assert run_overfitting(_ctx(tmp_path, tiny, train=TRAIN, held_out=HELD), cfg)["value"] < 60.0
+    assert run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, HELD)), cfg)["value"] < 60.0
 
 
 def test_overfitting_without_records_skips(tiny, tmp_path: Path) -> None:
@@ -153,12 +156,12 @@ def test_overfitting_without_records_skips(tiny, tmp_path: Path) -> None:
         run_overfitting(_ctx(tmp_path, tiny), BenchmarkConfig(limit=2))
     for unread in ("tokens", "bootstrap"):  # bootstrap: the BLEU stderr is analytic, no option sets resamples
         with pytest.raises(ValueError, match="unknown option"):
-            run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), BenchmarkConfig(options={unread: 3}))
+            run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, [])), BenchmarkConfig(options={unread: 3}))
 
 
 def test_overfitting_without_held_out_reports_no_test_loss(tiny, tmp_path: Path) -> None:
     cfg = BenchmarkConfig(limit=2, options={"loss_examples": 2, "max_new_tokens": 3})
-    out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), cfg)
+    out = run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, [])), cfg)
     assert out["test_loss"] is None and out["loss_gap"] is None and out["n_test_loss"] == 0 and out["n"] == 2
 
 
@@ -177,5 +180,5 @@ def test_references_are_whole(tiny, tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(generation, "generate", prefix_memoriser)
     cfg = BenchmarkConfig(limit=4, options={"loss_examples": 1, "max_new_tokens": budget})
-    out = run_overfitting(_ctx(tmp_path, tiny, train=TRAIN), cfg)
+    out = run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, [])), cfg)
     assert out["value"] < 50.0 and out["bleu"]["corpus_brevity_penalty"] < 1.0

@@ -18,6 +18,12 @@ from im_pipeline.evaluation.sandbox import host as sandbox_host
 from im_pipeline.evaluation.sandbox import run as sandbox_run
 
 
+def stress(test):
+    """A stress test (resource exhaustion, a killed scorer): marked ``stress`` (``-m stress`` selects them) and
+    ``slow``, so the fast suite leaves them out and the ``-m "slow or integration"`` pass runs them."""
+    return pytest.mark.slow(pytest.mark.stress(test))
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -36,6 +42,7 @@ def test_good_and_wrong_programs():
     assert bad.duration < 5
 
 
+@stress
 def test_infinite_loop_times_out():
     start = time.perf_counter()
     r = run_program("while True:\n    pass\n", SandboxLimits(timeout=1.5))
@@ -43,6 +50,7 @@ def test_infinite_loop_times_out():
     assert time.perf_counter() - start < 6
 
 
+@stress
 def test_fork_bomb_is_capped_and_every_process_killed():
     if not isolation()["uid"]:
         pytest.skip("no separate uid here: RLIMIT_NPROC cannot contain a fork bomb (killpg still applies)")
@@ -69,6 +77,7 @@ def test_escaped_grandchild_is_killed():
         assert sandbox_host.pids_of_uid(r.uid) == []  # the grandchild died with the run's PID namespace
 
 
+@stress
 def test_memory_bomb_fails():
     r = run_program("x = bytearray(4 * 1024**3)\nprint(len(x))\n", SandboxLimits(timeout=10, memory_mb=512))
     assert not r.passed and r.status in {"failed", "killed"}
@@ -161,6 +170,7 @@ def test_workdir_is_fresh_and_removed_and_env_is_clean(monkeypatch):
     assert not (Path(cwd) / "scratch.txt").exists()
 
 
+@stress
 def test_output_flood_is_bounded():
     r = run_program(
         "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", SandboxLimits(timeout=10, max_file_mb=1)
@@ -409,6 +419,7 @@ assert all(s == 0 for s in statuses), statuses
 """
 
 
+@stress
 def test_one_memory_bound_for_the_whole_process_tree():
     """6 children x 100 MiB each under a 256 MiB bound: the cgroup stops the tree, not each process."""
     _needs("cgroup")
@@ -420,6 +431,7 @@ def test_one_memory_bound_for_the_whole_process_tree():
     assert r.memory_peak_mb is not None and r.memory_peak_mb <= 256.5, r.memory_peak_mb
 
 
+@stress
 def test_memory_bound_fallback_without_cgroup_is_processes_times_address_space(monkeypatch):
     """No writable cgroup: the bound is max_processes x memory_mb (RLIMIT_NPROC x RLIMIT_AS), both checked."""
     if not isolation()["uid"]:
@@ -458,6 +470,7 @@ run_program("import time\\nopen('marker', 'w').write('x')\\ntime.sleep(120)\\n",
 """
 
 
+@stress
 def test_program_dies_with_its_scorer_and_leaves_nothing(tmp_path: Path):
     """kill -9 of the scorer: the supervisor, the namespace and the program all go; no files stay."""
     _needs("namespaces")

@@ -71,6 +71,15 @@ class ModelCache:
             self._state = {}
 
 
+@dataclass(frozen=True)
+class OverfittingInputs:
+    """The run's own data for the overfitting benchmark, as the pipeline passes it (standalone use: its options)."""
+
+    train: list[dict[str, Any]]  # the training records (messages format)
+    held_out: list[dict[str, Any]]  # the held-out records (another data set or a split)
+    held_out_kind: str | None = None  # what the held-out set is, for the result (e.g. "in-distribution split")
+
+
 @dataclass
 class EvalContext:
     """Everything a benchmark needs besides its own config."""
@@ -86,22 +95,24 @@ class EvalContext:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     dtype: str = "float32"
     cache_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. train/held-out records for overfitting
+    overfitting: OverfittingInputs | None = None  # the run's train / held-out data (the overfitting benchmark)
     cache: ModelCache = field(default_factory=ModelCache, repr=False)  # the unit's models (pass one to share)
     model_key: str | None = None  # what identifies the model's weights beyond its source (e.g. its training key)
-    _loaded: tuple[Any, Any] | None = field(default=None, repr=False)  # an already loaded (model, tokenizer)
+
+    @property
+    def model_identity(self) -> tuple[str, str | None, str]:
+        """What the unit's :class:`ModelCache` keys the evaluated model by: (source, model key, dtype)."""
+        return (self.model_source, self.model_key, self.dtype)
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """Load once per :class:`ModelCache` (a unit's benchmarks share it) and return (model, tokenizer)."""
-        if self._loaded is not None:
-            return self._loaded
 
         def load() -> tuple[Any, Any]:
             from im_pipeline.models import load_model_and_tokenizer
 
             return load_model_and_tokenizer(self.model_source, dtype=self.dtype, cache_dir=self.cache_dir)
 
-        return self.cache.model((self.model_source, self.model_key, self.dtype), load)
+        return self.cache.model(self.model_identity, load)
 
 
 def result_path(out_dir: Path, name: str) -> Path:

@@ -155,68 +155,80 @@ def generate(
     Returns one list of ``n`` strings per prompt, in the order of ``prompts``: the generated text only
     (prompt not included), special tokens removed, cut at the first stop sequence.
     """
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not a single string")
+    _check_prompts(prompts)
     if not prompts:
         return []
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"prompts must be strings; item {bad[0]} is {type(prompts[bad[0]]).__name__}")
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
-
+    pad_id = _pad_id(tokenizer)
     model.eval()
-    device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     # Longest first: similar lengths share a batch (little padding) and memory peaks show up at once.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-    num_return = 1 if cfg.greedy else cfg.n
-    gen_cfg = _hf_generation_config(model, tokenizer, cfg, num_return, pad_id)
+    gen_cfg = _hf_generation_config(model, tokenizer, cfg, 1 if cfg.greedy else cfg.n, pad_id)
     set_seed(cfg.seed)
 
     results: list[list[str] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
     for b in range(0, len(order), cfg.batch_size):
         idx = order[b : b + cfg.batch_size]
+        batch = [encoded[i] for i in idx]
         if cfg.greedy:
-            # Finished rows leave the batch, chunked prefill, preallocated KV cache: see greedy_batch.
-            stop_factory = (lambda width: StopOnStrings(tokenizer, cfg.stop, width)) if cfg.stop else None
-            rows = greedy_batch(model, [encoded[i] for i in idx], gen_cfg, cfg.max_new_tokens, pad_id, stop_factory)
-            texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
-            for i, text in zip(idx, texts, strict=True):
-                results[i] = [truncate_at_stop(text, cfg.stop)] * cfg.n
-            bar.update(len(idx))
-            continue
-        input_ids, attention = left_pad([encoded[i] for i in idx], pad_id)
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        criteria = StoppingCriteriaList()
-        if cfg.stop:
-            criteria.append(StopOnStrings(tokenizer, cfg.stop, input_ids.shape[1]))
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            generation_config=gen_cfg,
-            stopping_criteria=criteria,
-        )
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-        texts = [truncate_at_stop(t, cfg.stop) for t in texts]
-        for j, i in enumerate(idx):
-            results[i] = texts[j * num_return : (j + 1) * num_return]
+            texts = _greedy_texts(model, tokenizer, batch, cfg, gen_cfg, pad_id)
+            outs = [[t] * cfg.n for t in texts]
+        else:
+            texts = _sampled_texts(model, tokenizer, batch, cfg, gen_cfg, pad_id)
+            outs = [texts[j * cfg.n : (j + 1) * cfg.n] for j in range(len(idx))]
+        for i, out in zip(idx, outs, strict=True):
+            results[i] = out
         bar.update(len(idx))
     bar.close()
     return [r for r in results if r is not None]
 
 
-def vllm_available() -> bool:
-    """True when the optional vLLM backend can be imported."""
-    try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
+def _check_prompts(prompts: list[str]) -> None:
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not a single string")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must be strings; item {bad[0]} is {type(prompts[bad[0]]).__name__}")
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    return pad_id
+
+
+def _greedy_texts(
+    model: Any, tokenizer: Any, batch: list[list[int]], cfg: GenerationConfig, gen_cfg: Any, pad_id: int
+) -> list[str]:
+    """One greedy completion per row: finished rows leave the batch, chunked prefill, preallocated KV cache
+    (see :mod:`.greedy_batch`)."""
+    stop_factory = (lambda width: StopOnStrings(tokenizer, cfg.stop, width)) if cfg.stop else None
+    rows = greedy_batch(model, batch, gen_cfg, cfg.max_new_tokens, pad_id, stop_factory)
+    return [truncate_at_stop(t, cfg.stop) for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
+def _sampled_texts(
+    model: Any, tokenizer: Any, batch: list[list[int]], cfg: GenerationConfig, gen_cfg: Any, pad_id: int
+) -> list[str]:
+    """``cfg.n`` sampled completions per row (row-major), one ``model.generate`` call for the batch."""
+    device = next(model.parameters()).device
+    input_ids, attention = left_pad(batch, pad_id)
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    criteria = StoppingCriteriaList()
+    if cfg.stop:
+        criteria.append(StopOnStrings(tokenizer, cfg.stop, input_ids.shape[1]))
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        generation_config=gen_cfg,
+        stopping_criteria=criteria,
+    )
+    texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+    return [truncate_at_stop(t, cfg.stop) for t in texts]
 
 
 def generate_vllm(model_path: str, prompts: list[str], cfg: GenerationConfig, **llm_kwargs: Any) -> list[list[str]]:

@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,52 @@ def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     """Benchmark entry point (see the module docstring). Writes ``humaneval_samples.jsonl`` to ``ctx.out_dir``."""
     opts = _options(cfg)
     problems = load_problems(cfg.limit)
+    prompts = _prompts(ctx, opts, problems)
+    # Chat answers close their code block; the fence can be the very first generated text (the prompt ends
+    # with a newline), so stop at "```" itself rather than at "\n```".
+    stop = tuple(opts["stop"]) + (CHAT_STOP if opts["chat"] else ())
+    seed = opts["seed"] if opts["seed"] is not None else (ctx.seed or 0)
+    log.info("humaneval: %d problems x %d samples x temperatures %s", len(problems), opts["n"], opts["temperatures"])
+
+    out_dir = Path(ctx.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    each = [
+        (f"{t:g}", _at_temperature(ctx, opts, problems, prompts, _generation_config(ctx, opts, t, stop, seed)))
+        for t in opts["temperatures"]
+    ]
+    records = [r for _, run in each for r in run.records]
+    runs = dict(each)
+    samples_path = write_jsonl(records, out_dir / SAMPLES_FILE)  # atomic: a unique temporary file, then rename
+
+    best = max(runs, key=lambda t: runs[t].pass_at["pass@1"])
+    per_problem = {p["task_id"]: float(v) for p, v in zip(problems, runs[best].pass1, strict=True)}
+    status_counts: dict[str, int] = {}
+    for r in records:
+        status_counts[r["status"]] = status_counts.get(r["status"], 0) + 1
+    return {
+        "metric": "pass@1",
+        "value": runs[best].pass_at["pass@1"],
+        "stderr": _stderr(runs[best].pass1),
+        "n": len(problems),
+        "samples_per_problem": opts["n"],
+        "best_temperature": float(best),
+        "per_temperature": {t: run.pass_at for t, run in runs.items()},
+        "per_problem_pass@1": per_problem,
+        # The same per task, under the key every benchmark uses for paired comparisons (a task's pass@1 at the
+        # reported temperature: 0/1 with one greedy sample, the unbiased estimate with n samples).
+        "items": {"pass@1": dict(per_problem)},
+        "status_counts": status_counts,
+        "options": {**opts, "stop": list(stop), "seed": seed},
+        "prompt_format": "chat:" + ctx.template if opts["chat"] else "raw",
+        "sandbox_isolation": isolation(),
+        "samples_file": str(samples_path),
+        "generation_time_s": round(sum(run.generation_s for _, run in each), 3),
+        "execution_time_s": round(sum(run.execution_s for _, run in each), 3),
+    }
+
+
+def _prompts(ctx: EvalContext, opts: dict[str, Any], problems: list[dict[str, Any]]) -> list[str]:
+    """The prompt of each problem: raw, or in the training template (which may need the tokenizer)."""
     tokenizer = None
     if opts["chat"]:  # the template may need the tokenizer (EOS string, chat_template)
         if opts["backend"] == "hf":
@@ -216,81 +263,61 @@ def run_humaneval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             from im_pipeline.models import load_tokenizer
 
             tokenizer = load_tokenizer(ctx.model_source, cache_dir=ctx.cache_dir)
-    prompts = [build_prompt(p, chat=opts["chat"], template=ctx.template, tokenizer=tokenizer) for p in problems]
-    # Chat answers close their code block; the fence can be the very first generated text (the prompt ends
-    # with a newline), so stop at "```" itself rather than at "\n```".
-    stop = tuple(opts["stop"]) + (CHAT_STOP if opts["chat"] else ())
-    seed = opts["seed"] if opts["seed"] is not None else (ctx.seed or 0)
-    n = opts["n"]
-    log.info("humaneval: %d problems x %d samples x temperatures %s", len(problems), n, opts["temperatures"])
+    return [build_prompt(p, chat=opts["chat"], template=ctx.template, tokenizer=tokenizer) for p in problems]
 
-    out_dir = Path(ctx.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples_path = out_dir / SAMPLES_FILE
-    per_temperature: dict[str, dict[str, Any]] = {}
-    per_problem_pass1: dict[str, np.ndarray] = {}
-    status_counts: dict[str, int] = {}
-    gen_time = exec_time = 0.0
-    records: list[dict[str, Any]] = []
-    for temperature in opts["temperatures"]:
-        gen = GenerationConfig(
-            max_new_tokens=opts["max_new_tokens"],
-            temperature=temperature,
-            top_p=opts["top_p"] if temperature > 0 else 1.0,
-            n=n,
-            stop=stop,
-            batch_size=opts["batch_size"] or ctx.batch_size,
-            seed=seed,
-        )
-        t0 = time.perf_counter()
-        completions = _generate(ctx, prompts, gen, opts["backend"])
-        t1 = time.perf_counter()
-        samples = [
-            {"task_id": p["task_id"], "temperature": temperature, "sample": i, "completion": c}
-            for p, cs in zip(problems, completions, strict=True)
-            for i, c in enumerate(cs)
-        ]
-        by_id = {p["task_id"]: p for p in problems}
-        scored, results = score_samples(
-            samples, by_id, timeout=opts["timeout"], memory_mb=opts["memory_mb"], workers=opts["workers"]
-        )
-        gen_time += t1 - t0
-        exec_time += time.perf_counter() - t1
-        correct = [sum(s["passed"] for s in scored[j * n : (j + 1) * n]) for j in range(len(problems))]
-        key = f"{temperature:g}"
-        per_temperature[key] = {f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in opts["k"]}
-        per_problem_pass1[key] = pass_at_k(n, correct, 1)
-        for s, r in zip(scored, results, strict=True):
-            status_counts[r.status] = status_counts.get(r.status, 0) + 1
-            record = {
-                **s,
-                "status": r.status,
-                "duration_s": r.duration,
-                "detail": r.detail,
-                "stderr_tail": r.stderr[-500:],
-            }
-            records.append(record)
-    write_jsonl(records, samples_path)  # atomic: a unique temporary file, then rename
 
-    best = max(per_temperature, key=lambda t: per_temperature[t]["pass@1"])
-    value = per_temperature[best]["pass@1"]
-    return {
-        "metric": "pass@1",
-        "value": value,
-        "stderr": _stderr(per_problem_pass1[best]),
-        "n": len(problems),
-        "samples_per_problem": n,
-        "best_temperature": float(best),
-        "per_temperature": per_temperature,
-        "per_problem_pass@1": {p["task_id"]: float(v) for p, v in zip(problems, per_problem_pass1[best], strict=True)},
-        # The same per task, under the key every benchmark uses for paired comparisons (a task's pass@1 at the
-        # reported temperature: 0/1 with one greedy sample, the unbiased estimate with n samples).
-        "items": {"pass@1": {p["task_id"]: float(v) for p, v in zip(problems, per_problem_pass1[best], strict=True)}},
-        "status_counts": status_counts,
-        "options": {**opts, "stop": list(stop), "seed": seed},
-        "prompt_format": "chat:" + ctx.template if opts["chat"] else "raw",
-        "sandbox_isolation": isolation(),
-        "samples_file": str(samples_path),
-        "generation_time_s": round(gen_time, 3),
-        "execution_time_s": round(exec_time, 3),
-    }
+def _generation_config(
+    ctx: EvalContext, opts: dict[str, Any], temperature: float, stop: tuple[str, ...], seed: int
+) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=opts["max_new_tokens"],
+        temperature=temperature,
+        top_p=opts["top_p"] if temperature > 0 else 1.0,
+        n=opts["n"],
+        stop=stop,
+        batch_size=opts["batch_size"] or ctx.batch_size,
+        seed=seed,
+    )
+
+
+@dataclass
+class _TemperatureRun:
+    """What one temperature gave: pass@k over problems, pass@1 per problem, the scored samples, the seconds."""
+
+    pass_at: dict[str, float]
+    pass1: np.ndarray
+    records: list[dict[str, Any]]
+    generation_s: float
+    execution_s: float
+
+
+def _at_temperature(
+    ctx: EvalContext, opts: dict[str, Any], problems: list[dict[str, Any]], prompts: list[str], gen: GenerationConfig
+) -> _TemperatureRun:
+    """Generate ``n`` completions per problem at ``gen.temperature``, run them in the sandbox, estimate pass@k."""
+    t0 = time.perf_counter()
+    completions = _generate(ctx, prompts, gen, opts["backend"])
+    t1 = time.perf_counter()
+    samples = [
+        {"task_id": p["task_id"], "temperature": gen.temperature, "sample": i, "completion": c}
+        for p, cs in zip(problems, completions, strict=True)
+        for i, c in enumerate(cs)
+    ]
+    by_id = {p["task_id"]: p for p in problems}
+    scored, results = score_samples(
+        samples, by_id, timeout=opts["timeout"], memory_mb=opts["memory_mb"], workers=opts["workers"]
+    )
+    t2 = time.perf_counter()
+    n = gen.n
+    correct = [sum(s["passed"] for s in scored[j * n : (j + 1) * n]) for j in range(len(problems))]
+    records = [
+        {**s, "status": r.status, "duration_s": r.duration, "detail": r.detail, "stderr_tail": r.stderr[-500:]}
+        for s, r in zip(scored, results, strict=True)
+    ]
+    return _TemperatureRun(
+        pass_at={f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in opts["k"]},
+        pass1=pass_at_k(n, correct, 1),
+        records=records,
+        generation_s=t1 - t0,
+        execution_s=t2 - t1,
+    )

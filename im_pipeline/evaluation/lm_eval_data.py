@@ -8,20 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import DATA_DIR_ENV
-
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
 
 
 class LocalDataError(ValueError):
     """A local benchmark file is malformed. The message names the file (and line or record)."""
-
-
-def _data_hint(layout: str) -> str:
-    return (
-        f"pass --data-dir DIR (or set ${DATA_DIR_ENV} / the config's data_dir) to a directory holding {layout}; "
-        "or evaluate online (HF_HUB_OFFLINE unset, huggingface.co reachable) with the standard lm-eval task"
-    )
 
 
 def lm_eval_tasks_dir() -> Path:

@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from im_pipeline import hub
-from im_pipeline.config import BenchmarkConfig
+from im_pipeline.config import DATA_DIR_ENV, BenchmarkConfig
 from im_pipeline.config.base import data_dir_of
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
 from im_pipeline.evaluation.lm_eval_data import (
-    _data_hint,
     lm_eval_tasks_dir,
     mmlu_file,
     read_mmlu_csv,
@@ -111,6 +110,13 @@ def write_local_truthfulqa_task(data_dir: Path, out_dir: Path) -> str:
 # -- running ----------------------------------------------------------------------------------
 
 
+def _data_hint(layout: str) -> str:
+    return (
+        f"pass --data-dir DIR (or set ${DATA_DIR_ENV} / the config's data_dir) to a directory holding {layout}; "
+        "or evaluate online (HF_HUB_OFFLINE unset, huggingface.co reachable) with the standard lm-eval task"
+    )
+
+
 def _source(source: str) -> str:
     """``source`` ("auto" | "hub" | "local", checked by the spec's options) with "auto" resolved."""
     if source == "auto":
@@ -172,7 +178,6 @@ def _evaluate(
     ``EvaluationTracker`` as ``lm_eval --output_path --log_samples`` would) is kept beside the project's
     result, in ``<out_dir>/lm_eval/<save_as>/``; ``results["lm_eval_output"]`` names that directory.
     """
-    import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -182,32 +187,48 @@ def _evaluate(
         raise ValueError(f"apply_chat_template=true but the tokenizer of {ctx.model_source} has no chat template")
     # include_defaults=True indexes all built-in task YAMLs (~15 s); only needed for the standard tasks.
     manager = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ctx.batch_size)
-    quiet, task_log = _QuietCustomDataset(), logging.getLogger("lm_eval.api.task")
-    task_log.addFilter(quiet)
     out = Path(ctx.out_dir) / LM_EVAL_DIR / save_as
     shutil.rmtree(out, ignore_errors=True)  # one evaluation's files, not a history
     tracker = EvaluationTracker(output_path=str(out))
+    results = _simple_evaluate(
+        ctx,
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ctx.batch_size),
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=apply_chat_template,
+        log_samples=True,  # per-item scores, so arms can be compared item by item (paired statistics)
+        bootstrap_iters=1000,
+        evaluation_tracker=tracker,
+    )
+    _save_lm_eval_output(tracker, results)
+    results["lm_eval_output"] = f"{LM_EVAL_DIR}/{save_as}"
+    return results
+
+
+def _simple_evaluate(ctx: EvalContext, **kwargs: Any) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate(**kwargs)`` with the unit's environment report (see :data:`_UNIT_ENV_INFO`) and
+    without lm-eval's custom_dataset hint per task."""
+    import lm_eval
+
+    quiet, task_log = _QuietCustomDataset(), logging.getLogger("lm_eval.api.task")
+    task_log.addFilter(quiet)
     _install_env_info_hook()
     unit_env = _UNIT_ENV_INFO.set(ctx.cache.state("lm_eval_env_info", dict))
     try:
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=manager,
-            apply_chat_template=apply_chat_template,
-            fewshot_as_multiturn=apply_chat_template,
-            log_samples=True,  # per-item scores, so arms can be compared item by item (paired statistics)
-            bootstrap_iters=1000,
-            evaluation_tracker=tracker,
-        )
+        results = lm_eval.simple_evaluate(**kwargs)
     finally:
         _UNIT_ENV_INFO.reset(unit_env)
         task_log.removeFilter(quiet)
     if results is None:  # only for non-zero ranks in distributed runs
         raise RuntimeError("lm-eval returned no results")
+    return results
+
+
+def _save_lm_eval_output(tracker: Any, results: dict[str, Any]) -> None:
+    """lm-eval's results JSON and per-task samples, written by its tracker (as ``lm_eval --log_samples`` does)."""
     # lm-eval's writers change what they are given (hashes added, samples sanitised): give them copies
     saved = copy.deepcopy({k: v for k, v in results.items() if k != "samples"})
     samples = copy.deepcopy(results.get("samples") or {})
@@ -215,8 +236,6 @@ def _evaluate(
     for task_name in saved.get("configs", {}):
         if task_name in samples:
             tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-    results["lm_eval_output"] = f"{LM_EVAL_DIR}/{save_as}"
-    return results
 
 
 def _metric(results: dict[str, Any], task: str, metric: str) -> tuple[float, float | None]:

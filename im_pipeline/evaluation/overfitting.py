@@ -17,9 +17,9 @@
 Per-item records (``items``: per-example train/test losses and sentence BLEU, by example id) let the
 report pair arms item by item (:mod:`im_pipeline.analysis.stats`).
 
-Records come from ``ctx.extra`` (``train_records``/``held_out_records``, or ``train``/``held_out`` as
-the pipeline's evaluate task passes them), or, for a standalone ``im-pipeline eval``, from the
-options ``train=SOURCE`` / ``held_out=SOURCE`` (any source ``load_records`` accepts).
+Records come from ``ctx.overfitting`` (:class:`~im_pipeline.evaluation.common.OverfittingInputs`, as the
+pipeline's evaluate unit passes them), or, for a standalone ``im-pipeline eval``, from the options
+``train=SOURCE`` / ``held_out=SOURCE`` (any source ``load_records`` accepts).
 
 Options: ``loss_examples`` (default 128: train and held-out loss on at most this many records each,
 a seeded sample, identical across arms), ``max_new_tokens`` (default 256), ``max_length`` (512),
@@ -49,9 +49,8 @@ STOP_TULU = ("<|user|>", "<|system|>")  # the next turn of the Tulu template: th
 
 def _records(ctx: EvalContext, source: str | None, which: str) -> list[dict] | None:
     """Records for ``which`` ("train" | "held_out") from the context, else from ``source`` (the option)."""
-    for key in (f"{which}_records", which):
-        if ctx.extra.get(key) is not None:
-            return list(ctx.extra[key])
+    if ctx.overfitting is not None:
+        return list(getattr(ctx.overfitting, which))
     if source is None:
         return None
     from im_pipeline.data import load_records
@@ -153,54 +152,20 @@ def loss_summary(per_example: list[dict[str, Any]]) -> dict[str, Any]:
 def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     """Train/test loss on output tokens and BLEU-4 memorisation of ``cfg.limit`` training prompts."""
     opts = cast(OverfittingOptions, get_spec("overfitting").validate_options(cfg.options))
-    train = _records(ctx, opts.train, "train")
-    held_out = _records(ctx, opts.held_out, "held_out")
-    if not train:
-        raise BenchmarkSkipped(
-            "overfitting: no training records; the pipeline passes the run's train/held-out data, "
-            "standalone use needs --option train=SOURCE [--option held_out=SOURCE]"
-        )
-    loss_examples, max_length, seed = opts.loss_examples, opts.max_length, opts.sample_seed
+    train, held_out, held_out_kind = _inputs(ctx, opts)
     n_bleu = min(cfg.limit or 16, len(train))
-    held_out_kind = ctx.extra.get("held_out_kind") or opts.held_out_kind
-    if held_out_kind is None and opts.held_out is not None:
-        held_out_kind = f"another data set ({opts.held_out})"
-
-    from im_pipeline.data.templates import render_prompt
-    from im_pipeline.evaluation.generation import GenerationConfig, generate
-
     model, tokenizer = ctx.model_and_tokenizer()
-    train_sample = _sample(train, max(loss_examples, n_bleu), seed)
-    loss_train = train_sample[:loss_examples]
-    loss_held = _sample(held_out, loss_examples, seed) if held_out else []
+    train_sample = _sample(train, max(opts.loss_examples, n_bleu), opts.sample_seed)
+    loss_train = train_sample[: opts.loss_examples]
+    loss_held = _sample(held_out, opts.loss_examples, opts.sample_seed) if held_out else []
     log.info("overfitting: output-token loss on %d train / %d held-out records", len(loss_train), len(loss_held))
-    kw = {"template": ctx.template, "max_length": max_length, "batch_size": ctx.batch_size}
+    kw = {"template": ctx.template, "max_length": opts.max_length, "batch_size": ctx.batch_size}
     train_items = output_token_losses(model, tokenizer, loss_train, **kw)
     test_items = output_token_losses(model, tokenizer, loss_held, **kw) if loss_held else []
-    tr, te = loss_summary(train_items), loss_summary(test_items)
-
     bleu_items = train_sample[:n_bleu]
-    prompts, references = [], []
-    for record in bleu_items:
-        messages, reference = split_prompt(record)
-        prompts.append(render_prompt(messages, ctx.template, tokenizer))
-        references.append(reference)
-    gen_cfg = GenerationConfig(
-        max_new_tokens=opts.max_new_tokens,
-        stop=STOP_TULU if ctx.template == "tulu" else (),
-        batch_size=ctx.batch_size,
-        seed=seed,
-    )
-    log.info(
-        "overfitting: greedy generation for %d training prompts (max %d new tokens)", n_bleu, gen_cfg.max_new_tokens
-    )
-    hypotheses = [c[0].strip() for c in generate(model, tokenizer, prompts, gen_cfg)]
+    hypotheses, references = _memorised(ctx, opts, model, tokenizer, bleu_items)
     bleu = bleu4(hypotheses, references)
     ids = [str(r.get("id", i)) for i, r in enumerate(bleu_items)]
-
-    def gap(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else b - a
-
     return {
         "metric": "bleu4",
         "value": bleu["mean_sentence_bleu"],
@@ -208,19 +173,10 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "n": n_bleu,
         "bleu4_definition": "mean over generations of sacrebleu sentence BLEU-4 against the whole training output",
         "bleu4_corpus": bleu["corpus"],
-        "train_loss": tr["per_example_mean"],
-        "test_loss": te["per_example_mean"],
-        "loss_gap": gap(tr["per_example_mean"], te["per_example_mean"]),
-        "train_loss_token_mean": tr["token_mean"],
-        "test_loss_token_mean": te["token_mean"],
-        "loss_gap_token_mean": gap(tr["token_mean"], te["token_mean"]),
-        "loss_reduction": "train_loss/test_loss: per-example mean of output-token means (released compute_loss.py); "
-        "*_token_mean: mean over all output tokens",
-        "n_train_loss": tr["n"],
-        "n_test_loss": te["n"],
+        **_loss_fields(loss_summary(train_items), loss_summary(test_items)),
         "held_out_kind": held_out_kind or ("in-distribution split" if held_out else None),
         "bleu": {k: v for k, v in bleu.items() if k not in ("mean_sentence_bleu", "stderr", "sentence", "corpus")},
-        "max_new_tokens": gen_cfg.max_new_tokens,
+        "max_new_tokens": opts.max_new_tokens,
         "template": ctx.template,
         "items": {
             "train_loss": {e["id"]: e["loss"] for e in train_items},
@@ -231,4 +187,63 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             {"id": r.get("id"), "generation": h[:300], "reference": ref[:300]}
             for r, h, ref in zip(bleu_items[:3], hypotheses[:3], references[:3], strict=True)
         ],
+    }
+
+
+def _inputs(ctx: EvalContext, opts: OverfittingOptions) -> tuple[list[dict], list[dict] | None, str | None]:
+    """(train, held-out records, what the held-out set is): the run's own, else the options' sources."""
+    train = _records(ctx, opts.train, "train")
+    held_out = _records(ctx, opts.held_out, "held_out")
+    if not train:
+        raise BenchmarkSkipped(
+            "overfitting: no training records; the pipeline passes the run's train/held-out data, "
+            "standalone use needs --option train=SOURCE [--option held_out=SOURCE]"
+        )
+    held_out_kind = (ctx.overfitting.held_out_kind if ctx.overfitting else None) or opts.held_out_kind
+    if held_out_kind is None and opts.held_out is not None:
+        held_out_kind = f"another data set ({opts.held_out})"
+    return train, held_out, held_out_kind
+
+
+def _memorised(
+    ctx: EvalContext, opts: OverfittingOptions, model: Any, tokenizer: Any, records: list[dict]
+) -> tuple[list[str], list[str]]:
+    """(greedy generation, training output) for each record's prompt: what BLEU-4 compares."""
+    from im_pipeline.data.templates import render_prompt
+    from im_pipeline.evaluation.generation import GenerationConfig, generate
+
+    prompts, references = [], []
+    for record in records:
+        messages, reference = split_prompt(record)
+        prompts.append(render_prompt(messages, ctx.template, tokenizer))
+        references.append(reference)
+    gen_cfg = GenerationConfig(
+        max_new_tokens=opts.max_new_tokens,
+        stop=STOP_TULU if ctx.template == "tulu" else (),
+        batch_size=ctx.batch_size,
+        seed=opts.sample_seed,
+    )
+    log.info(
+        "overfitting: greedy generation for %d training prompts (max %d new tokens)", len(records), opts.max_new_tokens
+    )
+    return [c[0].strip() for c in generate(model, tokenizer, prompts, gen_cfg)], references
+
+
+def _loss_fields(tr: dict[str, Any], te: dict[str, Any]) -> dict[str, Any]:
+    """The result's loss fields: train / test loss, both reductions, and their gaps."""
+
+    def gap(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else b - a
+
+    return {
+        "train_loss": tr["per_example_mean"],
+        "test_loss": te["per_example_mean"],
+        "loss_gap": gap(tr["per_example_mean"], te["per_example_mean"]),
+        "train_loss_token_mean": tr["token_mean"],
+        "test_loss_token_mean": te["token_mean"],
+        "loss_gap_token_mean": gap(tr["token_mean"], te["token_mean"]),
+        "loss_reduction": "train_loss/test_loss: per-example mean of output-token means (released compute_loss.py); "
+        "*_token_mean: mean over all output tokens",
+        "n_train_loss": tr["n"],
+        "n_test_loss": te["n"],
     }

@@ -114,7 +114,7 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
     ``models``: the unit's :class:`~im_pipeline.evaluation.common.ModelCache` (its benchmarks load the model once);
     never shared between units.
     """
-    from im_pipeline.evaluation.common import EvalContext, ModelCache, run_benchmark
+    from im_pipeline.evaluation.common import EvalContext, ModelCache, OverfittingInputs, run_benchmark
     from im_pipeline.evaluation.specs import get_spec
 
     layout = RunLayout.of(cfg)
@@ -123,6 +123,13 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
         if eval_done(cfg, job):
             return False
         ev = cfg.evaluation
+        overfitting = None
+        if get_spec(job.benchmark).uses_training_data and layout.train_data.is_file():
+            from im_pipeline.data import held_out_kind, seed_data
+
+            # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's).
+            train, held_out = seed_data(cfg.data, layout.data, cfg.seeds[0] if job.seed is None else job.seed)
+            overfitting = OverfittingInputs(train, held_out, held_out_kind(cfg.data))
         ctx = EvalContext(
             model_source=job.model,
             out_dir=unit.eval_dir,
@@ -135,20 +142,10 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
             judge=ev.judge,
             dtype=cfg.model.dtype,
             cache_dir=cfg.model.cache_dir,
+            overfitting=overfitting,
             cache=models if models is not None else ModelCache(),
             model_key=job.model_key,
         )
-        if get_spec(job.benchmark).uses_training_data and layout.train_data.is_file():
-            from im_pipeline.data import held_out_kind, seed_data
-
-            # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's).
-            train, held_out = seed_data(cfg.data, layout.data, cfg.seeds[0] if job.seed is None else job.seed)
-            ctx.extra = {
-                "train": train,
-                "held_out": held_out,
-                "held_out_kind": held_out_kind(cfg.data),
-                "run_dir": None if unit.is_base else str(unit.dir),
-            }
         run_benchmark(job.benchmark, ctx, getattr(ev, job.benchmark))
         write_stamp(unit.eval_dir, job.benchmark, job.key)
     return True

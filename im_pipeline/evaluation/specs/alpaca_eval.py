@@ -24,7 +24,7 @@ SPEC = register(
     BenchmarkSpec(
         name="alpaca_eval",
         label="AlpacaEval",
-        runner="im_pipeline.evaluation.alpaca_eval:run_alpaca_eval",
+        runner="im_pipeline.evaluation.alpaca_eval.runner:run_alpaca_eval",
         options=AlpacaEvalOptions,
         order=3,
         run_order=4,

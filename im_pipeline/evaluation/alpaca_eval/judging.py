@@ -8,14 +8,14 @@ import logging
 from typing import Any
 
 from im_pipeline.config import JudgeConfig
-from im_pipeline.evaluation.common import ModelCache
-from im_pipeline.evaluation.judges import (
+from im_pipeline.evaluation.alpaca_eval.judges import (
     AnnotationCache,
     LocalHFJudge,
     judge_identity,
     make_fn_completions,
     protocol_for,
 )
+from im_pipeline.evaluation.common import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LOCAL_JUDGE_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 
 
-def _alpaca_eval() -> Any:
+def alpaca_eval_lib() -> Any:
     """Import ``alpaca_eval`` without letting it raise the root logger to INFO (it does so on import)."""
     root = logging.getLogger()
     level = root.level
@@ -41,7 +41,7 @@ def _alpaca_eval() -> Any:
 
 def annotator_config(name: str) -> dict[str, Any]:
     """One ``alpaca_eval`` evaluator config (``evaluators_configs/<name>/configs.yaml``), prompt path made absolute."""
-    ae = _alpaca_eval()
+    ae = alpaca_eval_lib()
     base = ae.constants.EVALUATORS_CONFIG_DIR
     path = base / name / "configs.yaml"
     if not path.is_file():
@@ -55,13 +55,16 @@ def annotator_config(name: str) -> dict[str, Any]:
     return config
 
 
-def _local_judge(judge: JudgeConfig, dtype: str, cache_dir: str | None, cache: ModelCache | None) -> LocalHFJudge:
+def load_local_judge(judge: JudgeConfig, dtype: str, cache_dir: str | None, cache: ModelCache | None) -> LocalHFJudge:
     """The local judge model, from the unit's :class:`ModelCache` (loaded once per unit), or a fresh one."""
 
     def load() -> LocalHFJudge:
         return LocalHFJudge(judge.model, dtype=dtype, cache_dir=cache_dir)
 
     return cache.judge(("local_hf", judge.model, dtype), load) if cache is not None else load()
+
+
+Presentation = tuple[str, str, str]  # (instruction, output_1, output_2) as handed to alpaca_eval
 
 
 def annotate(
@@ -86,84 +89,99 @@ def annotate(
     Verdicts are looked up in / added to ``cache`` (saved after each chunk, so an interrupted run keeps what it
     paid for). Returns (annotations, new judge calls).
     """
-    import pandas as pd
-
-    ae = _alpaca_eval()
     config = annotator_config(annotator)
-    identity = judge_identity(judge)
     tag = f"{annotator}|both-orders" if both_orders else annotator
-    # presentations: (instruction, output_1, output_2) as handed to alpaca_eval, per pair
-    shown: list[list[tuple[str, str, str]]] = []
-    for p in pairs:
-        forward = (p["instruction"], p["output_1"], p["output_2"])
-        shown.append([forward, (p["instruction"], p["output_2"], p["output_1"])] if both_orders else [forward])
+    shown = [_presentations(p, both_orders) for p in pairs]
+    identity = judge_identity(judge)
     keys = [[AnnotationCache.key(identity, tag, *s) for s in per] for per in shown]
-    todo = list(
-        {
-            k: s
-            for per, ks in zip(shown, keys, strict=True)
-            for s, k in zip(per, ks, strict=True)
-            if cache.get(k) is None and s[1] != s[2]
-        }.items()
-    )
-    calls = 0
+    todo = _uncached(shown, keys, cache)
     if todo:
         protocol = protocol_for(config)
         if judge.kind == "local_hf" and local_judge is None:
-            local_judge = _local_judge(judge, "float32", None, None)
+            local_judge = load_local_judge(judge, "float32", None, None)
         fn = make_fn_completions(
             judge, protocol, guided_choice=guided_choice, concurrency=concurrency, local_judge=local_judge
         )
-        kwargs = {k: v for k, v in config.items() if k not in ("fn_completions", "pretty_name", "link")}
-        kwargs.setdefault("completions_kwargs", {})["model_name"] = judge.model
-        single = ae.annotators.pairwise_evaluator.SinglePairwiseAnnotator(
-            fn_completions=fn,
-            seed=0,
-            annotation_column="preference",
-            completion_column="raw_completion",
-            is_randomize_output_order=not both_orders,
-            **kwargs,
-        )
         log.info("AlpacaEval: %d judge calls with %s (%s); %d pairs", len(todo), identity, tag, len(pairs))
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            df = pd.DataFrame([{"instruction": s[0], "output_1": s[1], "output_2": s[2], "_key": k} for k, s in part])
-            done = single(df)
-            calls += len(part)
-            by_key = {row["_key"]: row for row in done.to_dict(orient="records")}
-            for k, s in part:
-                row = by_key.get(k)
-                if row is None or pd.isna(row.get("preference")):
-                    log.warning("judge answer for instruction %r did not parse; not cached", s[0][:60])
-                    continue
-                raw = row.get("raw_completion")
-                raw = raw if isinstance(raw, str) else json.dumps(raw, default=str)
-                cache.put(k, {"preference": float(row["preference"]), "raw_completion": raw[:2000]})
-            cache.save()
+        _judge(todo, _single_annotator(config, fn, judge.model, both_orders), cache, chunk)
+    annotations = [_combine(p, ks, cache, both_orders) for p, ks in zip(pairs, keys, strict=True)]
+    return [{**p, "annotator": tag, **a} for p, a in zip(pairs, annotations, strict=True)], len(todo)
 
-    annotations = []
-    for p, ks in zip(pairs, keys, strict=True):
-        if p["output_1"] == p["output_2"]:
-            annotations.append({**p, "annotator": tag, "preference": 1.5, "first_shown_won": []})
-            continue
-        prefs, first_won = [], []
-        for j, k in enumerate(ks):
-            hit = cache.get(k)
-            if hit is None:
+
+def _presentations(pair: dict[str, Any], both_orders: bool) -> list[Presentation]:
+    """How the judge is shown one pair: reference first (alpaca_eval then swaps at random), or both ways."""
+    forward = (pair["instruction"], pair["output_1"], pair["output_2"])
+    return [forward, (pair["instruction"], pair["output_2"], pair["output_1"])] if both_orders else [forward]
+
+
+def _uncached(
+    shown: list[list[Presentation]], keys: list[list[str]], cache: AnnotationCache
+) -> list[tuple[str, Presentation]]:
+    """The presentations no verdict is cached for (once each; identical outputs need no judge)."""
+    todo = {
+        k: s
+        for per, ks in zip(shown, keys, strict=True)
+        for s, k in zip(per, ks, strict=True)
+        if cache.get(k) is None and s[1] != s[2]
+    }
+    return list(todo.items())
+
+
+def _single_annotator(config: dict[str, Any], fn: Any, model_name: str, both_orders: bool) -> Any:
+    """``alpaca_eval``'s SinglePairwiseAnnotator for ``config`` with ``fn`` as its decoder."""
+    ae = alpaca_eval_lib()
+    kwargs = {k: v for k, v in config.items() if k not in ("fn_completions", "pretty_name", "link")}
+    kwargs.setdefault("completions_kwargs", {})["model_name"] = model_name
+    return ae.annotators.pairwise_evaluator.SinglePairwiseAnnotator(
+        fn_completions=fn,
+        seed=0,
+        annotation_column="preference",
+        completion_column="raw_completion",
+        is_randomize_output_order=not both_orders,
+        **kwargs,
+    )
+
+
+def _judge(todo: list[tuple[str, Presentation]], single: Any, cache: AnnotationCache, chunk: int) -> None:
+    """Ask the annotator about ``todo`` in chunks; parsed verdicts go into ``cache``, saved after each chunk."""
+    import pandas as pd
+
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        df = pd.DataFrame([{"instruction": s[0], "output_1": s[1], "output_2": s[2], "_key": k} for k, s in part])
+        by_key = {row["_key"]: row for row in single(df).to_dict(orient="records")}
+        for k, s in part:
+            row = by_key.get(k)
+            if row is None or pd.isna(row.get("preference")):
+                log.warning("judge answer for instruction %r did not parse; not cached", s[0][:60])
                 continue
-            pref = hit["preference"] if j == 0 else 3.0 - hit["preference"]  # back to (reference, model)
-            prefs.append(pref)
-            model_first = (j == 1) if both_orders else shown_switched(p)
-            if pref != 1.5:
-                first_won.append((pref > 1.5) == model_first)
-        preference = sum(prefs) / len(prefs) if prefs else None
-        annotations.append({**p, "annotator": tag, "preference": preference, "first_shown_won": first_won})
-    return annotations, calls
+            raw = row.get("raw_completion")
+            raw = raw if isinstance(raw, str) else json.dumps(raw, default=str)
+            cache.put(k, {"preference": float(row["preference"]), "raw_completion": raw[:2000]})
+        cache.save()
+
+
+def _combine(pair: dict[str, Any], keys: list[str], cache: AnnotationCache, both_orders: bool) -> dict[str, Any]:
+    """One pair's ``preference`` (its cached verdicts, back in (reference, model) order, averaged) and
+    ``first_shown_won``."""
+    if pair["output_1"] == pair["output_2"]:
+        return {"preference": 1.5, "first_shown_won": []}
+    prefs, first_won = [], []
+    for j, k in enumerate(keys):
+        hit = cache.get(k)
+        if hit is None:
+            continue
+        pref = hit["preference"] if j == 0 else 3.0 - hit["preference"]  # back to (reference, model)
+        prefs.append(pref)
+        model_first = (j == 1) if both_orders else shown_switched(pair)
+        if pref != 1.5:
+            first_won.append((pref > 1.5) == model_first)
+    return {"preference": sum(prefs) / len(prefs) if prefs else None, "first_shown_won": first_won}
 
 
 def shown_switched(pair: dict[str, Any], seed: int = 0) -> bool:
     """Whether ``alpaca_eval`` showed the judge the model output first (its seeded swap, recomputed)."""
-    ae = _alpaca_eval()
+    ae = alpaca_eval_lib()
     # Same seed string as SinglePairwiseAnnotator's RandomSwitchTwoColumnsProcessor (switch column + instruction).
     return bool(
         ae.utils.random_seeded_choice(

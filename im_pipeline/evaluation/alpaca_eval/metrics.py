@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline import hub
-from im_pipeline.evaluation.alpaca_eval_judging import _alpaca_eval
+from im_pipeline.evaluation.alpaca_eval.judging import alpaca_eval_lib
 
 POSITION_BIAS_LIMIT = 0.9
 """A judge whose first-shown (or second-shown) output wins at least this share of decided verdicts is biased."""
@@ -18,11 +18,21 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def length_stats(outputs: list[str], references: list[str]) -> dict[str, float]:
+    """Mean length of the model's outputs and of the reference outputs, in characters and in words."""
+    return {
+        "model_chars": round(statistics.mean(len(o) for o in outputs), 1),
+        "reference_chars": round(statistics.mean(len(r) for r in references), 1),
+        "model_words": round(statistics.mean(_words(o) for o in outputs), 1),
+        "reference_words": round(statistics.mean(_words(r) for r in references), 1),
+    }
+
+
 def compute_metrics(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     """Win rate (percent) and its standard error via ``alpaca_eval.metrics``; LC win rate when available."""
     import pandas as pd
 
-    ae = _alpaca_eval()
+    ae = alpaca_eval_lib()
     rows = [a for a in annotations if a["preference"] is not None]
     if not rows:
         raise RuntimeError("no judge annotation parsed; cannot compute a win rate")
@@ -71,7 +81,7 @@ def write_leaderboard(path: Path, generator: str, metrics: dict[str, Any], outpu
     """
     import pandas as pd
 
-    ae = _alpaca_eval()
+    ae = alpaca_eval_lib()
     row: dict[str, Any] = {
         "win_rate": metrics["win_rate"],
         "standard_error": metrics["standard_error"],

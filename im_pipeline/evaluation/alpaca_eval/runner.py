@@ -1,50 +1,23 @@
-"""AlpacaEval 1.0 / 2.0: win rate of the model's outputs against reference outputs, by a configurable judge.
+"""AlpacaEval's runner: reference outputs, the model's answers, the judge's verdicts, the result record.
 
-Steps: the 805 instructions and the reference outputs (1.0: ``text_davinci_003``; 2.0: ``gpt4_1106_preview``)
-come from ``<data_dir>/alpaca_eval/<reference>/model_outputs.json`` offline, else from the Hub through
-``alpaca_eval``'s own dataset loading. The model answers each instruction with the training template
-(``render_prompt``, greedy). ``alpaca_eval``'s pairwise annotator (its prompt template for the version, its
-seeded random swap of the two outputs, its parser) asks the judge (:mod:`im_pipeline.evaluation.judges`) which
-output is better, and ``alpaca_eval.metrics`` turns the preferences into a win rate and its standard error.
-The length-controlled win rate needs a file from the Hub; it is reported only when that works.
-
-Options (``evaluation.alpaca_eval.options``):
-
-- ``version``: 1 (default) or 2.
-- ``annotator``: an ``alpaca_eval`` evaluator config name (default ``alpaca_eval_gpt4`` for 1.0,
-  ``weighted_alpaca_eval_gpt4_turbo`` for 2.0; for a ``local_hf`` judge ``weighted_alpaca_eval_gpt4_turbo``
-  for both, see ``LOCAL_JUDGE_ANNOTATOR``); the judge replaces its model. Annotators with ``ranking_parser`` or
-  ``logprob_parser`` work with every judge; others only with an OpenAI-compatible one.
-- ``max_new_tokens`` (default 512): generation budget per answer; output length matters to AlpacaEval.
-- ``cache_dir``: where generations and judge verdicts are cached (default ``<out_dir>/alpaca_eval``).
-- ``both_orders`` (default true, for every judge): judge each pair in both orders and average, cancelling the
-  judge's position bias (doubles judge cost); false: ``alpaca_eval``'s seeded random order. The result's
-  ``judge_prefers_first_shown`` measures the bias (0.5 = none); ``judge_position_biased`` is true when one
-  position wins >= 90% of the decided verdicts (:data:`POSITION_BIAS_LIMIT`): the win rate is then not a
-  measurement of the outputs, and the report says so instead of interpreting it.
-- ``guided_choice`` (default false): send vLLM's ``guided_choice`` to an OpenAI-compatible judge server.
-- ``judge_concurrency`` (default 4): parallel requests to an OpenAI-compatible judge.
-- ``seed`` (default 123): which instructions a ``limit`` picks (``alpaca_eval``'s own ``max_instances`` seed).
+See the package docstring (:mod:`im_pipeline.evaluation.alpaca_eval`) for the steps and the options.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from im_pipeline import hub
 from im_pipeline.config import BenchmarkConfig, stable_hash
-from im_pipeline.evaluation.alpaca_eval_judging import LOCAL_JUDGE_ANNOTATOR, _local_judge, annotate
-from im_pipeline.evaluation.alpaca_eval_metrics import _words, compute_metrics, write_leaderboard
+from im_pipeline.evaluation.alpaca_eval.judges import AnnotationCache, judge_identity
+from im_pipeline.evaluation.alpaca_eval.judging import LOCAL_JUDGE_ANNOTATOR, annotate, load_local_judge
+from im_pipeline.evaluation.alpaca_eval.metrics import compute_metrics, length_stats, write_leaderboard
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
-from im_pipeline.evaluation.judges import (
-    AnnotationCache,
-    judge_identity,
-)
 from im_pipeline.provenance import write_json
 
 log = logging.getLogger(__name__)
@@ -179,104 +152,157 @@ def generate_outputs(ctx: EvalContext, instructions: list[str], *, max_new_token
 # -- the benchmark -------------------------------------------------------------------------------------------
 
 
-def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
-    """AlpacaEval (``options.version`` 1 or 2) on ``ctx.model_source`` with ``ctx.judge``; see the module docs."""
+@dataclass(frozen=True)
+class _Settings:
+    """One AlpacaEval run's options, defaults applied (see the package docstring)."""
+
+    version: int
+    annotator: str
+    both_orders: bool
+    max_new_tokens: int
+    cache_dir: Path
+    seed: int
+    guided_choice: bool
+    judge_concurrency: int
+
+    @property
+    def reference(self) -> str:
+        return VERSIONS[self.version]["reference"]
+
+
+def _settings(ctx: EvalContext, cfg: BenchmarkConfig) -> _Settings:
     opts = dict(cfg.options)
     version = int(opts.get("version", 1))
     if version not in VERSIONS:
         raise ValueError(f"alpaca_eval options.version must be 1 or 2, got {opts.get('version')!r}")
-    spec = VERSIONS[version]
-    local = ctx.judge.kind == "local_hf"
-    annotator = str(opts.get("annotator") or (LOCAL_JUDGE_ANNOTATOR if local else spec["annotator"]))
-    both_orders = bool(opts.get("both_orders", True))
-    max_new_tokens = int(opts.get("max_new_tokens", 512))
-    cache_dir = Path(opts.get("cache_dir") or Path(ctx.out_dir) / "alpaca_eval")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    default_annotator = LOCAL_JUDGE_ANNOTATOR if ctx.judge.kind == "local_hf" else VERSIONS[version]["annotator"]
+    return _Settings(
+        version=version,
+        annotator=str(opts.get("annotator") or default_annotator),
+        both_orders=bool(opts.get("both_orders", True)),
+        max_new_tokens=int(opts.get("max_new_tokens", 512)),
+        cache_dir=Path(opts.get("cache_dir") or Path(ctx.out_dir) / "alpaca_eval"),
+        seed=int(opts.get("seed", 123)),
+        guided_choice=bool(opts.get("guided_choice", False)),
+        judge_concurrency=int(opts.get("judge_concurrency", 4)),
+    )
 
-    reference, source = load_reference(version, ctx.data_dir)
-    chosen = select(reference, cfg.limit, seed=int(opts.get("seed", 123)))
+
+def run_alpaca_eval(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """AlpacaEval (``options.version`` 1 or 2) on ``ctx.model_source`` with ``ctx.judge``; see the package docs."""
+    run = _settings(ctx, cfg)
+    run.cache_dir.mkdir(parents=True, exist_ok=True)
+    reference, source = load_reference(run.version, ctx.data_dir)
+    chosen = select(reference, cfg.limit, seed=run.seed)
+
     instructions = [r["instruction"] for r in chosen]
-
     t0 = time.perf_counter()
-    outputs = generate_outputs(ctx, instructions, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    outputs = generate_outputs(ctx, instructions, max_new_tokens=run.max_new_tokens, cache_dir=run.cache_dir)
     t_gen = time.perf_counter() - t0
 
     generator = ctx.arm or Path(ctx.model_source).name or ctx.model_source
-    pairs = [
+    pairs = _pairs(chosen, outputs, generator, run.reference)
+    cache = AnnotationCache(run.cache_dir / "judge_cache.json")
+    t1 = time.perf_counter()
+    annotations, calls = _annotate(ctx, run, pairs, cache)
+    t_judge = time.perf_counter() - t1
+    metrics = compute_metrics(annotations)
+    artifacts = _write_artifacts(run, pairs, annotations, generator, metrics, outputs)
+    artifacts["judge_cache"] = str(cache.path)
+    return _record(ctx, run, metrics, chosen, outputs, source) | {
+        "generation": {
+            "template": ctx.template,
+            "max_new_tokens": run.max_new_tokens,
+            "temperature": 0.0,
+            "seconds": round(t_gen, 2),
+        },
+        "judge_calls": calls,
+        "judge_seconds": round(t_judge, 2),
+        "artifacts": artifacts,
+    }
+
+
+def _pairs(chosen: list[dict[str, Any]], outputs: list[str], generator: str, reference: str) -> list[dict[str, Any]]:
+    """What the judge compares: each reference output (``output_1``) against the model's (``output_2``)."""
+    return [
         {
             "instruction": r["instruction"],
             "dataset": r.get("dataset"),
             "index": r["index"],
             "output_1": r["output"],
-            "generator_1": r.get("generator", spec["reference"]),
+            "generator_1": r.get("generator", reference),
             "output_2": out,
             "generator_2": generator,
         }
         for r, out in zip(chosen, outputs, strict=True)
     ]
-    cache = AnnotationCache(cache_dir / "judge_cache.json")
-    t1 = time.perf_counter()
-    local_judge = _local_judge(ctx.judge, ctx.dtype, ctx.cache_dir, ctx.cache) if local else None
-    annotations, calls = annotate(
+
+
+def _annotate(
+    ctx: EvalContext, run: _Settings, pairs: list[dict[str, Any]], cache: AnnotationCache
+) -> tuple[list[dict[str, Any]], int]:
+    """The judge's verdicts on ``pairs`` (a local judge comes from the unit's model cache)."""
+    local = ctx.judge.kind == "local_hf"
+    local_judge = load_local_judge(ctx.judge, ctx.dtype, ctx.cache_dir, ctx.cache) if local else None
+    return annotate(
         pairs,
         ctx.judge,
-        annotator,
+        run.annotator,
         cache,
-        both_orders=both_orders,
-        guided_choice=bool(opts.get("guided_choice", False)),
-        concurrency=int(opts.get("judge_concurrency", 4)),
+        both_orders=run.both_orders,
+        guided_choice=run.guided_choice,
+        concurrency=run.judge_concurrency,
         local_judge=local_judge,
     )
-    t_judge = time.perf_counter() - t1
-    metrics = compute_metrics(annotations)
 
-    tag = f"v{version}"
+
+def _write_artifacts(
+    run: _Settings,
+    pairs: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    generator: str,
+    metrics: dict[str, Any],
+    outputs: list[str],
+) -> dict[str, str]:
+    """alpaca_eval's files for this model (its outputs, the annotations, the leaderboard); their paths."""
+    tag = f"v{run.version}"
+    model_outputs = run.cache_dir / f"model_outputs_{tag}.json"
     write_json(
-        cache_dir / f"model_outputs_{tag}.json",
+        model_outputs,
         [
             {"instruction": p["instruction"], "output": p["output_2"], "generator": generator, "dataset": p["dataset"]}
             for p in pairs
         ],
     )
-    write_json(cache_dir / f"annotations_{tag}.json", annotations)
-    board = write_leaderboard(cache_dir / f"leaderboard_{tag}.csv", generator, metrics, outputs)
+    annotations_path = write_json(run.cache_dir / f"annotations_{tag}.json", annotations)
+    board = write_leaderboard(run.cache_dir / f"leaderboard_{tag}.csv", generator, metrics, outputs)
+    return {"model_outputs": str(model_outputs), "annotations": str(annotations_path), "leaderboard": str(board)}
 
-    model_chars = [len(o) for o in outputs]
-    ref_chars = [len(r["output"]) for r in chosen]
+
+def _record(
+    ctx: EvalContext,
+    run: _Settings,
+    metrics: dict[str, Any],
+    chosen: list[dict[str, Any]],
+    outputs: list[str],
+    source: str,
+) -> dict[str, Any]:
+    """The result's numbers: the win rate and what qualifies it (judge, position bias, lengths, inputs)."""
     return {
         "metric": "win_rate",
         "value": metrics["win_rate"],
         "stderr": metrics["standard_error"],
         "n": metrics["n_total"],
         "unit": "percent",
-        "version": f"{version}.0",
-        "reference": spec["reference"],
-        "annotator": annotator,
-        "both_orders": both_orders,
+        "version": f"{run.version}.0",
+        "reference": run.reference,
+        "annotator": run.annotator,
+        "both_orders": run.both_orders,
         "judge": judge_identity(ctx.judge),
         **{k: v for k, v in metrics.items() if k not in ("win_rate", "standard_error", "n_total")},
         "lc_note": None
         if len(chosen) == N_OFFICIAL
         else f"LC win rate is calibrated on all {N_OFFICIAL} instructions; this run used {len(chosen)}",
-        "avg_length": {
-            "model_chars": round(statistics.mean(model_chars), 1),
-            "reference_chars": round(statistics.mean(ref_chars), 1),
-            "model_words": round(statistics.mean(_words(o) for o in outputs), 1),
-            "reference_words": round(statistics.mean(_words(r["output"]) for r in chosen), 1),
-        },
+        "avg_length": length_stats(outputs, [r["output"] for r in chosen]),
         "instructions_source": source,
-        "generation": {
-            "template": ctx.template,
-            "max_new_tokens": max_new_tokens,
-            "temperature": 0.0,
-            "seconds": round(t_gen, 2),
-        },
-        "judge_calls": calls,
-        "judge_seconds": round(t_judge, 2),
-        "artifacts": {
-            "model_outputs": str(cache_dir / f"model_outputs_{tag}.json"),
-            "annotations": str(cache_dir / f"annotations_{tag}.json"),
-            "leaderboard": str(board),
-            "judge_cache": str(cache.path),
-        },
     }
