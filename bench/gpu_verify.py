@@ -299,7 +299,7 @@ def phase_numerics(v: Verify) -> dict[str, Any]:
     dev = copy.deepcopy(ref).to(v.device)
     rows, worst = [], {"fp32": 0.0, "bf16_autocast": 0.0}
     for mode in MODES:
-        examples = encoded(v.p, v.tok, 6, 40, mode)
+        examples = encoded(v.p, v.tok, 3 if v.dry else 6, 12 if v.dry else 40, mode)
         batch = v.p.masking.WeightedCollator(v.tok.pad_token_id)(examples)
         padding = 1 - float(batch["attention_mask"].float().mean())
         for norm in ("sequence", "token"):
@@ -326,7 +326,7 @@ def phase_padding_free(v: Verify) -> dict[str, Any]:
     if trainer_module_or_none() is None:
         raise SkipPhase("accelerate is not importable (transformers' Trainer needs it): pip install accelerate")
     cfg = base_config("tiny" if v.dry else "135m")
-    examples = encoded(v.p, v.tok, 8, 60, "im")
+    examples = encoded(v.p, v.tok, 4 if v.dry else 8, 16 if v.dry else 60, "im")
     padded = v.p.masking.WeightedCollator(v.tok.pad_token_id)(examples)
     packed = v.p.masking.PaddingFreeCollator(v.tok.pad_token_id)(examples)
     out: dict[str, Any] = {
@@ -416,7 +416,7 @@ def phase_trainer(v: Verify) -> dict[str, Any]:
         checkpointing=True,
         neftune_noise_alpha=5.0,
     )
-    examples = encoded(v.p, v.tok, 4 * steps, 60, "im")
+    examples = encoded(v.p, v.tok, 4 * steps, 16 if v.dry else 60, "im")
     trainer, losses = train_with_trainer(
         v, model, examples, args, kl_coef=0.1, ref_model=ref, kl_form="full", loss_normalisation="sequence"
     )
@@ -506,7 +506,7 @@ def phase_throughput(v: Verify) -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {}
-    batch, seq, steps = (2, 64, 2) if v.dry else (8, 1024, 5)
+    batch, seq, steps = (1, 32, 1) if v.dry else (8, 1024, 5)
     for name in ("135m", "1b"):
         cfg = base_config(v.shape(name))
         model = build_model(cfg, v.device, torch.float32)
@@ -515,7 +515,7 @@ def phase_throughput(v: Verify) -> dict[str, Any]:
         del model
         v._free()
     cfg7 = base_config("7b") if not v.dry else {**base_config("tiny"), "vocab_size": 49152}
-    batch7, seq7 = (1, 64) if v.dry else (4, 2048)
+    batch7, seq7 = (1, 32) if v.dry else (4, 2048)
     part = {}
     for layers in (1, 2) if v.dry else (2, 4):
         model = build_model(cfg7, v.device, torch.float32, layers=layers)
@@ -698,19 +698,42 @@ def phase_torchrun(v: Verify) -> dict[str, Any]:
     return {**out, "failed": not ok}
 
 
+def export_assets(out: Path = ASSETS) -> None:
+    """Write ``bench/assets/smollm2-135m/`` from the project's SmolLM2 model (needs the full environment)."""
+    sys.path.insert(0, str(REPO))
+    from im_pipeline.models import resolve_model
+
+    src = Path(resolve_model("smollm2-135m-instruct"))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    keep = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("dtype", "transformers_version")}
+    (out / "config.json").write_text(json.dumps(keep, indent=2) + "\n", encoding="utf-8")
+    tc = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    special = {k: tc[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token", "model_max_length")}
+    (out / "special_tokens.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    (out / "tokenizer.json.gz").write_bytes(gzip.compress((src / "tokenizer.json").read_bytes(), 9, mtime=0))
+    print(f"assets written to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="directory for gpu_verify.json (written after every phase)")
+    ap.add_argument("--out", help="directory for gpu_verify.json (written after every phase)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="every phase at tiny shapes on the CPU")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="no phase starts after this (default 540 s)")
     ap.add_argument("--phase-reserve-s", type=float, default=20.0, help="a phase needs this much time left to start")
     ap.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU (default: measured)")
+    ap.add_argument("--export-assets", action="store_true", help="(re)write bench/assets/smollm2-135m and exit")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--same-device", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--backend", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--accumulation", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.export_assets:
+        export_assets()
+        return 0
+    if not args.out:
+        ap.error("--out DIR is required")
     if args.worker:
         return ddp_worker(args)
     import torch

@@ -50,6 +50,31 @@ def test_architecture_offline_comes_from_the_shipped_config(monkeypatch: pytest.
         load_model_config("no-such/model")
 
 
+def test_architecture_from_gguf_metadata_without_loading_tensors(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(1024)
+    w.add_embedding_length(64)
+    w.add_block_count(2)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(100)
+    w.add_tensor("token_embd.weight", np.zeros((100, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    config, origin = load_model_config(str(path))
+    assert origin == f"{path} (GGUF metadata)"
+    # No output.weight tensor: the head is tied to the embeddings, as transformers reads the file.
+    assert Arch.of(config) == Arch("llama", 64, 2, 128, 100, 4, 2, 16, True, 1024)
+
+
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_units_and_judge_calls_of_the_paper_configs(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)

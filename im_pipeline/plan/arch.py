@@ -105,7 +105,7 @@ def load_model_config(
         return json.loads((local / "config.json").read_text(encoding="utf-8")), f"{local / 'config.json'}"
     if local.suffix == ".gguf" and local.is_file():
         return _gguf_config(local), f"{local} (GGUF metadata)"
-    if shipped_config(source) is not None and "/" not in source:  # a PyPI-shipped model: its converted cache
+    if "/" not in source and not local.exists():  # a PyPI-shipped model's name: its converted cache, if any
         from im_pipeline.models.cache import cache_root
 
         converted = cache_root(cache_dir) / "models" / source / "config.json"
