@@ -281,8 +281,14 @@ def phase_env(v: Verify) -> dict[str, Any]:
         except ImportError:
             out[pkg] = None
     n, reps = (256, 3) if v.dry else (8192, 50)
-    out["bf16_matmul_tflops"] = round(matmul_tflops(v.device, torch.bfloat16, n, reps), 2)
-    v.results["peak_tflops"] = v.args.peak_tflops or out["bf16_matmul_tflops"]
+    measured = matmul_tflops(v.device, torch.bfloat16, n, reps)
+    out["bf16_matmul_tflops"] = round(measured, 4)
+    v.results["peak_tflops"] = v.args.peak_tflops or measured
+    if v.device == "cuda":  # the data sheet's dense bf16 peak (MFU goals are stated against it)
+        timing = importlib.import_module("im_pipeline.plan.timing")
+        name, flops, _ = timing.gpu_specs(out["device"])
+        out["datasheet_bf16_tflops"] = {"gpu": name, "tflops": flops / 1e12}
+        v.results["datasheet_tflops"] = flops / 1e12
     return out
 
 
@@ -294,7 +300,8 @@ def phase_numerics(v: Verify) -> dict[str, Any]:
     """Every loss mode × normalisation: the device's fp32 and bf16-autocast loss against CPU fp32 (padded batch)."""
     import torch
 
-    cfg = base_config("tiny" if v.dry else "135m")
+    # initializer_range 0.2 (10× the default): peaked logits, so the loss is far from ln(vocab) and precision shows.
+    cfg = {**base_config("tiny" if v.dry else "135m"), "initializer_range": 0.2}
     ref = build_model(cfg, "cpu", torch.float32, layers=2).eval()
     dev = copy.deepcopy(ref).to(v.device)
     rows, worst = [], {"fp32": 0.0, "bf16_autocast": 0.0}
@@ -471,7 +478,9 @@ def train_steps(v: Verify, model: Any, batch: int, seq: int, steps: int) -> dict
     flops_token = 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq
     tps = batch * seq * steps / timed
     peak = v.results.get("peak_tflops")
+    sheet = v.results.get("datasheet_tflops")
     out = {
+        "mfu_datasheet": round(tps * flops_token / (sheet * 1e12), 4) if sheet else None,
         "params": n,
         "layers": cfg.num_hidden_layers,
         "batch": batch,
@@ -547,7 +556,7 @@ def phase_throughput(v: Verify) -> dict[str, Any]:
         ext["peak_gib"] = round(a["peak_gib"] + per_layer * (depth - l1), 2)
         _compare(ext, predicted_gib(v, cfg7, full_n, batch7, seq7))
     out["7b"] = {"measured": part, "extrapolated": ext}
-    goals = {"1b_mfu_ge_0.40": (out["1b"]["mfu"] or 0) >= 0.40}
+    goals = {"1b_mfu_ge_0.40": (out["1b"]["mfu_datasheet"] or out["1b"]["mfu"] or 0) >= 0.40}
     for k in ("135m", "1b"):
         if "peak_vs_plan" in out[k]:
             goals[f"{k}_peak_within_15pct"] = abs(out[k]["peak_vs_plan"]) <= 0.15
