@@ -68,11 +68,11 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    units = f", units on work pool {pool!r}" if pool else ""
-    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
     from im_pipeline.plan.build import plan_line
 
     print(plan_line(cfg))
+    units = f", units on work pool {pool!r}" if pool else ""
+    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
     prefect_defaults()
     from im_pipeline_flows.compare import compare_flow
     from im_pipeline_flows.ephemeral import start_bound_ephemeral_server
