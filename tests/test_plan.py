@@ -190,4 +190,24 @@ def test_run_prints_the_plan_line_first(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert plan_line(bad).startswith(
         "plan: not available (FileNotFoundError: no architecture for model 'no-such/model'"
     )
-    assert "plan_line(cfg)" in (REPO / "flows" / "cli" / "run.py").read_text()
+
+
+def test_run_prints_the_plan_line_before_the_flow_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    from im_pipeline_flows.cli import run
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:  # the first step after the plan line: Prefect's settings, before any flow starts
+        raise Stop
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(run, "prefect_defaults", stop)
+    with pytest.raises(Stop):
+        main(["run", str(REPO / "configs" / "paper_llama2_7b_lima.yaml"), "--set", f"output_dir={tmp_path}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("plan: 22 units (0 done), 6.74B parameters") and lines[1].startswith(
+        "running experiment"
+    )
