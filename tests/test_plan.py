@@ -14,7 +14,7 @@ import pytest
 from im_pipeline.config import load_config
 from im_pipeline.plan import memory, work
 from im_pipeline.plan.arch import Arch, count_params, load_model_config, shipped_config
-from im_pipeline.plan.build import done_units, plan_line, unit_names
+from im_pipeline.plan.build import done_units, engine_of, plan_line, unit_names
 from im_pipeline_flows.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +86,16 @@ def test_units_and_judge_calls_of_the_paper_configs(name: str) -> None:
     assert bench["mmlu"]["loglikelihood_requests"] == 14_042 * 4
     cost = work.judge_cost(cfg, calls)
     assert cost["input_tokens"] == calls * 900 and cost["usd"] == round(calls * (900 * 30 + 30 * 60) / 1e6, 2)
+
+
+def test_engine_and_processes_from_the_launcher() -> None:
+    zero3 = f"accelerate launch --config_file {REPO / 'configs' / 'accelerate' / 'zero3.yaml'}"
+    assert engine_of(zero3, None) == ("zero3", 8) and engine_of(zero3, 4) == ("zero3", 4)
+    fsdp = f"accelerate launch --config_file {REPO / 'configs' / 'accelerate' / 'fsdp.yaml'}"
+    assert engine_of(fsdp, None) == ("fsdp", 8)
+    assert engine_of("torchrun --standalone --nproc_per_node 4", None) == ("ddp", 4)
+    assert engine_of("torchrun --nproc-per-node=2", None) == ("ddp", 2)
+    assert engine_of(None, 8) == ("single", 1)  # in-process: one process whatever the GPUs
 
 
 def test_memory_parts_exact_for_llama2_7b() -> None:

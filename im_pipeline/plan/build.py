@@ -60,7 +60,7 @@ def engine_of(launcher: str | None, declared_gpus: int | None) -> tuple[str, int
     torchrun or accelerate, else one process. ``declared_gpus`` (``--gpus``) wins for the process count."""
     if not launcher:
         return "single", 1
-    words = shlex.split(launcher)
+    words = [part for w in shlex.split(launcher) for part in (w.split("=", 1) if w.startswith("--") else [w])]
     engine, procs = "ddp", None
     for flag, value in itertools.pairwise(words):
         if flag in ("--nproc_per_node", "--nproc-per-node", "--num_processes", "--num-processes") and value.isdigit():

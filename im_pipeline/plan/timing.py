@@ -81,10 +81,14 @@ def generation_seconds(n_params: int, rows: int, new_tokens: int, batch_rows: in
 
 
 def stage_times(plan: dict[str, Any], n_params: int, gpus: int, gpu_name: str | None) -> dict[str, Any]:
-    """Hours per stage for the whole experiment: training, scoring, generation (one GPU per model evaluated)."""
+    """Hours per stage for the whole experiment, one unit after another: training (on the launcher's processes),
+    scoring and generation (one GPU per model evaluated)."""
     t = plan["training"]
+    train_gpus = min(gpus, plan["memory"]["training_gib"]["setup"]["world_size"])  # one process: one GPU's speed
     train_s = sum(
-        train_seconds(n_params, t["tokens_per_unit"], gpus=gpus, gpu_name=gpu_name, ckpt=t["checkpointing"], kl=kl)
+        train_seconds(
+            n_params, t["tokens_per_unit"], gpus=train_gpus, gpu_name=gpu_name, ckpt=t["checkpointing"], kl=kl
+        )
         for kl in t["kl_per_unit"]
     )
     per_model = plan["benchmarks"]
