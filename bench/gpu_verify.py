@@ -331,7 +331,7 @@ def phase_padding_free(v: Verify) -> dict[str, Any]:
     import torch
 
     if trainer_module_or_none() is None:
-        raise SkipPhase("accelerate is not importable (transformers' Trainer needs it): pip install accelerate")
+        raise SkipPhase("im_pipeline.training.weighted_trainer is not importable (transformers' Trainer)")
     cfg = base_config("tiny" if v.dry else "135m")
     examples = encoded(v.p, v.tok, 4 if v.dry else 8, 16 if v.dry else 60, "im")
     padded = v.p.masking.WeightedCollator(v.tok.pad_token_id)(examples)
@@ -395,10 +395,20 @@ def training_args(out_dir: Path, dry: bool, **kw: Any) -> Any:
     return TrainingArguments(**{k: v for k, v in base.items() if k in fields})
 
 
-def train_with_trainer(v: Verify, model: Any, examples: list[dict], args: Any, **kw: Any) -> tuple[Any, list[float]]:
-    wt = trainer_module_or_none()
-    if wt is None:
+def need_accelerate() -> None:
+    """transformers' Trainer (TrainingArguments) needs accelerate; without it the phase is skipped, saying why."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("accelerate") is not None
+    except ValueError:  # sys.modules["accelerate"] is None: blocked
+        found = False
+    if not found or trainer_module_or_none() is None:
         raise SkipPhase("accelerate is not importable (transformers' Trainer needs it): pip install accelerate")
+
+
+def train_with_trainer(v: Verify, model: Any, examples: list[dict], args: Any, **kw: Any) -> tuple[Any, list[float]]:
+    wt = trainer_module()
     collate = kw.pop("collator", None) or v.p.masking.WeightedCollator(v.tok.pad_token_id)
     trainer = wt.WeightedLossTrainer(model=model, args=args, train_dataset=examples, data_collator=collate, **kw)
     trainer.train()
@@ -410,6 +420,7 @@ def phase_trainer(v: Verify) -> dict[str, Any]:
     """The project's Trainer path: fp32 masters under bf16 autocast, gradient checkpointing, NEFTune and the KL term."""
     import torch
 
+    need_accelerate()
     cfg = base_config("tiny" if v.dry else "135m")
     model = build_model(cfg, "cpu", torch.float32, layers=2 if v.dry else 4)
     ref = copy.deepcopy(model)
@@ -688,8 +699,7 @@ def _launch(v: Verify, tag: str, nproc: int, backend: str | None, accumulation: 
 
 def phase_torchrun(v: Verify) -> dict[str, Any]:
     """torchrun: 2 processes (gloo) equal 1 process with accumulation 2; on CUDA also 1 process over NCCL."""
-    if trainer_module_or_none() is None:
-        raise SkipPhase("accelerate is not importable (transformers' Trainer needs it): pip install accelerate")
+    need_accelerate()
     out: dict[str, Any] = {}
     one = _launch(v, "ref-1proc-acc2", 0, None, 2, False)
     two = _launch(v, "torchrun-2proc-gloo", 2, "gloo", 1, v.device == "cuda")
