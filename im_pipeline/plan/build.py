@@ -77,13 +77,28 @@ def engine_of(launcher: str | None, declared_gpus: int | None) -> tuple[str, int
 
 
 def visible_gpus() -> tuple[int, float | None, str | None]:
-    """(count, GiB of the first, its name) of the CUDA GPUs torch sees."""
+    """(count, GiB of the first, its name) of the CUDA GPUs torch sees.
+
+    Name and memory come from ``nvidia-smi``, not from torch: asking torch would create a CUDA context in this
+    process (``im-pipeline run`` asks before its flow starts, and must not hold GPU memory or poison forks).
+    """
+    import shutil
+    import subprocess
+
     import torch
 
     if not torch.cuda.is_available():
         return 0, None, None
-    props = torch.cuda.get_device_properties(0)
-    return torch.cuda.device_count(), props.total_memory / memory.GIB, props.name
+    count, smi = torch.cuda.device_count(), shutil.which("nvidia-smi")
+    if smi:
+        cmd = [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
+        try:
+            first = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout.splitlines()[0]
+            name, mib = first.rsplit(",", 1)
+            return count, float(mib) / 1024, name.strip()
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            pass
+    return count, None, None
 
 
 def _training(cfg: ExperimentConfig, arch: Arch, n_params: int, engine: str, world: int) -> dict[str, Any]:
