@@ -1,6 +1,6 @@
 """Handlers of the commands that call the library only (no Prefect): ``data stats``, ``advise``, ``mask``, ``eval``,
-``humaneval score``, ``report`` and ``keys``. Each parses nothing itself (``parser.py`` does) and imports what it
-needs."""
+``humaneval score``, ``report``, ``keys`` and ``plan``. Each parses nothing itself (``parser.py`` does) and imports
+what it needs."""
 
 from __future__ import annotations
 
@@ -231,4 +231,18 @@ def keys_command(args: argparse.Namespace) -> int:
         print(f"{key} = {default}")
         if text:
             print(textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    "))
+    return 0
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """``im-pipeline plan CONFIG``: the experiment's plan (im_pipeline.plan), as text or ``--json``."""
+    from im_pipeline.config import load_config
+    from im_pipeline.plan import format_plan, make_plan
+
+    cfg = load_config(args.config, args.overrides)
+    price = tuple(args.judge_price) if args.judge_price else None
+    plan = make_plan(
+        cfg, model_config=args.model_config, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, judge_price=price
+    )
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0

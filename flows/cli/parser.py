@@ -170,6 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
         "prefix", nargs="?", default="", help="only keys starting with this, e.g. training or evaluation.mmlu"
     )
 
+    p = sub.add_parser(
+        "plan",
+        help="what an experiment will cost before it runs: units, memory per GPU, benchmark work, judge calls, time",
+        description="Offline and without weights (the architecture on the meta device): the units (arm × seed, "
+        "plus base) and which are done, parameters, training memory per GPU and whether it fits, the evaluation's "
+        "KV budget, benchmark work, judge calls, tokens and cost, estimated wall time per stage, warnings.",
+    )
+    p.add_argument("config", help="experiment YAML (e.g. configs/paper_llama2_7b_lima.yaml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
+    _add_json(p)
+    p.add_argument("--model-config", default=None, metavar="PATH", help="the model's config.json (architecture)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N", help="GPUs per node (default: those visible)")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB", help="memory per GPU in GiB")
+    p.add_argument(
+        "--judge-price",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("INPUT", "OUTPUT"),
+        help="judge price in USD per million input and output tokens (default: OpenAI's list price of the "
+        "configured judge model, when known)",
+    )
+
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
     p.add_argument("run_dir", help="run directory, e.g. runs/demo")
     p.add_argument("--out", default=None, help="report directory (default: reports/<experiment>)")

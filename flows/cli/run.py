@@ -68,6 +68,9 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from im_pipeline.plan.build import plan_line
+
+    print(plan_line(cfg))
     units = f", units on work pool {pool!r}" if pool else ""
     print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
     prefect_defaults()

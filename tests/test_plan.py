@@ -1,0 +1,225 @@
+"""im-pipeline plan: meta-device parameter counts, units and judge calls of the paper configs, the memory formula
+against a measured CPU peak, which units are done, the CLI's JSON offline, and run's summary line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from im_pipeline.config import load_config
+from im_pipeline.plan import memory, work
+from im_pipeline.plan.arch import Arch, count_params, load_model_config, shipped_config
+from im_pipeline.plan.build import done_units, engine_of, plan_line, unit_names
+from im_pipeline_flows.cli.main import main
+
+REPO = Path(__file__).resolve().parent.parent
+PAPER = {  # config: (models evaluated, judge calls = models × 805 AlpacaEval instructions × both orders)
+    "paper_llama2_7b_lima.yaml": (22, 35_420),
+    "paper_llama2_7b_alpaca5k.yaml": (16, 25_760),
+    "paper_llama2_7b_dolly3k.yaml": (16, 25_760),
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("meta-llama/Llama-2-7b-hf", 6_738_415_616),
+        ("meta-llama/Llama-2-13b-hf", 13_015_864_320),
+        ("smollm2-135m-instruct", 134_515_008),  # tied embeddings counted once
+    ],
+)
+def test_meta_device_parameter_counts_of_the_shipped_configs(source: str, expected: int) -> None:
+    assert count_params(shipped_config(source)) == expected
+
+
+def test_architecture_offline_comes_from_the_shipped_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty Hub cache
+    config, origin = load_model_config("meta-llama/Llama-2-7b-hf")
+    assert origin == "llama-2-7b.json (shipped with im-pipeline)"
+    assert Arch.of(config) == Arch("llama", 4096, 32, 11008, 32000, 32, 32, 128, False, 4096)
+    own = tmp_path / "config.json"
+    own.write_text(json.dumps(shipped_config("meta-llama/Llama-2-13b-hf")))
+    assert load_model_config("anything", model_config=str(own))[1] == f"{own} (--model-config)"
+    with pytest.raises(FileNotFoundError, match="--model-config"):
+        load_model_config("no-such/model")
+
+
+def test_architecture_from_gguf_metadata_without_loading_tensors(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(1024)
+    w.add_embedding_length(64)
+    w.add_block_count(2)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(100)
+    w.add_tensor("token_embd.weight", np.zeros((100, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    config, origin = load_model_config(str(path))
+    assert origin == f"{path} (GGUF metadata)"
+    # No output.weight tensor: the head is tied to the embeddings, as transformers reads the file.
+    assert Arch.of(config) == Arch("llama", 64, 2, 128, 100, 4, 2, 16, True, 1024)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_units_and_judge_calls_of_the_paper_configs(name: str) -> None:
+    cfg = load_config(REPO / "configs" / name)
+    models, calls = PAPER[name]
+    assert work.models_evaluated(cfg) == len(unit_names(cfg)) == models
+    bench = work.per_model_work(cfg)
+    assert models * bench["alpaca_eval"]["judge_calls"] == calls
+    assert bench["humaneval"]["samples"] == 164 * 20 * 2 and bench["humaneval"]["rows_per_batch"] == 32 * 20
+    assert bench["mmlu"]["loglikelihood_requests"] == 14_042 * 4
+    cost = work.judge_cost(cfg, calls)
+    assert cost["input_tokens"] == calls * 900 and cost["usd"] == round(calls * (900 * 30 + 30 * 60) / 1e6, 2)
+
+
+def test_engine_and_processes_from_the_launcher() -> None:
+    zero3 = f"accelerate launch --config_file {REPO / 'configs' / 'accelerate' / 'zero3.yaml'}"
+    assert engine_of(zero3, None) == ("zero3", 8) and engine_of(zero3, 4) == ("zero3", 4)
+    fsdp = f"accelerate launch --config_file {REPO / 'configs' / 'accelerate' / 'fsdp.yaml'}"
+    assert engine_of(fsdp, None) == ("fsdp", 8)
+    assert engine_of("torchrun --standalone --nproc_per_node 4", None) == ("ddp", 4)
+    assert engine_of("torchrun --nproc-per-node=2", None) == ("ddp", 2)
+    assert engine_of(None, 8) == ("single", 1)  # in-process: one process whatever the GPUs
+
+
+def test_memory_parts_exact_for_llama2_7b() -> None:
+    arch, n = Arch.of(shipped_config("meta-llama/Llama-2-7b-hf")), 6_738_415_616
+    single = memory.training_memory(arch, n, memory.TrainSetup(precision="bf16_autocast"))
+    assert (single["weights"], single["gradients"], single["optimizer"]) == (4 * n, 4 * n, 8 * n)
+    assert single["autocast_copies"] == 2 * n
+    zero3 = memory.training_memory(arch, n, memory.TrainSetup(engine="zero3", world_size=8))
+    assert (zero3["weights"], zero3["optimizer"]) == (4 * n // 8, 8 * n // 8)
+    assert zero3["activations"] == single["activations"] and zero3["gathered_layers"] == int(4 * n / 32)
+    assert memory.lora_param_count(arch, 16) == 39_976_960  # PEFT's count for r=16 on every linear
+    lora = memory.training_memory(arch, n, memory.TrainSetup(adapter="lora"))
+    assert (lora["weights"], lora["gradients"]) == (2 * n + 4 * 39_976_960, 4 * 39_976_960)
+    qlora = memory.training_memory(arch, n, memory.TrainSetup(adapter="qlora"))
+    linear = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    assert qlora["weights"] == int((0.5 + 0.127 / 8) * linear + 2 * (n - linear) + 4 * 39_976_960)
+    assert memory.kv_bytes_per_token(arch, 2) == 2 * 32 * 4096 * 2
+    ckpt = memory.training_memory(arch, n, memory.TrainSetup(gradient_checkpointing=True))
+    inputs, layer = 32 * 4 * 4096 * 2048, memory.layer_activation_bytes(arch, "bf16_autocast") * 2048
+    assert ckpt["activations_with_checkpointing"] == inputs + layer
+    assert ckpt["activations"] == inputs  # the recomputed layer (0.46 GiB) stays under the logits' peak (1.95 GiB)
+
+
+WIDE = {
+    "model_type": "llama",
+    "vocab_size": 4096,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.mark.parametrize(("shape", "batch", "seq", "ckpt"), [("tiny", 8, 1024, False), ("wide", 4, 512, True)])
+def test_memory_formula_against_the_measured_cpu_peak(
+    tmp_path: Path, tiny_model_dir: Path, shape: str, batch: int, seq: int, ckpt: bool
+) -> None:
+    """Within 15% of the peak resident memory of two bf16-autocast training steps (the GPU goal's tolerance)."""
+    path = tiny_model_dir / "config.json" if shape == "tiny" else tmp_path / "config.json"
+    if shape == "wide":
+        path.write_text(json.dumps(WIDE))
+    cmd = [sys.executable, str(REPO / "tests" / "memory_peak.py"), str(path), str(batch), str(seq), str(int(ckpt))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = json.loads(path.read_text())
+    setup = memory.TrainSetup(precision="bf16_autocast", batch_size=batch, seq_len=seq, gradient_checkpointing=ckpt)
+    predicted = memory.training_memory(Arch.of(config), measured["params"], setup)
+    above_weights = predicted["total"] - predicted["weights"]  # the weights were resident before the measurement
+    assert measured["peak_above_start"] == pytest.approx(above_weights, rel=0.15)
+
+
+def test_done_units_follow_the_units_own_keys(tmp_path: Path) -> None:
+    from im_pipeline.runs.layout import RunLayout
+    from im_pipeline.runs.staleness import write_stamp
+    from im_pipeline.runs.units import jobs_of
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"output_dir={tmp_path}"])
+    assert unit_names(cfg) == ["base", "IT/seed-0", "IM/seed-0"] and done_units(cfg) == []
+    unit = RunLayout.of(cfg).unit("base", None)
+    _, evals = jobs_of(cfg, "base", None, None)
+    for job in evals:
+        unit.eval_result(job.benchmark).parent.mkdir(parents=True, exist_ok=True)
+        unit.eval_result(job.benchmark).write_text("{}")
+        write_stamp(unit.eval_dir, job.benchmark, job.key if job is not evals[-1] else "another key")
+    assert done_units(cfg) == []  # one benchmark's stamp has another key: not done
+    write_stamp(unit.eval_dir, evals[-1].benchmark, evals[-1].key)
+    assert done_units(cfg) == ["base"]
+
+
+def test_plan_json_offline_in_seconds(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    args = ["plan", str(REPO / "configs" / "paper_llama2_7b_lima.yaml"), "--set", f"output_dir={tmp_path}", "--json"]
+    assert main([*args, "--gpus", "8", "--gpu-memory", "80"]) == 0
+    assert time.perf_counter() - t0 < 60  # seconds, not a download (about 2 s on a quiet machine)
+    plan = json.loads(capsys.readouterr().out)
+    assert {"units", "params", "judge_calls", "memory", "time"} <= set(plan)
+    assert len(plan["units"]) == 22 and plan["units"][:2] == ["base", "IT/seed-0"] and plan["units_done"] == []
+    assert (plan["params"], plan["judge_calls"]) == (6_738_415_616, 35_420)
+    assert plan["memory"]["training_gib"]["setup"]["precision"] == "bf16_weights"
+    assert plan["memory"]["evaluation"]["humaneval"] == {
+        "rows_per_batch": 640,
+        "kv_gib": 210.0,  # 640 rows × (160 + 512) tokens × 0.5 MiB
+        "safe_rows_per_batch": 181,
+        "fits": False,
+    }
+    assert any("no training.launcher" in w for w in plan["warnings"])
+    assert any("no fp32 master weights" in w for w in plan["warnings"])
+    assert plan["time"]["train_hours"] > 0
+
+
+def test_run_prints_the_plan_line_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(REPO / "configs" / "paper_llama2_7b_lima.yaml", [f"output_dir={tmp_path}"])
+    line = plan_line(cfg)
+    assert (
+        line.startswith("plan: 22 units (0 done), 6.74B parameters, training ")
+        and "35,420 judge calls ≈ $1,020" in line
+    )
+    bad = load_config(REPO / "configs" / "demo.yaml", ["model.source=no-such/model"])
+    assert plan_line(bad).startswith(
+        "plan: not available (FileNotFoundError: no architecture for model 'no-such/model'"
+    )
+
+
+def test_run_prints_the_plan_line_before_the_flow_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    from im_pipeline_flows.cli import run
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:  # the first step after the plan line: Prefect's settings, before any flow starts
+        raise Stop
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(run, "prefect_defaults", stop)
+    with pytest.raises(Stop):
+        main(["run", str(REPO / "configs" / "paper_llama2_7b_lima.yaml"), "--set", f"output_dir={tmp_path}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("plan: 22 units (0 done), 6.74B parameters") and lines[1].startswith(
+        "running experiment"
+    )
