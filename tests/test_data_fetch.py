@@ -94,6 +94,12 @@ def test_mirror_laid_out_like_the_data_directory(tiny_spec: DatasetSpec, mirror:
     assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
 
 
+def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path: Path) -> None:
+    _, root = mirror
+    (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=(root / "good").as_uri())
+    assert item.status == "fetched" and item.path.read_bytes() == GOOD
+
+
 def test_corrupt_file_is_an_error_and_nothing_is_kept(tiny_spec: DatasetSpec, mirror, tmp_path: Path) -> None:
     server, _ = mirror
     with pytest.raises(DataError, match=rf"sha256 mismatch for 'tiny_fixture': got [0-9a-f]{{64}}, expected {SHA}"):
