@@ -8,8 +8,10 @@ SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)/.),)
 export IM_PIPELINE_DATA_DIR ?= $(SHARED_DATA)
 endif
-# The registered data sets configs/demo.yaml trains and tests on (`im-pipeline data fetch` checks their sha256).
+# The registered data sets configs/demo.yaml trains and tests on (`im-pipeline data fetch` checks their sha256);
+# `make demo DATA_MIRROR=URL` fetches them from a mirror laid out like the data directory.
 DEMO_DATA := paper_lima paper_dolly_3k
+DATA_MIRROR ?=
 
 .PHONY: setup demo test test-all lint format bench clean
 
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/im-pipeline data fetch $(DEMO_DATA)
+	$(VENV)/bin/im-pipeline data fetch $(DEMO_DATA) $(if $(DATA_MIRROR),--mirror $(DATA_MIRROR))
 	$(VENV)/bin/im-pipeline run configs/demo.yaml
 
 test: setup

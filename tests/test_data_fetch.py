@@ -159,7 +159,7 @@ def test_offline_fails_within_seconds_naming_mirror_and_data_dir(
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot download 'paper_lima' from {url} (")
-    assert "`im-pipeline data fetch paper_lima --mirror URL`" in err[0] and "`--data-dir DIR`" in err[0]
+    assert "`im-pipeline data fetch paper_lima --mirror URL`" in err[0] and "--data-dir DIR`" in err[0]
     assert _leftovers(no_data_dir) in ([], ["data", "paper_processed"])  # no partial file
 
 

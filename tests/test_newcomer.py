@@ -118,6 +118,12 @@ def test_makefile_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     done = _make(repo, log, FAIL_FETCH="1")
     assert done.returncode != 0 and "error: cannot download (offline)" in done.stderr
     assert log.read_text().splitlines() == ["data fetch paper_lima paper_dolly_3k | data_dir=unset"]
+    # from a mirror
+    log.unlink()
+    assert _make(repo, log, DATA_MIRROR="http://127.0.0.1:9/data").returncode == 0
+    assert log.read_text().splitlines()[0] == (
+        "data fetch paper_lima paper_dolly_3k --mirror http://127.0.0.1:9/data | data_dir=unset"
+    )
     # with ../shared/data beside the clone it is exported (and the fetch only verifies)
     (tmp_path / "clone" / "shared" / "data").mkdir(parents=True)
     log.unlink()

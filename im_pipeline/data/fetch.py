@@ -90,8 +90,8 @@ def _specs(names: Sequence[str]) -> dict[str, tuple[DatasetSpec, list[str]]]:
 def _offline_message(name: str, url: str, local_path: str, reason: object) -> str:
     return (
         f"cannot download {name!r} from {url} ({reason}). Offline? Fetch it from a mirror laid out like the data "
-        f"directory: `im-pipeline data fetch {name} --mirror URL`, or use a local copy: `--data-dir DIR` "
-        f"(or ${DATA_DIR_ENV}) with {local_path} in it."
+        f"directory: `im-pipeline data fetch {name} --mirror URL`, or use a local copy: `im-pipeline run CONFIG "
+        f"--data-dir DIR` (or ${DATA_DIR_ENV}=DIR) with {local_path} in DIR."
     )
 
 
