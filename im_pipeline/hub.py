@@ -11,6 +11,7 @@ libraries' retries (``datasets`` takes about 25 s) before the same error.
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 HUB = ("HF_HUB_OFFLINE",)
@@ -53,8 +54,8 @@ def auth_problem(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         status = getattr(getattr(current, "response", None), "status_code", None)
-        text = str(current).lower()
-        if type(current).__name__ == "GatedRepoError" or status in (401, 403) or "gated" in text:
+        gated = re.search(r"\bgated\b", str(current), flags=re.I)  # not "aggregated"
+        if type(current).__name__ == "GatedRepoError" or status in (401, 403) or gated:
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -171,6 +171,13 @@ def test_gated_dataset_says_how_to_log_in_and_hides_the_token(
     assert TOKEN not in err + caplog.text
 
 
+def test_auth_problem_reads_status_type_and_word() -> None:
+    assert hub.auth_problem(_gated("https://huggingface.co/x/y"))
+    assert hub.auth_problem(OSError("You are trying to access a gated repo."))
+    assert not hub.auth_problem(ValueError("could not cast the aggregated column"))
+    assert not hub.auth_problem(OSError("404 Client Error: Not Found"))
+
+
 def test_other_hub_errors_never_show_the_token(online_with_token: None, monkeypatch) -> None:
     import datasets
 
