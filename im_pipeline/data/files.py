@@ -4,8 +4,8 @@ file and its line or record) and written atomically.
 Example files: ``.jsonl`` (one object per line), ``.json`` (a list of objects), ``.parquet`` (one row per example;
 list and struct columns as they are; null cells dropped) and ``.csv`` (a header row; cells are strings; a cell of a
 list-valued field, ``messages`` / ``conversations`` / ``history`` / a conversational ``prompt`` / ``completion``,
-holds JSON). Locations: ``file: line N`` (JSONL, JSON, CSV: the line a row starts on) or ``file: row N`` (Parquet,
-counted from 1).
+holds JSON). Locations: ``file: line N`` (JSONL; CSV: the line a row starts on), ``file: record N`` (JSON) or
+``file: row N`` (Parquet); all counted from 1.
 """
 
 from __future__ import annotations
