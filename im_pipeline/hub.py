@@ -11,6 +11,7 @@ libraries' retries (``datasets`` takes about 25 s) before the same error.
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 HUB = ("HF_HUB_OFFLINE",)
@@ -44,3 +45,35 @@ def offline_state(variables: tuple[str, ...] = HUB) -> str:
     """Why the Hub is not used, in words (for error messages)."""
     off = _switched_off(variables)
     return f"offline ({off[0]}=1)" if off else "unreachable from this machine"
+
+
+def auth_problem(exc: BaseException) -> bool:
+    """True when ``exc`` or its cause says a repository is gated, private or needs a login (HTTP 401 / 403)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        gated = re.search(r"\bgated\b", str(current), flags=re.I)  # not "aggregated"
+        if type(current).__name__ == "GatedRepoError" or status in (401, 403) or gated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def auth_message(repo_id: str, kind: str) -> str:
+    """The error for a gated or private repository (``kind``: "model" or "dataset"); never holds the token."""
+    url = f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+    return (
+        f"{kind} {repo_id!r} on the Hugging Face Hub is gated or private (HTTP 401/403: access needs a login): "
+        f"request access at {url} with your account, then log in on this machine with `hf auth login` or set "
+        "HF_TOKEN (huggingface_hub reads it; im-pipeline never logs or writes it)"
+    )
+
+
+def redact_token(text: str) -> str:
+    """``text`` with the Hub token (HF_TOKEN or the saved login), if any, replaced by ``***``."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return text.replace(token, "***") if token else text

@@ -13,8 +13,32 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from im_pipeline.config import BenchmarkConfig, ConfigError, parse_override
+from im_pipeline.config import BenchmarkConfig, ConfigError, DataConfig, parse_override
 from im_pipeline.config.base import data_dir_of
+
+
+def data_command(args: argparse.Namespace) -> int:
+    """``im-pipeline data stats | fetch``."""
+    return {"stats": stats_command, "fetch": fetch_command}[args.data_command](args)
+
+
+def fetch_command(args: argparse.Namespace) -> int:
+    """``im-pipeline data fetch [NAME...] [--to DIR] [--mirror URL]``: one line per file."""
+    from im_pipeline.data.fetch import fetch
+
+    for item in fetch(args.names, to=args.to, mirror=args.mirror):
+        how = f"fetched from {item.url}" if item.status == "fetched" else "present, sha256 verified"
+        print(f"{', '.join(item.names)}: {item.path} ({item.size:,} bytes, {how})")
+    return 0
+
+
+def init_command(args: argparse.Namespace) -> int:
+    """``im-pipeline init NAME``: write NAME.yaml, a commented starter config."""
+    from im_pipeline.starter import write_starter
+
+    path = write_starter(args.name, Path(args.dir), train=args.train, model=args.model)
+    print(f"wrote {path}: edit it (every key: `im-pipeline keys`), then `im-pipeline run {path}`")
+    return 0
 
 
 def stats_command(args: argparse.Namespace) -> int:
@@ -23,15 +47,15 @@ def stats_command(args: argparse.Namespace) -> int:
     from im_pipeline.data.sources import load_source
     from im_pipeline.data.stats import format_stats_table, length_stats
 
-    if args.data_command != "stats":  # only sub-command today
-        raise ValueError(f"unknown data command {args.data_command!r}")
     data_dir = Path(args.data_dir) if args.data_dir else None
+    columns = DataConfig(columns=dict(c.partition("=")[::2] for c in args.columns) or None).columns
     loaded = load_source(
         args.source,
         data_dir,
         multi_turn=not args.single_turn,
         instruction_templates=args.instruction_templates,
         seed=args.seed,
+        columns=columns,
     )
     stats = length_stats(loaded.records)
     stats = {

@@ -53,7 +53,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from im_pipeline_flows.cli import commands
 
     handlers = {
-        "data": commands.stats_command,
+        "data": commands.data_command,
+        "init": commands.init_command,
         "advise": commands.advise_command,
         "mask": commands.mask_command,
         "eval": commands.eval_command,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from im_pipeline.config.base import NAME_CHARS
 from im_pipeline.loss_modes import LossMode
 
 DESCRIPTION = """\
@@ -48,12 +49,24 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("im-pipeline")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        from im_pipeline import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from im_pipeline.evaluation.specs import names
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="im-pipeline", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -109,6 +122,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the phrasing choice (default 0)")
     p.add_argument("--single-turn", action="store_true", help="drop multi-turn conversations")
+    p.add_argument(
+        "--column",
+        dest="columns",
+        action="append",
+        default=[],
+        metavar="OURS=YOURS",
+        help="read your field YOURS as our OURS, e.g. --column instruction=question (repeatable; as data.columns)",
+    )
+
+    p = data.add_parser(
+        "fetch",
+        help="download registered data files, checked against their pinned sha256",
+        description="Download registered datasets' files from their public origin (or a mirror laid out like the "
+        "data directory), verify the pinned sha256 and write them atomically; a file already there with that "
+        "sha256 is kept. Without --to: the data directory ($IM_PIPELINE_DATA_DIR) when set, else the per-user "
+        "cache ($IM_PIPELINE_CACHE/data, default ~/.cache/im-pipeline/data), which the loaders also search.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="registered dataset names (default: every fetchable one)")
+    p.add_argument("--to", default=None, metavar="DIR", help="write here (laid out like the data directory)")
+    p.add_argument(
+        "--mirror", default=None, metavar="URL", help="fetch <URL>/<path in the data directory> instead (http, file)"
+    )
+
+    p = sub.add_parser(
+        "init",
+        help="write NAME.yaml, a commented starter config",
+        description="Write NAME.yaml: a commented starter experiment config (IT vs IM on your data and model) that "
+        "validates as written. Refuses to overwrite an existing file.",
+    )
+    p.add_argument("name", help=f"experiment name, also the file name: {NAME_CHARS}")
+    p.add_argument("--train", default=None, help="training set: a registered name, a file or a Hub id")
+    p.add_argument("--model", default=None, help="model source: a Hub id, a local directory or a shipped name")
+    p.add_argument("--dir", default=".", help="directory to write NAME.yaml in (default: the current one)")
 
     p = sub.add_parser("advise", help="predicted IM gain from the length ratio and size (paper Fig. 2 fits)")
     p.add_argument("source", help="registered dataset name, local file, or Hub id")

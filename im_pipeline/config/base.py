@@ -16,6 +16,9 @@ DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
 """Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
 
 
+CACHE_ENV = "IM_PIPELINE_CACHE"
+"""Environment variable naming the per-user cache (default ``~/.cache/im-pipeline``): models, fetched data."""
+
 TRAIN_LAUNCHER_ENV = "IM_PIPELINE_TRAIN_LAUNCHER"
 """Environment variable with the default training launcher (``training.launcher`` wins)."""
 
@@ -70,3 +73,9 @@ def data_dir_of(
         where = given_as if given else f"${DATA_DIR_ENV}"
         raise must_exist(f"data directory {path} (from {where}) does not exist")
     return path
+
+
+def cache_dir_of(value: str | os.PathLike[str] | None = None) -> Path:
+    """The per-user cache: ``value``, else ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``; absolute."""
+    raw = value or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "im-pipeline"
+    return Path(raw).expanduser().resolve()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from im_pipeline.config.base import (
     NAME_CHARS,
@@ -31,6 +39,12 @@ class ModelConfig(_Strict):
         description="Where dequantised GGUF / downloaded wheels are cached "
         "(default: $IM_PIPELINE_CACHE or ~/.cache/im-pipeline).",
     )
+
+
+ColumnField = Literal[
+    "id", "messages", "conversations", "prompt", "completion", "instruction", "input", "output", "history", "system"
+]
+"""The field names of the accepted data shapes (im_pipeline.data.normalise), which ``data.columns`` maps to."""
 
 
 class DataConfig(_Strict):
@@ -62,6 +76,11 @@ class DataConfig(_Strict):
     on_overlength: Literal["truncate", "drop"] = Field("truncate", description="Policy for examples over max_length.")
     on_empty: Literal["drop", "error"] = Field("drop", description="Policy for empty instructions or outputs.")
     on_duplicate_id: Literal["drop", "error"] = Field("drop", description="Policy for repeated example ids.")
+    columns: dict[ColumnField, str] | None = Field(
+        None,
+        description="Field names of your data mapped to ours, e.g. {instruction: question, output: answer} or "
+        "{messages: dialogue}; ours: " + ", ".join(get_args(ColumnField)) + " (null = the names as they are).",
+    )
     per_seed: bool = Field(
         False,
         description="Each seed draws its own sample: n training examples and a disjoint test sample of held_out_size "
@@ -69,6 +88,14 @@ class DataConfig(_Strict):
         "select_ratio). The prepared data is then the whole cleaned source; the overfitting analysis of a seed uses "
         "that seed's two samples.",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # No columns, no key: the data key (runs/staleness.py) of every config without them stays what it was.
+        out = handler(self)
+        if not self.columns:
+            out.pop("columns", None)
+        return out
 
     @model_validator(mode="after")
     def _check_per_seed(self) -> DataConfig:

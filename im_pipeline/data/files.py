@@ -1,9 +1,18 @@
 """Data files read strictly (duplicate keys, NaN / Infinity, lone surrogates and bad UTF-8 are errors naming the
-file and its line or record) and written atomically."""
+file and its line or record) and written atomically.
+
+Example files: ``.jsonl`` (one object per line), ``.json`` (a list of objects), ``.parquet`` (one row per example;
+list and struct columns as they are; null cells dropped) and ``.csv`` (a header row; cells are strings; a cell of a
+list-valued field, ``messages`` / ``conversations`` / ``history`` / a conversational ``prompt`` / ``completion``,
+holds JSON). Locations: ``file: line N`` (JSONL; CSV: the line a row starts on), ``file: record N`` (JSON) or
+``file: row N`` (Parquet); all counted from 1.
+"""
 
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -84,8 +93,15 @@ def check_json_value(obj: Any, surrogates: bool, where: str) -> Any:
     return obj
 
 
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+"""The example file types :func:`read_raw_file` reads."""
+
+LIST_FIELDS = ("messages", "conversations", "history", "prompt", "completion")
+"""Fields whose CSV cells may hold JSON lists."""
+
+
 def read_raw_file(path: str | Path) -> list[tuple[Any, str]]:
-    """Parse a ``.json`` / ``.jsonl`` file into ``(raw example, location)`` pairs, location like ``f: line 3``."""
+    """Parse an example file (:data:`SUFFIXES`) into ``(raw example, location)`` pairs, location like ``f: line 3``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -95,6 +111,10 @@ def read_raw_file(path: str | Path) -> list[tuple[Any, str]]:
     if not data.strip():
         raise DataError(f"{path}: file is empty (expected JSON or JSONL examples)")
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet_raw(path)
+    if suffix == ".csv":
+        return _read_csv_raw(path, data)
     if suffix == ".jsonl" or (suffix != ".json" and data.lstrip()[:1] == b"{"):
         return _read_jsonl_raw(path, data)
     text = _decode(path, data)
@@ -116,6 +136,62 @@ def read_raw_file(path: str | Path) -> list[tuple[Any, str]]:
     out = [(raw, f"{path}: record {i}") for i, raw in enumerate(obj, start=1)]  # 1-based, as line numbers
     for raw, where in out:
         check_json_value(raw, surrogates, where)
+    return out
+
+
+def _read_parquet_raw(path: Path) -> list[tuple[Any, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    if not rows:
+        raise DataError(f"{path}: contains no examples (no rows)")
+    out = []
+    for i, row in enumerate(rows, start=1):
+        where = f"{path}: row {i}"
+        out.append((check_json_value({k: v for k, v in row.items() if v is not None}, True, where), where))
+    return out
+
+
+def _csv_cell(key: str, value: str, where: str) -> Any:
+    """A CSV cell: a string, or the JSON list of a list-valued field (a prompt that is no JSON list stays text)."""
+    if key not in LIST_FIELDS or not value.lstrip().startswith("["):
+        return value
+    try:
+        obj, surrogates = strict_json_loads(value)
+    except json.JSONDecodeError as exc:
+        if key in ("prompt", "completion"):
+            return value
+        raise DataError(f"{where}: column {key!r} must hold a JSON list: {exc.msg}") from None
+    if key in ("prompt", "completion") and not (isinstance(obj, list) and all(isinstance(m, dict) for m in obj)):
+        return value
+    return check_json_value(obj, surrogates, f"{where}: column {key!r}")
+
+
+def _read_csv_raw(path: Path, data: bytes) -> list[tuple[Any, str]]:
+    reader = csv.reader(io.StringIO(_decode(path, data), newline=""), strict=True)
+    try:
+        header = next(reader)
+        if len(set(header)) != len(header):
+            dup = next(h for h in header if header.count(h) > 1)
+            raise DataError(f"{path}: line 1: duplicate column {dup!r} in the header")
+        out = []
+        start = reader.line_num + 1
+        for row in reader:
+            where = f"{path}: line {start}"
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{where}: {len(row)} cells, but the header has {len(header)} columns")
+            out.append(({k: _csv_cell(k, v, where) for k, v in zip(header, row, strict=True)}, where))
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV: {exc}") from None
+    if not out:
+        raise DataError(f"{path}: contains no examples (a header row and no data rows)")
     return out
 
 

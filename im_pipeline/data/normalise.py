@@ -10,7 +10,13 @@ Accepted raw shapes, detected per record:
 * **Alpaca** — ``instruction`` / ``input`` (optional) / ``output``, with optional LIMA-style
   ``history`` (list of ``[user, assistant]`` pairs that come before the final turn). ``input`` is
   joined to the instruction as open-instruct does: ``instruction.strip() + "\\n\\n" + input.strip()``;
-* **conversations** — GAIR/LIMA Hub format: a list of strings alternating user / assistant.
+* **ShareGPT** — ``conversations``: a list of ``{"from": "human" | "gpt" | "system", "value": str}`` (also
+  ``user`` / ``assistant`` / ``chatgpt``, and ``{"role", "content"}`` turns), optional top-level ``system``;
+* **prompt / completion** — TRL's format: two strings (user turn, assistant turn), or two lists of messages
+  (conversational: the prompt's system / user / assistant turns, then the completion's assistant turn);
+* **LIMA** — ``conversations``: a list of strings alternating user / assistant (GAIR/LIMA Hub format).
+
+Other field names are mapped to these with ``columns`` (``data.columns``: our name → the file's name).
 
 Structural problems raise :class:`DataError` naming the location (file + line, or record index).
 Empty *content* (an empty instruction or output) is not a structural error: it is handled by the
@@ -106,9 +112,72 @@ def _alpaca_messages(raw: dict[str, Any], where: str, phrase: Phraser | None, ex
     return messages
 
 
+SHAPES = (
+    "messages ({'messages': [{'role', 'content'}, ...]}), ShareGPT ({'conversations': [{'from': human|gpt|system, "
+    "'value'}, ...]}), prompt/completion (TRL: two strings or two message lists), Alpaca ('instruction', 'input', "
+    "'output'), LIMA ({'conversations': [str, ...]}); other field names: map them with data.columns"
+)
+"""The accepted shapes, in words (every error about a record's shape names them)."""
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+def apply_columns(raw: Any, columns: dict[str, str] | None) -> Any:
+    """``raw`` with the file's field names renamed to ours (``columns``: our name → the file's name)."""
+    if not columns or not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for ours, theirs in columns.items():
+        if theirs in out and theirs != ours:
+            out[ours] = out.pop(theirs)
+    return out
+
+
+def _sharegpt_messages(raw: dict[str, Any], where: str) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    if raw.get("system"):
+        messages.append({"role": "system", "content": _require_str(raw["system"], "system", where)})
+    for i, turn in enumerate(raw["conversations"]):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: conversations[{i}] must be an object like the others ({SHAPES})")
+        role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
+        if role_key not in turn or text_key not in turn:
+            raise DataError(
+                f"{where}: conversations[{i}] needs 'from' and 'value' (ShareGPT); found keys: "
+                f"{', '.join(sorted(map(str, turn))) or 'none'}"
+            )
+        role = SHAREGPT_ROLES.get(turn[role_key]) if isinstance(turn[role_key], str) else None
+        if role is None:
+            raise DataError(
+                f"{where}: conversations[{i}] has {role_key} {turn[role_key]!r}; allowed: {', '.join(SHAREGPT_ROLES)}"
+            )
+        content = _require_str(turn[text_key], f"conversations[{i}].{text_key}", where)
+        messages.append({"role": role, "content": content})
+    return validate_messages(messages, where)
+
+
+def _prompt_completion_messages(raw: dict[str, Any], where: str) -> list[dict[str, str]]:
+    prompt, completion = raw["prompt"], raw["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return validate_messages([*prompt, *completion], where)
+    raise DataError(
+        f"{where}: 'prompt' and 'completion' must both be strings or both lists of messages (TRL's standard or "
+        f"conversational form), got {type(prompt).__name__} and {type(completion).__name__}"
+    )
+
+
 def _conversation_messages(conv: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(conv, list):
-        raise DataError(f"{where}: field 'conversations' must be a list of strings")
+        raise DataError(f"{where}: field 'conversations' must be a list (ShareGPT turns or LIMA strings)")
     if not conv:
         raise DataError(f"{where}: field 'conversations' is empty")
     if len(conv) % 2:
@@ -140,16 +209,23 @@ def normalise_record(
             messages[first] = {"role": "user", "content": phrase(messages[first]["content"].strip(), "", rid)}
     elif "instruction" in raw:
         messages = _alpaca_messages(raw, where, phrase, rid)
-    elif "conversations" in raw:
-        messages = _conversation_messages(raw["conversations"], where)
+    elif "conversations" in raw or ("prompt" in raw and "completion" in raw):
+        conv = raw.get("conversations")
+        if "conversations" not in raw:
+            messages = _prompt_completion_messages(raw, where)
+        elif isinstance(conv, list) and conv and isinstance(conv[0], dict):
+            messages = _sharegpt_messages(raw, where)
+        else:
+            messages = _conversation_messages(raw["conversations"], where)
         if phrase is not None:
-            messages[0] = {"role": "user", "content": phrase(messages[0]["content"].strip(), "", rid)}
+            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[first] = {"role": "user", "content": phrase(messages[first]["content"].strip(), "", rid)}
+    elif "prompt" in raw or "completion" in raw:
+        missing = "completion" if "prompt" in raw else "prompt"
+        raise DataError(f"{where}: missing field {missing!r} (prompt/completion); accepted shapes: {SHAPES}")
     else:
         keys = ", ".join(sorted(map(str, raw))) or "none"
-        raise DataError(
-            f"{where}: missing field: need 'messages' (normalised), 'instruction'+'output' (Alpaca) or "
-            f"'conversations' (LIMA); found keys: {keys}"
-        )
+        raise DataError(f"{where}: missing field: the keys {keys} match no accepted shape: {SHAPES}")
     # Only normalised records carry their own source; GAIR LIMA's 'source' (e.g. "stackexchange") is a sub-origin.
     src = raw.get("source") if "messages" in raw else None
     return {"id": rid, "source": src if isinstance(src, str) and src else source, "messages": messages}

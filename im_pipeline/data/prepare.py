@@ -93,7 +93,12 @@ def prepare_data(
     With ``out_dir``, writes ``train.jsonl``, ``held_out.jsonl`` and ``data_stats.json`` there
     once everything has succeeded. Raises :class:`DataError` on malformed data or a policy error.
     """
-    opts = {"multi_turn": cfg.multi_turn, "instruction_templates": cfg.instruction_templates, "seed": seed}
+    opts = {
+        "multi_turn": cfg.multi_turn,
+        "instruction_templates": cfg.instruction_templates,
+        "seed": seed,
+        "columns": cfg.columns,
+    }
     train, train_actions = _apply_policies(load_source(cfg.train, data_dir, **opts), cfg, f"train ({cfg.train})")
     report = _report_head(cfg, seed, train_actions)
     if cfg.per_seed:
@@ -229,12 +234,13 @@ def seed_data(cfg: DataConfig, data_out: Path | str, seed: int) -> tuple[list[di
 
 
 def local_copy_missing(cfg: DataConfig, data_dir: Path | None) -> bool:
-    """True when the training or test set is a registered dataset whose local copy is not in ``data_dir``."""
-    from im_pipeline.data.sources import REGISTRY
+    """True when the training or test set is a registered dataset whose local copy is neither in ``data_dir`` nor in
+    the per-user data cache."""
+    from im_pipeline.data.sources import REGISTRY, local_copy
 
     for source in (cfg.train, cfg.held_out):
         spec = REGISTRY.get(source) if source else None
-        if spec is not None and (data_dir is None or not spec.local_path or not (data_dir / spec.local_path).is_file()):
+        if spec is not None and local_copy(spec, data_dir) is None:
             return True
     return False
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from im_pipeline import hub
 from im_pipeline.models.common import ModelSourceError, ensure_pad_token, torch_dtype
 from im_pipeline.models.resolve import how_to_provide, resolve_model
 
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
 
 def _wrap_hub_error(source: str, resolved: str, exc: Exception) -> Exception:
     if _is_hub(source, resolved):  # a Hub id used online
-        msg = f"could not load {source!r} from the Hugging Face Hub: {exc}\n"
+        if hub.auth_problem(exc):  # gated (meta-llama/Llama-2-7b-hf) or private: say how to log in
+            return ModelSourceError(hub.auth_message(source, "model"))
+        msg = f"could not load {source!r} from the Hugging Face Hub: {hub.redact_token(str(exc))}\n"
         return ModelSourceError(msg + how_to_provide(source))
     return exc
 
