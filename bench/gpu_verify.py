@@ -65,6 +65,8 @@ def project() -> types.SimpleNamespace:
     get = importlib.import_module
     return types.SimpleNamespace(
         masking=get("im_pipeline.training.masking"),
+        packing=get("im_pipeline.training.packing"),
+        loss_modes=get("im_pipeline.loss_modes"),
         loss=get("im_pipeline.training.loss"),
         generation=get("im_pipeline.evaluation.generation"),
         templates=get("im_pipeline.data.templates"),
@@ -126,8 +128,9 @@ def conversations(n: int, words_per_turn: int) -> list[dict[str, Any]]:
 
 def encoded(p: Any, tok: Any, n: int, words: int, mode: str = "it", max_length: int = 4096) -> list[dict]:
     lam = 0.5 if mode == "weighted" else None
+    loss = p.loss_modes.LossSpec(p.loss_modes.LossMode(mode), prompt_loss_weight=lam)
     return [
-        p.masking.encode_example(r, tok, mode=mode, prompt_loss_weight=lam, template="tulu", max_length=max_length)
+        p.masking.encode_example(r, tok, loss=loss, template="tulu", max_length=max_length)
         for r in conversations(n, words)
     ]
 
@@ -150,7 +153,7 @@ def compute_loss(model: Any, batch: dict, norm: str) -> float:
     wt = trainer_module_or_none()
     fake = types.SimpleNamespace(
         loss_normalisation=norm,
-        kl_coef=0.0,
+        loss_spec=project().loss_modes.OUTPUT_ONLY,
         _denominators=None,
         args=types.SimpleNamespace(world_size=1),
         _neftune_as_padded=lambda *a: contextlib.nullcontext(),
@@ -335,7 +338,7 @@ def phase_padding_free(v: Verify) -> dict[str, Any]:
     cfg = base_config("tiny" if v.dry else "135m")
     examples = encoded(v.p, v.tok, 4 if v.dry else 8, 16 if v.dry else 60, "im")
     padded = v.p.masking.WeightedCollator(v.tok.pad_token_id)(examples)
-    packed = v.p.masking.PaddingFreeCollator(v.tok.pad_token_id)(examples)
+    packed = v.p.packing.PaddingFreeCollator(v.tok.pad_token_id)(examples)
     out: dict[str, Any] = {
         "rows_packed": int(packed["input_ids"].shape[0]),
         "padding_fraction": round(1 - float(padded["attention_mask"].float().mean()), 3),
@@ -436,7 +439,13 @@ def phase_trainer(v: Verify) -> dict[str, Any]:
     )
     examples = encoded(v.p, v.tok, 4 * steps, 16 if v.dry else 60, "im")
     trainer, losses = train_with_trainer(
-        v, model, examples, args, kl_coef=0.1, ref_model=ref, kl_form="full", loss_normalisation="sequence"
+        v,
+        model,
+        examples,
+        args,
+        loss=v.p.loss_modes.LossSpec(v.p.loss_modes.LossMode.im, kl_coef=0.1, kl_form="full"),
+        ref_model=ref,
+        loss_normalisation="sequence",
     )
     moved = [
         float((p.detach().cpu() != norms0[n].cpu()).float().mean()) for n, p in model.named_parameters() if n in norms0
