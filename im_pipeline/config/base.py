@@ -1,5 +1,5 @@
 """What every config section shares: strict validation (unknown keys, inf / nan are errors), names that become
-directory names, the environment variables, the stable hash."""
+directory names, the data directory's resolution, the stable hash."""
 
 from __future__ import annotations
 
@@ -12,19 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
-"""Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
-
-
-TRAIN_LAUNCHER_ENV = "IM_PIPELINE_TRAIN_LAUNCHER"
-"""Environment variable with the default training launcher (``training.launcher`` wins)."""
+from im_pipeline.config.settings import DATA_DIR_ENV, env_setting
 
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid. The message names key, value and allowed values."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Base of every config section: unknown keys, ``inf`` and ``nan`` are errors; assignments are validated."""
+
     # allow_inf_nan=False: ``.inf`` / ``.nan`` (YAML) or ``inf`` (--set) are rejected for every float.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False)
 
@@ -62,7 +59,7 @@ def data_dir_of(
     directory and where it came from (``given_as`` for ``value``), never a silent fall-back to the Hub.
     """
     given = value not in (None, "")
-    raw = value if given else os.environ.get(DATA_DIR_ENV)
+    raw = value if given else env_setting(DATA_DIR_ENV)
     if not raw:
         return None
     path = Path(raw).expanduser().resolve()

@@ -6,17 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from im_pipeline.config.base import (
-    NAME_CHARS,
-    TRAIN_LAUNCHER_ENV,
-    _Strict,
-    check_name,
-)
+from im_pipeline.config.base import NAME_CHARS, Strict, check_name
+from im_pipeline.config.settings import CACHE_ENV, TRAIN_LAUNCHER_ENV
 from im_pipeline.loss_modes import LossMode
 from im_pipeline.runs.layout import RESERVED_NAMES
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     source: str = Field(
         "smollm2-135m-instruct",
         description="Hub id, local directory, .gguf file, or a PyPI-shipped model "
@@ -29,11 +25,11 @@ class ModelConfig(_Strict):
     cache_dir: str | None = Field(
         None,
         description="Where dequantised GGUF / downloaded wheels are cached "
-        "(default: $IM_PIPELINE_CACHE or ~/.cache/im-pipeline).",
+        f"(null: ${CACHE_ENV}, else ~/.cache/im-pipeline, filled in at load).",
     )
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     train: str = Field("lima", description="Training set: a registered name, a local file, or a Hub id.")
     held_out: str | None = Field(
         None,
@@ -88,7 +84,7 @@ class DataConfig(_Strict):
         return self
 
 
-class ArmConfig(_Strict):
+class ArmConfig(Strict):
     name: str = Field(description=f"Arm name, used in paths and reports (e.g. 'IT', 'IM+NEFTune'): {NAME_CHARS}.")
     loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
     prompt_loss_weight: float | None = Field(
@@ -136,7 +132,7 @@ class ArmConfig(_Strict):
         return self
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     epochs: float = Field(2.0, gt=0, description="Training epochs (paper: 2; up to 10 for small sets).")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1 = use epochs).")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
@@ -177,6 +173,6 @@ class TrainingConfig(_Strict):
         None,
         description="Run each training unit under this command prefix, e.g. 'torchrun --nproc_per_node 8' or "
         "'accelerate launch --config_file configs/accelerate/zero3.yaml' (falls back to "
-        f"${TRAIN_LAUNCHER_ENV}; null = in the task's process). The global batch is batch_size × "
+        f"${TRAIN_LAUNCHER_ENV} at load; null = in the task's process). The global batch is batch_size × "
         "gradient_accumulation_steps × processes.",
     )
