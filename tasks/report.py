@@ -12,12 +12,13 @@ from im_pipeline_tasks.common import done
 
 
 @task(name="report", task_run_name="report")
-def report_task(run_root: str, report_dir: str) -> dict[str, Any]:
-    """Build reports/<experiment>/REPORT.md + figures from the run directory's JSON files."""
-    from im_pipeline.report.build import build_report
+def report_task(run_root: str, report_dir: str, replace: bool = False) -> dict[str, Any]:
+    """Build reports/<experiment>/REPORT.md + figures from the run directory's JSON files (:func:`report_unit`;
+    ``replace``: redraw the figures too)."""
+    from im_pipeline.runs.units import report_unit
 
     start = time.perf_counter()
-    result = build_report(Path(run_root), Path(report_dir))
+    result = report_unit(Path(run_root), Path(report_dir), replace=replace)
     return done("report", time.perf_counter() - start, True, **result)
 
 
