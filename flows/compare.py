@@ -173,9 +173,17 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@flow(name="im-compare", flow_run_name=flow_run_name, task_runner=SettingsTaskRunner(), log_prints=False)
+# validate_parameters=False: the config is validated once, by resolve_config (Prefect's validation would turn a
+# mapping into an ExperimentConfig without the environment's settings folded in, or validate a loaded one again).
+@flow(
+    name="im-compare",
+    flow_run_name=flow_run_name,
+    task_runner=SettingsTaskRunner(),
+    log_prints=False,
+    validate_parameters=False,
+)
 def compare_flow(
-    config: ExperimentConfig | dict[str, Any] | str,
+    config: dict[str, Any] | str | ExperimentConfig,
     overrides: list[str] | None = None,
     work_pool: str | None = None,
     force: bool = False,

@@ -221,7 +221,7 @@ def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], ti
     assert im_summary.stat().st_mtime_ns != before[im_summary]
     assert json.loads(im_summary.read_text())["neftune_alpha"] == 5.0
 
-    # a deleted result is recomputed even though Prefect remembers its key
+    # a deleted result is recomputed (its stamp still matches, but the output is gone)
     (root / "IT" / "seed-0" / "eval" / "overfitting.json").unlink()
     fourth = compare_flow(changed)
     assert fourth["timings"]["stages"]["evaluate"]["computed"] == 1
@@ -469,3 +469,20 @@ def test_max_workers_is_read_when_a_flow_run_starts(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("IM_PIPELINE_MAX_WORKERS", "3")
     assert size(compare_flow.task_runner) == size(unit_flow.task_runner) == 3
     assert size(SettingsTaskRunner(2)) == 2  # the config's value, passed by `im-pipeline run`
+
+
+def test_the_flow_resolves_its_config_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A loaded config is taken as it is; a mapping (a deployment's parameter) gets the settings folded in. Prefect
+    does not validate the parameter itself (it would build an ExperimentConfig without the settings)."""
+    from im_pipeline_flows.compare import compare_flow
+    from im_pipeline_flows.records import experiment_name, resolve_config
+
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(tmp_path))
+    assert compare_flow.should_validate_parameters is False
+    assert resolve_config({"name": "x"}).data_dir == str(tmp_path.resolve())
+    loaded = config_from_dict({"name": "x"})
+    assert resolve_config(loaded) is loaded
+    assert resolve_config(loaded, ["seeds=[1]"]).seeds == [1]
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: from-yaml\nseeds: [0]\n")
+    assert experiment_name(str(path)) == "from-yaml" and experiment_name(loaded, ["name=y"]) == "y"
