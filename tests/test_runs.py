@@ -50,9 +50,10 @@ def test_stamps_decide_done_and_stale(tmp_path: Path) -> None:
     assert clear_stale_run(unit.dir, "k2") is True and not unit.dir.exists()  # another key: removed
 
 
-def test_save_steps_and_the_cache_dir_keep_the_training_key() -> None:
-    """A new save_steps (or logging_steps, threads, loggers, model cache) neither retrains nor discards checkpoints
-    (the trainer resumes by the same key); a new learning rate makes the unit stale."""
+def test_one_staleness_decision_save_steps_keeps_the_run(tmp_path: Path) -> None:
+    """The unit key (the only one: the trainer receives it) leaves out what does not change the model: a new
+    save_steps (or logging_steps, threads, loggers) neither retrains nor discards checkpoints; a new learning rate
+    makes the unit stale."""
     from im_pipeline.config import config_from_dict
     from im_pipeline.runs.staleness import train_key, training_identity
 
@@ -65,12 +66,28 @@ def test_save_steps_and_the_cache_dir_keep_the_training_key() -> None:
     same = [
         {"training": {"save_steps": 7, "logging_steps": 3, "threads": 1, "report_to": []}},
         {"model": {"source": "m", "cache_dir": "/elsewhere"}},
-        {"orchestration": {"max_workers": 4}},
     ]
     for change in same:
         assert key(config_from_dict({**base, **change})) == key(a), change
-    assert key(config_from_dict({**base, "training": {"learning_rate": 1e-3}})) != key(a)
+    other = config_from_dict({**base, "training": {"learning_rate": 1e-3}})
+    assert key(other) != key(a)
     assert "save_steps" not in training_identity(a) and "learning_rate" in training_identity(a)
+
+
+def test_workers_and_the_cache_dir_keep_the_keys() -> None:
+    """Settings of how a run executes (concurrent task runs, where models are cached) change no key."""
+    from im_pipeline.config import config_from_dict
+    from im_pipeline.runs.staleness import eval_key, train_key
+
+    a = config_from_dict({"name": "x", "model": {"source": "m", "cache_dir": "/a"}})
+    b = config_from_dict(
+        {"name": "x", "model": {"source": "m", "cache_dir": "/b"}, "orchestration": {"max_workers": 4}}
+    )
+    for cfg in (a, b):
+        assert cfg.settings.cache_dir.name in ("a", "b")
+    ka, kb = (train_key(c, c.arms[0], 0, "h") for c in (a, b))
+    assert ka == kb
+    assert eval_key(a, ka, "mmlu", a.evaluation.mmlu, "h") == eval_key(b, kb, "mmlu", b.evaluation.mmlu, "h")
 
 
 def test_keys_depend_on_the_loaded_config_not_the_process(tmp_path: Path, monkeypatch) -> None:

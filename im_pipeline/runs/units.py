@@ -125,10 +125,10 @@ def train_unit(cfg: ExperimentConfig, job: TrainJob, *, on_wait: Say = None, say
         if launcher:  # torchrun / accelerate launch: one process per device, rank 0 writes the outputs
             from im_pipeline.training.launch import launch
 
-            launch(launcher, cfg, job.arm, job.seed, unit.dir, layout.data)
+            launch(launcher, cfg, job.arm, job.seed, unit.dir, layout.data, key=job.key)
         else:
             train, held_out = seed_data(cfg.data, layout.data, job.seed)
-            train_arm(cfg, cfg.arm(job.arm), job.seed, train, held_out, unit.dir)
+            train_arm(cfg, cfg.arm(job.arm), job.seed, train, held_out, unit.dir, key=job.key)
         write_stamp(unit.dir, "train", job.key)
     return True
 
