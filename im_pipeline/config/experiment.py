@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from im_pipeline.config.base import NAME_CHARS, ConfigError, Strict, check_name, stable_hash
+from im_pipeline.config.base import NAME_CHARS, Strict, check_name, stable_hash
 from im_pipeline.config.evaluation import EvaluationConfig
 from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
 from im_pipeline.config.settings import DATA_DIR_ENV, MAX_WORKERS_ENV, Settings, default_cache_dir
@@ -107,13 +107,6 @@ class ExperimentConfig(Strict):
             if not self.evaluation.overfitting.enabled:
                 raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
         return self
-
-    def check_data_dir(self) -> Path | None:
-        """The data directory, which must exist when one is set (named at once, before any work starts)."""
-        path = self.resolved_data_dir()
-        if path is not None and not path.is_dir():
-            raise ConfigError(f"data directory {path} (from data_dir in the config) does not exist")
-        return path
 
     # -- derived values (from the fields only: loading folded the environment in) -----------------
     @property
