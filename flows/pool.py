@@ -132,7 +132,6 @@ def run_units_on_pool(
     """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.states import Crashed
 
     orch, layout = cfg.orchestration, RunLayout.of(cfg)
     deployment = ensure_unit_deployment(cfg, pool)
@@ -158,29 +157,16 @@ def run_units_on_pool(
         while any(u.final is None for u in runs):
             time.sleep(orch.poll_s)
             for u in (u for u in runs if u.final is None):
-                fr = client.read_flow_run(u.flow_run_id)
-                state = fr.state
-                if state is None:
-                    continue
-                if state.is_running():
-                    dead, msg = verdict(
-                        running_since=parse_time(state.timestamp),
-                        last_heartbeat=_last_heartbeat(client, u.flow_run_id),
-                        now=time.time(),
-                        timeout_s=orch.heartbeat_timeout_s,
-                        evidence=lock_evidence(u.unit, str(u.flow_run_id)),
-                    )
-                    if dead:
-                        log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
-                        client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
-                        state = client.read_flow_run(u.flow_run_id).state
-                if not state.is_final():
+                state = _current_state(client, u, cfg, log)
+                if state is None or not state.is_final():
                     continue
                 u.history.append({"flow_run_id": str(u.flow_run_id), "state": state.name, "message": state.message})
                 if after_final(crashed=state.is_crashed(), attempts=u.attempts, max_attempts=orch.max_attempts) == (
                     "resubmit"
                 ):
-                    log.warning("unit %s: flow run %s crashed (%s); submitting it again", u.name, fr.id, state.message)
+                    log.warning(
+                        "unit %s: flow run %s crashed (%s); submitting it again", u.name, u.flow_run_id, state.message
+                    )
                     submit(u)
                     continue
                 u.final = state.name
@@ -190,6 +176,28 @@ def run_units_on_pool(
                 on_unit_done(done, unit_records)
                 log.info("unit %s: %s after %d flow run(s)", u.name, state.name, u.attempts)
     return records
+
+
+def _current_state(client: Any, u: UnitRun, cfg: ExperimentConfig, log: logging.Logger | Any) -> Any:
+    """The state of the unit's flow run; a ``Running`` one that the library's policy finds dead
+    (:func:`~im_pipeline.runs.resubmit.verdict`) is set to ``Crashed`` first."""
+    from prefect.states import Crashed
+
+    state = client.read_flow_run(u.flow_run_id).state
+    if state is None or not state.is_running():
+        return state
+    dead, msg = verdict(
+        running_since=parse_time(state.timestamp),
+        last_heartbeat=_last_heartbeat(client, u.flow_run_id),
+        now=time.time(),
+        timeout_s=cfg.orchestration.heartbeat_timeout_s,
+        evidence=lock_evidence(u.unit, str(u.flow_run_id)),
+    )
+    if not dead:
+        return state
+    log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
+    client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
+    return client.read_flow_run(u.flow_run_id).state
 
 
 def _unit_records(u: UnitRun, state: Any) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Task options shared by the wrappers: retries only on I/O, run names, what every task returns.
 
-Prefect caches nothing here: a task always starts and asks its unit (:mod:`im_pipeline.runs.units`), which decides
-by the unit's key and stamp whether there is anything to do (a done unit returns at once, ``computed`` False)."""
+Prefect caches nothing here (every task has ``cache_policy=NO_CACHE``, so Prefect does not even hash its inputs):
+a task always starts and asks its unit (:mod:`im_pipeline.runs.units`), which decides by the unit's key and stamp
+whether there is anything to do (a done unit returns at once, ``computed`` False)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.evaluation.common import ModelCache
@@ -15,6 +16,7 @@ from im_pipeline_tasks.common import done, retry_on_io, unit_name
 
 @task(
     name="evaluate",
+    cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=30,
     retry_condition_fn=retry_on_io,

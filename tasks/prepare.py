@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.runs.units import prepare_unit
@@ -14,6 +15,7 @@ from im_pipeline_tasks.common import done, retry_on_io
 
 @task(
     name="prepare-data",
+    cache_policy=NO_CACHE,
     task_run_name="prepare data",
     retries=2,
     retry_delay_seconds=10,

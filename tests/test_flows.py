@@ -486,3 +486,17 @@ def test_the_flow_resolves_its_config_once(monkeypatch: pytest.MonkeyPatch, tmp_
     path = tmp_path / "exp.yaml"
     path.write_text("name: from-yaml\nseeds: [0]\n")
     assert experiment_name(str(path)) == "from-yaml" and experiment_name(loaded, ["name=y"]) == "y"
+
+
+def test_prefect_caches_no_task() -> None:
+    """Whether a unit is done is the unit layer's question alone: no task has a Prefect cache policy, key
+    function or persisted result that could answer it (or hash the unit's model cache, which cannot be hashed)."""
+    from prefect.cache_policies import NO_CACHE
+
+    from im_pipeline_tasks.evaluate import evaluate_task
+    from im_pipeline_tasks.prepare import prepare_data_task
+    from im_pipeline_tasks.report import report_task, save_results_task
+    from im_pipeline_tasks.train import train_task
+
+    for t in (prepare_data_task, train_task, evaluate_task, report_task, save_results_task):
+        assert (t.cache_policy, t.cache_key_fn, t.persist_result) == (NO_CACHE, None, None), t.name
