@@ -242,6 +242,7 @@ def _compare(cfg: ExperimentConfig, pool: str | None, rerun: frozenset[str], com
     # 3. timings, then the report, built once (it must see all results; cheap)
     entry = timing_entry(records, started, cfg.settings.max_workers)
     entry["flow_run"] = {"name": runtime.flow_run.name, "id": runtime.flow_run.id, "url": flow_run_url()}
+    entry["stages"]["report"]["seconds"] = None  # the report shows "–": it is being written
     entry["total_seconds"] = round(time.perf_counter() - t0, 3)  # up to writing the report
     if command_started is not None:  # the command's total up to writing the report, Prefect's start-up included
         entry["command_seconds"] = round(time.time() - command_started, 3)
