@@ -213,7 +213,8 @@ def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], ti
     root = first_run["root"]
     it_summary, im_summary = (root / a / "seed-0" / "train_summary.json" for a in ("IT", "IM"))
     before = {p: p.stat().st_mtime_ns for p in (it_summary, im_summary)}
-    changed = tiny_config(first_run["tmp"], tiny_model_dir, neftune_alpha=5.0)
+    im = {"name": "IM", "loss_mode": "im", "neftune_alpha": 5.0}
+    changed = {**first_run["cfg"], "arms": [first_run["cfg"]["arms"][0], im]}
     third = compare_flow(changed)
     st = third["timings"]["stages"]
     assert st["train"]["computed"] == 1 and st["evaluate"]["computed"] == 1
