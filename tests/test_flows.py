@@ -207,7 +207,7 @@ def test_force_and_rerun_replace_units_whose_stamps_match(first_run: dict[str, A
 
 
 @pytest.mark.slow
-def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], tiny_model_dir: Path) -> None:
+def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any]) -> None:
     from im_pipeline_flows.compare import compare_flow
 
     root = first_run["root"]
