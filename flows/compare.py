@@ -3,12 +3,14 @@
 Wiring only: the work is done by the library (``im_pipeline.runs.units``) through the thin tasks in ``tasks/``. A
 **unit** is what one worker can do on its own: one (arm, seed) — its training, then all its evaluations — or the
 base model's evaluations. Without a work pool the parent flow submits every unit's task runs to its own task runner
-(in this process, as many at a time as ``IM_PIPELINE_MAX_WORKERS``). With ``--work-pool NAME`` (or
-``orchestration.work_pool``) each unit is its own flow run of :func:`unit_flow` on that Prefect work pool
-(``flows/pool.py`` submits, watches and resubmits them); the workers write under the parent's run root (an absolute
-path on a shared filesystem) and the parent builds the one report. Caching: every unit has one key
-(``im_pipeline.runs.staleness``) — a re-run of an unchanged experiment recomputes only the report, editing one arm
-recomputes only that arm, and a killed run resumes from the checkpoints it left.
+(in this process, as many at a time as ``orchestration.max_workers``, see :class:`SettingsTaskRunner`). With
+``--work-pool NAME`` (or ``orchestration.work_pool``) each unit is its own flow run of :func:`unit_flow` on that
+Prefect work pool (``flows/pool.py`` submits, watches and resubmits them); the workers write under the parent's run
+root (an absolute path on a shared filesystem) and the parent builds the one report. Whether a unit is done is
+decided by the unit layer alone (its key and stamp, ``im_pipeline.runs``): every task starts, and a done unit
+returns at once. A re-run of an unchanged experiment recomputes only the report, editing one arm recomputes only
+that arm, a killed run resumes from the checkpoints it left, and ``force`` / ``rerun`` (``im-pipeline run --force``
+/ ``--rerun STAGE``) replace units on purpose.
 
 ``im-pipeline run CONFIG`` (``flows/cli/run.py``) runs :func:`compare_flow` in-process against Prefect's ephemeral
 local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set, against that server.
@@ -34,7 +36,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from im_pipeline.config import ExperimentConfig, write_resolved_config
+from im_pipeline.config import ExperimentConfig, default_max_workers, write_resolved_config
 from im_pipeline.evaluation.common import ModelCache
 from im_pipeline.evaluation.specs import run_order
 from im_pipeline.locking import unit_lock
@@ -43,7 +45,7 @@ from im_pipeline.report.prefect_ui import for_prefect_ui
 from im_pipeline.runs.layout import BASE_ARM, RunLayout
 from im_pipeline.runs.staleness import data_key
 from im_pipeline.runs.timings import format_timings, save_timings, timing_entry
-from im_pipeline.runs.units import data_done, eval_done, jobs_of, train_done
+from im_pipeline.runs.units import jobs_of, rerun_stages
 from im_pipeline_flows.records import (
     TaskRunsFailed,
     failed,
@@ -60,9 +62,26 @@ from im_pipeline_tasks.prepare import prepare_data_task
 from im_pipeline_tasks.report import report_task, save_results_task
 from im_pipeline_tasks.train import train_task
 
-MAX_WORKERS = int(os.environ.get("IM_PIPELINE_MAX_WORKERS", "1"))
-"""Concurrent task runs in one flow process, read at import. 1 on a CPU box (runs would fight for the cores);
-raise it on a multi-GPU machine; across machines use a work pool (``--work-pool``, docs/scale_out.md)."""
+
+class SettingsTaskRunner(ThreadPoolTaskRunner):
+    """Prefect's thread-pool task runner, sized when a flow run starts: ``max_workers`` when given (``im-pipeline
+    run`` passes the loaded config's ``orchestration.max_workers``), else the settings' default at that moment
+    (``$IM_PIPELINE_MAX_WORKERS``, else 1: a deployment's or a pool worker's flow run)."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        super().__init__(max_workers=max_workers or 1)
+        self.requested = max_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def duplicate(self) -> SettingsTaskRunner:
+        return type(self)(self.requested)
+
+    def __enter__(self) -> SettingsTaskRunner:
+        self._max_workers = self.requested or default_max_workers()
+        return super().__enter__()
 
 
 def units_of(cfg: ExperimentConfig, data_hash: str | None) -> list[tuple[str, int | None]]:
@@ -72,23 +91,29 @@ def units_of(cfg: ExperimentConfig, data_hash: str | None) -> list[tuple[str, in
 
 
 def submit_unit(
-    cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None, models: ModelCache
+    cfg: ExperimentConfig,
+    arm: str,
+    seed: int | None,
+    data_hash: str | None,
+    models: ModelCache,
+    rerun: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Submit one unit's task runs to the current flow run's task runner: train (an arm) → every benchmark.
 
     ``models`` is the unit's own model cache: its benchmarks load the model once, and no other unit sees it.
+    ``rerun``: the stages / benchmarks to replace (:func:`~im_pipeline.runs.units.rerun_stages`).
     Returns ``{"train/<arm>/<seed>": future, "evaluate/<arm>/<seed>/<benchmark>": future, ...}``.
     """
-    train, evals = jobs_of(cfg, arm, seed, data_hash)
+    train, evals = jobs_of(cfg, arm, seed, data_hash, rerun)
     futures: dict[str, Any] = {}
     after = None
-    if train is not None:  # refresh_cache: Prefect's cache is not trusted once the output is gone
-        after = train_task.with_options(refresh_cache=not train_done(cfg, train)).submit(cfg, train)
+    if train is not None:
+        after = train_task.submit(cfg, train)
         futures[f"train/{arm}/{seed}"] = after
     for job in evals:
-        futures[f"evaluate/{arm}/{seed}/{job.benchmark}"] = evaluate_task.with_options(
-            refresh_cache=not eval_done(cfg, job)
-        ).submit(cfg, job, models, wait_for=[after] if after is not None else None)
+        futures[f"evaluate/{arm}/{seed}/{job.benchmark}"] = evaluate_task.submit(
+            cfg, job, models, wait_for=[after] if after is not None else None
+        )
     if cfg.save_results:  # this unit's result files beside the report as soon as it ends (resumable, committable)
         layout = RunLayout.of(cfg)
         futures[f"results/{arm}/{seed}"] = save_results_task.submit(
@@ -97,16 +122,18 @@ def submit_unit(
     return futures
 
 
-@flow(
-    name="im-unit",
-    flow_run_name="unit-{arm}-seed-{seed}",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
-    log_prints=False,
-)
-def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_hash: str | None = None) -> Any:
+@flow(name="im-unit", flow_run_name="unit-{arm}-seed-{seed}", task_runner=SettingsTaskRunner(), log_prints=False)
+def unit_flow(
+    config: dict[str, Any],
+    arm: str,
+    seed: int | None = None,
+    data_hash: str | None = None,
+    rerun: list[str] | None = None,
+) -> Any:
     """One unit as its own flow run (on a work pool's worker): train ``arm`` with ``seed`` (unless ``arm`` is
     ``base``) and run every enabled benchmark on it. ``config`` is the parent's resolved config with an absolute
-    ``output_dir``; ``data_hash`` the prepared data's content hash. Writes the unit's flow record."""
+    ``output_dir``; ``data_hash`` the prepared data's content hash; ``rerun`` the parent's ``--rerun`` stages.
+    Writes the unit's flow record."""
     from prefect.runtime import flow_run
 
     started_at = _utc_now()
@@ -129,7 +156,7 @@ def unit_flow(config: dict[str, Any], arm: str, seed: int | None = None, data_ha
         write_json(unit.flow_record, result)
         models = ModelCache()
         with tags(*run_tags(cfg)):
-            futures = submit_unit(cfg, arm, seed, data_hash, models)
+            futures = submit_unit(cfg, arm, seed, data_hash, models, rerun_stages(rerun or ()))
             records = {name: record(f) for name, f in futures.items()}
         models.clear()
         result |= {"finished_at": _utc_now(), "records": records, "failed": failed(records)}
@@ -146,49 +173,59 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# validate_parameters=False: the config is validated once, by resolve_config (Prefect's validation would turn a
+# mapping into an ExperimentConfig without the environment's settings folded in, or validate a loaded one again).
 @flow(
     name="im-compare",
     flow_run_name=flow_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+    task_runner=SettingsTaskRunner(),
     log_prints=False,
+    validate_parameters=False,
 )
 def compare_flow(
-    config: dict[str, Any] | str, overrides: list[str] | None = None, work_pool: str | None = None
+    config: dict[str, Any] | str | ExperimentConfig,
+    overrides: list[str] | None = None,
+    work_pool: str | None = None,
+    force: bool = False,
+    rerun: list[str] | None = None,
+    command_started: float | None = None,
 ) -> dict[str, Any]:
     """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary.
 
-    ``work_pool`` (else ``orchestration.work_pool``): run each unit as a flow run on that Prefect work pool.
+    ``config``: a loaded config (``im-pipeline run`` passes it: validated once), a mapping or a YAML path (a
+    deployment's parameter). ``work_pool`` (else ``orchestration.work_pool``): run each unit as a flow run on that
+    Prefect work pool. ``force`` / ``rerun``: recompute every unit / those stages or benchmarks even when their
+    stamps match. ``command_started``: the ``time.time()`` at which the command started, for the report's command
+    total.
 
     When a task run fails, the report is still written (it lists each failure with its error) and then
     the flow run ends Failed; its result is a :class:`TaskRunsFailed` carrying the same summary.
     """
     cfg = resolve_config(config, overrides)
+    replace = rerun_stages(rerun or (), force=force)
     with tags(*run_tags(cfg)):  # every task run carries them too
-        return _compare(cfg, work_pool or cfg.orchestration.work_pool)
+        return _compare(cfg, work_pool or cfg.orchestration.work_pool, replace, command_started)
 
 
-def _compare(cfg: ExperimentConfig, pool: str | None) -> Any:
+def _compare(cfg: ExperimentConfig, pool: str | None, rerun: frozenset[str], command_started: float | None) -> Any:
     t0, started = time.perf_counter(), time.time()
     log = get_run_logger()
-    cfg.check_data_dir()
     tag_flow_run(run_tags(cfg))
     layout = RunLayout.of(cfg)
-    data_dir = cfg.resolved_data_dir()
     log.info(
-        "experiment %s: arms %s, seeds %s, benchmarks %s, units %s",
+        "experiment %s: arms %s, seeds %s, benchmarks %s, units %s%s",
         cfg.name,
         [a.name for a in cfg.arms],
         cfg.seeds,
         [b for b in run_order() if getattr(cfg.evaluation, b).enabled],
         f"on work pool {pool!r}" if pool else "in this process",
+        f", replacing {sorted(rerun)}" if rerun else "",
     )
 
     # 1. data (the training keys depend on its content, so wait for it)
-    dkey = data_key(cfg)
-    prep_future = prepare_data_task.with_options(refresh_cache=not data_done(cfg, dkey)).submit(cfg, dkey)
+    prep_future = prepare_data_task.submit(cfg, data_key(cfg), "data" in rerun)
     prepared = prep_future.result()
-    # after the data: a malformed input writes nothing
-    write_resolved_config(cfg, layout.root, resolved_data_dir=str(data_dir) if data_dir else None)
+    write_resolved_config(cfg, layout.root)  # after the data: a malformed input writes nothing
     data_hash = prepared["data_hash"]
     if prepared.get("unavailable"):
         log.warning(
@@ -200,7 +237,33 @@ def _compare(cfg: ExperimentConfig, pool: str | None) -> Any:
         log.error("nothing to do: no training data and evaluation.evaluate_base is false")
 
     # 2. the units: in this process (task runs on this flow's runner), or as flow runs on the work pool
-    records: dict[str, dict[str, Any]] = {"prepare/data": record(prep_future)}
+    records = {"prepare/data": record(prep_future)} | _run_units(cfg, units, data_hash, pool, rerun, log)
+
+    # 3. timings, then the report, built once (it must see all results; cheap)
+    entry = timing_entry(records, started, cfg.settings.max_workers)
+    entry["flow_run"] = {"name": runtime.flow_run.name, "id": runtime.flow_run.id, "url": flow_run_url()}
+    entry["stages"]["report"]["seconds"] = None  # the report shows "–": it is being written
+    entry["total_seconds"] = round(time.perf_counter() - t0, 3)  # up to writing the report
+    if command_started is not None:  # the command's total up to writing the report, Prefect's start-up included
+        entry["command_seconds"] = round(time.time() - command_started, 3)
+    save_timings(layout, entry)
+    rep = report_task.submit(str(layout.root), str(Path(cfg.report_dir) / cfg.name), "report" in rerun).result()
+    entry["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
+    entry["total_seconds"] = round(time.perf_counter() - t0, 3)
+    save_timings(layout, entry)
+    _publish(cfg, rep)
+    return _summary(cfg, layout, rep, records, entry, pool, log)
+
+
+def _run_units(
+    cfg: ExperimentConfig,
+    units: list[tuple[str, int | None]],
+    data_hash: str | None,
+    pool: str | None,
+    rerun: frozenset[str],
+    log: Any,
+) -> dict[str, dict[str, Any]]:
+    """Every unit's task records, with a progress artifact: on the work pool, or on this flow's task runner."""
     progress_id = create_progress_artifact(
         progress=0.0, key=f"{slug(cfg.name)}-progress", description=f"{cfg.name}: {len(units)} units"
     )
@@ -210,27 +273,18 @@ def _compare(cfg: ExperimentConfig, pool: str | None) -> Any:
         def on_unit_done(i: int, unit_records: dict[str, dict[str, Any]]) -> None:
             update_progress_artifact(progress_id, progress=100.0 * i / max(len(units), 1))
 
-        records |= run_units_on_pool(cfg, units, data_hash, pool, on_unit_done, log)
-    else:
-        futures: dict[str, Any] = {}
-        for arm, seed in units:
-            futures |= submit_unit(cfg, arm, seed, data_hash, ModelCache())
-        total = max(len(futures), 1)
-        for i, _ in enumerate(as_completed(list(futures.values())), start=1):
-            update_progress_artifact(progress_id, progress=100.0 * i / total)
-        records |= {name: record(f) for name, f in futures.items()}
+        return run_units_on_pool(cfg, units, data_hash, pool, on_unit_done, log, rerun)
+    futures: dict[str, Any] = {}
+    for arm, seed in units:
+        futures |= submit_unit(cfg, arm, seed, data_hash, ModelCache(), rerun)
+    total = max(len(futures), 1)
+    for i, _ in enumerate(as_completed(list(futures.values())), start=1):
+        update_progress_artifact(progress_id, progress=100.0 * i / total)
+    return {name: record(f) for name, f in futures.items()}
 
-    # 3. timings so far, then the report (always rebuilt: cheap, and it must see all results)
-    entry = timing_entry(records, started, MAX_WORKERS)
-    entry["flow_run"] = {"name": runtime.flow_run.name, "id": runtime.flow_run.id, "url": flow_run_url()}
-    entry["total_seconds"] = round(time.perf_counter() - t0, 3)  # so far; updated after the report
-    save_timings(layout, entry)
-    rep = report_task.submit(str(layout.root), str(Path(cfg.report_dir) / cfg.name)).result()
-    entry["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
-    entry["total_seconds"] = round(time.perf_counter() - t0, 3)
-    save_timings(layout, entry)
 
-    # 4. results in the UI
+def _publish(cfg: ExperimentConfig, rep: dict[str, Any]) -> None:
+    """The report (figures inlined) and the comparison table as Prefect artifacts."""
     key = slug(cfg.name)
     report = Path(rep["report"])
     create_markdown_artifact(
@@ -240,6 +294,18 @@ def _compare(cfg: ExperimentConfig, pool: str | None) -> Any:
     )
     if rep.get("table"):
         create_table_artifact(rep["table"], key=f"{key}-comparison", description="benchmark × arm (mean ± stderr)")
+
+
+def _summary(
+    cfg: ExperimentConfig,
+    layout: RunLayout,
+    rep: dict[str, Any],
+    records: dict[str, dict[str, Any]],
+    entry: dict[str, Any],
+    pool: str | None,
+    log: Any,
+) -> Any:
+    """The flow's result: the run summary, or a Failed state carrying it when task runs failed."""
     failures = failed(records)
     summary = {
         "experiment": cfg.name,

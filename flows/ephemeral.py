@@ -11,11 +11,19 @@ exit.
 
 It must be started from the main thread: ``PR_SET_PDEATHSIG`` fires when the *thread* that created the
 child exits, and the main thread lives as long as the process.
+
+The override repeats a private Prefect method, so it is used only where it was verified: :data:`VERIFIED` maps each
+Prefect version to the SHA-256 of that method's source there (:func:`verified`). On any other Prefect version, or
+when the method's source differs, a warning says so and Prefect starts its own (unbound) server as usual;
+``tests/test_prefect_server.py`` fails when the installed Prefect is not verified, so an upgrade is checked here.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import inspect
+import logging
 import os
 import signal
 import subprocess
@@ -28,6 +36,22 @@ from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings
 
 _PR_SET_PDEATHSIG = 1
+
+VERIFIED = {"3.8.8": "ade91366329f9f14fa49035c1801a6f63c240e439adb65efef67a96ce3f524c6"}
+"""Prefect versions whose ``SubprocessASGIServer._run_uvicorn_command`` :class:`BoundEphemeralServer` repeats:
+version → SHA-256 of the method's source (``inspect.getsource``)."""
+
+log = logging.getLogger(__name__)
+
+
+def source_hash() -> str:
+    """SHA-256 of the installed Prefect's ``SubprocessASGIServer._run_uvicorn_command`` source."""
+    return hashlib.sha256(inspect.getsource(SubprocessASGIServer._run_uvicorn_command).encode()).hexdigest()
+
+
+def verified() -> bool:
+    """True when the installed Prefect is a version the override was verified on, with the same method source."""
+    return VERIFIED.get(prefect.__version__) == source_hash()
 
 
 def _die_with_parent(parent: int) -> Any:
@@ -80,6 +104,14 @@ def start_bound_ephemeral_server() -> BoundEphemeralServer | None:
         return None
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None  # Prefect starts its own, unbound, server on first use
+    if not verified():
+        log.warning(
+            "Prefect %s is not a version the ephemeral-server override was verified on (%s): using Prefect's own "
+            "server, which may outlive this process if it is killed",
+            prefect.__version__,
+            ", ".join(VERIFIED),
+        )
+        return None
     server = BoundEphemeralServer()  # registered under port None: what Prefect's clients look up
     if not isinstance(server, BoundEphemeralServer):  # Prefect already started one in this process
         return None

@@ -12,8 +12,10 @@ at least 30 s, emitted by the flow run's engine as ``prefect.flow-run.heartbeat`
 automation that marks silent runs ``Crashed`` (Prefect 3.8.8's server has no such service of its own; Prefect
 Cloud's "unresponsive run detection" is that automation). The parent does that detection itself, so it works on any
 server: a unit flow run still ``Running`` with no heartbeat for ``orchestration.heartbeat_timeout_s`` is set to
-``Crashed``, at once when the unit's own lock shows its process is gone (:func:`lock_evidence`, for units on this
-host), and never while the unit still holds that lock (heartbeats are late on a loaded machine).
+``Crashed``, at once when the unit's own lock shows its process is gone, and never while the unit still holds that
+lock (heartbeats are late on a loaded machine). Those decisions are policy, made in the library
+(:mod:`im_pipeline.runs.resubmit`: ``lock_evidence``, ``verdict``, ``after_final``); this module makes the Prefect
+calls.
 A ``Crashed`` unit (by us, the worker, or an automation) is submitted again, up to
 ``orchestration.max_attempts`` flow runs. The new run resumes from the unit's last Trainer checkpoint and skips
 every finished output (the stamps of ``im_pipeline/runs/staleness.py``); the per-unit locks
@@ -28,12 +30,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.runs.layout import RunLayout, UnitLayout
+from im_pipeline.runs.resubmit import after_final, lock_evidence, parse_time, verdict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UNIT_FLOW = "im-unit"
@@ -73,20 +75,15 @@ def ensure_unit_deployment(cfg: ExperimentConfig, pool: str) -> str:
     return f"{UNIT_FLOW}/{name}"
 
 
-def unit_parameters(cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None) -> dict[str, Any]:
-    """The unit flow's parameters: the parent's config with absolute paths (workers may start elsewhere)."""
+def unit_parameters(
+    cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None, rerun: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The unit flow's parameters: the parent's resolved config (its settings: the data directory, launcher, model
+    cache, already absolute) with an absolute ``output_dir`` (workers may start elsewhere), and ``--rerun``."""
     data = cfg.to_dict()
     data["output_dir"] = str(Path(cfg.output_dir).resolve())
-    data_dir = cfg.resolved_data_dir()
-    data["data_dir"] = str(data_dir) if data_dir else None
     data["orchestration"]["work_pool"] = None  # a unit never fans out again
-    return {"config": data, "arm": arm, "seed": seed, "data_hash": data_hash}
-
-
-def _parse_time(value: Any) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    return {"config": data, "arm": arm, "seed": seed, "data_hash": data_hash, "rerun": sorted(rerun)}
 
 
 class UnitRun:
@@ -115,54 +112,7 @@ def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
         ),
         limit=1,
     )
-    return _parse_time(page.events[0].occurred) if page.events else None
-
-
-def lock_evidence(unit: UnitLayout, flow_run_id: str) -> str:
-    """What the unit's files say about flow run ``flow_run_id``: ``alive``, ``dead``, ``finished`` or ``unknown``.
-
-    The unit flow holds ``unit.flow_lock`` while it runs and records itself in its ``unit.flow_record``
-    (``finished_at`` None) once it has the lock. That run's record with the lock free and no ``finished_at``
-    means its process is gone: the kernel released the lock (``kill -9``, a lost node's processes). Trusted
-    only when the unit ran on this host (flock does not reach other hosts on every filesystem); otherwise
-    ``unknown`` (heartbeats decide).
-    """
-    import socket
-
-    from im_pipeline.locking import is_held
-
-    path = unit.flow_record
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "unknown"
-    if record.get("flow_run_id") != flow_run_id:
-        return "unknown"  # not started yet (or still waiting for an older run's lock)
-    if record.get("finished_at"):
-        return "finished"
-    if record.get("host") != socket.gethostname():
-        return "unknown"
-    return "alive" if is_held(unit.flow_lock) else "dead"
-
-
-def verdict(
-    *, running_since: float, last_heartbeat: float | None, now: float, timeout_s: float, evidence: str
-) -> tuple[bool, str]:
-    """Whether a ``Running`` unit flow run is dead, and why.
-
-    ``evidence`` from :func:`lock_evidence`: ``dead`` decides at once, ``alive`` / ``finished`` keep it (its
-    heartbeats may only be late: a loaded machine delays them), ``unknown`` leaves it to the heartbeats: silent
-    for more than ``timeout_s`` since the last one (or since it started running, if none came) means dead.
-    """
-    if evidence == "dead":
-        return True, "holds no unit lock and did not finish: its process is gone"
-    if evidence in ("alive", "finished"):
-        return False, evidence
-    silent = now - max(running_since, last_heartbeat or running_since)
-    if silent > timeout_s:
-        what = "since its last heartbeat" if last_heartbeat else "and no heartbeat since it started running"
-        return True, f"silent for {silent:.0f} s {what} (> {timeout_s:g} s): presumed dead"
-    return False, f"last sign of life {silent:.0f} s ago"
+    return parse_time(page.events[0].occurred) if page.events else None
 
 
 def run_units_on_pool(
@@ -172,6 +122,7 @@ def run_units_on_pool(
     pool: str,
     on_unit_done: Callable[[int, dict[str, dict[str, Any]]], None],
     log: logging.Logger | Any,
+    rerun: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
     """Run every unit as a flow run on ``pool``, wait for all, resubmit crashed or silent ones.
 
@@ -181,11 +132,10 @@ def run_units_on_pool(
     """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.states import Crashed
 
     orch, layout = cfg.orchestration, RunLayout.of(cfg)
     deployment = ensure_unit_deployment(cfg, pool)
-    runs = [UnitRun(a, s, unit_parameters(cfg, a, s, data_hash), layout.unit(a, s)) for a, s in units]
+    runs = [UnitRun(a, s, unit_parameters(cfg, a, s, data_hash, rerun), layout.unit(a, s)) for a, s in units]
 
     def submit(u: UnitRun) -> None:
         u.attempts += 1
@@ -207,27 +157,16 @@ def run_units_on_pool(
         while any(u.final is None for u in runs):
             time.sleep(orch.poll_s)
             for u in (u for u in runs if u.final is None):
-                fr = client.read_flow_run(u.flow_run_id)
-                state = fr.state
-                if state is None:
-                    continue
-                if state.is_running():
-                    dead, msg = verdict(
-                        running_since=_parse_time(state.timestamp),
-                        last_heartbeat=_last_heartbeat(client, u.flow_run_id),
-                        now=time.time(),
-                        timeout_s=orch.heartbeat_timeout_s,
-                        evidence=lock_evidence(u.unit, str(u.flow_run_id)),
-                    )
-                    if dead:
-                        log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
-                        client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
-                        state = client.read_flow_run(u.flow_run_id).state
-                if not state.is_final():
+                state = _current_state(client, u, cfg, log)
+                if state is None or not state.is_final():
                     continue
                 u.history.append({"flow_run_id": str(u.flow_run_id), "state": state.name, "message": state.message})
-                if state.is_crashed() and u.attempts < orch.max_attempts:
-                    log.warning("unit %s: flow run %s crashed (%s); submitting it again", u.name, fr.id, state.message)
+                if after_final(crashed=state.is_crashed(), attempts=u.attempts, max_attempts=orch.max_attempts) == (
+                    "resubmit"
+                ):
+                    log.warning(
+                        "unit %s: flow run %s crashed (%s); submitting it again", u.name, u.flow_run_id, state.message
+                    )
                     submit(u)
                     continue
                 u.final = state.name
@@ -237,6 +176,28 @@ def run_units_on_pool(
                 on_unit_done(done, unit_records)
                 log.info("unit %s: %s after %d flow run(s)", u.name, state.name, u.attempts)
     return records
+
+
+def _current_state(client: Any, u: UnitRun, cfg: ExperimentConfig, log: logging.Logger | Any) -> Any:
+    """The state of the unit's flow run; a ``Running`` one that the library's policy finds dead
+    (:func:`~im_pipeline.runs.resubmit.verdict`) is set to ``Crashed`` first."""
+    from prefect.states import Crashed
+
+    state = client.read_flow_run(u.flow_run_id).state
+    if state is None or not state.is_running():
+        return state
+    dead, msg = verdict(
+        running_since=parse_time(state.timestamp),
+        last_heartbeat=_last_heartbeat(client, u.flow_run_id),
+        now=time.time(),
+        timeout_s=cfg.orchestration.heartbeat_timeout_s,
+        evidence=lock_evidence(u.unit, str(u.flow_run_id)),
+    )
+    if not dead:
+        return state
+    log.warning("unit %s: flow run %s %s", u.name, u.flow_run_id, msg)
+    client.set_flow_run_state(u.flow_run_id, Crashed(message=msg), force=True)
+    return client.read_flow_run(u.flow_run_id).state
 
 
 def _unit_records(u: UnitRun, state: Any) -> dict[str, dict[str, Any]]:

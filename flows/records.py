@@ -13,11 +13,31 @@ from prefect import runtime
 from im_pipeline.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
 
 
-def resolve_config(config: dict[str, Any] | str, overrides: list[str] | None = None) -> ExperimentConfig:
-    """A config from a YAML path or a dict (a deployment's parameter), with ``key=value`` overrides."""
+def resolve_config(
+    config: ExperimentConfig | dict[str, Any] | str, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """The flow's config: a loaded one as it is (``im-pipeline run`` validated it), else from a YAML path or a
+    mapping (a deployment's parameter), with ``key=value`` overrides, validated once."""
+    if isinstance(config, ExperimentConfig) and not overrides:
+        return config
+    if isinstance(config, ExperimentConfig):
+        return config_from_dict(apply_overrides(config.to_dict(), overrides or []), "<flow parameter>")
     if isinstance(config, str):
         return load_config(config, overrides)
     return config_from_dict(apply_overrides(config, overrides or []), "<flow parameter>")
+
+
+def experiment_name(config: ExperimentConfig | dict[str, Any] | str, overrides: list[str] | None = None) -> str:
+    """The experiment's name, read without validating the config (validation happens once, in the flow)."""
+    from im_pipeline.config.loading import yaml_load
+
+    if isinstance(config, ExperimentConfig):
+        data: Any = config.to_dict()
+    elif isinstance(config, str):
+        data = yaml_load(Path(config).read_text(encoding="utf-8"))
+    else:
+        data = config
+    return str(apply_overrides(data, overrides or []).get("name"))
 
 
 def slug(text: str) -> str:
@@ -32,17 +52,15 @@ def record(fut: Any) -> dict[str, Any]:
     state = fut.state
     info: dict[str, Any] = {"state": state.name}
     if state.is_completed():
-        res = fut.result()
-        cached = state.name == "Cached" or not res.get("computed", True)
-        info.update(res, computed=not cached, seconds=0.0 if state.name == "Cached" else res["seconds"])
+        info.update(fut.result())  # "computed": False when the unit was already done (its key and stamp)
     else:
         info["error"] = error_text(state)
     return info
 
 
 def failed(records: dict[str, dict[str, Any]]) -> list[str]:
-    """The task runs (by record name) that neither completed nor came from the cache."""
-    return sorted(name for name, r in records.items() if r["state"] not in ("Completed", "Cached"))
+    """The task runs (by record name) that did not complete."""
+    return sorted(name for name, r in records.items() if r["state"] != "Completed")
 
 
 def error_text(state: Any) -> str:
@@ -82,8 +100,8 @@ def flow_run_name() -> str:
     """``<experiment> <UTC time>``: the flow run's name in the UI (instead of a random one)."""
     params = runtime.flow_run.parameters
     try:
-        name = resolve_config(params["config"], params.get("overrides")).name
-    except Exception:  # an invalid config fails inside the flow, with its message; the name must not
+        name = experiment_name(params["config"], params.get("overrides"))
+    except Exception:  # an unreadable config fails inside the flow, with its message; the name must not
         name = "im-compare"
     return f"{name} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
 

@@ -17,8 +17,8 @@ server runs no scheduler, so a cron would never fire).
   running they wait (and show as Late).
 
 Both pass the config *path* (plus ``--set`` overrides) as the flow parameter, so each scheduled run
-reads the current file: edit the config and the next nightly run picks it up, while the task cache
-keeps everything that did not change.
+reads the current file (and resolves its settings in the process that runs it): edit the config and the next
+nightly run picks it up, while every unit that did not change is skipped (its key and stamp).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Task options shared by the wrappers: result persistence for the cache, retries only on I/O."""
+"""Task options shared by the wrappers: retries only on I/O, run names, what every task returns.
+
+Prefect caches nothing here (every task has ``cache_policy=NO_CACHE``, so Prefect does not even hash its inputs):
+a task always starts and asks its unit (:mod:`im_pipeline.runs.units`), which decides by the unit's key and stamp
+whether there is anything to do (a done unit returns at once, ``computed`` False)."""
 
 from __future__ import annotations
 
@@ -55,18 +59,3 @@ def unit_name(prefix: str) -> Any:
         return " ".join(str(x) for x in parts if x)
 
     return name
-
-
-def prefect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect ``cache_key_fn``: the task's name, the unit's own key (:mod:`im_pipeline.runs.staleness`) and a hash
-    of where the unit writes (the same config in two output directories is two units)."""
-    from im_pipeline.config import stable_hash
-    from im_pipeline.runs.layout import RunLayout
-
-    name = context.task.name if context is not None else "task"
-    layout, job = RunLayout.of(parameters["cfg"]), parameters.get("job")
-    if job is None:  # data preparation
-        key, extra, where = parameters["key"], "", layout.data
-    else:
-        key, extra, where = job.key, getattr(job, "benchmark", ""), layout.unit(job.arm, job.seed).dir
-    return f"im-pipeline-{name}-{extra}-{key}-{stable_hash(str(where.resolve()), 8)}"

@@ -6,17 +6,17 @@ import time
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.evaluation.common import ModelCache
 from im_pipeline.runs.units import EvalJob, evaluate_unit
-from im_pipeline_tasks.common import done, prefect_cache_key, retry_on_io, unit_name
+from im_pipeline_tasks.common import done, retry_on_io, unit_name
 
 
 @task(
     name="evaluate",
-    cache_key_fn=prefect_cache_key,
-    persist_result=True,
+    cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=30,
     retry_condition_fn=retry_on_io,

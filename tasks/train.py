@@ -6,13 +6,14 @@ import time
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from im_pipeline.config import ExperimentConfig
 from im_pipeline.runs.units import TrainJob, train_unit
-from im_pipeline_tasks.common import done, prefect_cache_key, unit_name
+from im_pipeline_tasks.common import done, unit_name
 
 
-@task(name="train-arm", cache_key_fn=prefect_cache_key, persist_result=True, task_run_name=unit_name("train"))
+@task(name="train-arm", cache_policy=NO_CACHE, task_run_name=unit_name("train"))
 def train_task(cfg: ExperimentConfig, job: TrainJob) -> dict[str, Any]:
     """Train (or resume, or skip when done under the same key); a concurrent run of the unit waits, then skips."""
     start, log = time.perf_counter(), get_run_logger()

@@ -68,26 +68,45 @@ def _config(tmp_path: Path, **extra: object) -> Path:
     return path
 
 
-def test_data_dir_becomes_an_explicit_override(tmp_path: Path) -> None:
+def test_data_dir_is_resolved_at_load_and_travels_to_deployments(tmp_path: Path, monkeypatch) -> None:
     from im_pipeline.config import load_config
-    from im_pipeline_flows.cli.run import with_data_dir
+    from im_pipeline_flows.cli.run import data_dir_overrides
 
-    data = tmp_path / "data"
+    data, env = tmp_path / "data", tmp_path / "env"
     data.mkdir()
+    env.mkdir()
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(env))
     cfg = _config(tmp_path)
-    overrides = with_data_dir(str(cfg), ["data.n=8"], str(data))
-    assert overrides == ["data.n=8", f"data_dir={data.resolve()}"]
-    assert load_config(cfg, overrides).resolved_data_dir() == data.resolve()
+    loaded = load_config(cfg, ["data.n=8"], data_dir=str(data))
+    assert loaded.data_dir == str(data.resolve()) and loaded.data.n == 8
+    assert data_dir_overrides(["data.n=8"], loaded, str(data)) == ["data.n=8", f"data_dir={data.resolve()}"]
     # the config's own data_dir wins (documented precedence: data_dir, --data-dir, $IM_PIPELINE_DATA_DIR)
-    own = _config(tmp_path, data_dir=str(tmp_path))
-    assert with_data_dir(str(own), [], str(data)) == []
-    assert with_data_dir(str(cfg), [], None) == []
+    (tmp_path / "own").mkdir()
+    own = load_config(_config(tmp_path / "own", data_dir=str(tmp_path)), data_dir=str(data))
+    assert own.data_dir == str(tmp_path.resolve())
+    assert load_config(cfg).data_dir == str(env.resolve())  # no flag: the environment, made absolute
+    assert data_dir_overrides([], load_config(cfg), None) == []  # a deployment resolves its own
 
 
 def test_run_with_a_missing_data_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", str(_config(tmp_path)), "--data-dir", str(tmp_path / "nope")])
     assert code == 2
-    assert f"error: --data-dir {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+    assert f"error: data directory {tmp_path / 'nope'} (from --data-dir) does not exist" in capsys.readouterr().err
+
+
+def test_run_names_an_unknown_rerun_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from im_pipeline_flows.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "x.yaml", "--rerun", "train", "--rerun", "mmlu"])
+    assert args.rerun == ["train", "mmlu"] and args.force is False
+    assert parser.parse_args(["run", "x.yaml", "--force"]).force is True
+    for argv in (["--rerun", "training"], ["--force", "--rerun", "eval"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["run", "x.yaml", *argv])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'training'" in err and "not allowed with argument --force" in err
 
 
 def test_console_lines_name_the_task_run() -> None:

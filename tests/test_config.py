@@ -102,9 +102,58 @@ def test_resolved_config_round_trips_and_hash_is_stable(tmp_path, monkeypatch):
     assert changed.config_hash() != cfg.config_hash()
 
 
-def test_data_dir_from_env(monkeypatch, tmp_path):
+def test_settings_are_resolved_once_at_load(monkeypatch, tmp_path):
+    """Loading folds the environment into the config; afterwards only the config counts."""
+    from im_pipeline.config import config_from_dict
+
     monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(tmp_path))
-    assert ExperimentConfig(name="x").resolved_data_dir() == tmp_path.resolve()
-    assert ExperimentConfig(name="x", data_dir="/elsewhere").resolved_data_dir() == Path("/elsewhere")
-    monkeypatch.delenv("IM_PIPELINE_DATA_DIR")
-    assert ExperimentConfig(name="x").resolved_data_dir() is None
+    monkeypatch.setenv("IM_PIPELINE_TRAIN_LAUNCHER", " torchrun --nproc_per_node 2 ")
+    monkeypatch.setenv("IM_PIPELINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("IM_PIPELINE_MAX_WORKERS", "3")
+    cfg = config_from_dict({"name": "x"})
+    s = cfg.settings
+    assert (s.data_dir, s.train_launcher, s.cache_dir, s.max_workers) == (
+        tmp_path.resolve(),
+        "torchrun --nproc_per_node 2",
+        tmp_path / "cache",
+        3,
+    )
+    with pytest.raises(Exception, match="frozen"):
+        s.max_workers = 4
+    # the config's own values win; the environment is not read again
+    own = config_from_dict(
+        {
+            "name": "x",
+            "data_dir": "/",
+            "training": {"launcher": "accelerate launch"},
+            "orchestration": {"max_workers": 2},
+        }
+    )
+    assert (own.settings.data_dir, own.settings.train_launcher, own.settings.max_workers) == (
+        Path("/"),
+        "accelerate launch",
+        2,
+    )
+    for name in ("IM_PIPELINE_DATA_DIR", "IM_PIPELINE_TRAIN_LAUNCHER", "IM_PIPELINE_CACHE", "IM_PIPELINE_MAX_WORKERS"):
+        monkeypatch.delenv(name)
+    assert cfg.settings == s  # resolved: independent of the process's environment from now on
+    assert config_from_dict(cfg.to_dict()) == cfg  # a resolved config resolves to itself
+    plain = config_from_dict({"name": "x"})
+    assert (plain.settings.data_dir, plain.settings.train_launcher, plain.settings.max_workers) == (None, None, 1)
+    assert plain.settings.cache_dir == Path.home() / ".cache" / "im-pipeline"
+    assert ExperimentConfig(name="x").resolved_data_dir() is None  # built directly: nothing folded in
+
+
+def test_a_missing_data_dir_is_named_with_its_origin(monkeypatch, tmp_path):
+    from im_pipeline.config import config_from_dict
+
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match=r"gone \(from \$IM_PIPELINE_DATA_DIR\) does not exist"):
+        config_from_dict({"name": "x"})
+    with pytest.raises(ConfigError, match=r"nope \(from data_dir in the config\) does not exist"):
+        config_from_dict({"name": "x", "data_dir": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match=r"flag \(from --data-dir\) does not exist"):
+        config_from_dict({"name": "x"}, data_dir=str(tmp_path / "flag"))
+    monkeypatch.setenv("IM_PIPELINE_MAX_WORKERS", "many")
+    with pytest.raises(ValueError, match="IM_PIPELINE_MAX_WORKERS='many': must be a positive integer"):
+        config_from_dict({"name": "x", "data_dir": str(tmp_path)})

@@ -1,6 +1,8 @@
 """A real Prefect run of the compare flow on a tiny model: files, report, artifacts, caching, per-arm invalidation.
 
-Uses Prefect's test harness (a temporary database behind an ephemeral API) once per session.
+Uses Prefect's test harness (a temporary database behind an ephemeral API) once per session. The cold run is made
+once per module and never changed; every test that re-runs, edits or deletes works on its own copy, so the tests
+do not depend on their order.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def tiny_config(tmp: Path, model_dir: Path, **arms_extra: Any) -> dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_harness, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One cold run of the compare flow, shared by the tests below (they run in file order)."""
+def cold_run(prefect_harness, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One cold run of the compare flow, never written to again (tests get their own copy: :func:`first_run`)."""
     from im_pipeline_flows.compare import compare_flow
 
     tmp = tmp_path_factory.mktemp("flow")
@@ -81,11 +83,23 @@ def first_run(prefect_harness, tiny_model_dir: Path, tmp_path_factory: pytest.Te
     return {"tmp": tmp, "cfg": cfg, "root": tmp / "runs" / "tiny-flow", "summary": compare_flow(cfg)}
 
 
-def test_compare_flow_end_to_end(first_run: dict[str, Any]) -> None:
+@pytest.fixture
+def first_run(cold_run: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """A private copy of the cold run's run and report directories (its config points there), so that tests
+    that re-run, edit or delete outputs are independent of each other and of their order."""
+    import shutil
+
+    shutil.copytree(cold_run["tmp"] / "runs", tmp_path / "runs")
+    shutil.copytree(cold_run["tmp"] / "reports", tmp_path / "reports")
+    cfg = {**cold_run["cfg"], "output_dir": str(tmp_path / "runs"), "report_dir": str(tmp_path / "reports")}
+    return {"tmp": tmp_path, "cfg": cfg, "root": tmp_path / "runs" / "tiny-flow", "summary": cold_run["summary"]}
+
+
+def test_compare_flow_end_to_end(cold_run: dict[str, Any]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    summary, root, tmp = first_run["summary"], first_run["root"], first_run["tmp"]
+    summary, root, tmp = cold_run["summary"], cold_run["root"], cold_run["tmp"]
     assert summary["failed"] == []
     for arm in ("IT", "IM"):
         rd = root / arm / "seed-0"
@@ -118,7 +132,7 @@ def test_compare_flow_end_to_end(first_run: dict[str, Any]) -> None:
     run, task_names, report_md = asyncio.run(_flow_run_and_tasks("tiny-flow"))
     assert re.fullmatch(r"tiny-flow \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", run.name)
     assert {"im-pipeline", "experiment:tiny-flow", "arm:IT", "arm:IM"} <= set(run.tags)
-    assert f"model:{Path(first_run['cfg']['model']['source']).name}" in run.tags
+    assert f"model:{Path(cold_run['cfg']['model']['source']).name}" in run.tags
     assert task_names == {
         "prepare data",
         "train IT seed 0",
@@ -172,14 +186,35 @@ def test_rerun_recomputes_nothing_but_the_report(first_run: dict[str, Any]) -> N
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
+def test_force_and_rerun_replace_units_whose_stamps_match(first_run: dict[str, Any]) -> None:
+    """--rerun eval recomputes every benchmark and no training; --rerun train retrains (from nothing) and so
+    evaluates the retrained arms again; --rerun data prepares the same data again and nothing else."""
+    from im_pipeline_flows.compare import compare_flow
+
+    def computed(config: Any = first_run["cfg"], **kw: Any) -> dict[str, int]:
+        summary = compare_flow(config, **kw)
+        assert summary["failed"] == []
+        return {stage: v["computed"] for stage, v in summary["timings"]["stages"].items()}
+
+    assert computed(rerun=["eval"]) == {"prepare": 0, "train": 0, "evaluate": 3, "report": 1}
+    assert computed(rerun=["data"]) == {"prepare": 1, "train": 0, "evaluate": 0, "report": 1}
+    summary = first_run["root"] / "IT" / "seed-0" / "train_summary.json"
+    before = summary.stat().st_mtime_ns
+    assert computed(rerun=["train"]) == {"prepare": 0, "train": 2, "evaluate": 2, "report": 1}
+    assert summary.stat().st_mtime_ns != before
+    # a loaded config (what `im-pipeline run` passes: validated once, before the flow) is taken as it is
+    assert computed(config_from_dict(first_run["cfg"])) == {"prepare": 0, "train": 0, "evaluate": 0, "report": 1}
+
+
 @pytest.mark.slow
-def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], tiny_model_dir: Path) -> None:
+def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any]) -> None:
     from im_pipeline_flows.compare import compare_flow
 
     root = first_run["root"]
     it_summary, im_summary = (root / a / "seed-0" / "train_summary.json" for a in ("IT", "IM"))
     before = {p: p.stat().st_mtime_ns for p in (it_summary, im_summary)}
-    changed = tiny_config(first_run["tmp"], tiny_model_dir, neftune_alpha=5.0)
+    im = {"name": "IM", "loss_mode": "im", "neftune_alpha": 5.0}
+    changed = {**first_run["cfg"], "arms": [first_run["cfg"]["arms"][0], im]}
     third = compare_flow(changed)
     st = third["timings"]["stages"]
     assert st["train"]["computed"] == 1 and st["evaluate"]["computed"] == 1
@@ -187,7 +222,7 @@ def test_changing_one_arm_recomputes_only_that_arm(first_run: dict[str, Any], ti
     assert im_summary.stat().st_mtime_ns != before[im_summary]
     assert json.loads(im_summary.read_text())["neftune_alpha"] == 5.0
 
-    # a deleted result is recomputed even though Prefect remembers its key
+    # a deleted result is recomputed (its stamp still matches, but the output is gone)
     (root / "IT" / "seed-0" / "eval" / "overfitting.json").unlink()
     fourth = compare_flow(changed)
     assert fourth["timings"]["stages"]["evaluate"]["computed"] == 1
@@ -342,9 +377,9 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     """A pre-registered study (per-seed samples, an lr-scaled control, save_results): its report leads with the
     hypotheses; the committed results rebuild a byte-identical REPORT.md; a fresh run directory resumes from them."""
     import shutil
+    import time
 
     from im_pipeline.report.build import build_report
-    from im_pipeline_flows.cli.run import record_total
     from im_pipeline_flows.compare import compare_flow
 
     data = tmp_path / "train.jsonl"
@@ -384,10 +419,10 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
         "output_dir": str(tmp_path / "runs"),
         "report_dir": str(tmp_path / "reports"),
     }
-    summary = compare_flow(cfg)
+    summary = compare_flow(cfg, command_started=time.time() - 12.5)  # as `im-pipeline run` calls it
     assert summary["failed"] == []
+    assert summary["timings"]["command_seconds"] >= 12.5
     root, report_dir = tmp_path / "runs" / "tiny-study", tmp_path / "reports" / "tiny-study"
-    record_total(root, report_dir, 12.5)  # what `im-pipeline run` does last (timings, then the report again)
     results = report_dir / "results"
     # per seed its own training sample and a disjoint test sample
     ov = {s: json.loads((root / "IT" / f"seed-{s}" / "eval" / "overfitting.json").read_text()) for s in (0, 1)}
@@ -421,20 +456,48 @@ def test_study_run_saves_results_rebuilds_identically_and_resumes(
     assert again["timings"]["stages"]["evaluate"]["computed"] == 0
 
 
-def test_max_workers_sets_the_task_runners_of_both_flows() -> None:
-    """IM_PIPELINE_MAX_WORKERS (README: concurrent task runs in one flow run, default 1) bounds both flows' runners."""
-    import os
-    import subprocess
-    import sys
+def test_max_workers_is_read_when_a_flow_run_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both flows' task runners take their size when a flow run starts: the loaded config's
+    orchestration.max_workers when `im-pipeline run` passes it, else $IM_PIPELINE_MAX_WORKERS, else 1."""
+    from im_pipeline_flows.compare import SettingsTaskRunner, compare_flow, unit_flow
 
-    from im_pipeline_flows.compare import compare_flow, unit_flow
+    def size(runner: SettingsTaskRunner) -> int:
+        with runner.duplicate() as entered:  # what a flow run does with its flow's runner
+            return entered.max_workers
 
-    if "IM_PIPELINE_MAX_WORKERS" not in os.environ:
-        assert compare_flow.task_runner._max_workers == unit_flow.task_runner._max_workers == 1
-    code = (
-        "from im_pipeline_flows.compare import compare_flow, unit_flow\n"
-        "print(compare_flow.task_runner._max_workers, unit_flow.task_runner._max_workers)"
-    )
-    env = {**os.environ, "IM_PIPELINE_MAX_WORKERS": "3"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["3", "3"]
+    monkeypatch.delenv("IM_PIPELINE_MAX_WORKERS", raising=False)
+    assert size(compare_flow.task_runner) == size(unit_flow.task_runner) == 1
+    monkeypatch.setenv("IM_PIPELINE_MAX_WORKERS", "3")
+    assert size(compare_flow.task_runner) == size(unit_flow.task_runner) == 3
+    assert size(SettingsTaskRunner(2)) == 2  # the config's value, passed by `im-pipeline run`
+
+
+def test_the_flow_resolves_its_config_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A loaded config is taken as it is; a mapping (a deployment's parameter) gets the settings folded in. Prefect
+    does not validate the parameter itself (it would build an ExperimentConfig without the settings)."""
+    from im_pipeline_flows.compare import compare_flow
+    from im_pipeline_flows.records import experiment_name, resolve_config
+
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(tmp_path))
+    assert compare_flow.should_validate_parameters is False
+    assert resolve_config({"name": "x"}).data_dir == str(tmp_path.resolve())
+    loaded = config_from_dict({"name": "x"})
+    assert resolve_config(loaded) is loaded
+    assert resolve_config(loaded, ["seeds=[1]"]).seeds == [1]
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: from-yaml\nseeds: [0]\n")
+    assert experiment_name(str(path)) == "from-yaml" and experiment_name(loaded, ["name=y"]) == "y"
+
+
+def test_prefect_caches_no_task() -> None:
+    """Whether a unit is done is the unit layer's question alone: no task has a Prefect cache policy, key
+    function or persisted result that could answer it (or hash the unit's model cache, which cannot be hashed)."""
+    from prefect.cache_policies import NO_CACHE
+
+    from im_pipeline_tasks.evaluate import evaluate_task
+    from im_pipeline_tasks.prepare import prepare_data_task
+    from im_pipeline_tasks.report import report_task, save_results_task
+    from im_pipeline_tasks.train import train_task
+
+    for t in (prepare_data_task, train_task, evaluate_task, report_task, save_results_task):
+        assert (t.cache_policy, t.cache_key_fn, t.persist_result) == (NO_CACHE, None, None), t.name

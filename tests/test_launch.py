@@ -38,13 +38,16 @@ def test_launch_entry_point_takes_one_job_file(capsys) -> None:
 
 
 def test_train_launcher_comes_from_config_then_environment(tiny_model_dir: Path, monkeypatch) -> None:
+    from im_pipeline.config import config_from_dict
     from im_pipeline.runs.staleness import train_key
 
-    cfg = make_cfg(tiny_model_dir)
     monkeypatch.delenv("IM_PIPELINE_TRAIN_LAUNCHER", raising=False)
+    cfg = make_cfg(tiny_model_dir)
     assert cfg.train_launcher() is None
     plain = train_key(cfg, cfg.arms[0], 0, "h")
     monkeypatch.setenv("IM_PIPELINE_TRAIN_LAUNCHER", "torchrun --nproc_per_node 2")
+    assert cfg.train_launcher() is None  # resolved at load: the environment is not read again
+    cfg = config_from_dict(cfg.to_dict())  # loaded now: the launcher comes from the environment
     assert cfg.train_launcher() == "torchrun --nproc_per_node 2"
     assert train_key(cfg, cfg.arms[0], 0, "h") != plain  # more processes, bigger global batch: another run
     cfg.training.launcher = "accelerate launch"

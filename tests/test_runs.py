@@ -72,3 +72,94 @@ def test_one_staleness_decision_save_steps_keeps_the_run(tmp_path: Path) -> None
     other = config_from_dict({**base, "training": {"learning_rate": 1e-3}})
     assert key(other) != key(a)
     assert "save_steps" not in training_identity(a) and "learning_rate" in training_identity(a)
+
+
+def test_workers_and_the_cache_dir_keep_the_keys() -> None:
+    """Settings of how a run executes (concurrent task runs, where models are cached) change no key."""
+    from im_pipeline.config import config_from_dict
+    from im_pipeline.runs.staleness import eval_key, train_key
+
+    a = config_from_dict({"name": "x", "model": {"source": "m", "cache_dir": "/a"}})
+    b = config_from_dict(
+        {"name": "x", "model": {"source": "m", "cache_dir": "/b"}, "orchestration": {"max_workers": 4}}
+    )
+    for cfg in (a, b):
+        assert cfg.settings.cache_dir.name in ("a", "b")
+    ka, kb = (train_key(c, c.arms[0], 0, "h") for c in (a, b))
+    assert ka == kb
+    assert eval_key(a, ka, "mmlu", a.evaluation.mmlu, "h") == eval_key(b, kb, "mmlu", b.evaluation.mmlu, "h")
+
+
+def test_keys_depend_on_the_loaded_config_not_the_process(tmp_path: Path, monkeypatch) -> None:
+    """Settings are folded in at load: a key computed later, in a process with another environment, is the same."""
+    from im_pipeline.config import config_from_dict
+    from im_pipeline.runs.staleness import data_key, eval_key, train_key
+
+    monkeypatch.setenv("IM_PIPELINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("IM_PIPELINE_TRAIN_LAUNCHER", "torchrun --nproc_per_node 2")
+    cfg = config_from_dict({"name": "x"})
+
+    def keys():
+        k = train_key(cfg, cfg.arms[0], 0, "h")
+        return data_key(cfg), k, eval_key(cfg, k, "mmlu", cfg.evaluation.mmlu, "h")
+
+    before = keys()
+    monkeypatch.delenv("IM_PIPELINE_DATA_DIR")
+    monkeypatch.delenv("IM_PIPELINE_TRAIN_LAUNCHER")
+    assert keys() == before
+    plain = config_from_dict({"name": "x"})  # loaded without them: other data directory, one process
+    assert data_key(plain) != before[0] and train_key(plain, plain.arms[0], 0, "h") != before[1]
+    # the launcher counts through the processes it starts (the global batch); the config's own value wins
+    launched = config_from_dict({"name": "x", "training": {"launcher": "torchrun --nproc_per_node 2"}})
+    assert train_key(launched, launched.arms[0], 0, "h") != train_key(plain, plain.arms[0], 0, "h")
+
+
+def test_rerun_marks_the_named_stages_and_benchmarks() -> None:
+    import pytest
+
+    from im_pipeline.config import config_from_dict
+    from im_pipeline.runs.units import STAGES, jobs_of, rerun_stages
+
+    assert rerun_stages(force=True) == frozenset(STAGES)
+    assert rerun_stages(["train", "mmlu"]) == {"train", "mmlu"}
+    with pytest.raises(ValueError, match="--rerun training: not a stage or benchmark; allowed: data, train, eval"):
+        rerun_stages(["training"])
+    cfg = config_from_dict({"name": "x", "evaluation": {"humaneval": {"enabled": False}}})
+
+    def marked(rerun):
+        train, evals = jobs_of(cfg, "IT", 0, "h", rerun_stages(rerun))
+        return train.replace, {e.benchmark for e in evals if e.replace}
+
+    assert marked([]) == (False, set())
+    assert marked(["train"]) == (True, set())
+    assert marked(["mmlu"]) == (False, {"mmlu"})
+    assert marked(["eval"]) == (False, {"mmlu", "truthfulqa", "alpaca_eval", "overfitting"})
+    keys = [e.key for e in jobs_of(cfg, "IT", 0, "h")[1]]
+    assert [e.key for e in jobs_of(cfg, "IT", 0, "h", rerun_stages(force=True))[1]] == keys  # same keys
+
+
+def test_replace_prepares_again_and_clears_a_run_with_the_same_key(tmp_path: Path) -> None:
+    import json
+
+    from im_pipeline.config import config_from_dict
+    from im_pipeline.runs.staleness import data_key
+    from im_pipeline.runs.units import prepare_unit
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(6)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict(
+        {"name": "x", "output_dir": str(tmp_path / "runs"), "data": {"train": str(data), "held_out_size": 2}}
+    )
+    key = data_key(cfg)
+    first = prepare_unit(cfg, key)
+    assert first[0] is True
+    assert prepare_unit(cfg, key) == (False, first[1])  # done under its key
+    assert prepare_unit(cfg, key, replace=True) == (True, first[1])  # replaced on purpose: the same content
+    unit = RunLayout(tmp_path / "u").unit("IT", 0)
+    unit.dir.mkdir(parents=True)
+    write_stamp(unit.dir, "train-started", "k1")
+    assert clear_stale_run(unit.dir, "k1", replace=True) is True and not unit.dir.exists()

@@ -13,7 +13,8 @@ A real ``prefect server start`` (SQLite in a temporary PREFECT_HOME), a process 
    that the unit's lock was released without the unit finishing, marks it ``Crashed``, submits the unit again;
    the surviving worker resumes it from the checkpoint, and the report completes.
 
-The decision between "alive" and "dead" (heartbeat timeout, lock evidence) is tested on its own below.
+The decision between "alive" and "dead" (heartbeat timeout, lock evidence) and when to submit again are library
+policy, tested without Prefect in ``tests/test_resubmit.py``.
 """
 
 from __future__ import annotations
@@ -249,59 +250,6 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
     finally:
         for p in reversed(procs):  # workers ignore SIGTERM for 30 s while they wind down: nothing of theirs to keep
             _stop(p, signal.SIGKILL if p in workers.values() else signal.SIGTERM)
-
-
-def test_verdict_heartbeats_and_lock_evidence() -> None:
-    from im_pipeline_flows.pool import verdict
-
-    kw = {"running_since": 1000.0, "timeout_s": 60.0}
-    assert verdict(**kw, last_heartbeat=1050.0, now=1100.0, evidence="unknown")[0] is False
-    dead, why = verdict(**kw, last_heartbeat=1030.0, now=1100.0, evidence="unknown")
-    assert dead and "70 s since its last heartbeat" in why
-    dead, why = verdict(**kw, last_heartbeat=None, now=1061.0, evidence="unknown")
-    assert dead and "no heartbeat since it started running" in why
-    assert verdict(**kw, last_heartbeat=None, now=1059.0, evidence="unknown")[0] is False
-    # the unit's own lock outweighs the heartbeats both ways
-    assert verdict(**kw, last_heartbeat=None, now=5000.0, evidence="alive")[0] is False
-    assert verdict(**kw, last_heartbeat=None, now=5000.0, evidence="finished")[0] is False
-    assert verdict(**kw, last_heartbeat=1099.0, now=1100.0, evidence="dead") == (
-        True,
-        "holds no unit lock and did not finish: its process is gone",
-    )
-
-
-def test_lock_evidence_from_the_unit_files(tmp_path: Path) -> None:
-    import socket
-
-    from im_pipeline.locking import unit_lock
-    from im_pipeline.runs.layout import RunLayout
-    from im_pipeline_flows.pool import lock_evidence
-
-    out = RunLayout(tmp_path).unit("IM", 0)
-    out.dir.mkdir(parents=True)
-    assert lock_evidence(out, "run-1") == "unknown"  # not started
-    record = {"flow_run_id": "run-1", "host": socket.gethostname(), "finished_at": None}
-    out.flow_record.write_text(json.dumps(record))
-    assert lock_evidence(out, "run-2") == "unknown"  # another run's record
-    code = f"from im_pipeline.locking import unit_lock; import time\nwith unit_lock({str(out.flow_lock)!r}):\n"
-    code += "    print('in', flush=True); time.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "in"
-        assert lock_evidence(out, "run-1") == "alive"
-    finally:
-        holder.kill()
-        holder.wait()
-    deadline = time.monotonic() + 10
-    while lock_evidence(out, "run-1") != "dead":  # the kernel released the dead holder's lock
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    out.flow_record.write_text(json.dumps({**record, "finished_at": "2026-01-01T00:00:00Z"}))
-    assert lock_evidence(out, "run-1") == "finished"
-    out.flow_record.write_text(json.dumps({**record, "host": "another-host"}))
-    assert lock_evidence(out, "run-1") == "unknown"  # flock may not reach other hosts: heartbeats decide
-    with unit_lock(out.flow_lock):
-        pass
 
 
 def test_a_crashed_unit_is_submitted_again_up_to_max_attempts(tmp_path: Path, monkeypatch) -> None:

@@ -84,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each unit (arm × seed, base model) as a flow run on this Prefect work pool and wait for all "
         "(needs PREFECT_API_URL; default: orchestration.work_pool, else in this process)",
     )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every unit (data, training from scratch, every benchmark, the report's figures) even "
+        "where its outputs are done under the same key",
+    )
+    again.add_argument(
+        "--rerun",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        choices=["data", "train", "eval", "report", *names()],
+        help="recompute this stage's units even where they are done: data, train (from scratch: the unit's "
+        "evaluations follow), eval (every benchmark), report (redraw the figures) or one benchmark's name "
+        "(repeatable)",
+    )
 
     p = sub.add_parser(
         "serve",

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from im_pipeline.config import load_config
+from im_pipeline.config import ExperimentConfig, load_config
+from im_pipeline.runs.units import rerun_stages
 
 PREFECT_DEFAULTS = {
     # Library progress (im_pipeline.* loggers) goes to the Prefect UI with the task logs.
@@ -23,7 +24,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # The ephemeral server can take > 20 s (the default limit) to start on a busy 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    # `im-pipeline run` rebuilds the report after the flow run (to record the command's total): console only.
+    # Library logs outside a flow run (e.g. while the command starts): console only.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 """Prefect settings of the processes these commands start (an environment variable already set wins)."""
@@ -34,29 +35,21 @@ def prefect_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def with_data_dir(config: str, overrides: list[str], data_dir: str | None) -> list[str]:
-    """``--data-dir``: an explicit ``data_dir=`` override unless the config file names its own data_dir.
-
-    The precedence is the config's ``data_dir``, then ``--data-dir``, then ``$IM_PIPELINE_DATA_DIR``.
-    """
-    if not data_dir:
-        return list(overrides)
-    if load_config(config, overrides).data_dir:
-        return list(overrides)
-    path = Path(data_dir).expanduser().resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"--data-dir {data_dir}: no such directory")
-    return [*overrides, f"data_dir={path}"]
+def data_dir_overrides(overrides: list[str], cfg: ExperimentConfig, data_dir: str | None) -> list[str]:
+    """A deployment's overrides: ``--data-dir`` travels as ``data_dir=<its absolute path>`` (the config's own
+    ``data_dir`` still wins: it is what ``cfg`` resolved); without it, each run resolves its own settings."""
+    return [*overrides, f"data_dir={cfg.data_dir}"] if data_dir and cfg.data_dir else list(overrides)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``im-pipeline run CONFIG [--set k=v ...]``: run the compare flow, print wall times per stage."""
-    t0 = time.perf_counter()
+    """``im-pipeline run CONFIG [--set k=v ...] [--force | --rerun STAGE ...]``: run the compare flow, print wall
+    times per stage. The config is loaded and validated once, here, with its settings resolved."""
+    t0, started = time.perf_counter(), time.time()
     for noisy in ("httpx", "httpcore"):  # one line per API call otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
-    cfg = load_config(args.config, overrides)  # validate before starting Prefect: clear errors first
-    cfg.check_data_dir()
+    cfg = load_config(args.config, args.overrides, data_dir=getattr(args, "data_dir", None))
+    force, rerun = getattr(args, "force", False), sorted(set(getattr(args, "rerun", None) or []))
+    rerun_stages(rerun, force=force)  # an unknown stage is named before Prefect starts
     pool = getattr(args, "work_pool", None) or cfg.orchestration.work_pool
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
     if pool and not os.environ.get("PREFECT_API_URL"):
@@ -74,12 +67,13 @@ def run_command(args: argparse.Namespace) -> int:
     units = f", units on work pool {pool!r}" if pool else ""
     print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
     prefect_defaults()
-    from im_pipeline_flows.compare import compare_flow
+    from im_pipeline_flows.compare import SettingsTaskRunner, compare_flow
     from im_pipeline_flows.ephemeral import start_bound_ephemeral_server
     from im_pipeline_flows.records import TaskRunsFailed
 
     start_bound_ephemeral_server()  # without PREFECT_API_URL: a server that dies with this process, by any signal
-    state = compare_flow(cfg.to_dict(), work_pool=pool, return_state=True)
+    flow = compare_flow.with_options(task_runner=SettingsTaskRunner(cfg.settings.max_workers))
+    state = flow(cfg, work_pool=pool, force=force, rerun=rerun, command_started=started, return_state=True)
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, TaskRunsFailed):
         summary = summary.summary
@@ -90,7 +84,6 @@ def run_command(args: argparse.Namespace) -> int:
     if not isinstance(summary, dict):
         print(f"error: the flow did not finish: {state.message or summary}")
         return 1
-    record_total(Path(summary["run_root"]), Path(summary["report"]).parent, total)
     from im_pipeline.runs.timings import format_timings
 
     print(format_timings(summary["timings"], total))
@@ -102,23 +95,13 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def record_total(root: Path, report_dir: Path, total: float) -> None:
-    """Record the command's wall time, then rebuild the report so that it shows this run's totals too."""
-    from im_pipeline.report.build import build_report
-    from im_pipeline.runs.layout import RunLayout
-    from im_pipeline.runs.timings import record_command_seconds
-
-    record_command_seconds(RunLayout(root), total)
-    build_report(root, report_dir)  # cheap: its figures are reused (same inputs)
-
-
 def serve_command(args: argparse.Namespace) -> int:
     """Create a cron-scheduled deployment of the compare flow for CONFIG and serve it (blocks).
 
     The schedule is paused when this process stops (see the module docstring).
     """
-    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
-    cfg = load_config(args.config, overrides)  # fail early on a bad config
+    cfg = load_config(args.config, args.overrides, data_dir=args.data_dir)  # fail early on a bad config
+    overrides = data_dir_overrides(args.overrides, cfg, args.data_dir)
     api = _require_server()
     if api is None:
         return 2
@@ -158,8 +141,8 @@ def _require_server() -> str | None:
 
 def deploy_command(args: argparse.Namespace) -> int:
     """``im-pipeline deploy CONFIG --pool NAME [--cron CRON]``: register the deployment with a work pool, exit."""
-    overrides = with_data_dir(args.config, args.overrides, getattr(args, "data_dir", None))
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, args.overrides, data_dir=args.data_dir)
+    overrides = data_dir_overrides(args.overrides, cfg, args.data_dir)
     api = _require_server()
     if api is None:
         return 2

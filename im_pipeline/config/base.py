@@ -1,5 +1,5 @@
 """What every config section shares: strict validation (unknown keys, inf / nan are errors), names that become
-directory names, the environment variables, the stable hash."""
+directory names, the data directory's resolution, the stable hash."""
 
 from __future__ import annotations
 
@@ -12,22 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-DATA_DIR_ENV = "IM_PIPELINE_DATA_DIR"
-"""Environment variable naming the offline data directory (e.g. ``../shared/data``)."""
-
-
-CACHE_ENV = "IM_PIPELINE_CACHE"
-"""Environment variable naming the per-user cache (default ``~/.cache/im-pipeline``): models, fetched data."""
-
-TRAIN_LAUNCHER_ENV = "IM_PIPELINE_TRAIN_LAUNCHER"
-"""Environment variable with the default training launcher (``training.launcher`` wins)."""
+from im_pipeline.config.settings import DATA_DIR_ENV, default_cache_dir, env_setting
 
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid. The message names key, value and allowed values."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Base of every config section: unknown keys, ``inf`` and ``nan`` are errors; assignments are validated."""
+
     # allow_inf_nan=False: ``.inf`` / ``.nan`` (YAML) or ``inf`` (--set) are rejected for every float.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True, allow_inf_nan=False)
 
@@ -65,7 +59,7 @@ def data_dir_of(
     directory and where it came from (``given_as`` for ``value``), never a silent fall-back to the Hub.
     """
     given = value not in (None, "")
-    raw = value if given else os.environ.get(DATA_DIR_ENV)
+    raw = value if given else env_setting(DATA_DIR_ENV)
     if not raw:
         return None
     path = Path(raw).expanduser().resolve()
@@ -77,5 +71,4 @@ def data_dir_of(
 
 def cache_dir_of(value: str | os.PathLike[str] | None = None) -> Path:
     """The per-user cache: ``value``, else ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``; absolute."""
-    raw = value or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "im-pipeline"
-    return Path(raw).expanduser().resolve()
+    return (Path(value).expanduser() if value else default_cache_dir()).resolve()

@@ -7,13 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from im_pipeline.config.base import (
-    _Strict,
-)
+from im_pipeline.config.base import Strict
 from im_pipeline.evaluation.specs import BenchmarkSpec, specs
 
 
-class BenchmarkConfig(_Strict):
+class BenchmarkConfig(Strict):
     enabled: bool = Field(True, description="Run this benchmark.")
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many items (per subject for MMLU).")
     options: dict[str, Any] = Field(
@@ -22,7 +20,7 @@ class BenchmarkConfig(_Strict):
     )
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(Strict):
     kind: Literal["local_hf", "openai"] = Field(
         "local_hf",
         description="'local_hf': a local model compares label probabilities; 'openai': an "
@@ -44,7 +42,7 @@ def _benchmark_field(spec: BenchmarkSpec) -> Any:
 
 
 # One field per registered benchmark, in report order (the config, its YAML and its hash keep that order).
-_Benchmarks = create_model("_Benchmarks", __base__=_Strict, **{spec.name: _benchmark_field(spec) for spec in specs()})
+_Benchmarks = create_model("_Benchmarks", __base__=Strict, **{spec.name: _benchmark_field(spec) for spec in specs()})
 
 
 class EvaluationConfig(_Benchmarks):

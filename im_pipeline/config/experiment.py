@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from im_pipeline.config.base import (
-    DATA_DIR_ENV,
-    NAME_CHARS,
-    TRAIN_LAUNCHER_ENV,
-    ConfigError,
-    _Strict,
-    check_name,
-    data_dir_of,
-    stable_hash,
-)
+from im_pipeline.config.base import NAME_CHARS, Strict, check_name, stable_hash
 from im_pipeline.config.evaluation import EvaluationConfig
 from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
+from im_pipeline.config.settings import DATA_DIR_ENV, MAX_WORKERS_ENV, Settings, default_cache_dir
 from im_pipeline.config.study import StudyConfig
 from im_pipeline.loss_modes import LossMode
 
 
-class OrchestrationConfig(_Strict):
+class OrchestrationConfig(Strict):
     work_pool: str | None = Field(
         None,
         description="Prefect work pool: every unit (an arm × seed's training and evaluations, and the base model's "
@@ -44,9 +35,16 @@ class OrchestrationConfig(_Strict):
     )
     max_attempts: int = Field(3, ge=1, description="Flow runs per unit before it counts as failed (crashes only).")
     poll_s: float = Field(5.0, gt=0, description="How often the parent flow checks its units' states.")
+    max_workers: int | None = Field(
+        None,
+        ge=1,
+        description=f"Concurrent task runs in one flow run (null: ${MAX_WORKERS_ENV}, else 1, filled in at load). 1 "
+        "on a CPU box (runs would fight for the cores); raise it on a multi-GPU machine; across machines use a "
+        "work pool.",
+    )
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     name: str = Field(description=f"Experiment name: runs/<name>/, reports/<name>/; {NAME_CHARS}.")
     description: str = Field("", description="Free text shown in the report.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -77,7 +75,9 @@ class ExperimentConfig(_Strict):
     output_dir: str = Field("runs", description="Root of run directories.")
     report_dir: str = Field("reports", description="Root of generated reports.")
     data_dir: str | None = Field(
-        None, description=f"Offline data directory (falls back to ${DATA_DIR_ENV}); null = Hub only."
+        None,
+        description=f"Offline data directory (null: --data-dir, else ${DATA_DIR_ENV}, made absolute at load); "
+        "null after loading = Hub only.",
     )
 
     @field_validator("name")
@@ -108,19 +108,25 @@ class ExperimentConfig(_Strict):
                 raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
         return self
 
-    def check_data_dir(self) -> Path | None:
-        """The data directory, which must exist when one is set (named at once, before any work starts)."""
-        return data_dir_of(self.data_dir, must_exist=ConfigError, given_as="data_dir in the config")
+    # -- derived values (from the fields only: loading folded the environment in) -----------------
+    @property
+    def settings(self) -> Settings:
+        """The settings this config resolved at load (data directory, launcher, model cache, workers), frozen."""
+        return Settings(
+            data_dir=self.resolved_data_dir(),
+            train_launcher=self.train_launcher(),
+            cache_dir=Path(self.model.cache_dir).expanduser() if self.model.cache_dir else default_cache_dir(),
+            max_workers=self.orchestration.max_workers or 1,
+        )
 
-    # -- derived values -------------------------------------------------------------------------
     def resolved_data_dir(self) -> Path | None:
-        """The data directory: config value, else ``$IM_PIPELINE_DATA_DIR``, else None."""
-        return data_dir_of(self.data_dir)
+        """The data directory (``data_dir``, which loading resolved), or None (Hub only)."""
+        return Path(self.data_dir).expanduser().resolve() if self.data_dir else None
 
     def train_launcher(self) -> str | None:
-        """The training launcher: ``training.launcher``, else ``$IM_PIPELINE_TRAIN_LAUNCHER``, else None."""
-        value = self.training.launcher or os.environ.get(TRAIN_LAUNCHER_ENV, "")
-        return value.strip() or None
+        """The training launcher (``training.launcher``, which loading resolved), or None (in the task's process)."""
+        value = (self.training.launcher or "").strip()
+        return value or None
 
     def results_dir(self) -> Path:
         """Where ``save_results`` copies the small result files: ``<report_dir>/<name>/results``."""

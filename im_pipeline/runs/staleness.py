@@ -1,19 +1,19 @@
-"""When a unit's outputs are still valid: one key per unit, and every layer decides with that key.
+"""When a unit's outputs are still valid: one key per unit, and the unit layer decides with that key alone.
 
 A unit's **key** hashes exactly what changes its output: data preparation its data section, data directory and
 seed; a training run the model, the data section, the prepared data's content hash, the training settings that
 change the model (:func:`training_identity`), *this* arm and the seed (never the other arms, so editing one arm
-recomputes only that arm); an evaluation the model's key, the benchmark's settings and what else it reads.
+recomputes only that arm); an evaluation the model's key, the benchmark's settings and what else it reads. Keys
+read the loaded config's fields only (its settings were resolved once, at load: :mod:`im_pipeline.config.settings`),
+never the environment of the process that computes them.
 
-The same key is used by
-
-1. Prefect's task cache (``im_pipeline_tasks.common.prefect_cache_key``): a cached task does not even start;
-2. the **stamps** beside the outputs (``<dir>/.keys/<stage>.key``): :func:`is_done` is true when the output exists
-   and its stamp equals the key; this makes a re-run cheap without Prefect's result storage and tells a stale run
-   directory from an interrupted one (:func:`clear_stale_run`);
-3. the trainer: it resumes Trainer checkpoints and finds a finished run by a fingerprint built on the same
-   :func:`training_identity`, so a setting that does not change the model (``save_steps``, ``logging_steps``,
-   threads, loggers) neither retrains nor throws checkpoints away.
+The key is stamped beside the outputs (``<dir>/.keys/<stage>.key``): :func:`is_done` is true when the output exists
+and its stamp equals the key. That is the one definition of done (:mod:`im_pipeline.runs.units` asks it, under the
+unit's lock); Prefect caches nothing. The trainer receives the training key (``train_arm(..., key=)``): a run
+directory started under the same key (its ``train-started`` stamp) is resumed from its checkpoints, one started
+under another key is removed first (:func:`clear_stale_run`). Settings that do not change the model
+(``save_steps``, ``logging_steps``, threads, loggers) are outside the key, so they neither retrain nor throw
+checkpoints away.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def files_hash(*paths: Path) -> str:
 def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) -> str:
     """Key of one (arm, seed) training run. Excludes other arms, evaluation settings and names."""
     training = training_identity(cfg)
-    if cfg.train_launcher():  # the effective one (config or environment): it sets the number of processes
+    if cfg.train_launcher():  # resolved at load (config, else environment): it sets the number of processes
         training["launcher"] = cfg.train_launcher()
     return stable_hash(
         {
@@ -125,16 +125,17 @@ def is_done(output: Path, out_dir: Path, stage: str, key: str) -> bool:
     return Path(output).exists() and read_stamp(out_dir, stage) == key
 
 
-def clear_stale_run(run_dir: Path, key: str) -> bool:
+def clear_stale_run(run_dir: Path, key: str, *, replace: bool = False) -> bool:
     """Remove a run directory trained under another key (so the trainer does not resume a stale run).
 
     A run directory whose ``train-started`` stamp equals ``key`` is kept (an interrupted run resumes from its
-    checkpoints). Returns True when something was removed.
+    checkpoints), unless ``replace`` (``run --force`` / ``--rerun train``: start again from nothing). Returns True
+    when something was removed.
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return False
-    if read_stamp(run_dir, "train-started") == key:
+    if read_stamp(run_dir, "train-started") == key and not replace:
         return False
     if not any(run_dir.iterdir()):
         return False

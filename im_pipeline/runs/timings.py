@@ -31,7 +31,7 @@ def timing_entry(records: dict[str, dict[str, Any]], started: float, max_workers
         if r.get("computed"):
             st["computed"] += 1
             st["seconds"] = round(st["seconds"] + r.get("seconds", 0.0), 3)
-        elif r["state"] in ("Completed", "Cached"):
+        elif r["state"] == "Completed":
             st["cached"] += 1
             st["seconds"] = round(st["seconds"] + r.get("seconds", 0.0), 3)
     tasks = {

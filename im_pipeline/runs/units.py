@@ -1,15 +1,18 @@
 """What one unit of work does, start to end: prepare the data, train one arm × seed, run one benchmark on one model.
 
 Each takes the unit's lock (a concurrent run of the same experiment waits, then finds the unit done), skips it when
-its output exists under its key (:mod:`im_pipeline.runs.staleness`), otherwise computes it and stamps the key. The
-Prefect tasks (``tasks/``) call these and nothing else, so a unit behaves the same in a flow, a test or a notebook.
-Each returns True when it computed (False: already done).
+its output exists under its key (:mod:`im_pipeline.runs.staleness`), otherwise computes it and stamps the key: this
+is the one place that decides whether a unit is done. A job marked ``replace`` (``im-pipeline run --force`` /
+``--rerun STAGE``, see :func:`rerun_stages`) is recomputed even when its stamp matches. The Prefect tasks
+(``tasks/``) call these and nothing else, so a unit behaves the same in a flow, a test or a notebook. Each returns
+True when it computed (False: already done).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import ExperimentConfig
@@ -29,14 +32,32 @@ from im_pipeline.runs.staleness import (
 
 Say = Callable[[str], None] | None
 
+STAGES = ("data", "train", "eval", "report")
+"""What ``--rerun`` names (besides a benchmark): the stages of a run."""
+
+
+def rerun_stages(rerun: Iterable[str] = (), *, force: bool = False) -> frozenset[str]:
+    """The stages and benchmarks to recompute although their stamps match: ``--rerun`` values (a stage of
+    :data:`STAGES` or a benchmark name), every stage with ``force``. An unknown name is a ValueError naming the
+    allowed ones."""
+    from im_pipeline.evaluation.specs import names
+
+    wanted = set(STAGES) if force else set(rerun)
+    allowed = [*STAGES, *names()]
+    unknown = sorted(wanted - set(allowed))
+    if unknown:
+        raise ValueError(f"--rerun {', '.join(unknown)}: not a stage or benchmark; allowed: {', '.join(allowed)}")
+    return frozenset(wanted)
+
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One arm × seed's training under its key."""
+    """One arm × seed's training under its key (``replace``: retrain from nothing even when done)."""
 
     arm: str
     seed: int
     key: str
+    replace: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,19 +70,22 @@ class EvalJob:
     key: str
     model: str  # what to load: the checkpoint directory or the base model's source
     model_key: str  # what identifies its weights (the training key, or the base key)
+    replace: bool = False  # recompute even when done under this key
 
 
-def prepare_unit(cfg: ExperimentConfig, key: str, *, on_wait: Say = None) -> tuple[bool, dict[str, Any]]:
+def prepare_unit(
+    cfg: ExperimentConfig, key: str, *, replace: bool = False, on_wait: Say = None
+) -> tuple[bool, dict[str, Any]]:
     """Write ``data/train.jsonl``, ``held_out.jsonl`` and ``data_stats.json``; returns (computed, result) with the
     result ``{"data_hash": <content hash>}``, or ``{"data_hash": None, "unavailable": why}`` when a registered
     training set has neither a local copy nor a reachable Hub (``data/unavailable.json`` says why and how to provide
-    it; the flow then evaluates the base model only)."""
+    it; the flow then evaluates the base model only). ``replace``: prepare again even when done under ``key``."""
     from im_pipeline.data import DataError, local_copy_missing, prepare_data
 
     layout = RunLayout.of(cfg)
     data_files = (layout.train_data, layout.held_out_data)
     with unit_lock(layout.data_lock, on_wait=on_wait):  # concurrent runs prepare once
-        computed = not data_done(cfg, key)
+        computed = replace or not data_done(cfg, key)
         if computed:
             try:
                 prepare_data(cfg.data, cfg.resolved_data_dir(), DATA_SEED, out_dir=layout.data)
@@ -88,13 +112,14 @@ def train_unit(cfg: ExperimentConfig, job: TrainJob, *, on_wait: Say = None, say
 
             benches = [b for b in names() if getattr(cfg.evaluation, b).enabled]
             restore_unit(cfg.results_dir(), layout.root, f"{job.arm}/seed-{job.seed}", benches)
-        if train_done(cfg, job):
+        if not job.replace and train_done(cfg, job):
             return False
         from im_pipeline.data import seed_data
         from im_pipeline.training import train_arm
 
-        if clear_stale_run(unit.dir, job.key) and say:
-            say(f"{job.arm}/seed-{job.seed}: settings changed, removed the old run directory {unit.dir}")
+        if clear_stale_run(unit.dir, job.key, replace=job.replace) and say:
+            why = "replaced on request" if job.replace else "settings changed"
+            say(f"{job.arm}/seed-{job.seed}: {why}, removed the old run directory {unit.dir}")
         write_stamp(unit.dir, "train-started", job.key)  # an interrupted run with this key resumes
         launcher = cfg.train_launcher()
         if launcher:  # torchrun / accelerate launch: one process per device, rank 0 writes the outputs
@@ -120,7 +145,7 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
     layout = RunLayout.of(cfg)
     unit = layout.unit(job.arm, job.seed)
     with unit_lock(unit.eval_lock(job.benchmark), on_wait=on_wait):
-        if eval_done(cfg, job):
+        if not job.replace and eval_done(cfg, job):
             return False
         ev = cfg.evaluation
         overfitting = None
@@ -152,10 +177,11 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
 
 
 def jobs_of(
-    cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None
+    cfg: ExperimentConfig, arm: str, seed: int | None, data_hash: str | None, rerun: frozenset[str] = frozenset()
 ) -> tuple[TrainJob | None, list[EvalJob]]:
     """One unit's jobs with their keys: the training (none for the base model), then every enabled benchmark in
-    run order (cheap first). ``data_hash``: the prepared data's content hash (part of the training key)."""
+    run order (cheap first). ``data_hash``: the prepared data's content hash (part of the training key);
+    ``rerun``: :func:`rerun_stages` (``train``, ``eval`` or a benchmark name marks those jobs ``replace``)."""
     from im_pipeline.evaluation.specs import run_order
 
     unit = RunLayout.of(cfg).unit(arm, seed)
@@ -164,18 +190,37 @@ def jobs_of(
         model, model_key = cfg.model.source, base_key(cfg)
     else:
         key = train_key(cfg, cfg.arm(arm), int(unit.seed or 0), data_hash or "")
-        train = TrainJob(arm, int(unit.seed or 0), key)
+        train = TrainJob(arm, int(unit.seed or 0), key, replace="train" in rerun)
         model, model_key = str(unit.checkpoint), key
     enabled = [b for b in run_order() if getattr(cfg.evaluation, b).enabled]
     evals = [
-        EvalJob(arm, unit.seed, b, eval_key(cfg, model_key, b, getattr(cfg.evaluation, b), data_hash), model, model_key)
+        EvalJob(
+            arm,
+            unit.seed,
+            b,
+            eval_key(cfg, model_key, b, getattr(cfg.evaluation, b), data_hash),
+            model,
+            model_key,
+            replace="eval" in rerun or b in rerun,
+        )
         for b in enabled
     ]
     return train, evals
 
 
+def report_unit(run_root: Path, report_dir: Path, *, replace: bool = False) -> dict[str, Any]:
+    """Build the report from the run directory (always: it is cheap and must see every result). ``replace``
+    (``--rerun report``): redraw its figures too, even when their inputs did not change."""
+    from im_pipeline.report.build import build_report
+    from im_pipeline.report.figures import INPUTS_STAMP
+
+    if replace:
+        (Path(report_dir) / "figures" / INPUTS_STAMP).unlink(missing_ok=True)
+    return build_report(Path(run_root), Path(report_dir))
+
+
 def data_done(cfg: ExperimentConfig, key: str) -> bool:
-    """The prepared data exist under ``key`` (the flow asks before submitting; :func:`prepare_unit` again, locked)."""
+    """The prepared data exist under ``key``."""
     layout = RunLayout.of(cfg)
     return is_done(layout.data_stats, layout.data, "data", key)
 
