@@ -163,3 +163,30 @@ def test_replace_prepares_again_and_clears_a_run_with_the_same_key(tmp_path: Pat
     unit.dir.mkdir(parents=True)
     write_stamp(unit.dir, "train-started", "k1")
     assert clear_stale_run(unit.dir, "k1", replace=True) is True and not unit.dir.exists()
+
+
+def test_a_code_version_recomputes_only_its_stage(monkeypatch) -> None:
+    """Raising a stage's code version changes that stage's keys only; at 0 the keys are those of earlier runs."""
+    from im_pipeline.config import config_from_dict, stable_hash
+    from im_pipeline.runs import staleness
+    from im_pipeline.runs.staleness import CODE_VERSIONS, data_key, eval_key, train_key
+
+    monkeypatch.delenv("IM_PIPELINE_DATA_DIR", raising=False)
+    cfg = config_from_dict({"name": "x", "model": {"source": "m"}})
+
+    def keys():
+        k = train_key(cfg, cfg.arms[0], 0, "h")
+        ev = {b: eval_key(cfg, k, b, getattr(cfg.evaluation, b), "h") for b in ("mmlu", "humaneval")}
+        return data_key(cfg), k, ev
+
+    before = keys()
+    # version 0 adds nothing: the data key is the hash of exactly its parts, as before code versions existed
+    assert before[0] == stable_hash(
+        {"stage": "data", "data": cfg.data.model_dump(mode="json"), "data_dir": None, "seed": staleness.DATA_SEED}
+    )
+    monkeypatch.setitem(CODE_VERSIONS, "humaneval", 1)
+    after = keys()
+    assert after[:2] == before[:2] and after[2]["mmlu"] == before[2]["mmlu"]
+    assert after[2]["humaneval"] != before[2]["humaneval"]
+    monkeypatch.setitem(CODE_VERSIONS, "train", 1)
+    assert data_key(cfg) == before[0] and train_key(cfg, cfg.arms[0], 0, "h") != before[1]

@@ -36,6 +36,20 @@ NOT_IN_IDENTITY = frozenset({"threads", "logging_steps", "save_steps", "report_t
 launcher counts through the number of processes it starts (the global batch), see :func:`train_key`."""
 
 
+CODE_VERSIONS: dict[str, int] = {"data": 0, "train": 0, "eval": 0}
+"""Version of the code behind each stage's outputs (``data``, ``train``, ``eval``; a benchmark's name for one
+benchmark), part of the stage's key from 1 on. The commit that changes what a stage computes (a preparation rule, the
+loss, a benchmark's scoring) raises its number, so units an older im-pipeline finished are recomputed instead of
+being read as done; settings that leave results unchanged never need it. 0 adds nothing to the key (the keys of
+runs made before this existed stay valid)."""
+
+
+def with_code_version(part: dict[str, Any], *stages: str) -> dict[str, Any]:
+    """``part`` plus the code versions of ``stages`` that are above 0 (see :data:`CODE_VERSIONS`)."""
+    versions = {s: CODE_VERSIONS[s] for s in stages if CODE_VERSIONS.get(s, 0) > 0}
+    return {**part, "code": versions} if versions else part
+
+
 def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """The training settings that change the trained model (everything but :data:`NOT_IN_IDENTITY`)."""
     return cfg.training.model_dump(mode="json", exclude=set(NOT_IN_IDENTITY))
@@ -49,14 +63,13 @@ def model_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 def data_key(cfg: ExperimentConfig) -> str:
     """Key of data preparation: the data section, the data directory and the data seed."""
     data_dir = cfg.resolved_data_dir()
-    return stable_hash(
-        {
-            "stage": "data",
-            "data": cfg.data.model_dump(mode="json"),
-            "data_dir": str(data_dir) if data_dir else None,
-            "seed": DATA_SEED,
-        }
-    )
+    part = {
+        "stage": "data",
+        "data": cfg.data.model_dump(mode="json"),
+        "data_dir": str(data_dir) if data_dir else None,
+        "seed": DATA_SEED,
+    }
+    return stable_hash(with_code_version(part, "data"))
 
 
 def files_hash(*paths: Path) -> str:
@@ -73,17 +86,16 @@ def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) 
     training = training_identity(cfg)
     if cfg.train_launcher():  # resolved at load (config, else environment): it sets the number of processes
         training["launcher"] = cfg.train_launcher()
-    return stable_hash(
-        {
-            "stage": "train",
-            "model": model_identity(cfg),
-            "data": cfg.data.model_dump(mode="json"),
-            "data_hash": data_hash,
-            "training": training,
-            "arm": arm.model_dump(mode="json"),
-            "seed": seed,
-        }
-    )
+    part = {
+        "stage": "train",
+        "model": model_identity(cfg),
+        "data": cfg.data.model_dump(mode="json"),
+        "data_hash": data_hash,
+        "training": training,
+        "arm": arm.model_dump(mode="json"),
+        "seed": seed,
+    }
+    return stable_hash(with_code_version(part, "train"))
 
 
 def base_key(cfg: ExperimentConfig) -> str:
@@ -108,7 +120,7 @@ def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: Benchm
         part["judge"] = cfg.evaluation.judge.model_dump(mode="json")
     if spec.uses_training_data:
         part["data_hash"] = data_hash
-    return stable_hash(part)
+    return stable_hash(with_code_version(part, "eval", benchmark))
 
 
 def read_stamp(out_dir: Path, stage: str) -> str | None:
