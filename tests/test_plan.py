@@ -223,3 +223,12 @@ def test_run_prints_the_plan_line_before_the_flow_starts(
     assert lines[0].startswith("plan: 22 units (0 done), 6.74B parameters") and lines[1].startswith(
         "running experiment"
     )
+
+
+def test_estimates_read_in_minutes_under_an_hour() -> None:
+    from im_pipeline.plan.show import duration
+
+    assert duration(0.05) == "~3 min"
+    assert duration(0.999) == "~60 min"
+    assert duration(1.0) == "~1.0 h"
+    assert duration(1234.56) == "~1,234.6 h"

@@ -13,10 +13,17 @@ def _gpus(plan: dict[str, Any]) -> str:
     return f"{g['count']} GPU{'s' if g['count'] > 1 else ''}{each}"
 
 
+def duration(hours: float) -> str:
+    """A time estimate in the unit that reads best: minutes under an hour, else hours."""
+    return f"~{hours * 60:.0f} min" if hours < 1 else f"~{hours:,.1f} h"
+
+
 def summary_line(plan: dict[str, Any]) -> str:
     """One line: units (done), parameters, training memory per GPU and whether it fits, judge calls and cost, time."""
     mem = plan["memory"]["training_gib"]
-    fits = {True: "fits", False: "does NOT fit", None: "no GPU memory known"}[mem["fits"]]
+    fits = {True: "fits, ", False: "does NOT fit, ", None: "no GPU memory known, "}[mem["fits"]]
+    if not plan["gpus"]["count"]:
+        fits = ""  # "no GPU" says it
     judge = plan["judge"]
     cost = f" ≈ ${judge['usd']:,.0f}" if judge.get("usd") else ""
     t = plan["time"]
@@ -24,8 +31,8 @@ def summary_line(plan: dict[str, Any]) -> str:
     warn = f", {len(plan['warnings'])} warning(s)" if plan["warnings"] else ""
     return (
         f"plan: {len(plan['units'])} units ({len(plan['units_done'])} done), {plan['params'] / 1e9:.2f}B parameters, "
-        f"training {mem['total']} GiB per GPU ({fits}, {_gpus(plan)}), {plan['judge_calls']:,} judge calls{cost}, "
-        f"~{hours:,.1f} h estimated{warn} (`im-pipeline plan` for details)"
+        f"training {mem['total']} GiB per GPU ({fits}{_gpus(plan)}), {plan['judge_calls']:,} judge calls{cost}, "
+        f"{duration(hours)} estimated{warn} (`im-pipeline plan` for details)"
     )
 
 
