@@ -1,6 +1,6 @@
 """LoRA / QLoRA through peft (``training.peft``) on the tiny random Llama: the config and its key, gradients only in
 the adapters, the KL reference as the base with adapters disabled, the adapter + merged checkpoint, the summary's
-trainable counts, QLoRA refused without CUDA."""
+trainable counts, QLoRA refused without CUDA, and ``plan``'s input."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from im_pipeline.config import AdapterConfig, ArmConfig, DataConfig, ExperimentC
 from im_pipeline.models import load_model_and_tokenizer
 from im_pipeline.plan import memory
 from im_pipeline.plan.arch import Arch
+from im_pipeline.plan.build import make_plan
 from im_pipeline.results import TrainSummary
 from im_pipeline.runs.staleness import training_identity
 from im_pipeline.training import train_arm
@@ -227,3 +228,17 @@ def test_qlora_is_refused_without_cuda_when_training_starts(tiny_model_dir: Path
     with pytest.raises(AdapterError, match=r"CUDA GPU.*bitsandbytes.*method=lora"):
         train_arm(cfg, ArmConfig(name="IT", loss_mode="it"), 0, records(4), [], tmp_path / "run", key="k")
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_plan_models_the_configured_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ExperimentConfig(
+        name="p",
+        model=ModelConfig(source="smollm2-135m-instruct"),
+        arms=[ArmConfig(name="IT", loss_mode="it", kl_coef=0.1)],
+        training=TrainingConfig(peft=AdapterConfig(method="qlora", r=8)),
+    )
+    setup = make_plan(cfg)["memory"]["training_gib"]["setup"]
+    assert (setup["adapter"], setup["lora_rank"], setup["reference_model"]) == ("qlora", 8, False)
+    full = make_plan(cfg.model_copy(update={"training": TrainingConfig()}))["memory"]["training_gib"]["setup"]
+    assert (full["adapter"], full["reference_model"]) == ("none", True)
