@@ -222,6 +222,35 @@ def test_a_crashed_lora_run_resumes_from_its_adapter_checkpoint(tiny_model_dir: 
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.integration
+def test_lora_under_torchrun_equals_one_process_with_double_accumulation(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two gloo processes (DDP over the adapters, the KL reference through the unwrapped model, rank 0 saving the
+    adapter and merging) train the same adapters as one process accumulating two micro-batches."""
+    from im_pipeline.data import write_jsonl
+    from im_pipeline.training.launch import launch
+
+    train, held = records(16), records(2)
+    data = tmp_path / "data"
+    write_jsonl(train, data / "train.jsonl")
+    write_jsonl(held, data / "held_out.jsonl")
+    arm = ArmConfig(name="IT", loss_mode="it", kl_coef=0.5)
+    two = make_cfg(tiny_model_dir, launcher="torchrun --standalone --nproc_per_node 2").model_copy(
+        update={"arms": [arm]}
+    )
+    run = tmp_path / "two" / "IT" / "seed-0"
+    launched = launch(two.train_launcher(), two, "IT", 0, run, data, key="k2")
+    single = train_arm(
+        make_cfg(tiny_model_dir, gradient_accumulation_steps=2), arm, 0, train, held, tmp_path / "one", key="k"
+    )
+    assert launched["world_size"] == 2 and launched["steps"] == single["steps"] == 4
+    assert launched["trainable_params"] == single["trainable_params"] == TINY_LORA_PARAMS
+    assert launched["final_train_loss"] == pytest.approx(single["final_train_loss"], abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(run / "checkpoint").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "checkpoint").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="QLoRA's refusal is for machines without CUDA")
 def test_qlora_is_refused_without_cuda_when_training_starts(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = make_cfg(tiny_model_dir, method="qlora")  # the config itself loads (plan / keys / a GPU pool need it)
