@@ -130,8 +130,7 @@ class LrScaleTokens(BaseModel):
 class TrainSummary(_Record):
     """``<arm>/seed-<s>/train_summary.json``: what one training unit did and measured.
 
-    ``key`` is the training unit's key (older writers called it ``fingerprint``; that name is accepted on input).
-    """
+    ``key`` is the training unit's key (older writers called it ``fingerprint``; that name is accepted on input)."""
 
     kind: ClassVar[str] = "train_summary.json"
     rerun: ClassVar[str] = "--rerun train"
@@ -173,6 +172,8 @@ class TrainSummary(_Record):
     encoding: Encoding | None = None
     key: str | None = Field(default=None, validation_alias=AliasChoices("key", "fingerprint"))
     checkpoint: str | None = None
+    trainable_params: int | None = None  # parameters the optimiser updates (the adapters' with training.peft)
+    trainable_fraction: float | None = None  # trainable_params / all parameters of the model
 
 
 # -- eval/<benchmark>.json -------------------------------------------------------------------------------------
@@ -377,9 +378,8 @@ def read_eval_result(path: Path) -> EvalResult:
 
 def new_train_summary(data: dict[str, Any]) -> TrainSummary:
     """A summary being written now, stamped with this schema version."""
-    return TrainSummary.from_json(
-        {**data, "schema_version": SCHEMA_VERSION}, "new train_summary.json", NEW_RECORD_ADVICE
-    )
+    stamped = {**data, "schema_version": SCHEMA_VERSION}
+    return TrainSummary.from_json(stamped, "new train_summary.json", NEW_RECORD_ADVICE)
 
 
 __all__ = [

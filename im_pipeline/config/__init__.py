@@ -18,11 +18,12 @@ from im_pipeline.config.loading import (
     parse_override,
     write_resolved_config,
 )
-from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
+from im_pipeline.config.sections import AdapterConfig, ArmConfig, DataConfig, ModelConfig, TrainingConfig
 from im_pipeline.config.settings import DATA_DIR_ENV, Settings, default_cache_dir, default_max_workers
 
 __all__ = [
     "DATA_DIR_ENV",
+    "AdapterConfig",
     "ArmConfig",
     "BenchmarkConfig",
     "ConfigError",

@@ -167,6 +167,26 @@ class ArmConfig(Strict):
         return self._loss
 
 
+class AdapterConfig(Strict):
+    """``training.peft``: train low-rank adapters (peft's LoRA) instead of every weight; QLoRA on a 4-bit base."""
+
+    method: Literal["none", "lora", "qlora"] = Field(
+        "none",
+        description="'none': train every weight; 'lora': LoRA adapters on the base in model.dtype; 'qlora': LoRA on "
+        "a 4-bit NF4 base (bitsandbytes, CUDA only: refused when training starts on a machine without a GPU). The "
+        "KL reference is the base with the adapters disabled; checkpoint/ holds the merged model, checkpoint/adapter/ "
+        "the adapter.",
+    )
+    r: int = Field(16, ge=1, description="LoRA rank (lora / qlora).")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling α: the update is α/r · BA (lora / qlora).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input (lora / qlora).")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Modules given adapters: 'all-linear' (every linear layer but the output head, as `plan` "
+        "counts) or a list of module names, e.g. [q_proj, v_proj] (lora / qlora).",
+    )
+
+
 class TrainingConfig(Strict):
     epochs: float = Field(2.0, gt=0, description="Training epochs (paper: 2; up to 10 for small sets).")
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1 = use epochs).")
@@ -211,3 +231,14 @@ class TrainingConfig(Strict):
         f"${TRAIN_LAUNCHER_ENV} at load; null = in the task's process). The global batch is batch_size × "
         "gradient_accumulation_steps × processes.",
     )
+    peft: AdapterConfig = Field(
+        default_factory=AdapterConfig, description="LoRA / QLoRA adapters through peft (method none: full training)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_full_training_peft(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Full training (method none), no key: the training key of every config without adapters stays what it was.
+        out = handler(self)
+        if self.peft.method == "none":
+            out.pop("peft", None)
+        return out

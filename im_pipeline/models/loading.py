@@ -48,9 +48,15 @@ def load_tokenizer(
 
 
 def load_model_and_tokenizer(
-    source: str, *, dtype: Any = "float32", cache_dir: str | None = None, revision: str | None = None
+    source: str,
+    *,
+    dtype: Any = "float32",
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    **load_kw: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from any model source (see module docstring).
+    """Load a causal LM and its tokenizer from any model source (see module docstring); ``load_kw`` go to
+    ``from_pretrained`` (QLoRA's ``quantization_config`` and ``device_map``).
 
     The tokenizer has a pad token and ``model.config.pad_token_id`` / ``generation_config.pad_token_id`` match it.
     The model is returned in eval mode; callers that train switch it with ``model.train()``.
@@ -62,7 +68,7 @@ def load_model_and_tokenizer(
     tokenizer = _tokenizer_from(resolved, source, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None
+            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None, **load_kw
         )
     except (OSError, ValueError) as exc:
         if isinstance(exc, ModelSourceError):

@@ -111,7 +111,10 @@ def _training(cfg: ExperimentConfig, arch: Arch, n_params: int, engine: str, wor
         seq_len=d.max_length,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        reference_model=any(a.kl_coef > 0 for a in cfg.arms),
+        adapter=t.peft.method,
+        lora_rank=t.peft.r,
+        # with adapters the KL reference is the same model, adapters disabled: no second copy
+        reference_model=t.peft.method == "none" and any(a.kl_coef > 0 for a in cfg.arms),
     )
     mem = memory.training_memory(arch, n_params, setup)
     examples, tokens_each, basis = _data_size(cfg)

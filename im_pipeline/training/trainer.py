@@ -36,6 +36,7 @@ from im_pipeline.config import ArmConfig, ExperimentConfig
 from im_pipeline.loss_modes import OUTPUT_ONLY
 from im_pipeline.results import TrainSummary, new_train_summary
 from im_pipeline.runs.layout import UnitLayout
+from im_pipeline.training import adapters
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer, write_model_card
 from im_pipeline.training.held_out import LR_SCALE_RATIO, encode_records, output_over_im_release
@@ -157,7 +158,7 @@ def train_arm(
     args = build_training_arguments(cfg, arm, seed, unit.trainer_checkpoints)
     resume = resume_point(unit, args, run.is_main)
     torch.set_num_threads(run.threads)
-    model, ref_model, tokenizer = load_models(cfg, arm)
+    model, ref_model, tokenizer = load_models(cfg, arm, seed)
     data = encode_splits(cfg, arm, seed, train, held_out, tokenizer)
     lr = learning_rate(cfg, arm, seed, train, tokenizer)
     args.learning_rate = lr.value  # read by the Trainer when it builds optimiser and schedule
@@ -165,9 +166,10 @@ def train_arm(
     if resume:
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    save_final_model(trainer, tokenizer, unit, cfg.data.template, run.is_main)
+    save_final_model(trainer, tokenizer, unit, cfg.data.template, run.is_main, load_base=adapters.base_loader(cfg))
     # Typed: a field TrainSummary lacks is an error, not a silent key; the returned dict is what the file holds.
-    record = new_train_summary(train_summary(cfg, arm, seed, unit, run, data, lr, result, resume))
+    summary = train_summary(cfg, arm, seed, unit, run, data, lr, result, resume)
+    record = new_train_summary({**summary, **adapters.trainable_fields(model)})
     trainer.accelerator.wait_for_everyone()
     if run.is_main:
         write_outputs(unit, cfg, arm, seed, record)
@@ -186,15 +188,22 @@ def resume_point(unit: UnitLayout, args: TrainingArguments, is_main: bool) -> st
     return get_last_checkpoint(str(ckpt_root))
 
 
-def load_models(cfg: ExperimentConfig, arm: ArmConfig) -> tuple[Any, Any, Any]:
+def load_models(cfg: ExperimentConfig, arm: ArmConfig, seed: int = 0) -> tuple[Any, Any, Any]:
     """(model, frozen reference model or None, tokenizer): the reference is a second copy of the base model, loaded
-    only when the arm has a KL term."""
+    only when the arm has a KL term. With adapters (``training.peft``) the model is the base wrapped by peft and the
+    reference is that model with its adapters disabled (no second copy); ``seed`` draws the adapters' init."""
     from im_pipeline.models import load_model_and_tokenizer
 
-    m = cfg.model
-    model, tokenizer = load_model_and_tokenizer(m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision)
+    m, adapter = cfg.model, cfg.training.peft
+    extra = adapters.load_options(adapter, m.dtype)  # QLoRA without CUDA: refused here, before anything loads
+    model, tokenizer = load_model_and_tokenizer(
+        m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision, **extra
+    )
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {m.source} has no pad token")
+    if adapter.method != "none":
+        model = adapters.wrap(model, adapter, cfg.training.gradient_checkpointing, seed)
+        return model, adapters.AdaptersDisabled(model) if arm.kl_coef > 0 else None, tokenizer
     ref_model = None
     if arm.kl_coef > 0:
         ref_model, _ = load_model_and_tokenizer(m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision)
@@ -288,17 +297,23 @@ def build_trainer(
     return trainer
 
 
-def save_final_model(trainer: WeightedLossTrainer, tokenizer: Any, unit: UnitLayout, template: str, is_main: bool):
-    """The final ``save_pretrained`` model and tokenizer (with the training template) in ``unit.checkpoint``."""
+def save_final_model(
+    trainer: WeightedLossTrainer, tokenizer: Any, unit: UnitLayout, template: str, is_main: bool, load_base=None
+):
+    """The final ``save_pretrained`` model and tokenizer (with the training template) in ``unit.checkpoint``; with
+    adapters (``load_base`` given) the adapter in ``checkpoint/adapter/`` and the base with it merged in the rest."""
     final_dir = unit.checkpoint
     with trainer.args.main_process_first(local=False, desc="final save"):
         if is_main and final_dir.exists():
             shutil.rmtree(final_dir)
     # Trainer.save_model: every process takes part (ZeRO-3 / FSDP gather the full weights), rank 0 writes the
     # save_pretrained model.
-    trainer.save_model(str(final_dir))
+    saved = final_dir / adapters.ADAPTER_DIR if load_base else final_dir  # a peft model saves its adapter only
+    trainer.save_model(str(saved))
     if is_main:
-        (final_dir / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle: not part of the model
+        (saved / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle: not part of the model
+        if load_base:
+            adapters.save_merged(saved, final_dir, load_base)
         save_tokenizer(tokenizer, final_dir, template)
 
 
