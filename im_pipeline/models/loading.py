@@ -1,5 +1,5 @@
 """Loading a resolved model and its tokenizer (a pad token guaranteed, the dtype applied, Hub errors made
-readable)."""
+readable), on the device asked for."""
 
 from __future__ import annotations
 
@@ -48,9 +48,14 @@ def load_tokenizer(
 
 
 def load_model_and_tokenizer(
-    source: str, *, dtype: Any = "float32", cache_dir: str | None = None, revision: str | None = None
+    source: str,
+    *,
+    dtype: Any = "float32",
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from any model source (see module docstring).
+    """Load a causal LM and its tokenizer from any model source (see module docstring), on ``device``.
 
     The tokenizer has a pad token and ``model.config.pad_token_id`` / ``generation_config.pad_token_id`` match it.
     The model is returned in eval mode; callers that train switch it with ``model.train()``.
@@ -77,4 +82,6 @@ def load_model_and_tokenizer(
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
+    if device != "cpu":
+        model = model.to(device)
     return model, tokenizer
