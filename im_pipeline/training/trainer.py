@@ -33,6 +33,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig
+from im_pipeline.devices import refuse_data_parallel
 from im_pipeline.loss_modes import OUTPUT_ONLY
 from im_pipeline.results import TrainSummary, new_train_summary
 from im_pipeline.runs.layout import UnitLayout
@@ -52,7 +53,12 @@ def _utc_now() -> str:
 
 
 def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, output_dir: Path) -> TrainingArguments:
-    """``TrainingArguments`` from ``cfg.training`` (+ the arm's NEFTune α and the seed)."""
+    """``TrainingArguments`` from ``cfg.training`` (+ the arm's NEFTune α and the seed).
+
+    ``model.dtype`` bfloat16 turns on bf16 autocast (``bf16=True``; torch's CPU autocast on the CPU) over the fp32
+    master weights :func:`load_models` loads (bf16 weights only with ``training.precision: pure_bf16``). More than
+    one visible GPU in a single process is refused (:func:`~im_pipeline.devices.refuse_data_parallel`)."""
+    refuse_data_parallel(int(os.environ.get("WORLD_SIZE", "1")))
     t = cfg.training
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -81,8 +87,7 @@ def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, o
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
-        bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
-        fp16=cfg.model.dtype == "float16" and torch.cuda.is_available(),
+        bf16=cfg.model.dtype == "bfloat16",  # float16 is refused at config load
     )
 
 
@@ -188,11 +193,13 @@ def resume_point(unit: UnitLayout, args: TrainingArguments, is_main: bool) -> st
 
 def load_models(cfg: ExperimentConfig, arm: ArmConfig) -> tuple[Any, Any, Any]:
     """(model, frozen reference model or None, tokenizer): the reference is a second copy of the base model, loaded
-    only when the arm has a KL term."""
+    only when the arm has a KL term. The trained model's weights are fp32 (the master weights mixed precision
+    updates) unless ``training.precision`` is ``pure_bf16``; the frozen reference is held in ``model.dtype``."""
     from im_pipeline.models import load_model_and_tokenizer
 
     m = cfg.model
-    model, tokenizer = load_model_and_tokenizer(m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision)
+    weights = "bfloat16" if cfg.training.precision == "pure_bf16" else "float32"
+    model, tokenizer = load_model_and_tokenizer(m.source, dtype=weights, cache_dir=m.cache_dir, revision=m.revision)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {m.source} has no pad token")
     ref_model = None
