@@ -229,3 +229,65 @@ def test_report_names_the_precision_of_bf16_training():
     assert note("float32", "mixed") == "" and note("bfloat16", None) == ""  # float32, and runs before the field
     assert note("bfloat16", "mixed") == "; trained with fp32 master weights under bf16 autocast"
     assert "training.precision: pure_bf16" in note("bfloat16", "pure_bf16")
+
+
+# -- the unit layer: concurrent units on a fake 4-GPU host -------------------------------------------------------------
+
+
+def _unit_cfg(tmp_path: Path, model_dir: Path, **training: object) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(
+        {
+            "name": "gpus",
+            "model": {"source": str(model_dir)},
+            "arms": [{"name": "IT", "loss_mode": "it"}, {"name": "IM", "loss_mode": "im"}],
+            "training": {"threads": 1, **training},
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+
+
+def test_concurrent_eval_units_run_on_their_own_gpus(gpus, tiny_model_dir, tmp_path, monkeypatch):
+    from im_pipeline.evaluation import common
+    from im_pipeline.runs.units import EvalJob, evaluate_unit
+
+    gpus(4)
+    cfg = _unit_cfg(tmp_path, tiny_model_dir)
+    seen: dict[str, tuple[str, str]] = {}
+    barrier = threading.Barrier(4)
+
+    def fake_benchmark(name, ctx, _bcfg):
+        seen[ctx.arm + str(ctx.seed)] = (ctx.device, ctx.dtype)
+        barrier.wait(timeout=20)  # the four units evaluate at the same time
+        return tmp_path / f"{name}.json"
+
+    monkeypatch.setattr(common, "run_benchmark", fake_benchmark)
+    jobs = [EvalJob(arm, seed, "overfitting", "k", str(tiny_model_dir), "m") for arm in ("IT", "IM") for seed in (0, 1)]
+    threads = [threading.Thread(target=evaluate_unit, args=(cfg, job)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(seen.values()) == [(f"cuda:{i}", "bfloat16") for i in range(4)]
+
+
+def test_concurrent_launched_units_see_only_their_gpus(gpus, tiny_model_dir, tmp_path, monkeypatch):
+    from im_pipeline.runs.units import TrainJob, train_unit
+    from im_pipeline.training import launch as launch_module
+
+    gpus(4)
+    cfg = _unit_cfg(tmp_path, tiny_model_dir, launcher="torchrun --standalone --nproc_per_node 2")
+    envs: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def fake_launch(*_args, env, **_kw):
+        envs.append(env["CUDA_VISIBLE_DEVICES"])
+        barrier.wait(timeout=20)  # both units train at the same time
+        return {}
+
+    monkeypatch.setattr(launch_module, "launch", fake_launch)
+    threads = [threading.Thread(target=train_unit, args=(cfg, TrainJob(arm, 0, "k"))) for arm in ("IT", "IM")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(envs) == ["0,1", "2,3"]
