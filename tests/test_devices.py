@@ -291,3 +291,23 @@ def test_concurrent_launched_units_see_only_their_gpus(gpus, tiny_model_dir, tmp
     for t in threads:
         t.join(timeout=30)
     assert sorted(envs) == ["0,1", "2,3"]
+
+
+def test_the_local_judge_loads_on_the_units_device(tiny_model_dir, monkeypatch):
+    import im_pipeline.models as models_pkg
+    from im_pipeline.config.evaluation import JudgeConfig
+    from im_pipeline.evaluation.alpaca_eval.judging import load_local_judge
+
+    real = models_pkg.load_model_and_tokenizer
+    seen: list[str] = []
+
+    def recording(source, **kw):
+        seen.append(kw["device"])
+        return real(source, **{**kw, "device": "cpu"})
+
+    monkeypatch.setattr(models_pkg, "load_model_and_tokenizer", recording)
+    cache = ModelCache()
+    judge = JudgeConfig(model=str(tiny_model_dir))
+    first = load_local_judge(judge, "bfloat16", None, cache, "cuda:2")
+    assert seen == ["cuda:2"] and cache.devices == {"cuda:2"}
+    assert load_local_judge(judge, "bfloat16", None, cache, "cuda:2") is first  # loaded once per unit and device
