@@ -183,7 +183,7 @@ def test_plan_json_offline_without_network(
     assert {"units", "params", "judge_calls", "memory", "time"} <= set(plan)
     assert len(plan["units"]) == 22 and plan["units"][:2] == ["base", "IT/seed-0"] and plan["units_done"] == []
     assert (plan["params"], plan["judge_calls"]) == (6_738_415_616, 35_420)
-    assert plan["memory"]["training_gib"]["setup"]["precision"] == "bf16_weights"
+    assert plan["memory"]["training_gib"]["setup"]["precision"] == "bf16_autocast"  # fp32 masters (issue 20)
     assert plan["memory"]["evaluation"]["humaneval"] == {
         "rows_per_batch": 640,
         "kv_gib": 210.0,  # 640 rows × (160 + 512) tokens × 0.5 MiB
@@ -191,6 +191,11 @@ def test_plan_json_offline_without_network(
         "fits": False,
     }
     assert any("no training.launcher" in w for w in plan["warnings"])
+    assert not any("no fp32 master weights" in w for w in plan["warnings"])
+    pure = [*args, "--set", "training.precision=pure_bf16", "--gpus", "8", "--gpu-memory", "80"]
+    assert main(pure) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["memory"]["training_gib"]["setup"]["precision"] == "bf16_weights"
     assert any("no fp32 master weights" in w for w in plan["warnings"])
     assert plan["time"]["train_hours"] > 0
 

@@ -165,7 +165,12 @@ def eval_command(args: argparse.Namespace) -> int:
     from im_pipeline.results import read_eval_result
 
     get_spec(args.benchmark)  # an unknown name: ValueError naming the known ones
-    ctx = EvalContext(model_source=args.model, out_dir=Path(args.out), data_dir=data_dir_of(args.data_dir))
+    from im_pipeline.devices import resolve_device
+
+    device = resolve_device("auto")  # the GPU when one is visible
+    ctx = EvalContext(
+        model_source=args.model, out_dir=Path(args.out), data_dir=data_dir_of(args.data_dir), device=device
+    )
     cfg = BenchmarkConfig(limit=args.limit, options=parse_options(args.options))
     path = run_benchmark(args.benchmark, ctx, cfg)
     record = read_eval_result(path)

@@ -67,6 +67,7 @@ class TrainingView(_View):
     gradient_accumulation_steps: Shown | None = 1
     loss_normalisation: str | None = None
     threads: int | None = None
+    precision: str | None = None  # with a bfloat16 model: mixed | pure_bf16 (absent in runs before issue 20)
 
 
 class RunConfig(_View):

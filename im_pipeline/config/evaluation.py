@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from im_pipeline.config.base import Strict
+from im_pipeline.devices import check_device_spec
 from im_pipeline.evaluation.specs import BenchmarkSpec, specs
 
 
@@ -59,3 +60,19 @@ class EvaluationConfig(_Benchmarks):
 
     evaluate_base: bool = Field(True, description="Also evaluate the base model once (base → IT → IM).")
     batch_size: int = Field(8, ge=1, description="Batch size for scoring and generation.")
+    device: str = Field(
+        "auto",
+        description="Where every evaluator runs (lm-eval, generation, overfitting losses, the local judge): 'auto' "
+        "(a GPU when one is visible, else the CPU), 'cpu', 'cuda' or 'cuda:N'. Units evaluating at the same time on "
+        "one host each hold their own GPU (per-GPU locks).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Evaluation dtype: 'auto' = bfloat16 on a bf16-capable GPU, float32 on the CPU and on older GPUs; "
+        "an explicit dtype also enters the evaluation's key.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device_spec(value)

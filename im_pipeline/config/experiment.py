@@ -108,6 +108,12 @@ class ExperimentConfig(Strict):
                 raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
         return self
 
+    @model_validator(mode="after")
+    def _precision(self) -> ExperimentConfig:
+        if self.training.precision == "pure_bf16" and self.model.dtype != "bfloat16":
+            raise ValueError(f"training.precision pure_bf16 needs model.dtype bfloat16, not {self.model.dtype}")
+        return self
+
     # -- derived values (from the fields only: loading folded the environment in) -----------------
     @property
     def settings(self) -> Settings:

@@ -28,8 +28,23 @@ class ModelConfig(Strict):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training and evaluation."
+        "float32",
+        description="Training precision: 'float32' trains in fp32; 'bfloat16' keeps fp32 master weights and AdamW "
+        "state under bf16 autocast (training.precision 'mixed'), or trains bf16 weights (training.precision "
+        "'pure_bf16'); 'float16' is refused for training (use bfloat16). Checkpoints are saved in the dtype of the "
+        "weights trained (fp32 under 'mixed'). Evaluation's dtype is evaluation.dtype.",
     )
+
+    @field_validator("dtype")
+    @classmethod
+    def _no_fp16_training(cls, value: str) -> str:
+        if value == "float16":  # fp16 masters lose updates and overflow; a GradScaler path nothing here could test
+            raise ValueError(
+                "model.dtype float16 is refused for training: use bfloat16 (fp32 master weights under bf16 autocast) "
+                "or float32; to evaluate in float16 on a GPU without bf16, set evaluation.dtype: float16"
+            )
+        return value
+
     cache_dir: str | None = Field(
         None,
         description="Where dequantised GGUF / downloaded wheels are cached "
@@ -223,6 +238,13 @@ class TrainingConfig(Strict):
         description="Where the Trainer sends its training metrics (its report_to): TensorBoard event files in "
         "<run>/tensorboard/ by default; 'mlflow' / 'wandb' when installed and configured (their own env "
         "variables, e.g. MLFLOW_TRACKING_URI, WANDB_PROJECT); [] for none.",
+    )
+    precision: Literal["mixed", "pure_bf16"] = Field(
+        "mixed",
+        description="With model.dtype bfloat16: 'mixed' = fp32 master weights and optimizer state under bf16 "
+        "autocast (what accelerate's --mixed_precision bf16 and DeepSpeed bf16 do); 'pure_bf16' = bf16 weights, "
+        "gradients and AdamW state (half the memory; an update under half a bf16 ulp is lost), named in the report. "
+        "No effect with float32.",
     )
     launcher: str | None = Field(
         None,

@@ -41,6 +41,7 @@ class ModelCache:
         self._model: tuple[Any, tuple[Any, Any]] | None = None
         self._judge: tuple[Any, Any] | None = None
         self._state: dict[str, Any] = {}
+        self.devices: set[str] = set()  # where its models were placed (freed by clear)
 
     def state(self, key: str, build: Callable[[], Any]) -> Any:
         """The unit's value for ``key``, built by ``build()`` on first use (e.g. lm-eval's environment report)."""
@@ -51,9 +52,13 @@ class ModelCache:
 
     def model(self, identity: Any, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """The (model, tokenizer) for ``identity``, loaded by ``load()`` unless it is the one held."""
+        from im_pipeline.devices import free_memory
+
         with self._lock:
             if self._model is None or self._model[0] != identity:
                 self._model = None  # free the previous model before loading the next
+                for device in sorted(self.devices):
+                    free_memory(device)
                 self._model = (identity, load())
             return self._model[1]
 
@@ -66,9 +71,14 @@ class ModelCache:
             return self._judge[1]
 
     def clear(self) -> None:
+        """Drop the unit's models and state, and hand the freed GPU memory back (``torch.cuda.empty_cache``)."""
+        from im_pipeline.devices import free_memory
+
         with self._lock:
             self._model = self._judge = None
             self._state = {}
+            for device in sorted(self.devices):
+                free_memory(device)
 
 
 @dataclass(frozen=True)
@@ -93,16 +103,17 @@ class EvalContext:
     template: str = "tulu"
     batch_size: int = 8
     judge: JudgeConfig = field(default_factory=JudgeConfig)
-    dtype: str = "float32"
+    dtype: str = "float32"  # the evaluation dtype (resolved: never "auto")
+    device: str = "cpu"  # where every evaluator of this context runs (resolved: "cpu" or "cuda:N")
     cache_dir: str | None = None
     overfitting: OverfittingInputs | None = None  # the run's train / held-out data (the overfitting benchmark)
     cache: ModelCache = field(default_factory=ModelCache, repr=False)  # the unit's models (pass one to share)
     model_key: str | None = None  # what identifies the model's weights beyond its source (e.g. its training key)
 
     @property
-    def model_identity(self) -> tuple[str, str | None, str]:
-        """What the unit's :class:`ModelCache` keys the evaluated model by: (source, model key, dtype)."""
-        return (self.model_source, self.model_key, self.dtype)
+    def model_identity(self) -> tuple[str, str | None, str, str]:
+        """What the unit's :class:`ModelCache` keys the evaluated model by: (source, model key, dtype, device)."""
+        return (self.model_source, self.model_key, self.dtype, self.device)
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """Load once per :class:`ModelCache` (a unit's benchmarks share it) and return (model, tokenizer)."""
@@ -110,8 +121,11 @@ class EvalContext:
         def load() -> tuple[Any, Any]:
             from im_pipeline.models import load_model_and_tokenizer
 
-            return load_model_and_tokenizer(self.model_source, dtype=self.dtype, cache_dir=self.cache_dir)
+            return load_model_and_tokenizer(
+                self.model_source, dtype=self.dtype, cache_dir=self.cache_dir, device=self.device
+            )
 
+        self.cache.devices.add(self.device)
         return self.cache.model(self.model_identity, load)
 
 

@@ -1,5 +1,5 @@
 """Loading a resolved model and its tokenizer (a pad token guaranteed, the dtype applied, Hub errors made
-readable)."""
+readable), on the device asked for."""
 
 from __future__ import annotations
 
@@ -53,10 +53,11 @@ def load_model_and_tokenizer(
     dtype: Any = "float32",
     cache_dir: str | None = None,
     revision: str | None = None,
+    device: str = "cpu",
     **load_kw: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from any model source (see module docstring); ``load_kw`` go to
-    ``from_pretrained`` (QLoRA's ``quantization_config`` and ``device_map``).
+    """Load a causal LM and its tokenizer from any model source (see module docstring), on ``device``; ``load_kw``
+    go to ``from_pretrained`` (QLoRA's ``quantization_config`` and ``device_map``, which then places the model).
 
     The tokenizer has a pad token and ``model.config.pad_token_id`` / ``generation_config.pad_token_id`` match it.
     The model is returned in eval mode; callers that train switch it with ``model.train()``.
@@ -83,4 +84,6 @@ def load_model_and_tokenizer(
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
+    if device != "cpu" and "device_map" not in load_kw:
+        model = model.to(device)
     return model, tokenizer

@@ -51,8 +51,11 @@ def done_units(cfg: ExperimentConfig) -> list[str]:
 
 
 def precision_of(cfg: ExperimentConfig) -> str:
-    """How the configured dtype trains (:data:`memory.PRECISIONS`): a bf16 / fp16 model trains its 2-byte weights."""
-    return "fp32" if cfg.model.dtype == "float32" else "bf16_weights"
+    """How the configured dtype trains (:data:`memory.PRECISIONS`): bfloat16 = fp32 master weights under bf16
+    autocast, bf16 weights only with ``training.precision: pure_bf16``."""
+    if cfg.model.dtype == "float32":
+        return "fp32"
+    return "bf16_weights" if cfg.training.precision == "pure_bf16" else "bf16_autocast"
 
 
 def engine_of(launcher: str | None, declared_gpus: int | None) -> tuple[str, int]:
@@ -220,13 +223,13 @@ def warnings(cfg: ExperimentConfig, plan: dict[str, Any], gpus: int) -> list[str
         )
     if gpus > 1 and not cfg.train_launcher():
         out.append(
-            f"{gpus} GPUs but no training.launcher: training runs in one process (transformers then wraps the model "
-            "in DataParallel); set training.launcher (torchrun / accelerate launch)"
+            f"{gpus} GPUs but no training.launcher: in-process training is refused with more than one visible GPU; "
+            "set training.launcher (torchrun / accelerate launch)"
         )
-    if cfg.model.dtype in ("bfloat16", "float16"):
+    if precision_of(cfg) == "bf16_weights":
         out.append(
-            f"model.dtype {cfg.model.dtype} trains {cfg.model.dtype} weights and AdamW state (no fp32 master "
-            "weights): updates below half an ulp are lost; at lr 2e-5 most weights never change"
+            "training.precision pure_bf16 trains bf16 weights and AdamW state (no fp32 master weights): updates "
+            "below half an ulp are lost; at lr 2e-5 most weights never change"
         )
     fits = plan["memory"]["training_gib"]["fits"]
     if fits is False:

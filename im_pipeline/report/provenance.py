@@ -15,6 +15,19 @@ from im_pipeline.report.results import RESULTS_DIR
 from im_pipeline.results import AlpacaEvalResult
 from im_pipeline.runs.layout import BASE_ARM
 
+PRECISION_NOTES = {
+    "mixed": "; trained with fp32 master weights under bf16 autocast",
+    "pure_bf16": "; trained with pure bf16 weights (training.precision: pure_bf16, updates under half a bf16 ulp lost)",
+}
+
+
+def precision_note(cfg: RunConfig) -> str:
+    """How a bfloat16 model was trained, for the provenance line (nothing for float32, or for runs from before
+    ``training.precision`` existed)."""
+    if cfg.model.dtype != "bfloat16":
+        return ""
+    return PRECISION_NOTES.get(cfg.training.precision or "", "")
+
 
 def built_by(run: agg.RunResults) -> str:
     """The report's last line; the same wherever the run directory lies (a rebuild from the committed results is
@@ -99,7 +112,7 @@ def provenance_section(run: agg.RunResults) -> str:
     link = last.flow_run.link() if last else ""
     lines = [
         *([f"- Prefect: {link}"] if link else []),
-        f"- Model: `{cfg.model.source}` (dtype {cfg.model.dtype})",
+        f"- Model: `{cfg.model.source}` (dtype {cfg.model.dtype}{precision_note(cfg)})",
         f"- Data: `{cfg.data.train}`, read from {data_origin_text(origin, cfg)}",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
         f"- Config hash: `{cfg.config_hash}`",

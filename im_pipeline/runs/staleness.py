@@ -51,8 +51,10 @@ def with_code_version(part: dict[str, Any], *stages: str) -> dict[str, Any]:
 
 
 def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The training settings that change the trained model (everything but :data:`NOT_IN_IDENTITY`)."""
-    return cfg.training.model_dump(mode="json", exclude=set(NOT_IN_IDENTITY))
+    """The training settings that change the trained model (everything but :data:`NOT_IN_IDENTITY`; ``precision``
+    only where it acts, with a bfloat16 model)."""
+    exclude = set(NOT_IN_IDENTITY) | ({"precision"} if cfg.model.dtype == "float32" else set())
+    return cfg.training.model_dump(mode="json", exclude=exclude)
 
 
 def model_identity(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -113,6 +115,7 @@ def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: Benchm
         "cfg": bcfg.model_dump(mode="json"),
         "template": cfg.data.template,
         "dtype": cfg.model.dtype,
+        **({"eval_dtype": cfg.evaluation.dtype} if cfg.evaluation.dtype != "auto" else {}),
         "data_dir": str(data_dir) if data_dir else None,
     }
     spec = get_spec(benchmark)

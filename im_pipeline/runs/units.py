@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import ExperimentConfig
+from im_pipeline.devices import eval_lease, gpu_lease, resolve_eval_dtype, train_gpus
 from im_pipeline.locking import unit_lock
 from im_pipeline.provenance import write_json
 from im_pipeline.runs.layout import RunLayout
@@ -122,15 +123,28 @@ def train_unit(cfg: ExperimentConfig, job: TrainJob, *, on_wait: Say = None, say
             say(f"{job.arm}/seed-{job.seed}: {why}, removed the old run directory {unit.dir}")
         write_stamp(unit.dir, "train-started", job.key)  # an interrupted run with this key resumes
         launcher = cfg.train_launcher()
-        if launcher:  # torchrun / accelerate launch: one process per device, rank 0 writes the outputs
-            from im_pipeline.training.launch import launch
+        # The unit's own GPUs: the launcher sees only them (CUDA_VISIBLE_DEVICES); in-process training uses the one
+        # GPU of its process (more are refused by train_arm), held so that no concurrent evaluation lands on it.
+        only = None if launcher else [0]
+        with gpu_lease(train_gpus(_processes(launcher)), only=only, on_wait=on_wait) as lease:
+            if launcher:  # torchrun / accelerate launch: one process per device, rank 0 writes the outputs
+                from im_pipeline.training.launch import launch
 
-            launch(launcher, cfg, job.arm, job.seed, unit.dir, layout.data, key=job.key)
-        else:
-            train, held_out = seed_data(cfg.data, layout.data, job.seed)
-            train_arm(cfg, cfg.arm(job.arm), job.seed, train, held_out, unit.dir, key=job.key)
+                launch(launcher, cfg, job.arm, job.seed, unit.dir, layout.data, key=job.key, env=lease.env)
+            else:
+                train, held_out = seed_data(cfg.data, layout.data, job.seed)
+                train_arm(cfg, cfg.arm(job.arm), job.seed, train, held_out, unit.dir, key=job.key)
         write_stamp(unit.dir, "train", job.key)
     return True
+
+
+def _processes(launcher: str | None) -> int | None:
+    """Processes the launcher starts (1 when it does not say: then all visible GPUs), None in-process."""
+    if not launcher:
+        return None
+    from im_pipeline.plan.build import engine_of
+
+    return engine_of(launcher, None)[1]
 
 
 def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on_wait: Say = None) -> bool:
@@ -139,7 +153,7 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
     ``models``: the unit's :class:`~im_pipeline.evaluation.common.ModelCache` (its benchmarks load the model once);
     never shared between units.
     """
-    from im_pipeline.evaluation.common import EvalContext, ModelCache, OverfittingInputs, run_benchmark
+    from im_pipeline.evaluation.common import ModelCache, OverfittingInputs
     from im_pipeline.evaluation.specs import get_spec
 
     layout = RunLayout.of(cfg)
@@ -147,7 +161,6 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
     with unit_lock(unit.eval_lock(job.benchmark), on_wait=on_wait):
         if not job.replace and eval_done(cfg, job):
             return False
-        ev = cfg.evaluation
         overfitting = None
         if get_spec(job.benchmark).uses_training_data and layout.train_data.is_file():
             from im_pipeline.data import held_out_kind, seed_data
@@ -155,25 +168,40 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
             # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's).
             train, held_out = seed_data(cfg.data, layout.data, cfg.seeds[0] if job.seed is None else job.seed)
             overfitting = OverfittingInputs(train, held_out, held_out_kind(cfg.data))
-        ctx = EvalContext(
-            model_source=job.model,
-            out_dir=unit.eval_dir,
-            data_dir=cfg.resolved_data_dir(),
-            arm=job.arm,
-            seed=job.seed,
-            config_hash=job.key,
-            template=cfg.data.template,
-            batch_size=ev.batch_size,
-            judge=ev.judge,
-            dtype=cfg.model.dtype,
-            cache_dir=cfg.model.cache_dir,
-            overfitting=overfitting,
-            cache=models if models is not None else ModelCache(),
-            model_key=job.model_key,
-        )
-        run_benchmark(job.benchmark, ctx, getattr(ev, job.benchmark))
+        models = models if models is not None else ModelCache()
+        with eval_lease(cfg.evaluation.device, on_wait=on_wait) as lease:
+            try:
+                _evaluate(cfg, job, unit.eval_dir, models, overfitting, lease.device)
+            finally:
+                if lease.indices:  # the GPU goes to the next job with nothing of this unit left on it
+                    models.clear()
         write_stamp(unit.eval_dir, job.benchmark, job.key)
     return True
+
+
+def _evaluate(cfg: ExperimentConfig, job: EvalJob, out_dir: Path, models: Any, overfitting: Any, device: str) -> None:
+    """One benchmark on ``device`` (the unit's leased GPU, or the CPU) in the evaluation dtype resolved there."""
+    from im_pipeline.evaluation.common import EvalContext, run_benchmark
+
+    ev = cfg.evaluation
+    ctx = EvalContext(
+        model_source=job.model,
+        out_dir=out_dir,
+        data_dir=cfg.resolved_data_dir(),
+        arm=job.arm,
+        seed=job.seed,
+        config_hash=job.key,
+        template=cfg.data.template,
+        batch_size=ev.batch_size,
+        judge=ev.judge,
+        dtype=resolve_eval_dtype(ev.dtype, device),
+        device=device,
+        cache_dir=cfg.model.cache_dir,
+        overfitting=overfitting,
+        cache=models,
+        model_key=job.model_key,
+    )
+    run_benchmark(job.benchmark, ctx, getattr(ev, job.benchmark))
 
 
 def jobs_of(

@@ -52,8 +52,19 @@ def launch_command(launcher: str, job_file: Path) -> list[str]:
     return [_program(words[0]), *words[1:], "-m", MODULE, str(job_file)]
 
 
-def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir: Path, *, key: str) -> dict[str, Any]:
+def launch(
+    launcher: str,
+    cfg: Any,
+    arm: str,
+    seed: int,
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    key: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Train one (arm, seed) under ``launcher``; returns ``train_summary.json``. Raises when the launch fails.
+    ``env``: added to the launcher's environment (the unit's ``CUDA_VISIBLE_DEVICES``).
 
     ``key``: the unit's training key, passed on to every process's :func:`~im_pipeline.training.train_arm`."""
     from im_pipeline.config import write_resolved_config
@@ -69,7 +80,7 @@ def launch(launcher: str, cfg: Any, arm: str, seed: int, run_dir: Path, data_dir
     cmd = launch_command(launcher, job_file)
     log.info("%s/seed-%s: launching %s", arm, seed, shlex.join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -15,16 +15,13 @@ and resumes whatever Trainer checkpoints it finds in the run directory.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +30,29 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from im_pipeline.config import ArmConfig, ExperimentConfig
+from im_pipeline.devices import refuse_data_parallel
 from im_pipeline.loss_modes import OUTPUT_ONLY
-from im_pipeline.results import TrainSummary, new_train_summary
+from im_pipeline.results import new_train_summary
 from im_pipeline.runs.layout import UnitLayout
 from im_pipeline.training import adapters
 from im_pipeline.training.callback import TrainLogCallback
-from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer, write_model_card
+from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer
 from im_pipeline.training.held_out import LR_SCALE_RATIO, encode_records, output_over_im_release
 from im_pipeline.training.masking import WeightedCollator
 from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of
+from im_pipeline.training.summary import train_summary, utc_now, write_outputs
 from im_pipeline.training.weighted_trainer import WeightedLossTrainer
 
 log = logging.getLogger(__name__)
 
 
-def _utc_now() -> str:
-    """UTC time, ISO 8601 with milliseconds (what train_summary.json records as started_at / finished_at)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, output_dir: Path) -> TrainingArguments:
-    """``TrainingArguments`` from ``cfg.training`` (+ the arm's NEFTune α and the seed)."""
+    """``TrainingArguments`` from ``cfg.training`` (+ the arm's NEFTune α and the seed).
+
+    ``model.dtype`` bfloat16 turns on bf16 autocast (``bf16=True``; torch's CPU autocast on the CPU) over the fp32
+    master weights :func:`load_models` loads (bf16 weights only with ``training.precision: pure_bf16``). More than
+    one visible GPU in a single process is refused (:func:`~im_pipeline.devices.refuse_data_parallel`)."""
+    refuse_data_parallel(int(os.environ.get("WORLD_SIZE", "1")))
     t = cfg.training
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -82,8 +81,7 @@ def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, o
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
-        bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
-        fp16=cfg.model.dtype == "float16" and torch.cuda.is_available(),
+        bf16=cfg.model.dtype == "bfloat16",  # float16 is refused at config load
     )
 
 
@@ -104,7 +102,7 @@ class RunFacts:
     @classmethod
     def start(cls, key: str, threads: int | None) -> RunFacts:
         world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        return cls(key, world_size, rank, threads or os.cpu_count() or 1, _utc_now(), time.perf_counter())
+        return cls(key, world_size, rank, threads or os.cpu_count() or 1, utc_now(), time.perf_counter())
 
     @property
     def is_main(self) -> bool:
@@ -190,14 +188,20 @@ def resume_point(unit: UnitLayout, args: TrainingArguments, is_main: bool) -> st
 
 def load_models(cfg: ExperimentConfig, arm: ArmConfig, seed: int = 0) -> tuple[Any, Any, Any]:
     """(model, frozen reference model or None, tokenizer): the reference is a second copy of the base model, loaded
-    only when the arm has a KL term. With adapters (``training.peft``) the model is the base wrapped by peft and the
-    reference is that model with its adapters disabled (no second copy); ``seed`` draws the adapters' init."""
+    only when the arm has a KL term. The trained model's weights are fp32 (the master weights mixed precision
+    updates) unless ``training.precision`` is ``pure_bf16``; the frozen reference is held in ``model.dtype``. With
+    adapters (``training.peft``) the model is the base wrapped by peft and the reference is that model with its
+    adapters disabled (no second copy); ``seed`` draws the adapters' init."""
     from im_pipeline.models import load_model_and_tokenizer
 
     m, adapter = cfg.model, cfg.training.peft
+    # Full training: fp32 master weights (bf16 only as the pure_bf16 opt-in). Adapters: the frozen base stays in
+    # model.dtype and peft keeps the adapters themselves in fp32 (its autocast_adapter_dtype).
+    weights = "bfloat16" if cfg.training.precision == "pure_bf16" else "float32"
+    weights = m.dtype if adapter.method != "none" else weights
     extra = adapters.load_options(adapter, m.dtype)  # QLoRA without CUDA: refused here, before anything loads
     model, tokenizer = load_model_and_tokenizer(
-        m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision, **extra
+        m.source, dtype=weights, cache_dir=m.cache_dir, revision=m.revision, **extra
     )
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {m.source} has no pad token")
@@ -315,86 +319,3 @@ def save_final_model(
         if load_base:
             adapters.save_merged(saved, final_dir, load_base)
         save_tokenizer(tokenizer, final_dir, template)
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def train_summary(
-    cfg: ExperimentConfig,
-    arm: ArmConfig,
-    seed: int,
-    unit: UnitLayout,
-    run: RunFacts,
-    data: Encoded,
-    lr: LearningRate,
-    result: Any,
-    resume: str | None,
-) -> dict:
-    """The content of ``train_summary.json``: the arm, what training did (from ``train_log.jsonl`` and the Trainer's
-    result), throughput, provenance and the unit's key."""
-    rows = _read_log(unit.train_log)
-    train_rows = [r for r in rows if r.get("tokens")]
-    held_rows = [r for r in rows if r.get("held_out_loss") is not None]
-    tokens = sum(r["tokens"] for r in train_rows)
-    seconds = sum(r["seconds"] for r in train_rows)
-    padded = sum(r["padded_tokens"] for r in train_rows)
-    return {
-        "arm": arm.name,
-        "seed": seed,
-        "mode": str(arm.loss_mode),
-        "prompt_loss_weight": arm.prompt_loss_weight,
-        "neftune_alpha": arm.neftune_alpha,
-        "kl_coef": arm.kl_coef,
-        "kl_form": arm.kl_form if arm.kl_coef > 0 else None,
-        "loss_normalisation": cfg.training.loss_normalisation,
-        "lr_scale": arm.lr_scale,
-        "lr_scale_factor": lr.factor,
-        "lr_scale_tokens": lr.tokens,
-        "learning_rate": lr.value,
-        "model": cfg.model.source,
-        "steps": result.global_step,
-        "epochs": rows[-1]["epoch"] if rows else None,
-        "final_train_loss": train_rows[-1]["train_loss"] if train_rows else None,
-        "mean_train_loss": result.training_loss,
-        "final_held_out_loss": held_rows[-1]["held_out_loss"] if held_rows else None,
-        "final_held_out_loss_per_example": held_rows[-1].get("held_out_loss_per_example") if held_rows else None,
-        "held_out_loss_on": "output tokens (IT mask); final_held_out_loss: token mean, *_per_example: mean of "
-        "per-example token means (released compute_loss.py)",
-        "train_tokens": tokens,
-        "train_seconds": round(seconds, 2),
-        "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
-        "padding_fraction": round(1 - tokens / padded, 4) if padded else None,
-        "wall_time_s": round(time.perf_counter() - run.t_start, 2),
-        "resumed_from": Path(resume).name if resume else None,
-        "threads": run.threads,
-        "world_size": run.world_size,
-        "host": socket.gethostname(),  # who computed it (rank 0 of the launch)
-        "pid": os.getpid(),
-        "started_at": run.started_at,
-        "finished_at": _utc_now(),
-        "n_train": len(data.train),
-        "n_held_out": len(data.held_out),
-        "encoding": data.stats,
-        "key": run.key,
-        "checkpoint": unit.checkpoint.name,
-    }
-
-
-def write_outputs(unit: UnitLayout, cfg: ExperimentConfig, arm: ArmConfig, seed: int, record: TrainSummary) -> None:
-    """Rank 0's last step: ``train_summary.json``, the model card; the Trainer checkpoints go."""
-    record.write(unit.train_summary)
-    summary = record.to_json()
-    write_model_card(unit.checkpoint, cfg, arm, seed, summary)
-    shutil.rmtree(unit.trainer_checkpoints, ignore_errors=True)  # large; the final model is in checkpoint/
-    log.info(
-        "%s seed %d: done in %.0f s, final train loss %s, held-out %s",
-        arm.name,
-        seed,
-        summary["wall_time_s"],
-        summary["final_train_loss"],
-        summary["final_held_out_loss"],
-    )

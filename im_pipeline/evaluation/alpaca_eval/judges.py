@@ -204,17 +204,14 @@ class LocalHFJudge:
         tokenizer: Any = None,
         dtype: str = "float32",
         cache_dir: str | None = None,
+        device: str = "cpu",
     ) -> None:
         if model is None or tokenizer is None:
             if source is None:
                 raise JudgeError("LocalHFJudge needs a model source or a (model, tokenizer) pair")
             from im_pipeline.models import load_model_and_tokenizer
 
-            model, tokenizer = load_model_and_tokenizer(source, dtype=dtype, cache_dir=cache_dir)
-            import torch
-
-            if torch.cuda.is_available():
-                model = model.to("cuda")
+            model, tokenizer = load_model_and_tokenizer(source, dtype=dtype, cache_dir=cache_dir, device=device)
         self.model, self.tokenizer = model, tokenizer
         self.model.eval()
         self.calls = 0

@@ -55,13 +55,19 @@ def annotator_config(name: str) -> dict[str, Any]:
     return config
 
 
-def load_local_judge(judge: JudgeConfig, dtype: str, cache_dir: str | None, cache: ModelCache | None) -> LocalHFJudge:
-    """The local judge model, from the unit's :class:`ModelCache` (loaded once per unit), or a fresh one."""
+def load_local_judge(
+    judge: JudgeConfig, dtype: str, cache_dir: str | None, cache: ModelCache | None, device: str = "cpu"
+) -> LocalHFJudge:
+    """The local judge model on ``device``, from the unit's :class:`ModelCache` (loaded once per unit), or a fresh
+    one."""
 
     def load() -> LocalHFJudge:
-        return LocalHFJudge(judge.model, dtype=dtype, cache_dir=cache_dir)
+        return LocalHFJudge(judge.model, dtype=dtype, cache_dir=cache_dir, device=device)
 
-    return cache.judge(("local_hf", judge.model, dtype), load) if cache is not None else load()
+    if cache is None:
+        return load()
+    cache.devices.add(device)
+    return cache.judge(("local_hf", judge.model, dtype, device), load)
 
 
 Presentation = tuple[str, str, str]  # (instruction, output_1, output_2) as handed to alpaca_eval
@@ -98,7 +104,9 @@ def annotate(
     if todo:
         protocol = protocol_for(config)
         if judge.kind == "local_hf" and local_judge is None:
-            local_judge = load_local_judge(judge, "float32", None, None)
+            from im_pipeline.devices import resolve_device
+
+            local_judge = load_local_judge(judge, "float32", None, None, resolve_device("auto"))
         fn = make_fn_completions(
             judge, protocol, guided_choice=guided_choice, concurrency=concurrency, local_judge=local_judge
         )

@@ -243,7 +243,7 @@ def _annotate(
 ) -> tuple[list[dict[str, Any]], int]:
     """The judge's verdicts on ``pairs`` (a local judge comes from the unit's model cache)."""
     local = ctx.judge.kind == "local_hf"
-    local_judge = load_local_judge(ctx.judge, ctx.dtype, ctx.cache_dir, ctx.cache) if local else None
+    local_judge = load_local_judge(ctx.judge, ctx.dtype, ctx.cache_dir, ctx.cache, ctx.device) if local else None
     return annotate(
         pairs,
         ctx.judge,
