@@ -200,3 +200,25 @@ def test_attention_cost_of_the_tiny_llama(tiny_model_dir):
     assert attention_cost_of(model) == pytest.approx(2 * 2 * (4 * 8) / n_linear)
     # A model whose config lacks the shape: the collator's default.
     assert attention_cost_of(torch.nn.Linear(2, 2)) == DEFAULT_ATTENTION_COST
+
+
+def test_it_w_trainer_loss_is_exact_padded_and_packed(tiny_model_dir, tok, tmp_path):
+    """Arm IT-w through the Trainer: the mean over examples of IT's mean output ce × n_out / n_im_release, padded and
+    packed alike."""
+    feats = _feats(tok, make_records(5), "it_w")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    padded = WeightedCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), padded["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    w = padded["it_weights"][:, 1:]
+    scales = [f["seq_scale"] for f in feats]
+    assert all(0 < s < 1 for s in scales)
+    expected = sum(float((ce[i] * w[i]).sum() / w[i].sum()) * scales[i] for i in range(5)) / 5
+    for collator in (WeightedCollator, PaddingFreeCollator):
+        trainer = _trainer(model, tmp_path / collator.__name__, loss=LossSpec(LossMode.it_w))
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, collator(tok.pad_token_id)(feats))
+        assert loss.item() == pytest.approx(expected, rel=1e-5), collator.__name__

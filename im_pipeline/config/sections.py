@@ -116,7 +116,10 @@ class ArmConfig(Strict):
     model_config = ConfigDict(use_enum_values=False)
 
     name: str = Field(description=f"Arm name, used in paths and reports (e.g. 'IT', 'IM+NEFTune'): {NAME_CHARS}.")
-    loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
+    loss_mode: LossMode = Field(
+        description="Label mask: it | im | im_release | weighted | it_w (the IT mask, each example's loss scaled by "
+        "n_out / n_im_release; sequence normalisation only)."
+    )
     prompt_loss_weight: float | None = Field(
         None, ge=0.0, le=1.0, description="λ for loss_mode=weighted: user-content tokens weigh λ."
     )
