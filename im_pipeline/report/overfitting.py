@@ -150,9 +150,10 @@ def paired_table(run: agg.RunResults, deltas: dict[str, agg.DeltaStats | None]) 
     ]
     if not paired:
         return ""
+    varies = "seeds (t on the seed deltas)" if len(run.seeds) >= 2 else "items (paired bootstrap)"
     return (
         f"{im} − {it} on the same examples (per-item paired differences; per-example losses, sentence "
-        "BLEU):\n\n" + md_table(["measure", "items", f"{im} − {it} [95% CI]", "p (test)"], paired)
+        "BLEU):\n\n" + md_table(["measure", "items", f"{im} − {it} [95% CI; varies: {varies}]", "p (test)"], paired)
     )
 
 

@@ -86,6 +86,26 @@ def _judges(run: agg.RunResults) -> list[str]:
     return judges
 
 
+def model_text(source: str | None, dtype: str | None) -> str:
+    """The model line: its source and dtype, and, for a GGUF (a shipped model or a .gguf file), that the weights are
+    a dequantised quantisation, named."""
+    import re
+
+    from im_pipeline.models.shipped import NAMED_MODELS
+
+    text = f"`{source}` (dtype {dtype})"
+    named = NAMED_MODELS.get(str(source))
+    if named is None and not str(source).lower().endswith(".gguf"):
+        return text
+    what = named.description if named else f"the GGUF file {Path(str(source)).name}"
+    quant = re.search(r"\b(Q\d\w*|IQ\d\w*|F16|BF16)\b", what, re.IGNORECASE)
+    q = f" (quantisation {quant.group(1).upper()})" if quant else ""
+    return (
+        f"{text}: {what}, dequantised to {dtype} by transformers' GGUF loader{q}: the trained and evaluated weights "
+        "are the quantised checkpoint's values, not the original release's"
+    )
+
+
 def provenance_section(run: agg.RunResults) -> str:
     """The Prefect flow run, model, data, judge, config hash, commits and libraries; the machine and the wall time
     of the recent flow runs; the compute time of every result shown."""
@@ -99,7 +119,7 @@ def provenance_section(run: agg.RunResults) -> str:
     link = last.flow_run.link() if last else ""
     lines = [
         *([f"- Prefect: {link}"] if link else []),
-        f"- Model: `{cfg.model.source}` (dtype {cfg.model.dtype})",
+        f"- Model: {model_text(cfg.model.source, cfg.model.dtype)}",
         f"- Data: `{cfg.data.train}`, read from {data_origin_text(origin, cfg)}",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
         f"- Config hash: `{cfg.config_hash}`",
