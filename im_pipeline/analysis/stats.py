@@ -347,12 +347,16 @@ def ols_prediction(
     s = float(math.sqrt(resid @ resid / df))
     v = np.concatenate([[1.0], np.asarray(x0, dtype=float)])
     pred = float(v @ coef)
-    half = float(t.ppf(0.5 + confidence / 2, df) * s * math.sqrt(1 + v @ np.linalg.inv(X.T @ X) @ v))
+    inv = np.linalg.inv(X.T @ X)
+    tq = float(t.ppf(0.5 + confidence / 2, df))
+    half = tq * s * math.sqrt(1 + v @ inv @ v)
+    se = s * np.sqrt(np.diag(inv))  # each coefficient's standard error; its CI is coef ± t · se
     return {
         "prediction": pred,
         "low": pred - half,
         "high": pred + half,
         "coefficients": [float(c) for c in coef],
+        "coefficient_ci": [[float(c - tq * e), float(c + tq * e)] for c, e in zip(coef, se, strict=True)],
         "residual_sd": s,
         "rms_residual": float(math.sqrt(resid @ resid / n)),
         "n_points": n,
