@@ -222,3 +222,54 @@ def test_it_w_trainer_loss_is_exact_padded_and_packed(tiny_model_dir, tok, tmp_p
         with torch.no_grad():
             loss = trainer.compute_loss(model, collator(tok.pad_token_id)(feats))
         assert loss.item() == pytest.approx(expected, rel=1e-5), collator.__name__
+
+
+def _tiny_gemma3(vocab_size: int, attn: str):
+    """A tiny Gemma 3 text model (gemma-3-270m's architecture: sliding-window and global layers) with a 4-token window,
+    so every test example is longer than the window."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=256, attn_implementation=attn,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gemma3_sliding_window_packed_equals_padded(tok, tmp_path, attn):
+    """gemma-3 (issue 23's model) padding-free: the packed rows give each example's own logits, and the loss and
+    gradients of the padded batch, with sliding-window layers whose window (4) is shorter than every example."""
+    model = _tiny_gemma3(len(tok), attn)
+    feats = _feats(tok, make_records(5), "im_release")
+    assert min(len(f["input_ids"]) for f in feats) > 4 * 4
+    b = PaddingFreeCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        flat, offset = packed.reshape(-1, packed.shape[-1]), 0
+        row_len = packed.shape[1]
+        for i, f in enumerate(feats):
+            k = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            start = int(b["target_index"][i, 0]) if k > 1 else offset
+            row, col = divmod(start, row_len - 1)
+            torch.testing.assert_close(packed[row, col : col + k], alone, atol=1e-5, rtol=1e-4)
+    assert flat.shape[0] >= sum(len(f["input_ids"]) for f in feats)
+    # The window is in force: without it the same weights give other logits for an example longer than it.
+    wide = copy.deepcopy(model)
+    wide.config.sliding_window = 1024
+    with torch.no_grad():
+        ids = torch.tensor([feats[0]["input_ids"]])
+        assert not torch.allclose(wide(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+    losses = {}
+    for name, collator in (("padded", WeightedCollator), ("packed", PaddingFreeCollator)):
+        m = copy.deepcopy(model).train()
+        trainer = _trainer(m, tmp_path / name, loss=LossSpec(LossMode.im_release), loss_normalisation="sequence")
+        loss = trainer.compute_loss(m, collator(tok.pad_token_id)(feats))
+        loss.backward()
+        losses[name] = (loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses["packed"][0], losses["padded"][0], atol=1e-5, rtol=1e-5)
+    for k, g in losses["padded"][1].items():
+        torch.testing.assert_close(losses["packed"][1][k], g, atol=1e-5, rtol=1e-4, msg=k)

@@ -194,7 +194,7 @@ class TrainingConfig(Strict):
         "predicted from the previous one; a row's leftover is one padding segment); the same examples per step and "
         "the same loss as padded batches, without most of the padding's compute. Needs a model whose attention "
         "builds packed masks from position_ids (transformers' Llama, Gemma, Qwen …; tested on Llama with sdpa and "
-        "eager attention).",
+        "eager attention, and on a tiny Gemma 3 whose sliding-window layers have a window shorter than the examples).",
     )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
     logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")
