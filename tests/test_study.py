@@ -75,11 +75,42 @@ def test_per_seed_prepare_writes_the_pool_and_seed_data_draws_from_it(tmp_path):
     assert a == b and len(a[0]) == 8 and len(a[1]) == 5  # without per_seed: the prepared files for every seed
 
 
+def test_per_seed_with_a_fixed_held_out_set_and_a_ratio_range(tmp_path):
+    """per_seed + held_out: each seed its own training sample, every seed the same test set; ratio_range keeps the
+    examples whose own instruction/output word ratio is in range, before the per-seed draws."""
+    from im_pipeline.data.stats import example_ratio
+
+    src, ood = tmp_path / "train.jsonl", tmp_path / "ood.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records(30)))
+    ood_recs = [{**r, "id": f"o-{i}"} for i, r in enumerate(_records(12))]
+    ood.write_text("".join(json.dumps(r) + "\n" for r in ood_recs))
+    ratios = {r["id"]: example_ratio(r) for r in _records(30)}
+    low, high = sorted(set(ratios.values()))[1], None  # drops the examples of the smallest ratio only
+    cfg = DataConfig(train=str(src), n=6, per_seed=True, held_out=str(ood), held_out_size=5, ratio_range=(low, high))
+    prepared = prepare_data(cfg, None, 0, out_dir=tmp_path / "data")
+    kept = {i for i, v in ratios.items() if v >= low}
+    assert {r["id"] for r in prepared.train} == kept and 0 < len(kept) < 30
+    assert prepared.report["actions"]["train"]["ratio_range"] == {
+        "low": low, "high": None, "kept": len(kept), "dropped": 30 - len(kept)
+    }  # fmt: skip
+    tests = []
+    for seed in (0, 1, 2):
+        train, test = seed_data(cfg, tmp_path / "data", seed)
+        assert train == seed_sample(prepared.train, 6, 0, seed)[0] and len(test) == 5
+        assert {r["id"] for r in test} <= {r["id"] for r in ood_recs}
+        tests.append(test)
+    assert tests[0] == tests[1] == tests[2] == prepared.held_out  # one common test set
+    assert prepared.report["held_out_kind"] == f"another data set ({ood}), the same for every seed"
+    # The key of a config without ratio_range is what it was (the field is left out when null).
+    assert "ratio_range" not in DataConfig(train="x").model_dump() and "ratio_range" in cfg.model_dump()
+    with pytest.raises(ConfigError, match="ratio_range must be"):
+        config_from_dict({"name": "x", "data": {"ratio_range": [3, 1]}})
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"per_seed": True, "held_out_size": 4}, "n (the per-seed training sample size) must be set"),
-        ({"per_seed": True, "n": 4, "held_out": "lima"}, "held_out must be null"),
         ({"per_seed": True, "n": 4, "held_out_size": 0}, "held_out_size"),
     ],
 )

@@ -32,7 +32,9 @@ def describe(cfg: RunConfig, run: agg.RunResults) -> str:
     d, t = cfg.data, cfg.training
     n_train = run.data_stats.train.n if run.data_stats else None
     size = f"{n_train} examples" if n_train else (f"{d.n} examples" if d.n else "all examples")
-    if d.per_seed:
+    if d.per_seed and d.held_out:
+        size = f"{d.n} examples per seed (each seed its own sample; every seed tested on the same `{d.held_out}` set)"
+    elif d.per_seed:
         size = f"{d.n} examples per seed (each seed its own sample, tested on a disjoint sample of {d.held_out_size})"
     steps = f"{t.max_steps} steps" if (t.max_steps or -1) > 0 else f"{t.epochs} epoch(s)"
     arms = []
