@@ -90,6 +90,8 @@ def overfitting_intro(kind: str) -> str:
 
 
 def _bleu_cell(r: EvalResult) -> str:
+    if r.metric != "bleu4":  # options.bleu false: no generations, the result's value is a loss
+        return "– (BLEU off)"
     if r.n < pstats.MIN_ITEMS or r.stderr is None:
         return f"{fmt(r.value, 2)} ({pstats.TOO_FEW}: {r.n})"
     return f"{fmt(r.value, 2)} ± {fmt(r.stderr, 2)}"
