@@ -76,7 +76,7 @@ def seed_level(deltas: list[float], direction: str, alpha: float, family: int) -
     deviation and the effect a one-sided t over these seeds detects with 80% power at Holm's strictest step
     (α / family size), from that observed spread (None with < 2 seeds or no spread)."""
     if len(deltas) < 2:
-        return {"seed_t": None, "seed_sd": None, "detectable": None}
+        return {"seed_t": None, "seed_sd": None, "detectable": None, "power_alpha": alpha / family}
     one, two = seed_t_test(deltas, direction), seed_t_test(deltas, "two-sided")
     sd = float(np.std(deltas, ddof=1))
     mde = detectable_effect(sd, len(deltas), alpha / family) if sd > 0 else None

@@ -83,7 +83,7 @@ def _method_text(res: dict[str, Any], tested: list[dict[str, Any]]) -> str:
         f"overfitting analysis' per-item scores ({len(seeds)} seeds: {seeds}; paired items per hypothesis and seed: "
         f"{n_items or '–'}). "
     )
-    if study.get("primary_test", "items") == "seeds":
+    if study["primary_test"] == "seeds":
         return head + (
             "**Primary test**: one-sided Student t on the seed deltas (each seed's mean paired difference; the seed "
             f"is the unit that was randomised); Holm's correction over {family} at α = {alpha}. **Outcome**: "
@@ -132,7 +132,7 @@ def _primary_row(r: dict[str, Any], ref: str, trt: str) -> list[Any]:
 def primary_table(res: dict[str, Any]) -> str:
     """One row per hypothesis: the paper's and our means, the effect, the p-values and the outcome."""
     ref, trt = res["study"]["reference"], res["study"]["treatment"]
-    seeds = res["study"].get("primary_test", "items") == "seeds"
+    seeds = res["study"]["primary_test"] == "seeds"
     varies = next((r["ci_varies"] for r in res["hypotheses"] if r["tested"]), "–")
     header = [
         "id",
@@ -165,14 +165,14 @@ def _reachable(k: int, alpha: float) -> bool:
 def _seed_row(r: dict[str, Any], seeds: list[int], items_primary: bool, sign: bool) -> list[Any]:
     d = _metric_digits(r["metric"])
     cells = [signed(r["seed_deltas"][s], d) if s in r["seed_deltas"] else "–" for s in seeds]
-    t = r.get("seed_t")
+    t = r["seed_t"]
     second = _p(t["p_predicted"]) if items_primary and t else _p(r["items_test"]["p_predicted"])
     if not items_primary and t is None:
         second = "–"
     row = [r["id"], *cells, second]
     if sign:
         row.append(_p(r["sign_test"]["p_value"]))
-    sd, mde = r.get("seed_sd"), r.get("detectable")
+    sd, mde = r["seed_sd"], r["detectable"]
     row += [fmt(sd, d) if sd is not None else "–", fmt(mde, d) if mde is not None else "–"]
     return row
 
@@ -182,7 +182,7 @@ def seeds_table(study: dict[str, Any], tested: list[dict[str, Any]]) -> str:
     significance with these seeds, and the power line (the effect detectable at 80% from the seed spread)."""
     ref, trt, alpha = study["reference"], study["treatment"], study["alpha"]
     seeds = _tested_seeds(tested)
-    items_primary = study.get("primary_test", "items") == "items"
+    items_primary = study["primary_test"] == "items"
     sign = _reachable(len(seeds), alpha)
     second = "t one-sided p (seeds)" if items_primary else "p one-sided (items | trained models)"
     header = ["id", *[f"seed {s}" for s in seeds], second]
@@ -200,7 +200,7 @@ def seeds_table(study: dict[str, Any], tested: list[dict[str, Any]]) -> str:
         if sign
         else f"no sign test (with {len(seeds)} seeds its smallest possible p, {0.5 ** len(seeds):g}, is not < {alpha})"
     )
-    power_alpha = next((r["power_alpha"] for r in tested if r.get("power_alpha")), alpha / len(tested))
+    power_alpha = tested[0]["power_alpha"] if tested else alpha
     return (
         f"Secondary: every seed's {trt} − {ref} (mean over its paired items), {level}, {sign_text}, and the power "
         f"line: the smallest |effect| a one-sided t over these {len(seeds)} seeds detects with 80% power at "
