@@ -29,6 +29,7 @@ class LossMode(StrEnum):
     im = "im"
     im_release = "im_release"
     weighted = "weighted"
+    it_w = "it_w"
 
     @property
     def description(self) -> str:
@@ -46,6 +47,10 @@ _WORDS = {
     LossMode.im: ("loss on the instructions and the outputs", "loss on instructions and outputs"),
     LossMode.im_release: ("loss on everything but the first user header",) * 2,
     LossMode.weighted: ("instruction tokens weighted by λ", "instruction tokens weighted"),
+    LossMode.it_w: (
+        "loss on the outputs only, each example's divided by its im_release target count (IM's output weighting)",
+        "loss on outputs, IM's weight",
+    ),
 }
 
 
@@ -75,13 +80,15 @@ class LossSpec:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.kl_form not in KL_FORMS:
             raise ValueError(f"kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
+        if self.mode is LossMode.it_w and self.kl_coef > 0:
+            raise ValueError("loss_mode 'it_w' takes no KL term (its per-example scale is defined for the NLL only)")
 
     @property
     def user_weight(self) -> float:
-        """Weight of user / system content: 0 (it), 1 (im, im_release) or λ (weighted)."""
+        """Weight of user / system content: 0 (it, it_w), 1 (im, im_release) or λ (weighted)."""
         if self.mode is LossMode.weighted:
             return float(self.prompt_loss_weight)  # type: ignore[arg-type]  # checked in __post_init__
-        return 0.0 if self.mode is LossMode.it else 1.0
+        return 0.0 if self.mode in (LossMode.it, LossMode.it_w) else 1.0
 
 
 OUTPUT_ONLY = LossSpec(LossMode.it)

@@ -170,3 +170,35 @@ def test_data_stats_lima_json(data_dir: Path, capsys: pytest.CaptureFixture[str]
     assert out["paper_table5"]["n"] == 1030
     assert main(["data", "stats", "dolly_3k", "--data-dir", str(data_dir), "--json", "--instruction-templates"]) == 0
     assert json.loads(capsys.readouterr().out)["instruction_templates"] is True
+
+
+def test_closest_dataset_distance_is_standardised_and_disagreements_are_named() -> None:
+    import math
+
+    from scipy.stats import linregress, t
+
+    from im_pipeline.analysis.advise import figure_table_disagreements
+    from im_pipeline.analysis.stats import ols_prediction
+
+    # ratio 0.5 with 1,000 examples: unscaled, Dolly 3k is closer (ln ratio 0.25 and ln n 1.10 away: 1.24 vs LIMA's
+    # ln ratio 1.67 away: 2.79); over the Table 1 SDs (ln ratio 1.93, ln n 0.98) LIMA is (0.87 vs 1.13).
+    near = nearest_paper_dataset(0.5, 1_000)
+    assert near["name"] == "lima"
+    assert near["scale"] == {"ln_ratio_sd": pytest.approx(1.93, abs=0.005), "ln_n_sd": pytest.approx(0.98, abs=0.005)}
+    sd_r, sd_n = near["scale"]["ln_ratio_sd"], near["scale"]["ln_n_sd"]
+    expected = math.hypot(math.log(0.5 / 0.094) / sd_r, math.log(1000 / 1030) / sd_n)
+    assert near["distance"] == pytest.approx(expected, abs=0.002)
+    # Figure 2 and Table 1 disagree on Less TydiQA only (63.1% in the figure; (10.10 − 5.12) / 5.12 = 97.3%).
+    assert figure_table_disagreements() == [
+        {"dataset": "less_tydiqa", "label": "Less Tydiqa", "figure_gain_pct": 63.1, "table1_gain_pct": 97.3,
+         "ratio": 5.81}
+    ]  # fmt: skip
+    # The coefficient CIs are the textbook ones (one predictor: scipy's linregress slope ± t · stderr).
+    xs, ys = [1.0, 2.0, 3.0, 4.0, 5.5], [2.0, 2.9, 4.2, 4.8, 6.1]
+    res, lr = ols_prediction([[x] for x in xs], ys, [3.0]), linregress(xs, ys)
+    half = t.ppf(0.975, 3) * lr.stderr
+    assert res["coefficient_ci"][1] == pytest.approx([lr.slope - half, lr.slope + half])
+    adv = advise({"n": 2996, "ratio": 0.644, "instruction_words_mean": 43.8, "output_words_mean": 68.1})
+    assert adv["size_effect"]["per_ln_n"] == pytest.approx(adv["fits"]["ratio_and_size"]["coefficients"][2], abs=0.01)
+    text = format_advice("x", adv)
+    assert "size effect in the headline fit: " in text and "Figure 2 and Table 1 disagree on Less Tydiqa" in text

@@ -61,13 +61,15 @@ def test_arm_summary_ignores_skipped() -> None:
     assert agg.arm_summary({0: skipped("mmlu", "no data")}) is None
 
 
-def test_delta_two_seeds_without_items_t_interval_and_sign_test() -> None:
+def test_delta_two_seeds_without_items_t_interval_and_t_test() -> None:
     d = agg.delta_stats(_by_seed([0.36, 0.38]), _by_seed([0.30, 0.34]), "mmlu")
     # per-seed differences 0.06, 0.04: mean 0.05, sd 0.01414, se 0.01; t(0.975, df=1) = 12.7062
     assert d.delta == pytest.approx(0.05)
     assert d.ci_low == pytest.approx(0.05 - 12.7062047 * 0.01, abs=1e-6)
     assert d.ci_high == pytest.approx(0.05 + 12.7062047 * 0.01, abs=1e-6)
-    assert d.p_value == pytest.approx(sps.binomtest(2, 2).pvalue) and d.test == "sign test"
+    # 2 seeds: the sign test's smallest p is 0.5, so the t test on the seed deltas: t = 0.05 / 0.01 = 5, df 1
+    assert d.p_value == pytest.approx(sps.ttest_1samp([0.06, 0.04], 0).pvalue) and d.test == "t test, seeds"
+    assert d.p_value == pytest.approx(2 * sps.t.sf(5.0, 1))
     assert d.seed_deltas == pytest.approx({0: 0.06, 1: 0.04}) and d.n_seeds == 2
 
 
@@ -117,7 +119,7 @@ def test_delta_seeds_with_items_seed_then_item_bootstrap() -> None:
     d = agg.delta_stats(im, it, "mmlu")
     assert d.seed_deltas == pytest.approx({0: 2 / 6, 1: 1 / 6})
     ci = sps.ttest_1samp([2 / 6, 1 / 6], 0).confidence_interval()
-    assert (d.ci_low, d.ci_high) == pytest.approx((ci.low, ci.high)) and d.test == "sign test"
+    assert (d.ci_low, d.ci_high) == pytest.approx((ci.low, ci.high)) and d.test == "t test, seeds"
     # two seeds: no seed-then-item bootstrap (resampling 2 seeds gives far too narrow an interval)
     assert d.bootstrap is None and "too few seeds: 2 < 5" in d.bootstrap_note
 
@@ -251,3 +253,12 @@ def test_load_run_refuses_an_old_result_file_and_names_a_bad_config(tmp_path: Pa
     (root / "config.yaml").write_text("name: old\nseeds: [zero]\n")
     with pytest.raises(ValueError, match=r"(?s)config.yaml: .*seeds"):
         agg.load_run(root)
+
+
+def test_seed_deltas_test_prints_the_sign_test_only_where_it_can_reach_significance() -> None:
+    from im_pipeline.analysis.stats import seed_deltas_test
+
+    five = [0.1, 0.2, 0.3, 0.4, 0.5]  # two-sided sign test: smallest p 0.0625, unreachable: Student t
+    assert seed_deltas_test(five) == (pytest.approx(sps.ttest_1samp(five, 0).pvalue), "t test, seeds")
+    six = [*five, 0.6]  # 6 seeds: the sign test can reach 0.03125, and does
+    assert seed_deltas_test(six) == (pytest.approx(0.03125), "sign test")

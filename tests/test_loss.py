@@ -137,3 +137,27 @@ def test_kl_gradient_flows_only_to_model_logits():
     token_kl(logits, ref).sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     assert ref.grad is None
+
+
+def test_it_w_sequence_loss_is_output_ce_over_im_release_count():
+    """IT-w under per-example normalisation: each example's Σ_output ce / n_im_release, i.e. exactly the output-token
+    part of IM's (im_release) per-example loss; the mean over examples as usual; refused under 'token'."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5)
+    labels = torch.tensor([[0, 1, 2, 3, 4, 0], [0, 3, 3, 1, 0, 2]])
+    im = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1.0]])  # im_release targets: 5 and 4
+    out = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1.0]])  # output targets: 2 and 3
+    scale = torch.tensor([2 / 5, 3 / 4])
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1), reduction="none").view(2, 5)
+    per_example = [(ce[0, 3:].sum() / 5).item(), (ce[1, 2:].sum() / 4).item()]
+    got = weighted_lm_loss(logits, labels, out, "sequence", seq_scale=scale)
+    assert got.item() == pytest.approx(sum(per_example) / 2, rel=1e-6)
+    # = IM's loss with the instruction tokens' terms removed (same denominators).
+    im_ce = ce * im[:, 1:]
+    im_output_part = (im_ce * out[:, 1:]).sum(dim=1) / im[:, 1:].sum(dim=1)
+    assert got.item() == pytest.approx(im_output_part.mean().item(), rel=1e-6)
+    # Without the factor it is IT's loss (the per-example mean cancels any constant weight).
+    it_loss = (ce[0, 3:].mean() + ce[1, 2:].mean()).item() / 2
+    assert weighted_lm_loss(logits, labels, out * 7.0, "sequence").item() == pytest.approx(it_loss, rel=1e-6)
+    with pytest.raises(ValueError, match="needs loss normalisation 'sequence'"):
+        weighted_lm_loss(logits, labels, out, "token", seq_scale=scale)

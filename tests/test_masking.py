@@ -311,9 +311,9 @@ def test_loss_modes_are_defined_once() -> None:
     from im_pipeline.loss_modes import LossMode, LossSpec
     from im_pipeline_flows.cli.parser import build_parser
 
-    assert [m.value for m in LossMode] == ["it", "im", "im_release", "weighted"]
+    assert [m.value for m in LossMode] == ["it", "im", "im_release", "weighted", "it_w"]
     specs = [LossSpec(m, 0.25 if m is LossMode.weighted else None) for m in LossMode]
-    assert [s.user_weight for s in specs] == [0.0, 1.0, 1.0, 0.25]
+    assert [s.user_weight for s in specs] == [0.0, 1.0, 1.0, 0.25, 0.0]
     # ArmConfig's rule is LossSpec's: one message whichever builds it.
     with pytest.raises(ConfigError, match="loss_mode 'weighted' needs prompt_loss_weight"):
         config_from_dict({"name": "x", "model": {"source": "m"}, "arms": [{"name": "W", "loss_mode": "weighted"}]})
@@ -324,3 +324,33 @@ def test_loss_modes_are_defined_once() -> None:
     assert arm.loss == LossSpec(LossMode.im, kl_coef=0.5, kl_form="release")
     mask = next(a for a in build_parser()._subparsers._group_actions[0].choices["mask"]._actions if a.dest == "mode")
     assert mask.choices == [m.value for m in LossMode]
+
+
+def test_it_w_is_the_it_mask_with_n_out_over_n_im_release_per_example(hand_tok):
+    """IT-w: the IT mask token by token, and seq_scale = output targets / im_release targets (after truncation)."""
+    it_w = LossSpec(LossMode.it_w)
+    for rec in (SINGLE, MULTI):
+        enc = encode_example(rec, hand_tok, loss=it_w)
+        it = encode_example(rec, hand_tok, loss=LossSpec(LossMode.it))
+        assert enc["loss_weights"] == enc["it_weights"] == it["loss_weights"]
+        assert "seq_scale" not in it
+    # SINGLE: outputs "Paris." + </s> = 2 targets; im_release: "What" … "</s>" = 6 targets.
+    assert encode_example(SINGLE, hand_tok, loss=it_w)["seq_scale"] == pytest.approx(2 / 6)
+    # MULTI: 6 output targets, 18 im_release targets (tokens 2..19).
+    assert encode_example(MULTI, hand_tok, loss=it_w)["seq_scale"] == pytest.approx(6 / 18)
+    # Cut after "Paris." (7 tokens): 1 output target, 5 im_release targets.
+    assert encode_example(SINGLE, hand_tok, loss=it_w, max_length=7)["seq_scale"] == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="no KL term"):
+        LossSpec(LossMode.it_w, kl_coef=0.1)
+    # The collator carries the factor per example (1.0 for an example without one).
+    batch = WeightedCollator(hand_tok.pad_token_id)(
+        [encode_example(SINGLE, hand_tok, loss=it_w), encode_example(MULTI, hand_tok, loss=it_w)]
+    )
+    assert batch["seq_scale"].tolist() == pytest.approx([1 / 3, 1 / 3])
+    plain = encode_example(SINGLE, hand_tok, loss=LossSpec(LossMode.it))
+    assert "seq_scale" not in WeightedCollator(hand_tok.pad_token_id)([plain])
+    # Per-example normalisation only: under 'token' the factor has no meaning.
+    base = {"name": "x", "model": {"source": "m"}, "arms": [{"name": "IT-w", "loss_mode": "it_w"}]}
+    assert config_from_dict(base).arms[0].loss.mode is LossMode.it_w
+    with pytest.raises(ConfigError, match=r"it_w needs training\.loss_normalisation 'sequence'"):
+        config_from_dict({**base, "training": {"loss_normalisation": "token"}})

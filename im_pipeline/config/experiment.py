@@ -99,6 +99,9 @@ class ExperimentConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"arm names must be unique; repeated: {dup}")
+        it_w = [a.name for a in self.arms if a.loss_mode is LossMode.it_w]
+        if it_w and self.training.loss_normalisation != "sequence":
+            raise ValueError(f"arm(s) {it_w}: loss_mode it_w needs training.loss_normalisation 'sequence'")
         if self.study is not None:
             wanted = [self.study.reference, self.study.treatment, *self.study.controls]
             missing = [a for a in wanted if a not in names]

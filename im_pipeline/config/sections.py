@@ -75,6 +75,12 @@ class DataConfig(Strict):
     select_ratio: float | None = Field(
         None, gt=0, description="Pick the n examples whose instruction/output ratio is closest to this α."
     )
+    ratio_range: tuple[float, float | None] | None = Field(
+        None,
+        description="[low, high]: keep only the training examples whose own instruction/output word ratio (Table 5's "
+        "counting rule, per example) is in low ≤ ratio ≤ high (high null = no upper bound), before any sampling; "
+        "works with per_seed (e.g. [0, 0.2] like LIMA, [3, null] like the paper's high-ratio sets). null = all.",
+    )
     multi_turn: bool = Field(True, description="Keep multi-turn conversations (LIMA 'full').")
     template: Literal["tulu", "chat_template"] = Field(
         "tulu", description="Prompt template: the paper's Tulu template or the tokenizer's chat template."
@@ -94,19 +100,32 @@ class DataConfig(Strict):
     )
     per_seed: bool = Field(
         False,
-        description="Each seed draws its own sample: n training examples and a disjoint test sample of held_out_size "
-        "examples, both from the training source (ranked by a hash of seed and id; needs n, held_out null, no "
-        "select_ratio). The prepared data is then the whole cleaned source; the overfitting analysis of a seed uses "
-        "that seed's two samples.",
+        description="Each seed draws its own sample of n training examples (ranked by a hash of seed and id; needs n, "
+        "no select_ratio) and, with held_out null, a disjoint test sample of held_out_size examples from the same "
+        "source; with held_out set, every seed and the base model are tested on that one fixed set (a seeded sample "
+        "of held_out_size, drawn once). The prepared data is then the whole cleaned source; the overfitting "
+        "analysis of a seed uses that seed's training sample and its test set.",
     )
 
     @model_serializer(mode="wrap")
     def _without_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # No columns, no key: the data key (runs/staleness.py) of every config without them stays what it was.
+        # No columns (ratio_range), no key: the data key (runs/staleness.py) of every config without them stays what
+        # it was.
         out = handler(self)
         if not self.columns:
             out.pop("columns", None)
+        if self.ratio_range is None:
+            out.pop("ratio_range", None)
         return out
+
+    @field_validator("ratio_range")
+    @classmethod
+    def _check_ratio_range(cls, value: tuple[float, float | None] | None) -> tuple[float, float | None] | None:
+        if value is not None:
+            low, high = value
+            if low < 0 or (high is not None and high < low):
+                raise ValueError(f"ratio_range must be [low, high] with 0 <= low <= high (or high null), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _check_per_seed(self) -> DataConfig:
@@ -115,8 +134,10 @@ class DataConfig(Strict):
                 why
                 for why, is_bad in (
                     ("n (the per-seed training sample size) must be set", self.n is None),
-                    ("held_out must be null (the test sample comes from the training source)", self.held_out),
-                    ("held_out_size (the per-seed test sample size) must be > 0", self.held_out_size == 0),
+                    (
+                        "held_out_size (the per-seed test sample size) must be > 0",
+                        not self.held_out and self.held_out_size == 0,
+                    ),
                     ("select_ratio must be null", self.select_ratio is not None),
                 )
                 if is_bad
@@ -131,7 +152,10 @@ class ArmConfig(Strict):
     model_config = ConfigDict(use_enum_values=False)
 
     name: str = Field(description=f"Arm name, used in paths and reports (e.g. 'IT', 'IM+NEFTune'): {NAME_CHARS}.")
-    loss_mode: LossMode = Field(description="Label mask: it | im | im_release | weighted.")
+    loss_mode: LossMode = Field(
+        description="Label mask: it | im | im_release | weighted | it_w (the IT mask, each example's loss scaled by "
+        "n_out / n_im_release; sequence normalisation only)."
+    )
     prompt_loss_weight: float | None = Field(
         None, ge=0.0, le=1.0, description="λ for loss_mode=weighted: user-content tokens weigh λ."
     )
@@ -226,7 +250,7 @@ class TrainingConfig(Strict):
         "predicted from the previous one; a row's leftover is one padding segment); the same examples per step and "
         "the same loss as padded batches, without most of the padding's compute. Needs a model whose attention "
         "builds packed masks from position_ids (transformers' Llama, Gemma, Qwen …; tested on Llama with sdpa and "
-        "eager attention).",
+        "eager attention, and on a tiny Gemma 3 whose sliding-window layers have a window shorter than the examples).",
     )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
     logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")

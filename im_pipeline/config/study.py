@@ -47,6 +47,14 @@ class StudyConfig(Strict):
     )
     seed: int = Field(0, description="Seed of the Monte-Carlo sign flips and of the bootstrap CI.")
     hypotheses: list[Hypothesis] = Field(min_length=1, description="The pre-registered hypotheses (one Holm family).")
+    primary_test: Literal["items", "seeds"] = Field(
+        "items",
+        description="'items': the item-level sign-flip test stratified by seed, conditional on the trained models "
+        "(CI: items resampled within seeds; 'reversed' = the same one-sided test and Holm in the other tail). "
+        "'seeds': the one-sided t test on the seed deltas (the seed is the randomised unit; CI: a crossed seed × "
+        "item bootstrap when every seed scored the same items, else the t interval; 'reversed' only from the "
+        "two-sided t test, Holm-adjusted); the item-level test is then printed as secondary.",
+    )
     scope: str = Field(
         "",
         description="What the results can and cannot speak for (e.g. how the model differs from the paper's), "

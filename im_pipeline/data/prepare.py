@@ -100,9 +100,15 @@ def prepare_data(
         "columns": cfg.columns,
     }
     train, train_actions = _apply_policies(load_source(cfg.train, data_dir, **opts), cfg, f"train ({cfg.train})")
+    train = _ratio_range(cfg, train, train_actions)
     report = _report_head(cfg, seed, train_actions)
     if cfg.per_seed:
         prepared = _per_seed_pool(cfg, train, report)
+        if cfg.held_out:  # one fixed test set for every seed and the base model
+            _, held = _held_out(cfg, data_dir, seed, opts, prepared.train, report)
+            report["held_out_kind"] = f"another data set ({cfg.held_out}), the same for every seed"
+            report["stats"]["held_out"] = length_stats(held)
+            prepared = PreparedData(train=prepared.train, held_out=held, report=report)
     else:
         train, held_out = _held_out(cfg, data_dir, seed, opts, train, report)
         train = _select(cfg, train, seed, report)
@@ -111,6 +117,20 @@ def prepare_data(
     if out_dir is not None:
         write_prepared(prepared, Path(out_dir))
     return prepared
+
+
+def _ratio_range(cfg: DataConfig, train: list[dict[str, Any]], actions: dict[str, Any]) -> list[dict[str, Any]]:
+    """``data.ratio_range``: keep the examples whose own instruction/output word ratio is in [low, high]."""
+    if cfg.ratio_range is None:
+        return train
+    from im_pipeline.data.stats import example_ratio
+
+    low, high = cfg.ratio_range
+    kept = [r for r in train if low <= example_ratio(r) and (high is None or example_ratio(r) <= high)]
+    actions["ratio_range"] = {"low": low, "high": high, "kept": len(kept), "dropped": len(train) - len(kept)}
+    if not kept:
+        raise DataError(f"data.ratio_range {[low, high]}: no example of {cfg.train!r} has a ratio in range")
+    return kept
 
 
 def _report_head(cfg: DataConfig, seed: int, train_actions: dict[str, Any]) -> dict[str, Any]:
@@ -141,9 +161,10 @@ def _per_seed_pool(cfg: DataConfig, train: list[dict[str, Any]], report: dict[st
         "test_n": cfg.held_out_size,
         "selected": len(train),
     }
-    if cfg.n is not None and cfg.n + cfg.held_out_size > len(train):
+    test_n = 0 if cfg.held_out else cfg.held_out_size  # a fixed held_out set takes nothing from the pool
+    if cfg.n is not None and cfg.n + test_n > len(train):
         raise DataError(
-            f"data.per_seed: {cfg.n} training + {cfg.held_out_size} test examples per seed, but only "
+            f"data.per_seed: {cfg.n} training + {test_n} test examples per seed, but only "
             f"{len(train)} examples are left in {cfg.train!r}"
         )
     report["stats"] = {"train": length_stats(train)}  # the pool; the samples are drawn per seed
@@ -230,6 +251,8 @@ def seed_data(cfg: DataConfig, data_out: Path | str, seed: int) -> tuple[list[di
     train = read_jsonl(data_out / "train.jsonl")
     if not cfg.per_seed:
         return train, read_jsonl(data_out / "held_out.jsonl")
+    if cfg.held_out:  # the seed's own training sample, the one fixed test set
+        return seed_sample(train, int(cfg.n or 0), 0, seed)[0], read_jsonl(data_out / "held_out.jsonl")
     return seed_sample(train, int(cfg.n or 0), cfg.held_out_size, seed)
 
 
@@ -247,6 +270,8 @@ def local_copy_missing(cfg: DataConfig, data_dir: Path | None) -> bool:
 
 def held_out_kind(cfg: DataConfig) -> str:
     """What the overfitting analysis's test set is, in words (the report says it)."""
+    if cfg.per_seed and cfg.held_out:
+        return f"another data set ({cfg.held_out}), the same for every seed"
     if cfg.per_seed:
         return f"per-seed sample of {cfg.train}, disjoint from that seed's training sample"
     if cfg.held_out:

@@ -71,9 +71,10 @@ def seed_sample(
 
     One ranking by ``stable_key(seed, id, "per_seed")``: the first ``n`` train, the next ``test_n`` test, so the two
     never share an example (ids are unique) and each seed gets another pair of samples from the same source.
+    ``test_n`` 0: no test sample (the seeds share a fixed ``data.held_out`` set).
     """
-    if n < 1 or test_n < 1:
-        raise DataError(f"per-seed samples need n >= 1 and held_out_size >= 1, got {n} and {test_n}")
+    if n < 1 or test_n < 0:
+        raise DataError(f"per-seed samples need n >= 1 and held_out_size >= 0, got {n} and {test_n}")
     if n + test_n > len(records):
         raise DataError(
             f"per-seed samples of {n} training + {test_n} test examples need {n + test_n} examples; "

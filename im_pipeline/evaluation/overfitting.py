@@ -162,6 +162,13 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     kw = {"template": ctx.template, "max_length": opts.max_length, "batch_size": ctx.batch_size}
     train_items = output_token_losses(model, tokenizer, loss_train, **kw)
     test_items = output_token_losses(model, tokenizer, loss_held, **kw) if loss_held else []
+    common = {
+        **_loss_fields(loss_summary(train_items), loss_summary(test_items)),
+        "held_out_kind": held_out_kind or ("in-distribution split" if held_out else None),
+        "template": ctx.template,
+    }
+    if not opts.bleu:
+        return _losses_only(common, train_items, test_items)
     bleu_items = train_sample[:n_bleu]
     hypotheses, references = _memorised(ctx, opts, model, tokenizer, bleu_items)
     bleu = bleu4(hypotheses, references)
@@ -173,11 +180,9 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         "n": n_bleu,
         "bleu4_definition": "mean over generations of sacrebleu sentence BLEU-4 against the whole training output",
         "bleu4_corpus": bleu["corpus"],
-        **_loss_fields(loss_summary(train_items), loss_summary(test_items)),
-        "held_out_kind": held_out_kind or ("in-distribution split" if held_out else None),
+        **common,
         "bleu": {k: v for k, v in bleu.items() if k not in ("mean_sentence_bleu", "stderr", "sentence", "corpus")},
         "max_new_tokens": opts.max_new_tokens,
-        "template": ctx.template,
         "items": {
             "train_loss": {e["id"]: e["loss"] for e in train_items},
             "test_loss": {e["id"]: e["loss"] for e in test_items},
@@ -187,6 +192,25 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
             {"id": r.get("id"), "generation": h[:300], "reference": ref[:300]}
             for r, h, ref in zip(bleu_items[:3], hypotheses[:3], references[:3], strict=True)
         ],
+    }
+
+
+def _losses_only(common: dict[str, Any], train_items: list[dict], test_items: list[dict]) -> dict[str, Any]:
+    """``bleu: false``: the losses only; the headline is the per-example test loss (the train loss without a test
+    set), ± its standard error over the examples."""
+    which, items = ("test_loss", test_items) if test_items else ("train_loss", train_items)
+    losses = [float(e["loss"]) for e in items]
+    stderr = statistics.stdev(losses) / len(losses) ** 0.5 if len(losses) > 1 else None
+    return {
+        "metric": which,
+        "value": statistics.fmean(losses) if losses else None,
+        "stderr": stderr,
+        "n": len(losses),
+        **common,
+        "items": {
+            "train_loss": {e["id"]: e["loss"] for e in train_items},
+            "test_loss": {e["id"]: e["loss"] for e in test_items},
+        },
     }
 
 

@@ -49,6 +49,12 @@ def hypotheses_section(run: agg.RunResults) -> str:
     parts += [lr_scale_text(run, arm, by_seed) for arm, by_seed in res["lr_scale"].items()]
     model, data = run.config.model.source, run.config.data.train
     scope = (study.get("scope") or "").strip()
+    data_cfg = run.config.data
+    if data_cfg.per_seed and not data_cfg.held_out:
+        scope = (scope + " " if scope else "") + (
+            f"The test items are in-domain: each seed's test sample comes from the training source (`{data}`); "
+            "an effect on them need not hold out of domain (the paper's overfitting test set was another data set)."
+        )
     parts.append(
         (f"Scope: {scope} " if scope else "")
         + f"Nothing here is claimed beyond this model (`{model}`), this data (`{data}`) and these settings."
@@ -71,21 +77,35 @@ def _method_text(res: dict[str, Any], tested: list[dict[str, Any]]) -> str:
         f"{r['id']} " + ", ".join(f"s{s} {n}" for s, n in sorted(r["n_items"].items(), key=lambda kv: int(kv[0])))
         for r in tested
     )
+    family = ", ".join(r["id"] for r in res["hypotheses"])
+    head = (
+        f"Written in the config (`study:`) before the first run. Each hypothesis is about {trt} − {ref} on the "
+        f"overfitting analysis' per-item scores ({len(seeds)} seeds: {seeds}; paired items per hypothesis and seed: "
+        f"{n_items or '–'}). "
+    )
+    if study["primary_test"] == "seeds":
+        return head + (
+            "**Primary test**: one-sided Student t on the seed deltas (each seed's mean paired difference; the seed "
+            f"is the unit that was randomised); Holm's correction over {family} at α = {alpha}. **Outcome**: "
+            f"*confirmed* when the Holm-adjusted one-sided p < {alpha}, *reversed* when the two-sided t test, "
+            "Holm-adjusted over the same hypotheses, gives p < α with the effect in the other direction, otherwise "
+            "*not confirmed*. Effect: the mean of the seed deltas, with the one interval named in its column."
+        )
     flips = (
         "all 2^m sign flips enumerated (exact)"
         if {r["exact"] for r in tested} == {True}
         else f"{study['resamples']:,} seeded Monte-Carlo sign flips, p = (b + 1) / (B + 1)"
     )
-    return (
-        f"Written in the config (`study:`) before the first run. Each hypothesis is about {trt} − {ref} on the "
-        f"overfitting analysis' per-item scores ({len(seeds)} seeds: {seeds}; paired items per hypothesis and seed: "
-        f"{n_items or '–'}). **Primary test**: one-sided, paired at the item level, stratified "
+    return head + (
+        "**Primary test** (as pre-registered): one-sided, paired at the item level, stratified "
         "by seed: a sign-flip randomisation test whose statistic is the mean over seeds of each seed's mean paired "
         f"difference (signs flipped within each seed's pairs; {flips}); Holm's correction over "
-        f"{', '.join(r['id'] for r in res['hypotheses'])} at α = {alpha}. **Outcome**: *confirmed* when the "
-        f"Holm-adjusted one-sided p < {alpha} in the predicted direction, *reversed* when the same test and "
-        "correction give p < α in the opposite direction, otherwise *not confirmed*. Effect: the stratified mean "
-        "difference with a 95% bootstrap CI (items resampled within each seed, 10,000 resamples)."
+        f"{family} at α = {alpha}. It is conditional on the trained models: it asks whether these "
+        f"{len(seeds)} trained pairs differ on these items, not whether another training run would. **Outcome**: "
+        f"*confirmed* when the Holm-adjusted one-sided p < {alpha} in the predicted direction, *reversed* when the "
+        "same test and correction give p < α in the opposite direction, otherwise *not confirmed*. Effect: the "
+        "stratified mean difference with a 95% bootstrap CI in which only the items vary (resampled within each "
+        "seed, 10,000 resamples); the seed-level test is the secondary table's."
     )
 
 
@@ -112,15 +132,17 @@ def _primary_row(r: dict[str, Any], ref: str, trt: str) -> list[Any]:
 def primary_table(res: dict[str, Any]) -> str:
     """One row per hypothesis: the paper's and our means, the effect, the p-values and the outcome."""
     ref, trt = res["study"]["reference"], res["study"]["treatment"]
+    seeds = res["study"]["primary_test"] == "seeds"
+    varies = next((r["ci_varies"] for r in res["hypotheses"] if r["tested"]), "–")
     header = [
         "id",
         "hypothesis",
         f"paper {ref} / {trt}",
         f"ours {ref} / {trt}",
-        f"{trt} − {ref} [95% CI]",
-        "p one-sided",
+        f"{trt} − {ref} [95% CI; varies: {varies}]",
+        "p one-sided (t, seeds)" if seeds else "p one-sided (items | trained models)",
         "p Holm",
-        "p Holm, opposite direction",
+        "p Holm, two-sided" if seeds else "p Holm, opposite direction",
         "outcome",
     ]
     return md_table(header, [_primary_row(r, ref, trt) for r in res["hypotheses"]])
@@ -135,27 +157,55 @@ def _paper_note(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _reachable(k: int, alpha: float) -> bool:
+    """Whether a one-sided exact sign test over k seeds can reach p < α at all (its smallest p is 0.5^k)."""
+    return 0.5**k < alpha
+
+
+def _seed_row(r: dict[str, Any], seeds: list[int], items_primary: bool, sign: bool) -> list[Any]:
+    d = _metric_digits(r["metric"])
+    cells = [signed(r["seed_deltas"][s], d) if s in r["seed_deltas"] else "–" for s in seeds]
+    t = r["seed_t"]
+    second = _p(t["p_predicted"]) if items_primary and t else _p(r["items_test"]["p_predicted"])
+    if not items_primary and t is None:
+        second = "–"
+    row = [r["id"], *cells, second]
+    if sign:
+        row.append(_p(r["sign_test"]["p_value"]))
+    sd, mde = r["seed_sd"], r["detectable"]
+    row += [fmt(sd, d) if sd is not None else "–", fmt(mde, d) if mde is not None else "–"]
+    return row
+
+
 def seeds_table(study: dict[str, Any], tested: list[dict[str, Any]]) -> str:
-    """Secondary: every seed's difference and the sign test across seeds."""
-    ref, trt = study["reference"], study["treatment"]
+    """Secondary: every seed's difference, the other level's test, the sign test across seeds when it can reach
+    significance with these seeds, and the power line (the effect detectable at 80% from the seed spread)."""
+    ref, trt, alpha = study["reference"], study["treatment"], study["alpha"]
     seeds = _tested_seeds(tested)
-    srows = [
-        [
-            r["id"],
-            *[
-                signed(r["seed_deltas"][s], _metric_digits(r["metric"])) if s in r["seed_deltas"] else "–"
-                for s in seeds
-            ],
-            f"{r['sign_test']['positive']}+ / {r['sign_test']['negative']}−",
-            _p(r["sign_test"]["p_value"]),
-        ]
-        for r in tested
-    ]
+    items_primary = study["primary_test"] == "items"
+    sign = _reachable(len(seeds), alpha)
+    second = "t one-sided p (seeds)" if items_primary else "p one-sided (items | trained models)"
+    header = ["id", *[f"seed {s}" for s in seeds], second]
+    header += ["sign test p (one-sided)"] if sign else []
+    header += ["SD of seed deltas", "detectable at 80% power"]
+    level = (
+        "the one-sided Student t on the seed deltas (the seed is the unit that was randomised; "
+        f"{len(seeds) - 1} df, raw p)"
+        if items_primary
+        else "the stratified item-level sign-flip test, conditional on the trained models (raw p)"
+    )
+    sign_text = (
+        f"the exact one-sided sign test across seeds (its smallest possible p with {len(seeds)} seeds is "
+        f"{0.5 ** len(seeds):g})"
+        if sign
+        else f"no sign test (with {len(seeds)} seeds its smallest possible p, {0.5 ** len(seeds):g}, is not < {alpha})"
+    )
+    power_alpha = tested[0]["power_alpha"] if tested else alpha
     return (
-        f"Secondary: every seed's {trt} − {ref} (mean over its paired items) and the exact one-sided sign test "
-        f"across seeds in the predicted direction (with {len(seeds)} seeds its smallest possible p is "
-        f"{0.5 ** len(seeds):g}):\n\n"
-        + md_table(["id", *[f"seed {s}" for s in seeds], "signs", "sign test p (one-sided)"], srows)
+        f"Secondary: every seed's {trt} − {ref} (mean over its paired items), {level}, {sign_text}, and the power "
+        f"line: the smallest |effect| a one-sided t over these {len(seeds)} seeds detects with 80% power at "
+        f"α = {power_alpha:.4g} (Holm's strictest step), given the observed SD of the seed deltas:\n\n"
+        + md_table(header, [_seed_row(r, seeds, items_primary, sign) for r in tested])
     )
 
 
@@ -181,7 +231,13 @@ def controls_table(study: dict[str, Any], controls: list[dict[str, Any]]) -> str
         f"Exploratory, outside the Holm family: {trt} against the control arm(s) "
         f"{', '.join(f'`{c}`' for c in study['controls'])} on the same metrics, same test, raw p-values:\n\n"
         + md_table(
-            ["id", "comparison", "control / treatment", "effect [95% CI]", "p one-sided (predicted / opposite)"],
+            [
+                "id",
+                "comparison",
+                "control / treatment",
+                f"effect [95% CI; varies: {next((r['ci_varies'] for r in controls if r['tested']), '–')}]",
+                "p one-sided (predicted / opposite)",
+            ],
             crows,
         )
     )

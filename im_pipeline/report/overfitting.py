@@ -90,6 +90,8 @@ def overfitting_intro(kind: str) -> str:
 
 
 def _bleu_cell(r: EvalResult) -> str:
+    if r.metric != "bleu4":  # options.bleu false: no generations, the result's value is a loss
+        return "– (BLEU off)"
     if r.n < pstats.MIN_ITEMS or r.stderr is None:
         return f"{fmt(r.value, 2)} ({pstats.TOO_FEW}: {r.n})"
     return f"{fmt(r.value, 2)} ± {fmt(r.stderr, 2)}"
@@ -150,9 +152,10 @@ def paired_table(run: agg.RunResults, deltas: dict[str, agg.DeltaStats | None]) 
     ]
     if not paired:
         return ""
+    varies = "seeds (t on the seed deltas)" if len(run.seeds) >= 2 else "items (paired bootstrap)"
     return (
         f"{im} − {it} on the same examples (per-item paired differences; per-example losses, sentence "
-        "BLEU):\n\n" + md_table(["measure", "items", f"{im} − {it} [95% CI]", "p (test)"], paired)
+        "BLEU):\n\n" + md_table(["measure", "items", f"{im} − {it} [95% CI; varies: {varies}]", "p (test)"], paired)
     )
 
 

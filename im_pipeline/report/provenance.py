@@ -45,7 +45,9 @@ def describe(cfg: RunConfig, run: agg.RunResults) -> str:
     d, t = cfg.data, cfg.training
     n_train = run.data_stats.train.n if run.data_stats else None
     size = f"{n_train} examples" if n_train else (f"{d.n} examples" if d.n else "all examples")
-    if d.per_seed:
+    if d.per_seed and d.held_out:
+        size = f"{d.n} examples per seed (each seed its own sample; every seed tested on the same `{d.held_out}` set)"
+    elif d.per_seed:
         size = f"{d.n} examples per seed (each seed its own sample, tested on a disjoint sample of {d.held_out_size})"
     steps = f"{t.max_steps} steps" if (t.max_steps or -1) > 0 else f"{t.epochs} epoch(s)"
     arms = []
@@ -99,6 +101,26 @@ def _judges(run: agg.RunResults) -> list[str]:
     return judges
 
 
+def model_text(source: str | None, dtype: str | None, note: str = "") -> str:
+    """The model line: its source and dtype (``note``: how it was trained, :func:`precision_note`), and, for a GGUF (a shipped model or a .gguf file), that the weights are
+    a dequantised quantisation, named."""
+    import re
+
+    from im_pipeline.models.shipped import NAMED_MODELS
+
+    text = f"`{source}` (dtype {dtype}{note})"
+    named = NAMED_MODELS.get(str(source))
+    if named is None and not str(source).lower().endswith(".gguf"):
+        return text
+    what = named.description if named else f"the GGUF file {Path(str(source)).name}"
+    quant = re.search(r"\b(Q\d\w*|IQ\d\w*|F16|BF16)\b", what, re.IGNORECASE)
+    q = f" (quantisation {quant.group(1).upper()})" if quant else ""
+    return (
+        f"{text}: {what}, dequantised to {dtype} by transformers' GGUF loader{q}: the trained and evaluated weights "
+        "are the quantised checkpoint's values, not the original release's"
+    )
+
+
 def provenance_section(run: agg.RunResults) -> str:
     """The Prefect flow run, model, data, judge, config hash, commits and libraries; the machine and the wall time
     of the recent flow runs; the compute time of every result shown."""
@@ -112,7 +134,7 @@ def provenance_section(run: agg.RunResults) -> str:
     link = last.flow_run.link() if last else ""
     lines = [
         *([f"- Prefect: {link}"] if link else []),
-        f"- Model: `{cfg.model.source}` (dtype {cfg.model.dtype}{precision_note(cfg)})",
+        f"- Model: {model_text(cfg.model.source, cfg.model.dtype, precision_note(cfg))}",
         f"- Data: `{cfg.data.train}`, read from {data_origin_text(origin, cfg)}",
         f"- Judge: {'; '.join(judges) if judges else 'none (no AlpacaEval result)'}",
         f"- Config hash: `{cfg.config_hash}`",

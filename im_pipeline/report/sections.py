@@ -86,15 +86,16 @@ def comparison_notes(run: agg.RunResults) -> list[str]:
     it, im = agg.it_im_arms(run)
     seeds = len(run.seeds)
     if seeds >= 2:
+        test = (
+            "the exact two-sided sign test on the seed deltas"
+            if 2 * 0.5**seeds < 0.05
+            else f"a two-sided one-sample t test on the seed deltas (the sign test cannot reach p < 0.05 with {seeds} "
+            f"seeds: its smallest p is {2 * 0.5**seeds:g})"
+        )
         delta = (
-            f"{seeds} seeds: mean of the per-seed deltas with a Student-t 95% CI ({seeds - 1} df); p from the "
-            "exact sign test on the seed deltas; "
-            + (
-                "every seed's delta and a seed-then-item bootstrap CI are in the per-seed table below."
-                if seeds >= pstats.MIN_ITEMS
-                else f"every seed's delta is in the per-seed table below (no seed-then-item bootstrap below "
-                f"{pstats.MIN_ITEMS} seeds: resampling {seeds} seeds gives far too narrow an interval)."
-            )
+            f"{seeds} seeds: mean of the per-seed deltas with a Student-t 95% CI ({seeds - 1} df), the one interval "
+            f"per effect, in which the seeds vary (the items are fixed); p from {test}; every seed's delta is in the "
+            "per-seed table below."
         )
     else:
         delta = (
@@ -117,19 +118,8 @@ def comparison_notes(run: agg.RunResults) -> list[str]:
     ]
 
 
-def _bootstrap_cell(d: agg.DeltaStats, k: float, digits: int) -> str:
-    if d.bootstrap:
-        return f"[{fmt(d.bootstrap[0] * k, digits)}, {fmt(d.bootstrap[1] * k, digits)}]"
-    if d.too_few_items:
-        return "–"
-    if d.bootstrap_note:
-        return f"– ({pstats.TOO_FEW_SEEDS}: {len(d.seed_deltas or {})})"
-    return "– (no per-item results)"
-
-
 def seeds_section(run: agg.RunResults, rows: list[agg.ComparisonRow]) -> str:
-    """With ≥ 2 seeds: every seed's IM − IT delta per benchmark, the t-interval, the seed-then-item bootstrap and
-    the sign test."""
+    """With ≥ 2 seeds: every seed's IM − IT delta per benchmark, the t-interval (seeds vary) and the test's p."""
     it, im = agg.it_im_arms(run)
     if len(run.seeds) < 2 or not (it and im):
         return ""
@@ -148,17 +138,16 @@ def seeds_section(run: agg.RunResults, rows: list[agg.ComparisonRow]) -> str:
                 f"{pstats.TOO_FEW}: {d.n_items}"
                 if d.too_few_items
                 else f"[{fmt((d.ci_low or 0.0) * k, digits)}, {fmt((d.ci_high or 0.0) * k, digits)}]",
-                _bootstrap_cell(d, k, digits),
-                fmt(d.p_value, 3),
+                f"{fmt(d.p_value, 3)} ({d.test})" if d.p_value is not None else "–",
             ]
         )
         if row.position_bias:  # as in the main table: differences listed, nothing read from them
             out[-1][2] = f"{out[-1][2]} — {BIASED}"
-            out[-1][5] = "–"
+            out[-1][4] = "–"
     if not out:
         return ""
-    header = ["benchmark", f"{im} − {it} per seed", "mean", "t 95% CI", "seed-then-item bootstrap 95% CI"]
-    return f"Per-seed differences ({len(run.seeds)} seeds):\n\n" + md_table([*header, "sign test p"], out)
+    header = ["benchmark", f"{im} − {it} per seed", "mean", "t 95% CI (seeds vary)", "p (test)"]
+    return f"Per-seed differences ({len(run.seeds)} seeds):\n\n" + md_table(header, out)
 
 
 def failures_section(run: agg.RunResults) -> str:

@@ -43,13 +43,14 @@ def encode_records(
         if not any(w > 0 for w in enc["it_weights"][1:]):
             stats["n_dropped_no_output"] += 1
             continue
-        out.append(
-            {
-                "input_ids": list(enc["input_ids"]),
-                "loss_weights": [float(x) for x in enc["loss_weights"]],
-                "it_weights": [float(x) for x in enc["it_weights"]],
-            }
-        )
+        kept = {
+            "input_ids": list(enc["input_ids"]),
+            "loss_weights": [float(x) for x in enc["loss_weights"]],
+            "it_weights": [float(x) for x in enc["it_weights"]],
+        }
+        if "seq_scale" in enc:  # arm IT-w (training.masking)
+            kept["seq_scale"] = float(enc["seq_scale"])
+        out.append(kept)
     stats["n_out"] = len(out)
     return out, stats
 

@@ -63,9 +63,15 @@ def reduce_token_values(
     w: torch.Tensor,
     normalisation: str = "sequence",
     num_items: torch.Tensor | float | None = None,
+    seq_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reduce per-target values ``[B, T-1]`` with already-shifted weights ``w`` per the normalisation."""
+    """Reduce per-target values ``[B, T-1]`` with already-shifted weights ``w`` per the normalisation.
+
+    ``seq_scale`` ``[B]`` (arm IT-w, :mod:`im_pipeline.training.masking`) multiplies each sequence's weighted mean
+    ("sequence" only: a per-example factor has no meaning once the tokens of a batch are pooled)."""
     _check_normalisation(normalisation)
+    if seq_scale is not None and normalisation != "sequence":
+        raise ValueError("seq_scale (loss_mode it_w) needs loss normalisation 'sequence'")
     weighted = values * w
     if normalisation == "token":
         total = weighted.sum()
@@ -74,6 +80,8 @@ def reduce_token_values(
         per_seq_weight = w.sum(dim=1)
         has_weight = per_seq_weight > 0
         per_seq = weighted.sum(dim=1) / per_seq_weight.clamp_min(torch.finfo(w.dtype).tiny)
+        if seq_scale is not None:
+            per_seq = per_seq * seq_scale.to(per_seq)
         total = (per_seq * has_weight).sum()
         denom = has_weight.sum() if num_items is None else num_items
     denom = torch.as_tensor(denom, dtype=total.dtype, device=total.device)
@@ -88,6 +96,7 @@ def weighted_lm_loss(
     normalisation: str = "sequence",
     *,
     num_items: torch.Tensor | float | None = None,
+    seq_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted next-token cross-entropy.
 
@@ -97,11 +106,12 @@ def weighted_lm_loss(
         weights: ``[B, T]`` weight of token ``i`` as a target (aligned with ``labels``).
         normalisation: ``"sequence"`` or ``"token"`` (see the module docstring).
         num_items: denominator over the whole accumulated batch (gradient accumulation); ``None`` = this batch's.
+        seq_scale: ``[B]`` factor per sequence ("sequence" only; IT-w's n_out / n_im_release), ``None`` = 1.
     """
     if logits.dim() != 3 or logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be [B, T, V] with [B, T] = labels {tuple(labels.shape)}")
     w = shifted_weights(labels, weights)
-    return reduce_token_values(token_ce(logits, labels), w, normalisation, num_items)
+    return reduce_token_values(token_ce(logits, labels), w, normalisation, num_items, seq_scale)
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

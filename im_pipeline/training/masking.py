@@ -32,6 +32,13 @@ e.g. ``".\\n"`` at the end of a user turn, belongs to the content it starts with
 like ``"\\nHello"`` belongs to the content word it predicts. Tokens without characters (BOS and
 other special tokens the tokenizer adds) weigh 0, and position 0 is never a target.
 
+``it_w`` (arm IT-w) has the IT mask and one factor per example, ``seq_scale`` = n_out / n_im_release (the example's
+output-token targets over its ``im_release`` targets, both after truncation): under per-example ("sequence")
+normalisation its loss is Σ_out ce / n_im_release, the share IM gives the example's output tokens, without any
+instruction loss. A per-token weight cannot carry it (the per-example mean Σ w·ce / Σ w cancels any constant factor),
+so the factor travels beside the weights and multiplies the example's mean (:func:`im_pipeline.training.loss.
+reduce_token_values`); under "token" normalisation it is refused (the config rejects it).
+
 ``loss_weights[i]`` is the weight of *predicting* ``input_ids[i]`` from ``input_ids[:i]``
 (aligned with ``input_ids``, like Hugging Face ``labels``); the loss does the shift.
 """
@@ -110,7 +117,7 @@ def encode_example(
 
     Returns ``input_ids``, ``loss_weights`` (``loss.mode``'s), ``it_weights`` (the IT mask, for held-out
     loss on output tokens), ``truncated`` (the sequence was cut at ``max_length``, keeping its
-    start) and ``n_targets`` (positions with weight > 0).
+    start) and ``n_targets`` (positions with weight > 0); under ``it_w`` also ``seq_scale`` (module docstring).
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
@@ -126,20 +133,26 @@ def encode_example(
     weights[0] = it[0] = 0.0  # nothing predicts the first token
     truncated = len(ids) > max_length
     ids, weights, it = ids[:max_length], weights[:max_length], it[:max_length]
-    return {
+    out = {
         "input_ids": ids,
         "loss_weights": weights,
         "it_weights": it,
         "truncated": truncated,
         "n_targets": sum(1 for w in weights if w > 0),
     }
+    if loss.mode is LossMode.it_w:
+        release = char_weights(rendered, LossSpec(LossMode.im_release))
+        n_im = sum(1 for p in anchors[1:max_length] if p is not None and release[p] > 0)
+        out["seq_scale"] = sum(1 for w in it if w > 0) / n_im if n_im else 1.0
+    return out
 
 
 class WeightedCollator:
     """Pad encoded examples to the longest in the batch (right padding) and build tensors.
 
     Emits ``input_ids``, ``attention_mask``, ``labels`` (``-100`` where the weight is 0 or padding),
-    ``loss_weights`` and ``it_weights`` (float, 0 on padding). Other keys are dropped.
+    ``loss_weights`` and ``it_weights`` (float, 0 on padding), and ``seq_scale`` ``[n]`` when the examples carry one
+    (``it_w``; 1.0 for an example without). Other keys are dropped.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
@@ -171,10 +184,13 @@ class WeightedCollator:
             loss_weights[row, :k] = w
             it_weights[row, :k] = torch.tensor(f["it_weights"], dtype=torch.float32)
             labels[row, :k] = torch.where(w > 0, ids, torch.full_like(ids, IGNORE_INDEX))
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "loss_weights": loss_weights,
             "it_weights": it_weights,
         }
+        if any("seq_scale" in f for f in features):
+            batch["seq_scale"] = torch.tensor([float(f.get("seq_scale", 1.0)) for f in features], dtype=torch.float32)
+        return batch

@@ -92,7 +92,7 @@ class PaddingFreeCollator:
             if rest:  # a padding segment of its own: positions from 0, no targets
                 row_feats.append({"input_ids": [self.pad_token_id] * rest, "labels": [IGNORE_INDEX] * rest})
             segments.append(self.flatten(row_feats))
-        return {
+        out = {
             "input_ids": torch.cat([s["input_ids"] for s in segments]),
             "position_ids": torch.cat([s["position_ids"] for s in segments]),
             "packed_labels": torch.cat([s["labels"] for s in segments]),
@@ -101,6 +101,9 @@ class PaddingFreeCollator:
             "loss_weights": batch["loss_weights"],
             "it_weights": batch["it_weights"],
         }
+        if "seq_scale" in batch:  # arm IT-w's per-example factor, per example like the weights
+            out["seq_scale"] = batch["seq_scale"]
+        return out
 
 
 def linear_params(model: torch.nn.Module) -> int:

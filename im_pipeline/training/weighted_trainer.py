@@ -34,6 +34,7 @@ class Targets:
     it_weights: torch.Tensor
     scored_labels: torch.Tensor
     target_index: torch.Tensor | None
+    seq_scale: torch.Tensor | None = None  # [n], arm IT-w's per-example factor (training.masking)
 
     def per_example(self, values: torch.Tensor) -> torch.Tensor:
         """Per-target values of the scored rows in the padded ``[n, T-1]`` layout."""
@@ -54,9 +55,10 @@ def split_batch(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Target
         # Packed rows, no attention_mask: transformers builds the block-diagonal causal mask from position_ids
         # (masking_utils.find_packed_sequence_indices; it needs attention_mask=None and no cache).
         model_inputs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"], "use_cache": False}
-        return model_inputs, Targets(labels, weights, it_weights, inputs["packed_labels"], inputs["target_index"])
+        packed = (inputs["packed_labels"], inputs["target_index"])
+        return model_inputs, Targets(labels, weights, it_weights, *packed, inputs.get("seq_scale"))
     model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    return model_inputs, Targets(labels, weights, it_weights, labels, None)
+    return model_inputs, Targets(labels, weights, it_weights, labels, None, inputs.get("seq_scale"))
 
 
 class WeightedLossTrainer(Trainer):
@@ -175,7 +177,7 @@ class WeightedLossTrainer(Trainer):
         # Per-target values in the padded [n, T-1] layout (unpacked from the packed row when padding-free), then the
         # reductions of loss.py on them: the same loss either way.
         ce = targets.per_example(token_ce(outputs.logits, targets.scored_labels))
-        lm_loss = reduce_token_values(ce, targets.shifted(), self.loss_normalisation, loss_n)
+        lm_loss = reduce_token_values(ce, targets.shifted(), self.loss_normalisation, loss_n, targets.seq_scale)
         loss, kl = lm_loss, None
         if self.loss_spec.kl_coef > 0:
             kl = self._kl_term(model_inputs, outputs.logits, ce, targets, loss_n, kl_n)

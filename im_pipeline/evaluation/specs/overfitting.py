@@ -11,6 +11,12 @@ from im_pipeline.evaluation.specs import BenchmarkSpec, Options, register
 class OverfittingOptions(Options):
     loss_examples: int = Field(128, ge=1, description="Examples for the train / held-out output-token loss.")
     max_new_tokens: int = Field(256, ge=1, description="Generation budget for BLEU.")
+    bleu: bool = Field(
+        True,
+        description="Greedy generations and BLEU-4 for the training prompts; false: the output-token losses only "
+        "(no generation; the result's headline metric is then the per-example test loss, the train loss without "
+        "a test set).",
+    )
     max_length: int = Field(512, ge=8, description="Maximum tokens per example for the loss.")
     sample_seed: int = Field(0, description="Seed of the example sample (same items for every arm).")
     train: str | None = Field(None, description="Training records for standalone use (the pipeline passes its own).")
