@@ -102,8 +102,8 @@ def _judges(run: agg.RunResults) -> list[str]:
 
 
 def model_text(source: str | None, dtype: str | None, note: str = "") -> str:
-    """The model line: its source and dtype (``note``: how it was trained, :func:`precision_note`), and, for a GGUF (a shipped model or a .gguf file), that the weights are
-    a dequantised quantisation, named."""
+    """The model line: its source and dtype (``note``: how it was trained, :func:`precision_note`), and, for a GGUF
+    (a shipped model or a .gguf file), that the weights are a dequantised quantisation, named."""
     import re
 
     from im_pipeline.models.shipped import NAMED_MODELS
