@@ -177,3 +177,24 @@ def test_a_prefect_profile_counts_as_a_server(tmp_path: Path) -> None:
     subprocess.run([str(prefect), "config", "set", f"PREFECT_API_URL={url}"], env=env, check=True, capture_output=True)
     assert (tmp_path / "prefect-home" / "profiles.toml").is_file()
     assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == url
+
+
+def test_keys_lists_benchmark_options_and_study_keys(capsys) -> None:
+    """Every benchmark's typed options (with the default its section starts from) and the study's keys are listed,
+    and each listed key is one that --set accepts."""
+    from im_pipeline.config import ExperimentConfig
+    from im_pipeline.config.study import StudyConfig
+    from im_pipeline.evaluation.specs import specs
+    from im_pipeline_flows.cli.commands import config_keys
+
+    rows = {key: default for key, default, _ in config_keys(ExperimentConfig)}
+    for spec in specs():
+        for option in spec.options.model_fields:
+            assert f"evaluation.{spec.name}.options.{option}" in rows
+    assert rows["evaluation.mmlu.options.num_fewshot"] == "0"  # the mmlu section's default, not the model's
+    assert rows["evaluation.humaneval.options.top_p"] == "0.95"
+    for field in StudyConfig.model_fields:
+        assert f"study.{field}" in rows
+    assert rows["study"] == "null" and rows["study.alpha"] == "0.05"
+    assert main(["keys", "evaluation.humaneval.options.tim"]) == 0
+    assert capsys.readouterr().out.startswith("evaluation.humaneval.options.timeout = 10.0\n")

@@ -263,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
         "configured judge model, when known)",
     )
 
+    p = sub.add_parser(
+        "compare",
+        help="compare two runs: B − A per benchmark, arm and seed, paired on the items both scored",
+        description="Compare two report directories (or their results/, or run directories): for every benchmark, "
+        "arm and seed with a result in both, B − A with a paired bootstrap 95%% CI and an exact McNemar or Wilcoxon "
+        "test on the items both scored; the plain difference where the items do not match.",
+    )
+    p.add_argument("a", help="the first report, results or run directory (A)")
+    p.add_argument("b", help="the second one (B)")
+    _add_json(p)
+
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
     p.add_argument("run_dir", help="run directory, e.g. runs/demo")
     p.add_argument("--out", default=None, help="report directory (default: reports/<experiment>)")
