@@ -61,22 +61,22 @@ def run_command(args: argparse.Namespace) -> int:
     force, rerun = getattr(args, "force", False), sorted(set(getattr(args, "rerun", None) or []))
     rerun_stages(rerun, force=force)  # an unknown stage is named before Prefect starts
     pool = getattr(args, "work_pool", None) or cfg.orchestration.work_pool
-    api = prefect_api_url()
-    where = api or "Prefect's ephemeral local server"
-    if pool and not api:
-        # Workers cannot reach the ephemeral server this process would start.
-        print(
-            f"error: --work-pool {pool} needs a running Prefect server that the pool's workers also use: start one "
-            "(`prefect server start`), set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api) "
-            "here and for the workers; see docs/scale_out.md",
-            file=sys.stderr,
-        )
-        return 2
     from im_pipeline.plan.build import plan_line
 
     print(plan_line(cfg))
     units = f", units on work pool {pool!r}" if pool else ""
-    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
+    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units})")
+    api = prefect_api_url()  # Prefect's settings from here on (PREFECT_DEFAULTS first)
+    if pool and not api:
+        # Workers cannot reach the ephemeral server this process would start.
+        print(
+            f"error: --work-pool {pool} needs a running Prefect server that the pool's workers also use: start one "
+            "(`prefect server start`), set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api, "
+            "or in your Prefect profile) here and for the workers; see docs/scale_out.md",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"Prefect server: {api or 'the ephemeral local one (started here, gone when this command ends)'}")
     from im_pipeline_flows.compare import SettingsTaskRunner, compare_flow
     from im_pipeline_flows.ephemeral import start_bound_ephemeral_server
     from im_pipeline_flows.records import TaskRunsFailed
