@@ -13,15 +13,32 @@ endif
 DEMO_DATA := paper_lima paper_dolly_3k
 DATA_MIRROR ?=
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup setup-locked demo test test-all lint format bench clean
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+# requirements.lock pins every package with the sha256 of its PyPI files. `make setup` installs the lock's versions
+# and markers as *constraints* with the hashes stripped ($(VENV)/constraints.txt), because pip refuses hashes in a
+# constraints file, and because a CPU build of torch (download.pytorch.org/whl/cpu, or a local wheel) is the same
+# version with other hashes than PyPI's CUDA build: a torch installed first is kept. `make setup-locked` installs
+# exactly the lock with every hash checked (PyPI's files: on Linux the CUDA build of torch), then the package
+# without dependencies.
+$(VENV)/constraints.txt: requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	sed -e '/^[[:space:]]*--hash=/d' -e 's/[[:space:]]*\\$$//' requirements.lock > $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
-	$(PIP) install -q -c requirements.lock -e ".[dev,bench]"
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[dev,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-locked:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q --require-hashes -r requirements.lock
+	$(PIP) install -q --no-deps -e ".[dev,bench]"
+	touch $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/im-pipeline data fetch $(DEMO_DATA) $(if $(DATA_MIRROR),--mirror $(DATA_MIRROR))

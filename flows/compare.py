@@ -183,7 +183,7 @@ def _utc_now() -> str:
     validate_parameters=False,
 )
 def compare_flow(
-    config: dict[str, Any] | str | ExperimentConfig,
+    config: ExperimentConfig | str,
     overrides: list[str] | None = None,
     work_pool: str | None = None,
     force: bool = False,
@@ -192,8 +192,10 @@ def compare_flow(
 ) -> dict[str, Any]:
     """Run IT vs IM (and any other arms) side by side and write the report. Returns the run summary.
 
-    ``config``: a loaded config (``im-pipeline run`` passes it: validated once), a mapping or a YAML path (a
-    deployment's parameter). ``work_pool`` (else ``orchestration.work_pool``): run each unit as a flow run on that
+    ``config``: a loaded config (``im-pipeline run`` passes it: validated once), a YAML path (a deployment's
+    parameter: each run re-reads the file), or its mapping (a run started from the UI, whose form shows the
+    config's fields: the annotation is the pydantic model, so the flow's parameter schema carries every section).
+    ``work_pool`` (else ``orchestration.work_pool``): run each unit as a flow run on that
     Prefect work pool. ``force`` / ``rerun``: recompute every unit / those stages or benchmarks even when their
     stamps match. ``command_started``: the ``time.time()`` at which the command started, for the report's command
     total.

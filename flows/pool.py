@@ -37,9 +37,7 @@ from im_pipeline.config import ExperimentConfig
 from im_pipeline.runs.layout import RunLayout, UnitLayout
 from im_pipeline.runs.resubmit import after_final, lock_evidence, parse_time, verdict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 UNIT_FLOW = "im-unit"
-UNIT_ENTRYPOINT = "flows/compare.py:unit_flow"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 
 
@@ -51,14 +49,17 @@ def unit_deployment_name(pool: str) -> str:
 def ensure_unit_deployment(cfg: ExperimentConfig, pool: str) -> str:
     """Register (or update) the unit flow's deployment on ``pool``; returns ``im-unit/<name>`` for run_deployment.
 
-    The code comes from this checkout (workers of a process pool on machines that mount it); the deployment's
+    Workers import the unit flow from their installed package (its module entrypoint,
+    ``im_pipeline_flows.compare.unit_flow``), whether that came from a wheel or an editable checkout; the deployment's
     job variables switch on flow-run heartbeats and forward the library's progress logs to the UI.
     """
+    from prefect.types.entrypoint import EntrypointType
+
     from im_pipeline_flows.compare import unit_flow
 
     name = unit_deployment_name(pool)
-    flow = unit_flow.from_source(source=str(REPO_ROOT), entrypoint=UNIT_ENTRYPOINT)
-    flow.deploy(
+    unit_flow.deploy(
+        entrypoint_type=EntrypointType.MODULE_PATH,
         name=name,
         work_pool_name=pool,
         job_variables={

@@ -16,6 +16,11 @@ server runs no scheduler, so a cron would never fire).
   runs, and any worker of the pool (``prefect worker start --pool NAME``) runs them; with no worker
   running they wait (and show as Late).
 
+Both register the flow by its installed module, ``im_pipeline_flows.compare.compare_flow`` (Prefect's
+``EntrypointType.MODULE_PATH``), not by a file of a checkout: a worker imports it from the environment it runs in, so
+``deploy`` and ``--work-pool`` work the same from a wheel as from a checkout (tests/test_wheel.py installs the wheel
+outside the checkout). A git ``source`` (remote workers that install nothing) still uses the file entrypoint.
+
 Both pass the config *path* (plus ``--set`` overrides) as the flow parameter, so each scheduled run
 reads the current file (and resolves its settings in the process that runs it): edit the config and the next
 nightly run picks it up, while every unit that did not change is skipped (its key and stamp).
@@ -30,7 +35,8 @@ from im_pipeline.config import load_config
 from im_pipeline_flows.compare import compare_flow
 from im_pipeline_flows.records import run_tags
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPARE_ENTRYPOINT = "flows/compare.py:compare_flow"
+"""The file entrypoint inside a checkout, for a git ``source`` only."""
 
 
 def deployment_name(experiment: str) -> str:
@@ -44,17 +50,20 @@ def deploy(
     cron: str | None = None,
     overrides: list[str] | None = None,
     name: str | None = None,
-    source: str | Path = REPO_ROOT,
+    source: str | Path | None = None,
 ) -> uuid.UUID:
     """Register the compare flow for ``config`` with ``work_pool`` (optionally on a cron schedule).
 
-    ``source`` is where workers find the code: this checkout by default (a process worker on this
-    machine); a git URL for remote workers (not tested here: docs/scale_out.md §5). Returns the deployment id.
-    The schedule lives on the server: it outlives this call (see the module docstring).
+    Workers import the flow from the installed package (its module entrypoint) by default; ``source`` (a git URL
+    for remote workers, not tested here: docs/scale_out.md §5) makes them check that out instead. Returns the
+    deployment id. The schedule lives on the server: it outlives this call (see the module docstring).
     """
+    from prefect.types.entrypoint import EntrypointType
+
     cfg = load_config(config, overrides)
-    flow = compare_flow.from_source(source=str(source), entrypoint="flows/compare.py:compare_flow")
+    flow = compare_flow if source is None else compare_flow.from_source(str(source), COMPARE_ENTRYPOINT)
     return flow.deploy(
+        entrypoint_type=EntrypointType.MODULE_PATH if source is None else EntrypointType.FILE_PATH,
         name=name or deployment_name(cfg.name),
         work_pool_name=work_pool,
         cron=cron,

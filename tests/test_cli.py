@@ -145,3 +145,56 @@ def test_schedules_are_refused_without_a_server(tmp_path: Path, monkeypatch, cap
         err = capsys.readouterr().err
         assert "error: schedules need a running Prefect server" in err and "PREFECT_API_URL" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_serve_and_deploy_take_the_same_options() -> None:
+    """Beside deploy's pool, serve and deploy read the same options, with the same defaults."""
+    parser = build_parser()
+    common = ["x.yaml", "--set", "a=1", "--data-dir", "d", "--cron", "0 2 * * *", "--name", "nightly"]
+    serve = vars(parser.parse_args(["serve", *common]))
+    deploy = vars(parser.parse_args(["deploy", *common, "--pool", "cpu"]))
+    assert deploy.pop("pool") == "cpu"
+    serve.pop("command"), deploy.pop("command")
+    assert serve == deploy
+    assert serve["cron"] == "0 2 * * *" and serve["name"] == "nightly"
+    bare = vars(parser.parse_args(["serve", "x.yaml"]))
+    assert (bare["cron"], bare["name"]) == (None, None)
+
+
+def test_a_prefect_profile_counts_as_a_server(tmp_path: Path) -> None:
+    """`prefect config set PREFECT_API_URL=…` in the active profile (a temporary PREFECT_HOME) is the server the
+    commands use, as Prefect resolves it; with no profile value and no variable there is none."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    probe = [sys.executable, "-c", "from im_pipeline_flows.cli.run import prefect_api_url; print(prefect_api_url())"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "None"
+    prefect = Path(sys.executable).with_name("prefect")
+    url = "http://127.0.0.1:4999/api"
+    subprocess.run([str(prefect), "config", "set", f"PREFECT_API_URL={url}"], env=env, check=True, capture_output=True)
+    assert (tmp_path / "prefect-home" / "profiles.toml").is_file()
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == url
+
+
+def test_keys_lists_benchmark_options_and_study_keys(capsys) -> None:
+    """Every benchmark's typed options (with the default its section starts from) and the study's keys are listed,
+    and each listed key is one that --set accepts."""
+    from im_pipeline.config import ExperimentConfig
+    from im_pipeline.config.study import StudyConfig
+    from im_pipeline.evaluation.specs import specs
+    from im_pipeline_flows.cli.commands import config_keys
+
+    rows = {key: default for key, default, _ in config_keys(ExperimentConfig)}
+    for spec in specs():
+        for option in spec.options.model_fields:
+            assert f"evaluation.{spec.name}.options.{option}" in rows
+    assert rows["evaluation.mmlu.options.num_fewshot"] == "0"  # the mmlu section's default, not the model's
+    assert rows["evaluation.humaneval.options.top_p"] == "0.95"
+    for field in StudyConfig.model_fields:
+        assert f"study.{field}" in rows
+    assert rows["study"] == "null" and rows["study.alpha"] == "0.05"
+    assert main(["keys", "evaluation.humaneval.options.tim"]) == 0
+    assert capsys.readouterr().out.startswith("evaluation.humaneval.options.timeout = 10.0\n")

@@ -35,8 +35,24 @@ def test_bad_enum_names_key_value_and_allowed(tmp_path):
 
 def test_unknown_key_is_named(tmp_path):
     path = _write(tmp_path, {"name": "x", "training": {"epochz": 2}})
-    with pytest.raises(ConfigError, match=r"training\.epochz: unknown key"):
+    with pytest.raises(ConfigError, match=r"training\.epochz: unknown key") as err:
         load_config(path)
+    assert "did you mean 'epochs'?" in str(err.value)
+    assert "--set" not in str(err.value)  # the file wrote it
+
+
+def test_unknown_key_from_set_names_the_override_and_suggests(tmp_path):
+    path = _write(
+        tmp_path, {"name": "x", "arms": [{"name": "IT", "loss_mode": "it"}, {"name": "IM", "loss_mode": "im"}]}
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["training.epochs=2", "arms.1.los_mode=it"])
+    line = next(x for x in str(err.value).splitlines() if "unknown key" in x)
+    assert line.strip().startswith("arms.1.los_mode: unknown key (from --set arms.1.los_mode=it)")
+    assert "did you mean 'loss_mode'?" in line
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["evaluation.zzz=1"])
+    assert "(from --set evaluation.zzz=1)" in str(err.value) and "did you mean" not in str(err.value)
 
 
 def test_bad_number_names_key(tmp_path):

@@ -501,3 +501,21 @@ def test_prefect_caches_no_task() -> None:
 
     for t in (prepare_data_task, train_task, evaluate_task, report_task, save_results_task):
         assert (t.cache_policy, t.cache_key_fn, t.persist_result) == (NO_CACHE, None, None), t.name
+
+
+def test_compare_flow_parameters_are_typed_for_the_ui() -> None:
+    """The run form of a deployment shows the config's fields: the flow's parameter schema references the
+    ExperimentConfig model with every section and field (with their descriptions), beside the YAML path."""
+    from prefect.utilities.callables import parameter_schema
+
+    from im_pipeline.config import ExperimentConfig
+    from im_pipeline_flows.compare import compare_flow
+
+    schema = parameter_schema(compare_flow).model_dump_for_openapi()
+    assert schema["properties"]["config"]["anyOf"] == [{"$ref": "#/definitions/ExperimentConfig"}, {"type": "string"}]
+    top = schema["definitions"]["ExperimentConfig"]["properties"]
+    assert set(top) == set(ExperimentConfig.model_fields)
+    epochs = schema["definitions"]["TrainingConfig"]["properties"]["epochs"]
+    assert epochs["default"] == ExperimentConfig.model_fields["training"].default_factory().epochs
+    assert epochs["description"].startswith("Training epochs")
+    assert schema["properties"]["overrides"]["anyOf"][0] == {"items": {"type": "string"}, "type": "array"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -355,3 +356,51 @@ def test_an_interrupted_checkpoint_is_not_resumed_from(tmp_path):
     drop_incomplete_checkpoints(root)
     assert get_last_checkpoint(str(root)) == str(root / "checkpoint-2")
     assert not (root / "checkpoint-4").exists()
+
+
+def test_held_out_loss_reaches_tensorboard_and_progress_has_an_eta(tiny_model_dir, tmp_path, caplog):
+    """The held-out loss goes through the Trainer's report_to: TensorBoard's event file has ``eval/loss`` at every
+    held-out step with train_log.jsonl's values; the run is named experiment/arm/seed; each progress line has an
+    ETA."""
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from im_pipeline.training.callback import eta_seconds, format_duration
+
+    cfg = make_cfg(tiny_model_dir, eval_steps=2)
+    run = tmp_path / "IM" / "seed-3"
+    seen: dict[str, str] = {}
+
+    class RunName(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["run_name"] = args.run_name
+
+    with caplog.at_level(logging.INFO, logger="im_pipeline.training.callback"):
+        train_arm(
+            cfg,
+            ArmConfig(name="IM", loss_mode="im"),
+            3,
+            make_records(8),
+            make_records(11)[8:],
+            run,
+            key="k",
+            callbacks=[RunName()],
+        )
+    assert seen["run_name"] == "test/IM/seed-3"
+    rows = [json.loads(ln) for ln in (run / "train_log.jsonl").read_text().splitlines()]
+    held = {r["step"]: r["held_out_loss"] for r in rows if r["held_out_loss"] is not None}
+    assert sorted(held) == [2, 4]
+    (events,) = (run / "tensorboard").rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    assert {"eval/loss", "eval/loss_per_example", "train/loss"} <= set(acc.Tags()["scalars"])
+    logged = {e.step: e.value for e in acc.Scalars("eval/loss")}
+    assert sorted(logged) == [2, 4]
+    for step, value in logged.items():
+        assert value == pytest.approx(held[step], rel=1e-6)  # float32 in the event file
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(progress) == 4 and all(re.search(r"elapsed \d+s, ETA \d+s$", m) for m in progress)
+    assert progress[-1].endswith("ETA 0s")
+    assert eta_seconds(30.0, 3, 7) == 70.0 and eta_seconds(5.0, 0, 7) is None
+    assert (format_duration(3725), format_duration(192), format_duration(9.4)) == ("1h02m", "3m12s", "9s")

@@ -1,6 +1,6 @@
 """Handlers of the commands that call the library only (no Prefect): ``data stats``, ``advise``, ``mask``, ``eval``,
-``humaneval score``, ``report``, ``keys`` and ``plan``. Each parses nothing itself (``parser.py`` does) and imports
-what it needs."""
+``humaneval score``, ``report``, ``compare``, ``keys`` and ``plan``. Each parses nothing itself (``parser.py`` does)
+and imports what it needs."""
 
 from __future__ import annotations
 
@@ -221,9 +221,20 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """``im-pipeline compare A B [--json]``: B − A for two report (or results, or run) directories, paired on the
+    items both scored (im_pipeline.analysis.compare)."""
+    from im_pipeline.analysis.compare import compare_runs, format_comparison
+
+    result = compare_runs(Path(args.a), Path(args.b))
+    print(json.dumps(result, indent=1) if args.json else format_comparison(result))
+    return 0
+
+
 def config_keys(model: Any, prefix: str = "") -> list[tuple[str, str, str]]:
     """``(dotted key, default, description)`` of every field of a config model, sections flattened; a list of
-    models (``arms``) also lists one item's keys as ``arms.N.<key>``."""
+    models (``arms``) also lists one item's keys as ``arms.N.<key>``, an optional section (``study``) its own row
+    and then its keys, and a benchmark's ``options`` every option of that benchmark (its spec's typed options)."""
     from pydantic import BaseModel
 
     rows: list[tuple[str, str, str]] = []
@@ -236,7 +247,23 @@ def config_keys(model: Any, prefix: str = "") -> list[tuple[str, str, str]]:
         items = [a for a in typing.get_args(kind) if isinstance(a, type) and issubclass(a, BaseModel)]
         if typing.get_origin(kind) is list and items:
             rows += config_keys(items[0], f"{prefix}{name}.N.")
+        elif items:  # X | None: the section's keys, once it is set
+            rows += config_keys(items[0], f"{prefix}{name}.")
+        elif name == "options" and prefix.startswith("evaluation."):
+            rows += _option_keys(prefix.split(".")[1], f"{prefix}{name}.")
     return rows
+
+
+def _option_keys(benchmark: str, prefix: str) -> list[tuple[str, str, str]]:
+    """``evaluation.<benchmark>.options.<option>`` rows, with the defaults the config section starts from."""
+    from im_pipeline.evaluation.specs import find_spec
+
+    spec = find_spec(benchmark)
+    if spec is None:
+        return []
+    rows = config_keys(spec.options, prefix)
+    start = {f"{prefix}{k}": json.dumps(v) for k, v in spec.default_options.items()}
+    return [(key, start.get(key, default), text) for key, default, text in rows]
 
 
 def _default(field: Any) -> str:
@@ -248,7 +275,8 @@ def _default(field: Any) -> str:
 
 
 def keys_command(args: argparse.Namespace) -> int:
-    """``im-pipeline keys [PREFIX]``: every config key, its default and its help text."""
+    """``im-pipeline keys [PREFIX]``: every config key (benchmark options and the study's keys included), its
+    default and its help text."""
     import textwrap
 
     from im_pipeline.config import ExperimentConfig

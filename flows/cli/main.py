@@ -61,6 +61,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "humaneval": commands.score_command,
         "report": commands.report_command,
         "keys": commands.keys_command,
+        "compare": commands.compare_command,
         "plan": commands.plan_command,
     }
     return handlers[args.command](args)

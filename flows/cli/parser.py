@@ -15,7 +15,7 @@ report, orchestrated by Prefect. `im-pipeline COMMAND --help` describes each com
 EPILOG = """\
 examples:
   im-pipeline run configs/demo.yaml --set data.n=8
-  im-pipeline serve configs/demo.yaml --cron "0 2 * * *"      (needs PREFECT_API_URL)
+  im-pipeline serve configs/demo.yaml --cron "0 2 * * *"      (needs a server: PREFECT_API_URL or a profile)
   im-pipeline deploy configs/demo.yaml --pool cpu --cron "0 2 * * *"
   im-pipeline data stats lima
   im-pipeline eval smollm2-135m-instruct --benchmark humaneval --limit 5"""
@@ -43,6 +43,12 @@ def _add_experiment(p: argparse.ArgumentParser, config_help: str) -> None:
         "offline data directory, used when the config sets no data_dir (default: $IM_PIPELINE_DATA_DIR); "
         "recorded in the resolved config",
     )
+
+
+def _add_deployment(p: argparse.ArgumentParser) -> None:
+    """The options serve and deploy share (beside the experiment's): the schedule and the deployment's name."""
+    p.add_argument("--cron", default=None, help='cron schedule (UTC), e.g. "0 2 * * *" (default: no schedule)')
+    p.add_argument("--name", default=None, help="deployment name (default: <experiment>-scheduled)")
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -111,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "outlive it).",
     )
     _add_experiment(p, "experiment YAML; each scheduled run re-reads it")
-    p.add_argument("--cron", required=True, help='cron schedule (UTC), e.g. "0 2 * * *"')
+    _add_deployment(p)
 
     p = sub.add_parser(
         "deploy",
@@ -121,9 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "schedule lives on the server and outlives this command.",
     )
     _add_experiment(p, "experiment YAML; each run re-reads it")
+    _add_deployment(p)
     p.add_argument("--pool", required=True, help="work pool name (create it with `prefect work-pool create`)")
-    p.add_argument("--cron", default=None, help='cron schedule (UTC), e.g. "0 2 * * *" (default: no schedule)')
-    p.add_argument("--name", default=None, help="deployment name (default: <experiment>-scheduled)")
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
@@ -257,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge price in USD per million input and output tokens (default: OpenAI's list price of the "
         "configured judge model, when known)",
     )
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two runs: B − A per benchmark, arm and seed, paired on the items both scored",
+        description="Compare two report directories (or their results/, or run directories): for every benchmark, "
+        "arm and seed with a result in both, B − A with a paired bootstrap 95%% CI and an exact McNemar or Wilcoxon "
+        "test on the items both scored; the plain difference where the items do not match.",
+    )
+    p.add_argument("a", help="the first report, results or run directory (A)")
+    p.add_argument("b", help="the second one (B)")
+    _add_json(p)
 
     p = sub.add_parser("report", help="rebuild the report from a run directory's JSON files")
     p.add_argument("run_dir", help="run directory, e.g. runs/demo")

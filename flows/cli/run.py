@@ -35,6 +35,16 @@ def prefect_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+def prefect_api_url() -> str | None:
+    """The Prefect server these commands use, as Prefect itself resolves it: ``PREFECT_API_URL`` from the
+    environment, a ``.env``/``prefect.toml``, or the active profile (``prefect config set PREFECT_API_URL=…``);
+    None when none is set (Prefect then starts its ephemeral server)."""
+    prefect_defaults()  # before Prefect reads its settings
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
 def data_dir_overrides(overrides: list[str], cfg: ExperimentConfig, data_dir: str | None) -> list[str]:
     """A deployment's overrides: ``--data-dir`` travels as ``data_dir=<its absolute path>`` (the config's own
     ``data_dir`` still wins: it is what ``cfg`` resolved); without it, each run resolves its own settings."""
@@ -51,22 +61,22 @@ def run_command(args: argparse.Namespace) -> int:
     force, rerun = getattr(args, "force", False), sorted(set(getattr(args, "rerun", None) or []))
     rerun_stages(rerun, force=force)  # an unknown stage is named before Prefect starts
     pool = getattr(args, "work_pool", None) or cfg.orchestration.work_pool
-    where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local server"
-    if pool and not os.environ.get("PREFECT_API_URL"):
-        # Workers cannot reach the ephemeral server this process would start.
-        print(
-            f"error: --work-pool {pool} needs a running Prefect server that the pool's workers also use: start one "
-            "(`prefect server start`), set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api) "
-            "here and for the workers; see docs/scale_out.md",
-            file=sys.stderr,
-        )
-        return 2
     from im_pipeline.plan.build import plan_line
 
     print(plan_line(cfg))
     units = f", units on work pool {pool!r}" if pool else ""
-    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units}) on {where}")
-    prefect_defaults()
+    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units})")
+    api = prefect_api_url()  # Prefect's settings from here on (PREFECT_DEFAULTS first)
+    if pool and not api:
+        # Workers cannot reach the ephemeral server this process would start.
+        print(
+            f"error: --work-pool {pool} needs a running Prefect server that the pool's workers also use: start one "
+            "(`prefect server start`), set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api, "
+            "or in your Prefect profile) here and for the workers; see docs/scale_out.md",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"Prefect server: {api or 'the ephemeral local one (started here, gone when this command ends)'}")
     from im_pipeline_flows.compare import SettingsTaskRunner, compare_flow
     from im_pipeline_flows.ephemeral import start_bound_ephemeral_server
     from im_pipeline_flows.records import TaskRunsFailed
@@ -96,7 +106,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    """Create a cron-scheduled deployment of the compare flow for CONFIG and serve it (blocks).
+    """Create a deployment of the compare flow for CONFIG (on ``--cron`` when given) and serve it (blocks).
 
     The schedule is paused when this process stops (see the module docstring).
     """
@@ -105,17 +115,14 @@ def serve_command(args: argparse.Namespace) -> int:
     api = _require_server()
     if api is None:
         return 2
-    prefect_defaults()
     from im_pipeline_flows.compare import compare_flow
     from im_pipeline_flows.records import run_tags
     from im_pipeline_flows.serve import deployment_name
 
     config_path = str(Path(args.config).resolve())
-    name = deployment_name(cfg.name)
-    print(
-        f"serving deployment 'im-compare/{name}' with cron {args.cron!r} on {api} (Ctrl-C stops; "
-        "Prefect then pauses the schedule)"
-    )
+    name = args.name or deployment_name(cfg.name)
+    when = f"with cron {args.cron!r}" if args.cron else "without a schedule (start runs from the UI or API)"
+    print(f"serving deployment 'im-compare/{name}' {when} on {api} (Ctrl-C stops; Prefect then pauses the schedule)")
     compare_flow.serve(
         name=name,
         cron=args.cron,
@@ -127,12 +134,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def _require_server() -> str | None:
-    api = os.environ.get("PREFECT_API_URL")
+    api = prefect_api_url()
     if not api:
         # Prefect's ephemeral server has no scheduler: the cron would never fire.
         print(
             "error: schedules need a running Prefect server. Start one (e.g. `prefect server start` in another "
-            "terminal) and set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api); "
+            "terminal) and set PREFECT_API_URL (e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api, or "
+            "`prefect config set PREFECT_API_URL=…` in your profile); "
             "see docs/scale_out.md",
             file=sys.stderr,
         )
@@ -146,7 +154,6 @@ def deploy_command(args: argparse.Namespace) -> int:
     api = _require_server()
     if api is None:
         return 2
-    prefect_defaults()
     from im_pipeline_flows.serve import deploy, deployment_name
 
     name = args.name or deployment_name(cfg.name)

@@ -4,25 +4,57 @@ settings folded in (:mod:`.settings`), one validation whose errors name key, val
 from __future__ import annotations
 
 import copy
+import difflib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from im_pipeline.config.base import ConfigError
 from im_pipeline.config.experiment import ExperimentConfig
 from im_pipeline.config.settings import data_dir_origin, fold_settings
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model whose keys hold ``loc``'s last part (``("training", "lr")`` → TrainingConfig), by walking
+    the annotations: list indices and mapping keys step into the item type, ``X | None`` into ``X``."""
+    node: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return None
+            node = field.annotation
+        else:  # a list index or a mapping key: the item's type
+            args = typing.get_args(node)
+            node = args[-1] if args else None
+        while typing.get_origin(node) in (typing.Union, types.UnionType):
+            node = next((a for a in typing.get_args(node) if a is not type(None)), None)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _unknown_key_line(loc: tuple[Any, ...], value: Any, overrides: dict[str, str]) -> str:
+    key = ".".join(str(p) for p in loc)
+    model = _model_at(loc)
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    origin = next((f" (from --set {item})" for k, item in overrides.items() if k == key or k.startswith(key + ".")), "")
+    return f"  {key}: unknown key{origin} (value {value!r}){hint} (every key: `im-pipeline keys`)"
+
+
+def _format_validation_error(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
+    """One line per error: key, value and allowed values; an unknown key gets its closest known keys (difflib) and,
+    when a ``--set`` override wrote it, that override."""
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {e['input']!r}); check the spelling against the documented keys")
+            lines.append(_unknown_key_line(tuple(e["loc"]), e["input"], overrides or {}))
             continue
         allowed = ""
         ctx = e.get("ctx") or {}
@@ -103,12 +135,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(
-    data: dict[str, Any], source: str = "<dict>", *, data_dir: str | os.PathLike[str] | None = None
+    data: dict[str, Any],
+    source: str = "<dict>",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
 ) -> ExperimentConfig:
     """Validate a config mapping once, with the environment's settings folded in (``data_dir``: ``--data-dir``).
 
     A data directory that is set (by the config, ``data_dir`` or the environment) but missing is an error naming
-    where it came from. A mapping that is already resolved (e.g. ``ExperimentConfig.to_dict()``) stays as it is.
+    where it came from. ``overrides``: the ``--set`` items already applied to ``data``, named in the error when one
+    of them wrote an unknown key.
+    A mapping that is already resolved (e.g. ``ExperimentConfig.to_dict()``) stays as it is.
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
@@ -119,7 +157,8 @@ def config_from_dict(
     try:
         return ExperimentConfig.model_validate(folded)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        by_key = {item.split("=", 1)[0].strip(): item for item in overrides or []}
+        raise ConfigError(_format_validation_error(err, source, by_key)) from None
 
 
 def load_config(
@@ -141,7 +180,7 @@ def load_config(
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data, str(path), data_dir=data_dir)
+    return config_from_dict(data, str(path), data_dir=data_dir, overrides=overrides)
 
 
 def write_resolved_config(cfg: ExperimentConfig, run_dir: Path, **extra: Any) -> Path:

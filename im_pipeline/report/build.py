@@ -22,6 +22,7 @@ from im_pipeline.report.overfitting import overfitting_section
 from im_pipeline.report.provenance import built_by, describe, kl_note, provenance_section
 from im_pipeline.report.results import RESULTS_DIR, is_results_dir, save_results
 from im_pipeline.report.sections import comparison_section, data_section, failures_section, skipped_section
+from im_pipeline.report.summary import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ NORMALISATION_TEXT = {
 def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     """Write ``report_dir/REPORT.md`` and ``report_dir/figures/*.png`` from ``run_root``'s JSON files.
 
-    Returns ``{"report": path, "figures": [paths], "table": [rows for a table artifact]}``.
+    Also writes ``summary.csv`` / ``summary.json`` (:mod:`.summary`). Returns ``{"report": path, "figures": [paths],
+    "table": [rows for a table artifact], "summary": {"csv": path, "json": path}}``.
     """
     run = agg.load_run(Path(run_root))
     report_dir = Path(report_dir)
@@ -71,9 +73,10 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     text = "\n\n".join(s for s in sections if s) + "\n"
     out = report_dir / "REPORT.md"
     write_text_atomic(out, text)
+    summary = write_summary(run, report_dir)  # summary.csv / summary.json: one row per arm × seed × benchmark
     figures = sorted(str(p) for p in fig_dir.glob("*.png"))
     log.info("report written: %s (%d figures)", out, len(figures))
-    return {"report": str(out), "figures": figures, "table": table_records}
+    return {"report": str(out), "figures": figures, "table": table_records, "summary": summary}
 
 
 def arm_line(run: agg.RunResults, arm: str) -> str:

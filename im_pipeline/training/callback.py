@@ -1,12 +1,13 @@
 """train_log.jsonl: one line per optimiser step (train loss, IT-mask loss, tokens/s, padding) and the held-out loss
-at eval steps; progress logging."""
+at eval steps; the held-out loss also through the Trainer's own ``log`` (so every ``report_to`` integration, e.g.
+TensorBoard's ``eval/loss``, gets it); progress logging with elapsed time and ETA."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -17,12 +18,28 @@ from im_pipeline.training.held_out import encoded_output_losses
 log = logging.getLogger(__name__)
 
 
+def format_duration(seconds: float) -> str:
+    """``3725`` → ``1h02m``, ``192`` → ``3m12s``, ``9.4`` → ``9s``."""
+    s = max(round(seconds), 0)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def eta_seconds(elapsed: float, steps_done: int, steps_left: int) -> float | None:
+    """Remaining time at the mean pace of the steps done in this session (None before the first step)."""
+    return elapsed / steps_done * steps_left if steps_done > 0 else None
+
+
 class TrainLogCallback(TrainerCallback):
     """Writes ``train_log.jsonl``: one line per logging step (step, epoch, train loss, tokens/s, padding fraction,
     and ``held_out_loss`` on output tokens at evaluation steps); logs progress with ``logging``.
 
     Held-out loss is computed every ``eval_steps`` optimiser steps (None: at the end of each epoch) and at the last
-    step. On resume, lines after the checkpoint's step are dropped (those steps are trained again).
+    step, and passed to ``report`` (the Trainer's ``log``, set by ``build_trainer``) as ``eval_loss`` /
+    ``eval_loss_per_example``: the integrations of ``report_to`` (TensorBoard, MLflow, W&B) record it as they
+    record a Trainer evaluation. On resume, lines after the checkpoint's step are dropped (those steps are trained
+    again).
     """
 
     def __init__(
@@ -44,6 +61,8 @@ class TrainLogCallback(TrainerCallback):
         self._pending_held_out: tuple[float, float] | None = None  # (token mean, per-example mean)
         self._last_time: float | None = None
         self.eval_seconds = 0.0
+        self.report: Callable[[dict[str, float]], None] | None = None
+        self._started: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) this session started at
 
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -55,6 +74,7 @@ class TrainLogCallback(TrainerCallback):
         if state.is_world_process_zero:  # rank 0 alone writes the log
             self.truncate_after(state.global_step)
         self._last_time = time.perf_counter()
+        self._started = (self._last_time, state.global_step)
 
     def _is_eval_step(self, state) -> bool:
         step = state.global_step
@@ -70,7 +90,10 @@ class TrainLogCallback(TrainerCallback):
             t0 = time.perf_counter()
             self._pending_held_out = encoded_output_losses(model, self.held_out, self.pad_token_id, self.batch_size)
             self.eval_seconds += time.perf_counter() - t0
-            control.should_log = True  # make sure this step gets a line
+            if self.report is not None:
+                token_mean, per_example = self._pending_held_out
+                self.report({"eval_loss": token_mean, "eval_loss_per_example": per_example})
+            control.should_log = True  # make sure this step gets a line (after report: the Trainer's log clears it)
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -107,7 +130,7 @@ class TrainLogCallback(TrainerCallback):
             fh.write(json.dumps(row) + "\n")
         held = f" held-out {row['held_out_loss']:.4f}" if row["held_out_loss"] is not None else ""
         log.info(
-            "step %d/%d epoch %.2f loss %.4f%s | %s tok/s, padding %.0f%%",
+            "step %d/%d epoch %.2f loss %.4f%s | %s tok/s, padding %.0f%% | %s",
             state.global_step,
             state.max_steps,
             row["epoch"],
@@ -115,4 +138,11 @@ class TrainLogCallback(TrainerCallback):
             held,
             row["tokens_per_s"],
             100 * row["padding_fraction"],
+            self.progress(state.global_step, state.max_steps, now),
         )
+
+    def progress(self, step: int, max_steps: int, now: float) -> str:
+        """``elapsed 1m02s, ETA 3m12s``: the session's wall time and the remaining steps at its mean pace."""
+        t0, step0 = self._started
+        eta = eta_seconds(now - t0, step - step0, max_steps - step)
+        return f"elapsed {format_duration(now - t0)}, ETA {'?' if eta is None else format_duration(eta)}"

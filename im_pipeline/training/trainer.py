@@ -78,6 +78,7 @@ def build_training_arguments(cfg: ExperimentConfig, arm: ArmConfig, seed: int, o
         neftune_noise_alpha=arm.neftune_alpha,
         remove_unused_columns=False,
         report_to=list(t.report_to) or "none",
+        run_name=f"{cfg.name}/{arm.name}/seed-{seed}",  # the run's name in MLflow / W&B (TensorBoard: its folder)
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -294,6 +295,7 @@ def build_trainer(
         ref_model=ref_model,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through TrainLogCallback's logging instead
+    log_cb.report = trainer.log  # held-out loss as eval_loss to every report_to integration
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback":
             # its default dir is under trainer_checkpoints/, which is removed after training
