@@ -30,6 +30,12 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype for training and evaluation."
     )
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention kernel passed to from_pretrained: 'sdpa', 'eager', 'flash_attention_2', "
+        "'flash_attention_3', 'flex_attention', or a Hub kernel id (null: transformers' default, sdpa where "
+        "supported). Under flash attention, padding-free batches pack one row per micro-batch.",
+    )
     cache_dir: str | None = Field(
         None,
         description="Where dequantised GGUF / downloaded wheels are cached "

@@ -48,9 +48,17 @@ def load_tokenizer(
 
 
 def load_model_and_tokenizer(
-    source: str, *, dtype: Any = "float32", cache_dir: str | None = None, revision: str | None = None
+    source: str,
+    *,
+    dtype: Any = "float32",
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from any model source (see module docstring).
+
+    ``attn_implementation`` (``model.attn_implementation``) goes to ``from_pretrained`` as is; None leaves
+    transformers' default.
 
     The tokenizer has a pad token and ``model.config.pad_token_id`` / ``generation_config.pad_token_id`` match it.
     The model is returned in eval mode; callers that train switch it with ``model.train()``.
@@ -61,8 +69,9 @@ def load_model_and_tokenizer(
     hub = _is_hub(source, resolved)
     tokenizer = _tokenizer_from(resolved, source, revision)
     try:
+        attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None
+            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None, **attn
         )
     except (OSError, ValueError) as exc:
         if isinstance(exc, ModelSourceError):

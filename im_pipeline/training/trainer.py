@@ -40,7 +40,7 @@ from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer, write_model_card
 from im_pipeline.training.held_out import LR_SCALE_RATIO, encode_records, output_over_im_release
 from im_pipeline.training.masking import WeightedCollator
-from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of
+from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of, packs_one_row
 from im_pipeline.training.weighted_trainer import WeightedLossTrainer
 
 log = logging.getLogger(__name__)
@@ -192,12 +192,18 @@ def load_models(cfg: ExperimentConfig, arm: ArmConfig) -> tuple[Any, Any, Any]:
     from im_pipeline.models import load_model_and_tokenizer
 
     m = cfg.model
-    model, tokenizer = load_model_and_tokenizer(m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision)
+    how = {
+        "dtype": m.dtype,
+        "cache_dir": m.cache_dir,
+        "revision": m.revision,
+        "attn_implementation": m.attn_implementation,
+    }
+    model, tokenizer = load_model_and_tokenizer(m.source, **how)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {m.source} has no pad token")
     ref_model = None
     if arm.kl_coef > 0:
-        ref_model, _ = load_model_and_tokenizer(m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision)
+        ref_model, _ = load_model_and_tokenizer(m.source, **how)
     return model, ref_model, tokenizer
 
 
@@ -270,7 +276,9 @@ def build_trainer(
         args=args,
         train_dataset=data.train,
         data_collator=(
-            PaddingFreeCollator(tokenizer.pad_token_id, attention_cost_of(model))
+            PaddingFreeCollator(
+                tokenizer.pad_token_id, attention_cost_of(model), one_row=packs_one_row(cfg.model.attn_implementation)
+            )
             if t.padding_free
             else WeightedCollator(tokenizer.pad_token_id)
         ),
