@@ -59,3 +59,9 @@ class EvaluationConfig(_Benchmarks):
 
     evaluate_base: bool = Field(True, description="Also evaluate the base model once (base → IT → IM).")
     batch_size: int = Field(8, ge=1, description="Batch size for scoring and generation.")
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV-cache budget of one generation batch in GiB: rows (prompts × samples) per batch shrink to fit "
+        "(null: on CUDA 80% of the free device memory at each batch, on CPU no cap).",
+    )

@@ -164,6 +164,7 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
             config_hash=job.key,
             template=cfg.data.template,
             batch_size=ev.batch_size,
+            kv_cache_bytes=int(ev.kv_cache_gib * 2**30) if ev.kv_cache_gib else None,
             judge=ev.judge,
             dtype=cfg.model.dtype,
             cache_dir=cfg.model.cache_dir,
