@@ -170,8 +170,8 @@ def continuous_batching(model, tok, encoded, baseline, new_tokens, count) -> Non
         max_new_tokens=new_tokens, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
     start, cpu_start = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        out = model.generate_batch(inputs=encoded, generation_config=gen)
+    # Not under inference_mode: generate_batch's worker thread updates its cache in place outside it.
+    out = model.generate_batch(inputs=encoded, generation_config=gen)
     t, c = time.perf_counter() - start, time.process_time() - cpu_start
     ordered = sorted(out.values(), key=lambda o: int(o.request_id.rsplit("_", 1)[-1]))
     texts = [tok.decode(o.generated_tokens, skip_special_tokens=True) for o in ordered]
