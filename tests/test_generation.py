@@ -237,3 +237,67 @@ def test_preallocated_cache_holds_what_a_dynamic_cache_holds():
     k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     got, want = ours.update(k, v, 0), ref.update(k, v, 0)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+# -- the KV-cache budget -------------------------------------------------------------------------------------------
+
+
+def test_plan_batch_caps_rows_and_splits_samples():
+    from im_pipeline.evaluation.generation import plan_batch
+
+    assert plan_batch(10, 1, 8, None) == (8, 1)  # no budget: batch_size alone
+    assert plan_batch(3, 20, 32, None) == (3, 20)
+    assert plan_batch(100, 20, 32, 100) == (5, 20)  # HumanEval n=20: 5 prompts of 20 rows fit in 100
+    assert plan_batch(100, 20, 32, 7) == (1, 7)  # one prompt, its 20 samples 7 at a time
+    assert plan_batch(100, 1, 8, 0) == (1, 1)  # never less than one row
+
+
+def test_kv_bytes_per_token_is_the_plan_formula_for_the_model(model_tok):
+    from im_pipeline.evaluation.generation import kv_bytes_per_row_token
+
+    model, _ = model_tok
+    c = model.config
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    assert kv_bytes_per_row_token(model) == 2 * c.num_hidden_layers * kv_heads * head_dim * 4  # fp32
+
+
+def _recording(monkeypatch, name):
+    import im_pipeline.evaluation.generation as generation
+
+    calls, inner = [], getattr(generation, name)
+
+    def spy(model, tokenizer, batch, cfg, gen_cfg, *rest):
+        calls.append((len(batch), gen_cfg.num_return_sequences))
+        return inner(model, tokenizer, batch, cfg, gen_cfg, *rest)
+
+    monkeypatch.setattr(generation, name, spy)
+    return calls
+
+
+def test_greedy_batches_split_under_a_small_kv_budget_with_identical_outputs(model_tok, monkeypatch):
+    from im_pipeline.evaluation.generation import kv_bytes_per_row_token
+
+    model, tok = model_tok
+    free = generate(model, tok, PROMPTS, GenerationConfig(max_new_tokens=12, batch_size=8), progress=False)
+    longest = max(len(tok(p)["input_ids"]) for p in PROMPTS)
+    budget = 2 * kv_bytes_per_row_token(model) * (longest + 12)  # two rows of the longest prompt
+    calls = _recording(monkeypatch, "_greedy_texts")
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=8, kv_cache_bytes=budget)
+    assert generate(model, tok, PROMPTS, cfg, progress=False) == free
+    sizes = [n for n, _ in calls]
+    assert sum(sizes) == len(PROMPTS) and sizes[0] == 2 and max(sizes) <= 3  # shorter prompts: a few more rows
+
+
+def test_sampled_rows_of_one_prompt_split_into_calls_under_the_budget(model_tok, monkeypatch):
+    from im_pipeline.evaluation.generation import kv_bytes_per_row_token
+
+    model, tok = model_tok
+    longest = max(len(tok(p)["input_ids"]) for p in PROMPTS[:2])
+    budget = 2 * kv_bytes_per_row_token(model) * (longest + 6)  # 2 rows: fewer than n = 5 samples of one prompt
+    calls = _recording(monkeypatch, "_sampled_texts")
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, n=5, batch_size=4, seed=3, kv_cache_bytes=budget)
+    got = generate(model, tok, PROMPTS[:2], cfg, progress=False)
+    assert [len(r) for r in got] == [5, 5]
+    # the longer prompt: 2 + 2 + 1 samples; the shorter one leaves room for 3 rows: 3 + 2
+    assert calls == [(1, 2), (1, 2), (1, 1), (1, 3), (1, 2)]

@@ -18,6 +18,7 @@ from im_pipeline.config import ArmConfig
 from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.training import PaddingFreeCollator, WeightedCollator, WeightedLossTrainer, encode_example, train_arm
 from im_pipeline.training.loss import IGNORE_INDEX, unpack_targets
+from im_pipeline.training.packing import packs_one_row
 from tests.test_trainer import make_cfg, make_records
 
 
@@ -300,3 +301,30 @@ def test_gemma3_270m_packed_loss_equals_padded(tmp_path):
         packed = trainer.compute_loss(model, PaddingFreeCollator(tok.pad_token_id)(feats))
     assert padded.item() > 0
     torch.testing.assert_close(packed, padded, atol=2e-4, rtol=2e-4)
+
+
+def test_one_row_under_flash_attention_keeps_the_loss_layout():
+    feats = [
+        {"input_ids": [5, 6, 7, 8], "loss_weights": [0.0, 1.0, 0.5, 1.0], "it_weights": [0.0, 0.0, 1.0, 1.0]},
+        {"input_ids": [9, 10], "loss_weights": [1.0, 1.0], "it_weights": [0.0, 1.0]},
+        {"input_ids": [11], "loss_weights": [1.0], "it_weights": [1.0]},
+    ]
+    assert packs_one_row("flash_attention_2") and packs_one_row("kernels-community/flash-attn3")
+    assert not any(packs_one_row(a) for a in (None, "sdpa", "eager", "flex_attention"))
+    b = PaddingFreeCollator(pad_token_id=0, attention_cost=0.2, one_row=True)(feats)  # 2 rows without one_row
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 0]]  # the boundaries flash attention's cu_seqlens need
+    assert b["packed_labels"].tolist() == [[IGNORE_INDEX, 6, 7, 8, IGNORE_INDEX, 10, IGNORE_INDEX]]
+    assert b["target_index"].tolist() == [[0, 1, 2], [4, -1, -1], [-1, -1, -1]]
+    padded = WeightedCollator(pad_token_id=0)(feats)
+    for key in ("labels", "loss_weights", "it_weights"):
+        assert torch.equal(b[key], padded[key])
+
+
+def test_the_configured_attention_reaches_the_model_and_its_reference(tiny_model_dir, tmp_path):
+    from im_pipeline.training.trainer import load_models
+
+    cfg = make_cfg(tiny_model_dir)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"attn_implementation": "eager"})})
+    model, ref, _ = load_models(cfg, ArmConfig(name="it_kl", loss_mode="it", kl_coef=0.5))
+    assert model.config._attn_implementation == ref.config._attn_implementation == "eager"

@@ -76,3 +76,10 @@ class EvaluationConfig(_Benchmarks):
     @classmethod
     def _device(cls, value: str) -> str:
         return check_device_spec(value)
+
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV-cache budget of one generation batch in GiB: rows (prompts × samples) per batch shrink to fit "
+        "(null: on CUDA 80% of the free device memory at each batch, on CPU no cap).",
+    )

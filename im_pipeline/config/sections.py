@@ -34,6 +34,12 @@ class ModelConfig(Strict):
         "'pure_bf16'); 'float16' is refused for training (use bfloat16). Checkpoints are saved in the dtype of the "
         "weights trained (fp32 under 'mixed'). Evaluation's dtype is evaluation.dtype.",
     )
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention kernel passed to from_pretrained: 'sdpa', 'eager', 'flash_attention_2', "
+        "'flash_attention_3', 'flex_attention', or a Hub kernel id (null: transformers' default, sdpa where "
+        "supported). Under flash attention, padding-free batches pack one row per micro-batch.",
+    )
 
     @field_validator("dtype")
     @classmethod

@@ -102,6 +102,7 @@ class EvalContext:
     config_hash: str | None = None
     template: str = "tulu"
     batch_size: int = 8
+    kv_cache_bytes: int | None = None  # generation's KV-cache budget per batch (evaluation.kv_cache_gib)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     dtype: str = "float32"  # the evaluation dtype (resolved: never "auto")
     device: str = "cpu"  # where every evaluator of this context runs (resolved: "cpu" or "cuda:N")

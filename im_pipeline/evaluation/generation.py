@@ -3,8 +3,13 @@
 :func:`generate` wraps Hugging Face ``model.generate`` (KV cache on) and adds what the benchmarks
 need around it:
 
-* prompts are tokenized once, **sorted by length** and cut into batches of ``batch_size`` so that
+* prompts are tokenized once, **sorted by length** and cut into batches of at most ``batch_size`` so that
   each batch carries little padding; results are returned in the original order;
+* **a KV-cache budget** (:func:`plan_batches`): a batch's rows (prompts × samples) times its longest row
+  (prompt + ``max_new_tokens``) times the model's KV bytes per token (``plan.memory.kv_bytes_per_token``, the
+  plan command's formula) stay within ``kv_cache_bytes`` (on CUDA, unset: 80% of the device's free memory
+  at each batch; on CPU, unset: no cap). Batches shrink under it, down to one prompt; a prompt whose ``n``
+  samples alone do not fit draws them in several calls. Greedy outputs do not depend on the batching;
 * **left padding** (decoder-only models continue from the last real token);
 * ``n`` completions per prompt (``num_return_sequences``), greedy (``temperature == 0``) or sampled
   (temperature, top_p; top_k disabled), seeded with ``seed``; for greedy decoding with ``n > 1`` the
@@ -17,9 +22,8 @@ need around it:
   cache is preallocated (same ``model.generate`` steps, no compute for finished rows). Sampling keeps one
   ``model.generate`` call per batch, so its seeded random stream is unchanged.
 
-Optional backend: :func:`generate_vllm` runs the same :class:`GenerationConfig` through vLLM when the
-``vllm`` package is importable (GPU machines). It takes a model *path* rather than a loaded model and
-is not exercised by the CPU test-suite.
+No vLLM backend: nothing here could test one (no GPU), and an engine per unit with its memory released needs a
+GPU to verify; generation is transformers' (docs/scale_out.md).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     batch_size: int = 8
     seed: int = 0
+    kv_cache_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -62,6 +67,8 @@ class GenerationConfig:
             raise ValueError(f"n (completions per prompt) must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.kv_cache_bytes is not None and self.kv_cache_bytes < 1:
+            raise ValueError(f"kv_cache_bytes must be >= 1 (or None), got {self.kv_cache_bytes}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop sequences must be non-empty strings, got {self.stop!r}")
 
@@ -168,20 +175,70 @@ def generate(
 
     results: list[list[str] | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for b in range(0, len(order), cfg.batch_size):
-        idx = order[b : b + cfg.batch_size]
+    per_token = kv_bytes_per_row_token(model)
+    start = 0
+    while start < len(order):
+        width = len(encoded[order[start]])  # longest first: the batch's widest prompt
+        rows_fit = rows_within_budget(per_token, width + cfg.max_new_tokens, kv_budget(model, cfg))
+        size, samples = plan_batch(len(order) - start, 1 if cfg.greedy else cfg.n, cfg.batch_size, rows_fit)
+        idx = order[start : start + size]
         batch = [encoded[i] for i in idx]
         if cfg.greedy:
             texts = _greedy_texts(model, tokenizer, batch, cfg, gen_cfg, pad_id)
             outs = [[t] * cfg.n for t in texts]
         else:
-            texts = _sampled_texts(model, tokenizer, batch, cfg, gen_cfg, pad_id)
+            texts = _sampled_in_parts(model, tokenizer, batch, cfg, gen_cfg, pad_id, samples)
             outs = [texts[j * cfg.n : (j + 1) * cfg.n] for j in range(len(idx))]
         for i, out in zip(idx, outs, strict=True):
             results[i] = out
         bar.update(len(idx))
+        start += size
     bar.close()
     return [r for r in results if r is not None]
+
+
+def kv_bytes_per_row_token(model: Any) -> int | None:
+    """KV-cache bytes per token of one row for ``model`` (``plan.memory.kv_bytes_per_token`` of its config, in its
+    parameters' dtype); None when the config lacks the shapes (then only ``batch_size`` limits a batch)."""
+    from im_pipeline.plan.arch import Arch
+    from im_pipeline.plan.memory import kv_bytes_per_token
+
+    try:
+        arch = Arch.of(model.config.to_dict())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return kv_bytes_per_token(arch, next(model.parameters()).element_size())
+
+
+def kv_budget(model: Any, cfg: GenerationConfig) -> int | None:
+    """Bytes of KV cache one batch may take: ``cfg.kv_cache_bytes``; unset, on CUDA 80% of the memory free now (the
+    driver's free plus what torch's allocator holds unused), on CPU no cap (None)."""
+    if cfg.kv_cache_bytes is not None:
+        return cfg.kv_cache_bytes
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(0.8 * (free + idle))
+
+
+def rows_within_budget(per_token: int | None, row_tokens: int, budget: int | None) -> int | None:
+    """How many rows of ``row_tokens`` fit in ``budget`` bytes of KV cache (None: no limit)."""
+    if per_token is None or budget is None:
+        return None
+    return budget // (per_token * row_tokens)
+
+
+def plan_batch(prompts_left: int, rows_per_prompt: int, batch_size: int, rows_fit: int | None) -> tuple[int, int]:
+    """(prompts in the next batch, samples per generate call): at most ``batch_size`` prompts, and at most
+    ``rows_fit`` rows (prompts × ``rows_per_prompt``); at least one prompt, whose samples are then drawn
+    ``rows_fit`` (≥ 1) at a time."""
+    size = min(batch_size, prompts_left)
+    if rows_fit is None:
+        return size, rows_per_prompt
+    size = max(1, min(size, rows_fit // rows_per_prompt))
+    return size, max(1, min(rows_per_prompt, rows_fit))
 
 
 def _check_prompts(prompts: list[str]) -> None:
@@ -211,6 +268,21 @@ def _greedy_texts(
     return [truncate_at_stop(t, cfg.stop) for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
+def _sampled_in_parts(
+    model: Any, tokenizer: Any, batch: list[list[int]], cfg: GenerationConfig, gen_cfg: Any, pad_id: int, samples: int
+) -> list[str]:
+    """``cfg.n`` samples per row (row-major): one call, or (one prompt whose samples exceed the budget) calls of
+    ``samples`` samples each."""
+    if samples >= cfg.n:
+        return _sampled_texts(model, tokenizer, batch, cfg, gen_cfg, pad_id)
+    texts: list[str] = []
+    for done in range(0, cfg.n, samples):
+        part = copy.deepcopy(gen_cfg)
+        part.num_return_sequences = min(samples, cfg.n - done)
+        texts += _sampled_texts(model, tokenizer, batch, cfg, part, pad_id)
+    return texts
+
+
 def _sampled_texts(
     model: Any, tokenizer: Any, batch: list[list[int]], cfg: GenerationConfig, gen_cfg: Any, pad_id: int
 ) -> list[str]:
@@ -229,27 +301,3 @@ def _sampled_texts(
     )
     texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
     return [truncate_at_stop(t, cfg.stop) for t in texts]
-
-
-def generate_vllm(model_path: str, prompts: list[str], cfg: GenerationConfig, **llm_kwargs: Any) -> list[list[str]]:
-    """Same contract as :func:`generate`, through vLLM (GPU machines; not tested on CPU).
-
-    ``model_path`` is a local HF-format directory or Hub id (see ``im_pipeline.models.resolve_model``);
-    ``llm_kwargs`` go to ``vllm.LLM`` (e.g. ``dtype``, ``gpu_memory_utilization``). vLLM applies the
-    stop strings itself and leaves them out of the text, as :func:`generate` does.
-    """
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as exc:
-        raise RuntimeError("the vLLM backend needs the 'vllm' package (pip install vllm, on a GPU machine)") from exc
-    params = SamplingParams(
-        n=cfg.n,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p if not cfg.greedy else 1.0,
-        max_tokens=cfg.max_new_tokens,
-        stop=list(cfg.stop) or None,
-        seed=cfg.seed,
-    )
-    llm = LLM(model=model_path, seed=cfg.seed, **llm_kwargs)
-    outputs = llm.generate(prompts, params)
-    return [[truncate_at_stop(o.text, cfg.stop) for o in r.outputs] for r in outputs]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from im_pipeline.config import BenchmarkConfig
 from im_pipeline.data.files import write_jsonl
 from im_pipeline.evaluation.common import BenchmarkSkipped, EvalContext
-from im_pipeline.evaluation.generation import GenerationConfig, generate, generate_vllm
+from im_pipeline.evaluation.generation import GenerationConfig, generate
 from im_pipeline.evaluation.sandbox import SandboxLimits, SandboxResult, isolation, run_program
 from im_pipeline.evaluation.specs import get_spec
 from im_pipeline.evaluation.specs.humaneval import STOP_SEQUENCES as STOP_SEQUENCES  # the default stop strings
@@ -197,10 +197,6 @@ def _stderr(values: np.ndarray) -> float | None:
 
 
 def _generate(ctx: EvalContext, prompts: list[str], gen: GenerationConfig, backend: str) -> list[list[str]]:
-    if backend == "vllm":
-        from im_pipeline.models import resolve_model
-
-        return generate_vllm(resolve_model(ctx.model_source, cache_dir=ctx.cache_dir), prompts, gen, dtype=ctx.dtype)
     model, tokenizer = ctx.model_and_tokenizer()
     return generate(model, tokenizer, prompts, gen)
 
@@ -257,12 +253,7 @@ def _prompts(ctx: EvalContext, opts: dict[str, Any], problems: list[dict[str, An
     """The prompt of each problem: raw, or in the training template (which may need the tokenizer)."""
     tokenizer = None
     if opts["chat"]:  # the template may need the tokenizer (EOS string, chat_template)
-        if opts["backend"] == "hf":
-            tokenizer = ctx.model_and_tokenizer()[1]
-        else:
-            from im_pipeline.models import load_tokenizer
-
-            tokenizer = load_tokenizer(ctx.model_source, cache_dir=ctx.cache_dir)
+        tokenizer = ctx.model_and_tokenizer()[1]
     return [build_prompt(p, chat=opts["chat"], template=ctx.template, tokenizer=tokenizer) for p in problems]
 
 
@@ -277,6 +268,7 @@ def _generation_config(
         stop=stop,
         batch_size=opts["batch_size"] or ctx.batch_size,
         seed=seed,
+        kv_cache_bytes=ctx.kv_cache_bytes,
     )
 
 

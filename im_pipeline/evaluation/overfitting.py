@@ -246,6 +246,7 @@ def _memorised(
         stop=STOP_TULU if ctx.template == "tulu" else (),
         batch_size=ctx.batch_size,
         seed=opts.sample_seed,
+        kv_cache_bytes=ctx.kv_cache_bytes,
     )
     log.info(
         "overfitting: greedy generation for %d training prompts (max %d new tokens)", len(records), opts.max_new_tokens

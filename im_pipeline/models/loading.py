@@ -54,10 +54,14 @@ def load_model_and_tokenizer(
     cache_dir: str | None = None,
     revision: str | None = None,
     device: str = "cpu",
+    attn_implementation: str | None = None,
     **load_kw: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from any model source (see module docstring), on ``device``; ``load_kw``
     go to ``from_pretrained`` (QLoRA's ``quantization_config`` and ``device_map``, which then places the model).
+
+    ``attn_implementation`` (``model.attn_implementation``) goes to ``from_pretrained`` as is; None leaves
+    transformers' default.
 
     The tokenizer has a pad token and ``model.config.pad_token_id`` / ``generation_config.pad_token_id`` match it.
     The model is returned in eval mode; callers that train switch it with ``model.train()``.
@@ -68,8 +72,9 @@ def load_model_and_tokenizer(
     hub = _is_hub(source, resolved)
     tokenizer = _tokenizer_from(resolved, source, revision)
     try:
+        attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None, **load_kw
+            resolved, dtype=torch_dtype(dtype), revision=revision if hub else None, **attn, **load_kw
         )
     except (OSError, ValueError) as exc:
         if isinstance(exc, ModelSourceError):

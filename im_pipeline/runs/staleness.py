@@ -58,8 +58,10 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def model_identity(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The model settings that change the model (where it is cached does not)."""
-    return cfg.model.model_dump(mode="json", exclude={"cache_dir"})
+    """The model settings that change the model (where it is cached does not; the attention kernel counts only when
+    chosen, so configs without it keep their keys)."""
+    exclude = {"cache_dir"} | ({"attn_implementation"} if cfg.model.attn_implementation is None else set())
+    return cfg.model.model_dump(mode="json", exclude=exclude)
 
 
 def data_key(cfg: ExperimentConfig) -> str:

@@ -193,6 +193,7 @@ def _evaluate(cfg: ExperimentConfig, job: EvalJob, out_dir: Path, models: Any, o
         config_hash=job.key,
         template=cfg.data.template,
         batch_size=ev.batch_size,
+        kv_cache_bytes=int(ev.kv_cache_gib * 2**30) if ev.kv_cache_gib else None,
         judge=ev.judge,
         dtype=resolve_eval_dtype(ev.dtype, device),
         device=device,

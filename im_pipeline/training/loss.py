@@ -25,6 +25,8 @@ big batch would have had. Without ``num_items`` the denominator is this batch's 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -155,3 +157,91 @@ def unpack_targets(values: torch.Tensor, target_index: torch.Tensor) -> torch.Te
     flat = values.reshape(-1)
     gathered = flat[target_index.clamp_min(0)]
     return torch.where(target_index >= 0, gathered, torch.zeros_like(gathered))
+
+
+CE_CHUNK_ROWS = 1024
+"""Rows of logits per chunk of :func:`chunked_cross_entropy` (its fp32 temporaries are ``rows × V``)."""
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """``-log softmax(logits)[target]`` per row, fp32 math one chunk of rows at a time.
+
+    By hand because ``F.cross_entropy`` upcasts the whole ``[N, V]`` logits to fp32 and keeps its fp32 log-softmax for
+    the backward (for a 262k vocabulary that is the largest tensor of a step). This keeps only the logits (already
+    alive as the model's output) and each row's log-sum-exp; the backward recomputes ``softmax − onehot`` per chunk and
+    writes the gradient in the logits' dtype. Rows whose target is ``IGNORE_INDEX`` get 0 and no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        valid = targets != IGNORE_INDEX
+        safe = torch.where(valid, targets, torch.zeros_like(targets))
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for s in range(0, logits.shape[0], chunk):
+            lse[s : s + chunk] = torch.logsumexp(logits[s : s + chunk].float(), dim=-1)
+        picked = logits.gather(1, safe[:, None]).squeeze(1).float()
+        ctx.save_for_backward(logits, safe, valid, lse)
+        ctx.chunk = chunk
+        return torch.where(valid, lse - picked, torch.zeros_like(lse))
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, safe, valid, lse = ctx.saved_tensors
+        scale = torch.where(valid, grad_out.float(), torch.zeros_like(lse))
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[0], ctx.chunk):
+            e = slice(s, s + ctx.chunk)
+            g = torch.exp(logits[e].float() - lse[e, None])
+            g.scatter_add_(1, safe[e, None], -torch.ones_like(lse[e, None]))
+            grad[e] = g * scale[e, None]
+        return grad, None, None
+
+
+def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk: int = CE_CHUNK_ROWS) -> torch.Tensor:
+    """Per-row cross-entropy ``[N]`` of ``logits`` ``[N, V]`` against ``targets`` ``[N]`` (0 where ignored).
+
+    Equal to ``F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="none")`` in value and gradient
+    (tests/test_loss_kernels.py), with fp32 temporaries of ``chunk × V`` only.
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"logits {tuple(logits.shape)} must be [N, V] with targets [N], got {tuple(targets.shape)}")
+    return _ChunkedCrossEntropy.apply(logits, targets, max(int(chunk), 1))
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, T]``: the target each position predicts (``labels[:, 1:]``), ``IGNORE_INDEX`` at the last position."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+
+
+def logit_positions(
+    need: torch.Tensor, target_index: torch.Tensor | None, scored_shape: tuple[int, int]
+) -> torch.Tensor:
+    """The positions ``[B, L]`` of the scored rows whose logits the loss reads (``logits_to_keep``).
+
+    ``need`` ``[n, T-1]`` marks, in the padded per-target layout, the targets any loss term reads; ``target_index``
+    maps them into packed rows (None: the rows are the padded ones). At least one position is kept, so every
+    parameter stays in the graph of a batch without targets.
+    """
+    rows, length = scored_shape
+    if target_index is None:
+        keep = torch.zeros(scored_shape, dtype=torch.bool, device=need.device)
+        keep[:, : length - 1] = need
+    else:
+        flat = torch.zeros(rows * (length - 1), dtype=torch.bool, device=need.device)
+        flat[target_index[need & (target_index >= 0)]] = True
+        keep = torch.cat([flat.view(rows, length - 1), flat.new_zeros((rows, 1))], dim=1)
+    if not bool(keep.any()):
+        keep[0, 0] = True
+    return keep
+
+
+def kept_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` logits at the kept positions, whether the model applied ``logits_to_keep`` (boolean 2-D: transformers'
+    ``slice_logits_to_keep``) or returned every position ``[B, L, V]``."""
+    return logits[keep] if logits.dim() == 3 else logits
+
+
+def scatter_positions(keep: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Values of the kept positions (``[N]``, row-major order of ``keep``) placed into ``[B, L]`` (0 elsewhere);
+    gradients flow to ``values``."""
+    return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)

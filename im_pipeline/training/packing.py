@@ -33,6 +33,10 @@ class PaddingFreeCollator:
     segment of its own (``pad_token_id``, positions from 0, no targets): it attends only to itself, and no real token
     attends to it.
 
+    ``one_row`` (:func:`packs_one_row`: flash attention): every example in a single row. Flash-attention kernels take
+    the packed sequences' boundaries (cu_seqlens) from ``position_ids`` only when the batch is one row; with more
+    rows transformers would hand them a plain causal mask and examples of one row would attend to each other.
+
     The loss side keeps the :class:`WeightedCollator` layout: ``labels``, ``loss_weights`` and ``it_weights`` are
     ``[n, T]`` exactly as the padded batch has them, so denominators and reductions (per-sequence means, KL, the IT
     mask) are the padded path's, unchanged. ``target_index`` ``[n, T-1]`` maps each target of that layout to the
@@ -41,12 +45,15 @@ class PaddingFreeCollator:
     their examples; :func:`im_pipeline.training.loss.unpack_targets` applies the map.
     """
 
-    def __init__(self, pad_token_id: int, attention_cost: float = DEFAULT_ATTENTION_COST) -> None:
+    def __init__(
+        self, pad_token_id: int, attention_cost: float = DEFAULT_ATTENTION_COST, *, one_row: bool = False
+    ) -> None:
         from transformers import DataCollatorWithFlattening
 
         self.padded = WeightedCollator(pad_token_id)
         self.pad_token_id = int(pad_token_id)
         self.attention_cost = attention_cost
+        self.one_row = one_row
         self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
 
     @staticmethod
@@ -74,7 +81,7 @@ class PaddingFreeCollator:
         batch = self.padded(features)  # validates the features; its labels/weights are the loss layout
         n, length = batch["labels"].shape
         lengths = [len(f["input_ids"]) for f in features]
-        rows = self.assign_rows(lengths, self.attention_cost)
+        rows = [list(range(n))] if self.one_row else self.assign_rows(lengths, self.attention_cost)
         row_len = max(sum(lengths[i] for i in row) for row in rows)
         segments = []
         target_index = torch.full((n, max(length - 1, 0)), -1, dtype=torch.long)
@@ -104,6 +111,13 @@ class PaddingFreeCollator:
         if "seq_scale" in batch:  # arm IT-w's per-example factor, per example like the weights
             out["seq_scale"] = batch["seq_scale"]
         return out
+
+
+def packs_one_row(attn_implementation: str | None) -> bool:
+    """Whether padding-free batches must be one row for ``attn_implementation``: any flash-attention kernel
+    (``flash_attention_2``/``_3``, Hub kernels such as ``kernels-community/flash-attn``), whose packed-sequence
+    boundaries transformers derives from ``position_ids`` at batch size 1 only."""
+    return attn_implementation is not None and "flash" in attn_implementation.lower()
 
 
 def linear_params(model: torch.nn.Module) -> int:

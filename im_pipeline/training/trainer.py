@@ -39,7 +39,7 @@ from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer
 from im_pipeline.training.held_out import LR_SCALE_RATIO, encode_records, output_over_im_release
 from im_pipeline.training.masking import WeightedCollator
-from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of
+from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of, packs_one_row
 from im_pipeline.training.summary import train_summary, utc_now, write_outputs
 from im_pipeline.training.weighted_trainer import WeightedLossTrainer
 
@@ -196,14 +196,13 @@ def load_models(cfg: ExperimentConfig, arm: ArmConfig, seed: int = 0) -> tuple[A
     from im_pipeline.models import load_model_and_tokenizer
 
     m, adapter = cfg.model, cfg.training.peft
+    how = {"cache_dir": m.cache_dir, "revision": m.revision, "attn_implementation": m.attn_implementation}
     # Full training: fp32 master weights (bf16 only as the pure_bf16 opt-in). Adapters: the frozen base stays in
     # model.dtype and peft keeps the adapters themselves in fp32 (its autocast_adapter_dtype).
     weights = "bfloat16" if cfg.training.precision == "pure_bf16" else "float32"
     weights = m.dtype if adapter.method != "none" else weights
     extra = adapters.load_options(adapter, m.dtype)  # QLoRA without CUDA: refused here, before anything loads
-    model, tokenizer = load_model_and_tokenizer(
-        m.source, dtype=weights, cache_dir=m.cache_dir, revision=m.revision, **extra
-    )
+    model, tokenizer = load_model_and_tokenizer(m.source, dtype=weights, **how, **extra)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {m.source} has no pad token")
     if adapter.method != "none":
@@ -211,7 +210,7 @@ def load_models(cfg: ExperimentConfig, arm: ArmConfig, seed: int = 0) -> tuple[A
         return model, adapters.AdaptersDisabled(model) if arm.kl_coef > 0 else None, tokenizer
     ref_model = None
     if arm.kl_coef > 0:
-        ref_model, _ = load_model_and_tokenizer(m.source, dtype=m.dtype, cache_dir=m.cache_dir, revision=m.revision)
+        ref_model, _ = load_model_and_tokenizer(m.source, dtype=m.dtype, **how)
     return model, ref_model, tokenizer
 
 
@@ -284,7 +283,9 @@ def build_trainer(
         args=args,
         train_dataset=data.train,
         data_collator=(
-            PaddingFreeCollator(tokenizer.pad_token_id, attention_cost_of(model))
+            PaddingFreeCollator(
+                tokenizer.pad_token_id, attention_cost_of(model), one_row=packs_one_row(cfg.model.attn_implementation)
+            )
             if t.padding_free
             else WeightedCollator(tokenizer.pad_token_id)
         ),

@@ -13,11 +13,14 @@ from transformers import PreTrainedModel, Trainer
 
 from im_pipeline.loss_modes import OUTPUT_ONLY, LossSpec
 from im_pipeline.training.loss import (
+    chunked_cross_entropy,
+    kept_logits,
+    logit_positions,
     loss_denominator,
+    next_token_labels,
     reduce_token_values,
+    scatter_positions,
     shifted_weights,
-    target_token_logprobs,
-    token_ce,
     token_kl,
     unpack_targets,
 )
@@ -43,6 +46,22 @@ class Targets:
     def shifted(self, it_mask: bool = False) -> torch.Tensor:
         """:func:`shifted_weights` of the arm's weights (or of the IT mask's)."""
         return shifted_weights(self.labels, self.it_weights if it_mask else self.weights)
+
+    def logit_positions(self, it_only: bool = False) -> torch.Tensor:
+        """The scored rows' positions ``[B, L]`` whose logits a loss term reads: the arm's weighted targets and the IT
+        mask's (KL, the logged IT loss); ``it_only``: the IT mask's alone."""
+        need = self.shifted(it_mask=True) > 0
+        if not it_only:
+            need = need | (self.shifted() > 0)
+        return logit_positions(need, self.target_index, (self.scored_labels.shape[0], self.scored_labels.shape[1]))
+
+    def next_labels(self, keep: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the label each kept position predicts."""
+        return next_token_labels(self.scored_labels)[keep]
+
+    def place(self, keep: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Values of the kept positions (``[N]``) in the padded per-target layout ``[n, T-1]`` (0 elsewhere)."""
+        return self.per_example(scatter_positions(keep, values)[:, :-1])
 
 
 def split_batch(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Targets]:
@@ -169,18 +188,21 @@ class WeightedLossTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         model_inputs, targets = split_batch(inputs)
-        # No labels to the model: its own (unweighted) loss would be wasted work.
+        # Logits only at the positions some loss term reads (transformers' boolean ``logits_to_keep``: the LM head runs
+        # on those hidden states alone, [N, V]); no labels to the model: its own (unweighted) loss would be wasted work.
+        keep = targets.logit_positions()
         with self._neftune_as_padded(model, inputs, targets.target_index is not None):
-            outputs = model(**model_inputs)
+            outputs = model(**model_inputs, logits_to_keep=keep)
+        logits = kept_logits(outputs.logits, keep)
         # Accumulated-batch denominators only while training; evaluation batches are normalised on their own.
         loss_n, kl_n = self._denominators if (model.training and self._denominators is not None) else (None, None)
         # Per-target values in the padded [n, T-1] layout (unpacked from the packed row when padding-free), then the
         # reductions of loss.py on them: the same loss either way.
-        ce = targets.per_example(token_ce(outputs.logits, targets.scored_labels))
+        ce = targets.place(keep, chunked_cross_entropy(logits, targets.next_labels(keep)))
         lm_loss = reduce_token_values(ce, targets.shifted(), self.loss_normalisation, loss_n, targets.seq_scale)
         loss, kl = lm_loss, None
         if self.loss_spec.kl_coef > 0:
-            kl = self._kl_term(model_inputs, outputs.logits, ce, targets, loss_n, kl_n)
+            kl = self._kl_term(model_inputs, keep, logits, ce, targets, (loss_n, kl_n))
             loss = loss + self.loss_spec.kl_coef * kl
         if model.training and loss_n is not None and self.args.world_size > 1:
             loss = loss * self.args.world_size
@@ -191,11 +213,11 @@ class WeightedLossTrainer(Trainer):
     def _kl_term(
         self,
         model_inputs: dict[str, Any],
+        keep: torch.Tensor,
         logits: torch.Tensor,
         ce: torch.Tensor,
         targets: Targets,
-        loss_n: torch.Tensor | None,
-        kl_n: torch.Tensor | None,
+        denominators: tuple[torch.Tensor | None, torch.Tensor | None],
     ) -> torch.Tensor:
         """The KL term to the frozen reference model, in the arm's ``kl_form``.
 
@@ -207,16 +229,18 @@ class WeightedLossTrainer(Trainer):
         is not ≥ 0): ``NLL + c·KL = (1 − c)·NLL − c·mean(log p_ref(y))``, whose gradient is ``(1 − c)`` times the
         NLL's and vanishes at ``c = 1``.
         """
-        norm = self.loss_normalisation
+        norm, (loss_n, kl_n) = self.loss_normalisation, denominators
         with torch.no_grad():
-            ref_logits = self.ref_model(**model_inputs).logits
+            ref_logits = kept_logits(self.ref_model(**model_inputs, logits_to_keep=keep).logits, keep)
         if self.loss_spec.kl_form == "release":
             # The NLL's tokens: the released mask is `labels != -100`, the arm's own labels (with --use_lm_loss the
             # instruction too). -ce is the NLL's own graph node, so the cancellation at kl_coef = 1 is exact.
             with torch.no_grad():
-                ref_logp = targets.per_example(target_token_logprobs(ref_logits, targets.scored_labels))
+                ref_logp = targets.place(keep, -chunked_cross_entropy(ref_logits, targets.next_labels(keep)))
             return reduce_token_values(-ce - ref_logp, targets.shifted(), norm, loss_n)
-        token_kls = targets.per_example(token_kl(logits[:, :-1], ref_logits[:, :-1]))
+        kl_keep = targets.logit_positions(it_only=True) & keep
+        rows = kl_keep[keep]  # the kept rows at the IT mask's positions
+        token_kls = targets.place(kl_keep, token_kl(logits[rows], ref_logits[rows]))
         return reduce_token_values(token_kls, targets.shifted(it_mask=True), norm, kl_n)
 
     def _count(

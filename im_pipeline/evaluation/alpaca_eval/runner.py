@@ -140,7 +140,13 @@ def generate_outputs(ctx: EvalContext, instructions: list[str], *, max_new_token
         prompts = [
             render_prompt([{"role": "user", "content": s}], template=ctx.template, tokenizer=tokenizer) for s in todo
         ]
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop, batch_size=ctx.batch_size)
+        cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            stop=stop,
+            batch_size=ctx.batch_size,
+            kv_cache_bytes=ctx.kv_cache_bytes,
+        )
         step = max(32, 4 * ctx.batch_size)  # save every few batches: an interrupted run keeps its generations
         for start in range(0, len(todo), step):
             outs = generate(model, tokenizer, prompts[start : start + step], cfg)

@@ -28,7 +28,9 @@ class HumanEvalOptions(Options):
     memory_mb: int = Field(1024, ge=32, description="Memory of one program's whole process tree (MiB).")
     workers: int = Field(2, ge=1, description="Programs executed in parallel.")
     batch_size: int | None = Field(None, ge=1, description="Generation batch size; null = evaluation.batch_size.")
-    backend: Literal["hf", "vllm"] = Field("hf", description="'hf' (transformers) or 'vllm' (GPU machines).")
+    backend: Literal["hf"] = Field(
+        "hf", description="'hf' (transformers), the only backend (no vLLM: untestable here)."
+    )
     seed: int | None = Field(None, description="Sampling seed; null = the run's seed (or 0).")
 
     @model_validator(mode="after")
