@@ -305,14 +305,22 @@ def test_a_crashed_unit_is_submitted_again_up_to_max_attempts(tmp_path: Path, mo
 
 def test_work_pool_needs_a_real_server(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capsys) -> None:
     """Workers cannot reach the ephemeral server a run would start: --work-pool without PREFECT_API_URL is refused."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from im_pipeline_flows.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(tmp_path, tiny_model_dir)))
-    assert main(["run", str(path), "--work-pool", "gpu"]) == 2
+    # The server is resolved as Prefect does (environment, profile, settings context): a session-wide test harness
+    # started by another test module would otherwise count as a server.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(["run", str(path), "--work-pool", "gpu"])
+    assert code == 2
     err = capsys.readouterr().err
     assert "--work-pool gpu needs a running Prefect server" in err and "PREFECT_API_URL" in err
     assert not (tmp_path / "runs").exists()  # refused before anything ran
     path.write_text(yaml.safe_dump({**tiny_config(tmp_path, tiny_model_dir), "orchestration": {"work_pool": "cpu"}}))
-    assert main(["run", str(path)]) == 2 and "--work-pool cpu needs" in capsys.readouterr().err
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(["run", str(path)])
+    assert code == 2 and "--work-pool cpu needs" in capsys.readouterr().err
