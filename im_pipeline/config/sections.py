@@ -196,7 +196,11 @@ class TrainingConfig(Strict):
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
     logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = each epoch end).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = number of cores).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads (null = the cores shared among the node's ranks: cores / LOCAL_WORLD_SIZE).",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"],

@@ -103,7 +103,10 @@ class RunFacts:
     @classmethod
     def start(cls, key: str, threads: int | None) -> RunFacts:
         world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        return cls(key, world_size, rank, threads or os.cpu_count() or 1, _utc_now(), time.perf_counter())
+        # null threads: this node's cores shared among its ranks (not every rank on all of them)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = threads or max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return cls(key, world_size, rank, threads, _utc_now(), time.perf_counter())
 
     @property
     def is_main(self) -> bool:
