@@ -95,7 +95,7 @@ def die_with_parent(sig: int) -> None:
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the request: no signal will come
-        os._exit(1)
+        sys.exit(1)
 
 
 def _launcher_preexec() -> None:

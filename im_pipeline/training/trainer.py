@@ -38,6 +38,7 @@ from im_pipeline.results import TrainSummary, new_train_summary
 from im_pipeline.runs.layout import UnitLayout
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer, write_model_card
+from im_pipeline.training.engine import require_full_save, require_saved_weights
 from im_pipeline.training.held_out import LR_SCALE_RATIO, encode_records, output_over_im_release
 from im_pipeline.training.masking import WeightedCollator
 from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of
@@ -165,6 +166,7 @@ def train_arm(
     lr = learning_rate(cfg, arm, seed, train, tokenizer)
     args.learning_rate = lr.value  # read by the Trainer when it builds optimiser and schedule
     trainer = build_trainer(cfg, arm, args, unit, data, (model, ref_model, tokenizer), run.world_size, callbacks)
+    require_full_save(trainer.accelerator)  # before training: the final save must be a model transformers loads
     if resume:
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -301,6 +303,7 @@ def save_final_model(trainer: WeightedLossTrainer, tokenizer: Any, unit: UnitLay
     # save_pretrained model.
     trainer.save_model(str(final_dir))
     if is_main:
+        require_saved_weights(final_dir)
         (final_dir / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle: not part of the model
         save_tokenizer(tokenizer, final_dir, template)
 

@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel, Trainer
 
 from im_pipeline.loss_modes import OUTPUT_ONLY, LossSpec
+from im_pipeline.training.engine import prepare_reference
 from im_pipeline.training.loss import (
     loss_denominator,
     reduce_token_values,
@@ -21,7 +22,6 @@ from im_pipeline.training.loss import (
     token_kl,
     unpack_targets,
 )
-from im_pipeline.training.reference import prepare_reference
 from im_pipeline.training.sampler import LengthGroupedEpochSampler
 
 
@@ -90,7 +90,7 @@ class WeightedLossTrainer(Trainer):
             raise ValueError("kl_coef > 0 needs ref_model (the frozen base model)")
         self.loss_spec = loss
         self.loss_normalisation = loss_normalisation
-        # frozen, and placed by the training engine (sharded under ZeRO-3 / FSDP): training.reference
+        # frozen, and placed by the training engine (sharded under ZeRO-3 / FSDP): training.engine
         self.ref_model = None if ref_model is None else prepare_reference(ref_model, self.accelerator)
         self._denominators: tuple[torch.Tensor, torch.Tensor] | None = None
         # Running counters since the last log (read and reset in ``log``).

@@ -1,23 +1,33 @@
-"""The frozen reference model of the KL term, placed by the engine that trains the model beside it.
+"""What a DeepSpeed / FSDP engine needs beyond the Trainer: the KL reference model placed by it, and a final
+checkpoint that plain transformers loads.
 
-Under a plain process or DDP every rank holds the whole reference model on its device. Under DeepSpeed ZeRO-3 the
-reference is loaded inside ``zero.Init`` (the Trainer's DeepSpeed config is active when it is loaded), so its
-parameters are partitioned: run outside an engine it would compute with empty weights. It is therefore wrapped
-for inference by DeepSpeed itself, as TRL's ``prepare_deepspeed`` does for DPO's reference model (no optimizer, no
-scheduler; ZeRO-3 shards it, other stages keep a whole copy). Under FSDP (version 1, configs/accelerate/fsdp.yaml)
-it is sharded by FSDP with the training plugin's wrap policy and precision, as TRL's ``prepare_fsdp`` does. With
-``fsdp_cpu_ram_efficient_loading`` transformers 5 still loads the full weights on every rank (measured: equal
-checksums on both ranks of a 2-process gloo run), and FSDP's ``sync_module_states`` cannot run on CPU, so the ranks'
-copies are compared before sharding instead of broadcast: a rank whose copy differs from rank 0's (e.g. a
-transformers that leaves ranks > 0 empty) stops the run with an error rather than training against wrong logits.
+**The final checkpoint.** ``Trainer.save_model`` gathers the full weights into a ``save_pretrained`` model only when
+the engine is told to: ``stage3_gather_16bit_weights_on_model_save`` under ZeRO-3 (accelerate's
+``zero3_save_16bit_model``), ``FULL_STATE_DICT`` under FSDP. Otherwise it writes DeepSpeed's shards (to be merged by
+``zero_to_fp32.py``) or, under FSDP with a sharded state dict, no weights at all, and nothing says so.
+:func:`require_full_save` refuses such a setup before training starts; :func:`require_saved_weights` checks the
+final directory after the save.
 
-Why by hand: TRL holds these two functions but is only a benchmark extra here (``bench``), and accelerate prepares
-a second model only for training (``Accelerator.prepare_model(evaluation_mode=True)`` does not shard it).
+**The reference model.** Under a plain process or DDP every rank holds the whole reference model on its device.
+Under DeepSpeed ZeRO-3 the reference is loaded inside ``zero.Init`` (the Trainer's DeepSpeed config is active when
+it is loaded), so its parameters are partitioned: run outside an engine it would compute with empty weights. It is
+therefore wrapped for inference by DeepSpeed itself, as TRL's ``prepare_deepspeed`` does for DPO's reference model
+(no optimizer, no scheduler; ZeRO-3 shards it, other stages keep a whole copy). Under FSDP (version 1,
+configs/accelerate/fsdp.yaml) it is sharded by FSDP with the training plugin's wrap policy and precision, as TRL's
+``prepare_fsdp`` does. With ``fsdp_cpu_ram_efficient_loading`` transformers 5 still loads the full weights on every
+rank (measured: equal checksums on both ranks of a 2-process gloo run), and FSDP's ``sync_module_states`` cannot run
+on CPU, so the ranks' copies are compared before sharding instead of broadcast: a rank whose copy differs from rank
+0's (e.g. a transformers that leaves ranks > 0 empty) stops the run with an error rather than training against
+wrong logits.
+
+Why by hand: TRL holds the two reference functions but is only a benchmark extra here (``bench``), and accelerate
+prepares a second model only for training (``Accelerator.prepare_model(evaluation_mode=True)`` does not shard it).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,3 +117,38 @@ def check_replicas_equal(model: nn.Module, device: torch.device) -> None:
             "the KL reference model differs between ranks (a rank loaded other or empty weights); "
             "load it in full on every rank (fsdp_cpu_ram_efficient_loading: false)"
         )
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def require_full_save(accelerator: Any) -> None:
+    """Raise unless the engine's final save gathers the full weights (see the module docstring)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        zero = ds.get("zero_optimization", {})
+        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
+            raise ValueError(
+                "DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the final checkpoint would be "
+                "DeepSpeed shards, not a model transformers loads; set zero3_save_16bit_model: true in the "
+                "accelerate config (configs/accelerate/zero3.yaml does)"
+            )
+    elif kind == DistributedType.FSDP and "FULL_STATE_DICT" not in str(accelerator.state.fsdp_plugin.state_dict_type):
+        raise ValueError(
+            "FSDP without fsdp_state_dict_type: FULL_STATE_DICT: the final checkpoint would hold no weights "
+            "transformers loads (configs/accelerate/fsdp.yaml sets FULL_STATE_DICT)"
+        )
+
+
+def require_saved_weights(final_dir: Path) -> None:
+    """Raise unless ``final_dir`` holds a model's weights in a file ``from_pretrained`` reads."""
+    if not any((final_dir / name).is_file() for name in WEIGHT_FILES):
+        raise RuntimeError(f"the final save wrote no model weights to {final_dir} (expected one of {WEIGHT_FILES})")
