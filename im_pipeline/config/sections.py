@@ -210,7 +210,8 @@ class TrainingConfig(Strict):
     )
     launcher: str | None = Field(
         None,
-        description="Run each training unit under this command prefix, e.g. 'torchrun --nproc_per_node 8' or "
+        description="Run each training unit under this command prefix, e.g. "
+        "'torchrun --standalone --nproc_per_node 8' or "
         "'accelerate launch --config_file configs/accelerate/zero3.yaml' (falls back to "
         f"${TRAIN_LAUNCHER_ENV} at load; null = in the task's process). The global batch is batch_size × "
         "gradient_accumulation_steps × processes.",
