@@ -13,6 +13,7 @@ A rank whose copy differs from rank 0's is caught before sharding."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,17 @@ def test_zero3_two_ranks_on_cpu_train_a_kl_arm_as_one_process_and_save_a_full_mo
         f"\nZeRO-3 x2 vs one process: loss {launched['final_train_loss']} vs {single['final_train_loss']}, "
         f"max |Δw| {worst:.3g} (moved {moved:.3g})"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (the `gpu` extra)")
+def test_gpu_verify_zero3_phase_runs_the_reference_in_a_deepspeed_engine(tmp_path: Path) -> None:
+    """bench/gpu_verify.py's zero3 phase, CPU dry run: the reference loaded inside zero.Init holds no weights outside
+    an engine, and the project's DeepSpeed inference engine gives the logits of the model loaded whole."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_verify.py"
+    cmd = [sys.executable, str(script), "--cpu-dry-run", "--out", str(tmp_path), "--phases", "zero3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    phase = json.loads((tmp_path / "gpu_verify.json").read_text())["phases"]["zero3"]
+    assert phase["status"] == "ok" and phase["partitioned_numel_outside_engine"] == 0
+    assert phase["max_abs_diff_logits"] <= 1e-5
