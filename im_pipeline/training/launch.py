@@ -85,22 +85,35 @@ def launch_command(launcher: str, job_file: Path) -> list[str]:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(sig: int) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere
-    nothing. Python has no binding for prctl, hence ctypes. Exits at once if the parent is already gone."""
+def _prctl() -> Any:
+    """libc's ``prctl`` (Linux), or None. Python has no binding for it, hence ctypes."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     import ctypes
 
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere
+    nothing. Exits at once if the parent is already gone."""
+    prctl = _prctl()
+    if prctl is None:
+        return
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the request: no signal will come
         sys.exit(1)
 
 
-def _launcher_preexec() -> None:
-    """In the launcher's child before exec: SIGTERM when the unit's process dies (torchrun then stops its ranks)."""
-    die_with_parent(signal.SIGTERM)
+def _launcher_preexec() -> Any:
+    """The launcher's ``preexec_fn``: SIGTERM when the unit's process dies (torchrun then stops its ranks). libc is
+    loaded here, in the parent: between fork and exec the child of a threaded process (a Prefect task runner) only
+    makes the system call, never takes the dynamic loader's lock."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -152,7 +165,7 @@ def _run_logged(cmd: list[str], env: dict[str, str], unit: str, tail: collection
         text=True,
         env=env,
         start_new_session=True,  # its own process group, which _kill_group can end as a whole
-        preexec_fn=_launcher_preexec,
+        preexec_fn=_launcher_preexec(),
     )
     try:
         assert proc.stdout is not None
