@@ -7,7 +7,11 @@ The launched run goes through :func:`im_pipeline.training.launch.launch` (what t
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +27,41 @@ TORCHRUN = "torchrun --standalone --nproc_per_node 2"
 
 
 def test_launch_command_uses_the_projects_launcher(tmp_path: Path) -> None:
-    cmd = launch_command("torchrun --nproc_per_node 8", tmp_path / "launch.json")
+    job = tmp_path / "launch.json"
+    cmd = launch_command("torchrun --nproc_per_node 8", job)
     assert cmd[0] == str(Path(sys.executable).parent / "torchrun")  # the environment's, not whatever is on PATH
-    assert cmd[1:] == ["--nproc_per_node", "8", "-m", "im_pipeline.training.launch", str(tmp_path / "launch.json")]
+    # --standalone: a rendezvous on a free port of its own, so two units on one node never clash
+    assert cmd[1:] == ["--standalone", "--nproc_per_node", "8", "-m", "im_pipeline.training.launch", str(job)]
+    for own in ("--standalone", "--master_port=29511", "--rdzv-endpoint host:1", "--nnodes 2"):
+        assert launch_command(f"torchrun {own} --nproc_per_node 2", job)[1:-3] == [
+            *own.split(),
+            "--nproc_per_node",
+            "2",
+        ]
+    acc = launch_command("accelerate launch --config_file z.yaml", job)
+    assert acc[1:3] == ["launch", "--main_process_port"] and acc[4:] == ["--config_file", "z.yaml", *cmd[-3:]]
+    assert 1024 <= int(acc[3]) <= 65535
+    assert launch_command("accelerate launch --main_process_port 7 x", job)[1:-3] == [
+        "launch",
+        "--main_process_port",
+        "7",
+        "x",
+    ]
     with pytest.raises(FileNotFoundError, match="no-such-launcher"):
         launch_command("no-such-launcher -x", tmp_path / "launch.json")
+
+
+def test_threads_per_rank_share_the_nodes_cores(monkeypatch) -> None:
+    from im_pipeline.training.trainer import RunFacts
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert RunFacts.start("k", None).threads == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 4))
+    assert RunFacts.start("k", None).threads == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert RunFacts.start("k", None).threads == max(1, cores // 2)
+    assert RunFacts.start("k", 3).threads == 3  # training.threads wins
 
 
 def test_launch_entry_point_takes_one_job_file(capsys) -> None:
@@ -99,3 +133,61 @@ def test_torchrun_two_processes_equal_one_with_double_accumulation(
     for key in ("host", "pid", "started_at", "finished_at"):
         assert launched[key], key
     assert launched["started_at"] < launched["finished_at"] and launched["finished_at"].endswith("Z")
+
+
+UNIT = """
+import json, sys
+from pathlib import Path
+from im_pipeline.config import config_from_dict
+from im_pipeline.training.launch import launch
+cfg = config_from_dict(json.loads(Path(sys.argv[1]).read_text()))
+launch(cfg.train_launcher(), cfg, "IM", 0, Path(sys.argv[2]), Path(sys.argv[3]), key="k")
+"""
+
+
+def _processes_naming(word: str) -> dict[int, str]:
+    """Live processes (not zombies) whose command line contains ``word``: pid → command line."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            continue
+        if proc.name.isdigit() and word in cmdline and state != "Z":
+            found[int(proc.name)] = cmdline
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_unit_killed_with_sigkill_leaves_no_rank_alive(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A real unit process runs torchrun (2 ranks, gloo) on a long training; kill -9 of the unit ends every rank."""
+    data = tmp_path / "data"
+    write_jsonl(make_records(16), data / "train.jsonl")
+    write_jsonl(make_records(20)[16:], data / "held_out.jsonl")
+    # no --standalone here: the launcher adds it
+    cfg = make_cfg(tiny_model_dir, launcher="torchrun --nproc_per_node 2", max_steps=100_000, save_steps=100_000)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    run = tmp_path / "run"
+    unit = subprocess.Popen([sys.executable, "-c", UNIT, str(tmp_path / "cfg.json"), str(run), str(data)])
+    job = str(run.resolve() / "launch.json")
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "train_log.jsonl").is_file() and (run / "train_log.jsonl").read_text().strip()):
+            assert unit.poll() is None, f"the unit ended before training ({unit.returncode})"
+            assert time.monotonic() < deadline, "no training step within 240 s"
+            time.sleep(0.5)
+        launched = _processes_naming(job)  # torchrun and its two ranks, training
+        assert len(launched) == 3, launched
+        unit.send_signal(signal.SIGKILL)
+        unit.wait()
+        deadline = time.monotonic() + 60
+        while (alive := set(_processes_naming(job)) & set(launched)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not alive, {p: launched[p] for p in alive}
+    finally:
+        unit.kill()
+        for pid in _processes_naming(job):  # only if the test failed: clean up what it started
+            os.kill(pid, signal.SIGKILL)

@@ -261,7 +261,11 @@ class TrainingConfig(Strict):
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (for resume).")
     logging_steps: int = Field(1, ge=1, description="Log train loss every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = each epoch end).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = number of cores).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads (null = the cores shared among the node's ranks: cores / LOCAL_WORLD_SIZE).",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"],
@@ -278,7 +282,8 @@ class TrainingConfig(Strict):
     )
     launcher: str | None = Field(
         None,
-        description="Run each training unit under this command prefix, e.g. 'torchrun --nproc_per_node 8' or "
+        description="Run each training unit under this command prefix, e.g. "
+        "'torchrun --standalone --nproc_per_node 8' or "
         "'accelerate launch --config_file configs/accelerate/zero3.yaml' (falls back to "
         f"${TRAIN_LAUNCHER_ENV} at load; null = in the task's process). The global batch is batch_size × "
         "gradient_accumulation_steps × processes.",

@@ -9,6 +9,13 @@ DeepSpeed from the launcher's environment, every process takes part in the final
 checkpoint, ``train_log.jsonl`` and ``train_summary.json`` (which records ``world_size``). The launcher's output
 goes to this module's logger line by line (so it reaches the Prefect UI with the task's logs).
 
+Process hygiene (a launcher left behind keeps its GPUs after the unit's lock is freed): the launcher runs in its own
+process group (session) with a parent-death signal (``PR_SET_PDEATHSIG`` = SIGTERM on Linux, set through ctypes in a
+``preexec_fn``), and the whole group is killed when :func:`launch` returns or raises. torchrun starts every rank in a
+session of its own, so each rank, in :func:`main`, asks for SIGKILL when its launcher dies: a unit process killed
+with SIGKILL leaves no rank alive. Two units on one node never clash on a rendezvous port: ``torchrun`` gets
+``--standalone`` and ``accelerate launch`` a free ``--main_process_port`` unless the launcher names its own.
+
     python -m im_pipeline.training.launch runs/x/IM/seed-0/launch.json
 
 An entry point for launchers, not a command for people: it takes the one job file, no options.
@@ -17,11 +24,14 @@ An entry point for launchers, not a command for people: it takes the one job fil
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,12 +54,77 @@ def _program(word: str) -> str:
     return word
 
 
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _own_rendezvous(words: list[str]) -> list[str]:
+    """``words`` (a launcher's own arguments) with a rendezvous of this unit's own, unless they name one already:
+    ``--standalone`` for torchrun, a free ``--main_process_port`` for ``accelerate launch``."""
+    program, rest = Path(words[0]).name, words[1:]
+    named = {w.split("=")[0].replace("_", "-") for w in rest}
+    if program == "torchrun" and not named & {"--standalone", "--rdzv-endpoint", "--master-port", "--nnodes"}:
+        return [words[0], "--standalone", *rest]
+    if program == "accelerate" and rest[:1] == ["launch"] and not named & {"--main-process-port", "--num-machines"}:
+        return [words[0], "launch", "--main_process_port", str(_free_port()), *rest[1:]]
+    return words
+
+
 def launch_command(launcher: str, job_file: Path) -> list[str]:
     """The command line that runs one training unit (described by ``job_file``) under ``launcher``."""
     words = shlex.split(launcher)
     if not words:
         raise ValueError("empty training launcher")
-    return [_program(words[0]), *words[1:], "-m", MODULE, str(job_file)]
+    words = _own_rendezvous([_program(words[0]), *words[1:]])
+    return [*words, "-m", MODULE, str(job_file)]
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _prctl() -> Any:
+    """libc's ``prctl`` (Linux), or None. Python has no binding for it, hence ctypes."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere
+    nothing. Exits at once if the parent is already gone."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    parent = os.getppid()
+    prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request: no signal will come
+        sys.exit(1)
+
+
+def _launcher_preexec() -> Any:
+    """The launcher's ``preexec_fn``: SIGTERM when the unit's process dies (torchrun then stops its ranks). libc is
+    loaded here, in the parent: between fork and exec the child of a threaded process (a Prefect task runner) only
+    makes the system call, never takes the dynamic loader's lock."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the launcher's process group: SIGTERM (torchrun stops its ranks), 30 s, then SIGKILL to what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is empty
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30.0)
 
 
 def launch(
@@ -79,15 +154,9 @@ def launch(
     write_json(job_file, job)
     cmd = launch_command(launcher, job_file)
     log.info("%s/seed-%s: launching %s", arm, seed, shlex.join(cmd))
-    tail: collections.deque[str] = collections.deque(maxlen=40)
     env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            log.info("[%s/seed-%s launch] %s", arm, seed, line)
-        code = proc.wait()
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    code = _run_logged(cmd, env, f"{arm}/seed-{seed}", tail)
     if code != 0:
         last = "\n".join(tail)
         raise RuntimeError(f"training of {arm}/seed-{seed} under {launcher!r} exited with code {code}:\n{last}")
@@ -97,12 +166,39 @@ def launch(
     return TrainSummary.read(summary_path).to_json()
 
 
+def _run_logged(cmd: list[str], env: dict[str, str], unit: str, tail: collections.deque[str]) -> int:
+    """Run the launcher in its own process group, its output to the log (last lines kept in ``tail``); the group is
+    killed when this returns or raises (an exception, the task cancelled), so no rank outlives the unit."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, which _kill_group can end as a whole
+        preexec_fn=_launcher_preexec(),
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log.info("[%s launch] %s", unit, line)
+        return proc.wait()
+    finally:
+        _kill_group(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """One process of a launched training unit: ``python -m im_pipeline.training.launch JOB.json``."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
         print(f"usage: python -m {MODULE} JOB.json  (written by launch(); see the module docstring)", file=sys.stderr)
         return 2
+    if "LOCAL_RANK" in os.environ:  # a rank under a launcher: end with it (torchrun gives each its own session)
+        die_with_parent(signal.SIGKILL)
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")

@@ -37,6 +37,7 @@ from im_pipeline.runs.layout import UnitLayout
 from im_pipeline.training import adapters
 from im_pipeline.training.callback import TrainLogCallback
 from im_pipeline.training.checkpoint import drop_incomplete_checkpoints, save_tokenizer
+from im_pipeline.training.engine import require_full_save, require_saved_weights
 from im_pipeline.training.held_out import LR_SCALE_RATIO, encode_records, output_over_im_release
 from im_pipeline.training.masking import WeightedCollator
 from im_pipeline.training.packing import PaddingFreeCollator, attention_cost_of, packs_one_row
@@ -103,7 +104,10 @@ class RunFacts:
     @classmethod
     def start(cls, key: str, threads: int | None) -> RunFacts:
         world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        return cls(key, world_size, rank, threads or os.cpu_count() or 1, utc_now(), time.perf_counter())
+        # null threads: this node's cores shared among its ranks (not every rank on all of them)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = threads or max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return cls(key, world_size, rank, threads, utc_now(), time.perf_counter())
 
     @property
     def is_main(self) -> bool:
@@ -162,6 +166,7 @@ def train_arm(
     lr = learning_rate(cfg, arm, seed, train, tokenizer)
     args.learning_rate = lr.value  # read by the Trainer when it builds optimiser and schedule
     trainer = build_trainer(cfg, arm, args, unit, data, (model, ref_model, tokenizer), run.world_size, callbacks)
+    require_full_save(trainer.accelerator)  # before training: the final save must be a model transformers loads
     if resume:
         log.info("%s seed %d: resuming from %s", arm.name, seed, resume)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -321,4 +326,5 @@ def save_final_model(
         (saved / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle: not part of the model
         if load_base:
             adapters.save_merged(saved, final_dir, load_base)
+        require_saved_weights(final_dir)
         save_tokenizer(tokenizer, final_dir, template)

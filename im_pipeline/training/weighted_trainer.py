@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel, Trainer
 
 from im_pipeline.loss_modes import OUTPUT_ONLY, LossSpec
+from im_pipeline.training.engine import prepare_reference
 from im_pipeline.training.loss import (
     chunked_cross_entropy,
     kept_logits,
@@ -110,10 +111,8 @@ class WeightedLossTrainer(Trainer):
             raise ValueError("kl_coef > 0 needs ref_model (the frozen base model)")
         self.loss_spec = loss
         self.loss_normalisation = loss_normalisation
-        self.ref_model = ref_model
-        if ref_model is not None:
-            ref_model.eval().requires_grad_(False)
-            ref_model.to(self.args.device)
+        # frozen, and placed by the training engine (sharded under ZeRO-3 / FSDP): training.engine
+        self.ref_model = None if ref_model is None else prepare_reference(ref_model, self.accelerator)
         self._denominators: tuple[torch.Tensor, torch.Tensor] | None = None
         # Running counters since the last log (read and reset in ``log``).
         self._window = self._empty_window()
