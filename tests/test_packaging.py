@@ -35,7 +35,27 @@ def _lock() -> dict[str, tuple[Requirement, list[str]]]:
 def _direct() -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(d) for d in [*project["dependencies"], *extras["dev"], *extras["bench"]]]
+    return [Requirement(d) for d in [*project["dependencies"], *extras["dev"], *extras["bench"], *extras["gpu"]]]
+
+
+def _needed_only_by(roots: set[str]) -> set[str]:
+    """The lock's packages that only ``roots`` (and what only they need) pull in, from uv's ``# via`` notes."""
+    via: dict[str, set[str]] = {}
+    current = None
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if re.match(r"^[A-Za-z0-9]", line):
+            current = canonicalize_name(Requirement(line.rstrip(" \\")).name)
+            via[current] = set()
+        elif current and re.match(r"^\s+#\s+(via\s+)?[A-Za-z0-9]", line) and "-c " not in line:
+            name = line.strip().lstrip("#").strip().removeprefix("via").strip().split(" ")[0]
+            if name:
+                via[current].add(canonicalize_name(name))
+    only = set(roots)
+    while True:
+        more = {p for p, parents in via.items() if p not in only and parents and parents <= only}
+        if not more:
+            return only
+        only |= more
 
 
 def test_pyproject_has_ranges_and_the_lock_pins_them_with_hashes() -> None:
@@ -62,8 +82,11 @@ def test_the_lock_is_the_tested_environment() -> None:
     torch carries a local label, 2.13.0+cpu, and lacks the CUDA build's nvidia-* / cuda-* / triton packages)."""
     env = default_environment()
     cpu_torch = version("torch").endswith("+cpu")
+    gpu_extra = _needed_only_by({"deepspeed"})  # the `gpu` extra: locked, installed only on GPU machines
     for name, (req, _) in _lock().items():
         if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        if name in gpu_extra:
             continue
         if cpu_torch and (name.startswith(("nvidia-", "cuda-")) or name == "triton"):
             continue
