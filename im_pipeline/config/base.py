@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from im_pipeline.config.settings import DATA_DIR_ENV, default_cache_dir, env_setting
+from im_pipeline.config.settings import DATA_DIR_ENV, env_setting
 
 
 class ConfigError(ValueError):
@@ -67,8 +67,3 @@ def data_dir_of(
         where = given_as if given else f"${DATA_DIR_ENV}"
         raise must_exist(f"data directory {path} (from {where}) does not exist")
     return path
-
-
-def cache_dir_of(value: str | os.PathLike[str] | None = None) -> Path:
-    """The per-user cache: ``value``, else ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``; absolute."""
-    return (Path(value).expanduser() if value else default_cache_dir()).resolve()

@@ -18,7 +18,8 @@ from typing import Any
 
 from im_pipeline import hub
 from im_pipeline.config import DATA_DIR_ENV
-from im_pipeline.config.base import cache_dir_of, data_dir_of
+from im_pipeline.config.base import data_dir_of
+from im_pipeline.config.settings import default_cache_dir
 from im_pipeline.data.files import SUFFIXES, read_raw_file
 from im_pipeline.data.normalise import DataError, Phraser, apply_columns, is_multi_turn, normalise_record
 
@@ -178,7 +179,7 @@ class Loaded:
 def data_cache_dir() -> Path:
     """The per-user data cache (``<$IM_PIPELINE_CACHE or ~/.cache/im-pipeline>/data``), laid out like the data
     directory: where ``im-pipeline data fetch`` writes when no data directory is set, searched after it."""
-    return cache_dir_of() / "data"
+    return default_cache_dir().resolve() / "data"
 
 
 def local_copy(spec: DatasetSpec, data_dir: Path | None) -> Path | None:
