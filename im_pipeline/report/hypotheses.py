@@ -287,6 +287,6 @@ def latest_walls_text(run: agg.RunResults) -> str:
     walls = ", ".join(f"{s} {fmt(last.stage(s).seconds)} s" for s in ("prepare", "train", "evaluate", "report"))
     return (
         f"Wall time per stage of the latest flow run ({last.started}): {walls}; command total "
-        f"{fmt(last.command_seconds)} s (cached task runs cost ~0: a resumed study's earlier runs "
+        f"{fmt(last.command_seconds)} s (units already done cost ~0: a resumed study's earlier runs "
         "are in the provenance table)."
     )

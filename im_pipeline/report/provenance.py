@@ -183,8 +183,8 @@ def timings_table(run: agg.RunResults) -> str:
     ]
     return (
         "\nWall time per stage of the recent flow runs (a stage's time is the sum of its task runs' "
-        "times; cached task runs cost ~0; the flow total of a run covers everything up to writing this "
-        "report, the command total the whole `im-pipeline run` including Prefect's start-up):\n\n"
+        "times; units already done cost ~0; the flow total of a run covers everything up to writing this "
+        "report, the command total the same from the start of `im-pipeline run`, Prefect's start-up included):\n\n"
         + md_table(header, rows)
     )
 
