@@ -1,13 +1,18 @@
 """Issue 23's test sets: the out-of-domain source ``alpaca_eval_ood`` (AlpacaEval 1.0 reference outputs without the
-``selfinstruct`` subset)."""
+``selfinstruct`` subset) and ``data.in_domain_size`` (per seed, an in-domain test sample disjoint from the seed's
+training sample; the base model: the union) and the unit keys."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
-from im_pipeline.data import load_records
+import pytest
+
+from im_pipeline.config import ConfigError, DataConfig, config_from_dict
+from im_pipeline.data import DataError, in_domain_data, load_records, prepare_data, seed_data, seed_sample
 from im_pipeline.data.sources import REGISTRY, load_source
 
 ALPACA_EVAL = "alpaca_eval/text_davinci_003/model_outputs.json"
@@ -71,3 +76,134 @@ def test_data_stats_names_the_exclusion(data_dir: Path, capsys) -> None:
     assert main(["data", "stats", "alpaca_eval_ood", "--data-dir", str(data_dir), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["origin"].endswith("(without dataset selfinstruct: 252 of 805 rows)") and stats["n"] == 553
+
+
+# -- data.in_domain_size -----------------------------------------------------------------------------------------------
+
+
+def _records(n: int, prefix: str = "r") -> list[dict]:
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "source": "t",
+            "messages": [
+                {"role": "user", "content": f"question {i} " * (1 + i % 4)},
+                {"role": "assistant", "content": f"answer {i} " * (1 + i % 3)},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def _files(tmp_path: Path, n_train: int = 40, reverse: bool = False) -> tuple[Path, Path]:
+    src, ood = tmp_path / "train.jsonl", tmp_path / "ood.jsonl"
+    recs = _records(n_train)
+    src.write_text("".join(json.dumps(r) + "\n" for r in (recs[::-1] if reverse else recs)))
+    ood.write_text("".join(json.dumps(r) + "\n" for r in _records(12, "o")))
+    return src, ood
+
+
+def _ids(records: list[dict]) -> list[str]:
+    return [r["id"] for r in records]
+
+
+def test_in_domain_samples_are_disjoint_from_training_deterministic_and_the_base_takes_the_union(tmp_path):
+    src, ood = _files(tmp_path)
+    cfg = DataConfig(train=str(src), n=8, per_seed=True, held_out=str(ood), held_out_size=5, in_domain_size=6)
+    prepared = prepare_data(cfg, None, 0, out_dir=tmp_path / "data")
+    assert prepared.report["selection"]["in_domain_n"] == 6 and len(prepared.train) == 40
+    seeds, union = [0, 1, 2, 3, 4], set()
+    for seed in seeds:
+        train, test = seed_data(cfg, tmp_path / "data", seed)
+        in_domain = in_domain_data(cfg, tmp_path / "data", [seed])
+        assert len(in_domain) == 6 and len(set(_ids(in_domain))) == 6
+        assert set(_ids(train)).isdisjoint(_ids(in_domain))  # exactly disjoint, per seed
+        assert test == prepared.held_out  # the one fixed out-of-domain set
+        # the training sample is the one without in_domain_size (the first n of the seed's ranking)
+        without = DataConfig(train=str(src), n=8, per_seed=True, held_out=str(ood), held_out_size=5)
+        assert train == seed_data(without, tmp_path / "data", seed)[0]
+        assert in_domain == seed_sample(prepared.train, 8, 6, seed)[1]
+        union |= set(_ids(in_domain))
+    base = in_domain_data(cfg, tmp_path / "data", seeds)
+    assert len(_ids(base)) == len(set(_ids(base))) and set(_ids(base)) == union
+    assert _ids(base)[:6] == _ids(in_domain_data(cfg, tmp_path / "data", [0]))  # seed order
+    assert len(union) > 6  # the seeds draw different samples
+    # deterministic from seed and ids: the same samples from a reversed training file
+    rev = tmp_path / "rev"
+    rev.mkdir()
+    src_rev, ood_rev = _files(rev, reverse=True)
+    cfg_rev = cfg.model_copy(update={"train": str(src_rev), "held_out": str(ood_rev)})
+    prepare_data(cfg_rev, None, 0, out_dir=rev / "data")
+    for seed in seeds:
+        again = in_domain_data(cfg_rev, rev / "data", [seed])
+        assert _ids(again) == _ids(in_domain_data(cfg, tmp_path / "data", [seed]))
+    assert in_domain_data(cfg.model_copy(update={"in_domain_size": 0}), tmp_path / "data", seeds) == []
+
+
+def test_in_domain_size_needs_enough_examples_after_the_ratio_filter(tmp_path):
+    from im_pipeline.data.stats import example_ratio
+
+    src, ood = _files(tmp_path)
+    base = {"train": str(src), "n": 8, "per_seed": True, "held_out": str(ood)}
+    with pytest.raises(DataError, match=re.escape("8 training + 33 in-domain test (data.in_domain_size) examples per "
+                                                  "seed need 41, but only 40 examples are left")):  # fmt: skip
+        prepare_data(DataConfig(**base, in_domain_size=33), None, 0)
+    prepare_data(DataConfig(**base, in_domain_size=32), None, 0)  # 8 + 32 = 40: enough
+    ratios = sorted(example_ratio(r) for r in _records(40))
+    low = ratios[20]  # keeps the examples of ratio >= the median: fewer than 40
+    kept = sum(r >= low for r in ratios)
+    with pytest.raises(DataError, match=rf"need 40, but only {kept} examples are left in .* after data.ratio_range"):
+        prepare_data(DataConfig(**base, in_domain_size=32, ratio_range=(low, None)), None, 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"in_domain_size": 4},
+        {"in_domain_size": 4, "n": 4, "per_seed": True, "held_out_size": 4},
+        {"in_domain_size": 4, "held_out": "alpaca_eval_ood"},
+    ],
+)
+def test_in_domain_size_needs_per_seed_and_a_fixed_held_out(data):
+    with pytest.raises(ConfigError, match=r"in_domain_size 4 needs data\.per_seed true and a data\.held_out set"):
+        config_from_dict({"name": "x", "data": data})
+    with pytest.raises(ConfigError, match="in_domain_size"):
+        config_from_dict({"name": "x", "data": {"in_domain_size": -1}})
+
+
+# -- unit keys ---------------------------------------------------------------------------------------------------------
+
+
+def _study(in_domain_size: int | None, seeds: list[int] | None = None):
+    data = {"train": "paper_alpaca_5k", "n": 12, "per_seed": True, "held_out": "alpaca_eval_ood", "held_out_size": 40}
+    if in_domain_size is not None:
+        data["in_domain_size"] = in_domain_size
+    return config_from_dict({"name": "x", "data": data, "seeds": seeds or [0, 1, 2]})
+
+
+def test_eval_keys_change_with_in_domain_size_and_nothing_else_does():
+    from im_pipeline.runs.staleness import base_key, data_key, eval_key, train_key
+
+    absent, zero, six, eight = _study(None), _study(0), _study(6), _study(8)
+    assert "in_domain_size" not in zero.data.model_dump()  # 0: no key, so existing configs keep their keys
+    assert data_key(absent) == data_key(zero) and "in_domain_size" in six.data.model_dump()
+
+    def keys(cfg):
+        trained = train_key(cfg, cfg.arm("IT"), 1, "h")
+        over = cfg.evaluation.overfitting
+        return (
+            trained,
+            eval_key(cfg, trained, "overfitting", over, "h"),
+            eval_key(cfg, base_key(cfg), "overfitting", over, "h"),
+            eval_key(cfg, trained, "mmlu", cfg.evaluation.mmlu, "h"),
+        )
+
+    k0, k6, k8 = keys(zero), keys(six), keys(eight)
+    assert keys(absent) == k0
+    assert k0[0] == k6[0] == k8[0]  # the training sample does not depend on it: no retraining
+    assert len({k0[1], k6[1], k8[1]}) == 3 and len({k0[2], k6[2], k8[2]}) == 3  # the overfitting evaluation does
+    assert k0[3] == k6[3] == k8[3]  # a benchmark that reads no training data does not
+    # The base model's in-domain set is every seed's union: it follows the seeds; a seed's own does not.
+    more = keys(_study(6, [0, 1, 2, 3]))
+    assert more[1] == k6[1] and more[2] != k6[2]
+    assert keys(_study(0, [0, 1, 2, 3]))[2] == k0[2]  # without in-domain samples nothing changes
