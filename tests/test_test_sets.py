@@ -1,6 +1,7 @@
 """Issue 23's test sets: the out-of-domain source ``alpaca_eval_ood`` (AlpacaEval 1.0 reference outputs without the
 ``selfinstruct`` subset) and ``data.in_domain_size`` (per seed, an in-domain test sample disjoint from the seed's
-training sample; the base model: the union) and the unit keys."""
+training sample; the base model: the union), down to the overfitting result's ``in_domain_loss`` fields and the
+unit keys."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from im_pipeline.config import ConfigError, DataConfig, config_from_dict
 from im_pipeline.data import DataError, in_domain_data, load_records, prepare_data, seed_data, seed_sample
 from im_pipeline.data.sources import REGISTRY, load_source
+from im_pipeline.results import OverfittingResult
 
 ALPACA_EVAL = "alpaca_eval/text_davinci_003/model_outputs.json"
 
@@ -207,3 +209,85 @@ def test_eval_keys_change_with_in_domain_size_and_nothing_else_does():
     more = keys(_study(6, [0, 1, 2, 3]))
     assert more[1] == k6[1] and more[2] != k6[2]
     assert keys(_study(0, [0, 1, 2, 3]))[2] == k0[2]  # without in-domain samples nothing changes
+
+
+# -- the overfitting result --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("bleu", [False, True])
+def test_overfitting_reports_the_loss_on_every_in_domain_record(tiny, tmp_path: Path, bleu: bool) -> None:
+    from im_pipeline.config import BenchmarkConfig
+    from im_pipeline.evaluation.common import EvalContext, OverfittingInputs, run_benchmark
+    from im_pipeline.evaluation.overfitting import output_token_losses
+
+    model, tok = tiny
+    train, held, in_domain = _records(6), _records(4, "o"), _records(5, "d")
+    cfg = BenchmarkConfig(limit=2, options={"loss_examples": 3, "max_new_tokens": 4, "bleu": bleu})
+
+    def run(inputs: OverfittingInputs, out: str) -> dict:
+        ctx = EvalContext(model_source="no-such-model", out_dir=tmp_path / out, batch_size=4, overfitting=inputs)
+        ctx.cache.model(ctx.model_identity, lambda: tiny)
+        return json.loads(run_benchmark("overfitting", ctx, cfg).read_text())
+
+    with_in = run(OverfittingInputs(train, held, "ood", in_domain), "with")
+    assert with_in["n_in_domain_loss"] == 5 and with_in["n_train_loss"] == 3  # every in-domain record, uncapped
+    items = with_in["items"]["in_domain_loss"]
+    assert list(items) == _ids(in_domain)
+    for rec in in_domain:  # the same per-example loss as output_token_losses on that record alone
+        (alone,) = output_token_losses(model, tok, [rec], template="tulu", max_length=512, batch_size=1)
+        assert items[rec["id"]] == pytest.approx(alone["loss"], rel=1e-5)
+    assert with_in["in_domain_loss"] == pytest.approx(sum(items.values()) / 5)
+    per = output_token_losses(model, tok, in_domain, template="tulu", max_length=512, batch_size=4)
+    token_mean = sum(e["loss"] * e["tokens"] for e in per) / sum(e["tokens"] for e in per)
+    assert with_in["in_domain_loss_token_mean"] == pytest.approx(token_mean, rel=1e-5)
+    assert OverfittingResult.read(tmp_path / "with" / "overfitting.json").n_in_domain_loss == 5
+    # Without in-domain records nothing changes: no field, no item key, the other numbers the same.
+    without = run(OverfittingInputs(train, held, "ood"), "without")
+    assert not [k for k in without if "in_domain" in k] and "in_domain_loss" not in without["items"]
+    strip = ("in_domain_loss", "in_domain_loss_token_mean", "n_in_domain_loss", "wall_time_s", "pid", "items")
+    assert {k: v for k, v in with_in.items() if k not in strip} == {k: v for k, v in without.items() if k not in strip}
+    assert {k: v for k, v in with_in["items"].items() if k != "in_domain_loss"} == without["items"]
+
+
+def test_evaluate_unit_passes_the_seeds_in_domain_sample_and_the_base_model_the_union(tiny_model_dir, tmp_path):
+    """The pipeline's evaluate unit: a trained unit gets its seed's training and in-domain samples, the base model
+    (seed None) the first seed's training sample and the union of every seed's in-domain sample; both run."""
+    from im_pipeline.runs.layout import RunLayout
+    from im_pipeline.runs.units import EvalJob, evaluate_unit
+
+    src, ood = _files(tmp_path)
+    data = {"train": str(src), "n": 8, "per_seed": True, "held_out": str(ood), "held_out_size": 5}
+    cfg = config_from_dict(
+        {
+            "name": "in-domain",
+            "model": {"source": str(tiny_model_dir)},
+            "data": {**data, "in_domain_size": 6, "max_length": 64},
+            "seeds": [0, 1, 2],
+            "evaluation": {"overfitting": {"limit": 2, "options": {"bleu": False, "loss_examples": 4}}},
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+    layout = RunLayout.of(cfg)
+    prepare_data(cfg.data, None, 0, out_dir=layout.data)
+    results = {}
+    for arm, seed in (("IT", 1), ("base", None)):
+        assert evaluate_unit(cfg, EvalJob(arm, seed, "overfitting", "k", str(tiny_model_dir), "m"))
+        results[arm] = OverfittingResult.read(layout.unit(arm, seed).eval_result("overfitting"))
+    it, base = results["IT"], results["base"]
+    seed1 = in_domain_data(cfg.data, layout.data, [1])
+    union = in_domain_data(cfg.data, layout.data, [0, 1, 2])
+    assert it.seed == 1 and it.n_in_domain_loss == 6 and list(it.items["in_domain_loss"]) == _ids(seed1)
+    assert base.seed is None and base.n_in_domain_loss == len(union) > 6
+    assert list(base.items["in_domain_loss"]) == _ids(union)
+    assert set(it.items["in_domain_loss"]) <= set(base.items["in_domain_loss"])  # pairs by id
+    # train_loss: the seed's training sample; for the base model the first seed's (4 of 8: loss_examples)
+    assert set(it.items["train_loss"]) <= set(_ids(seed_data(cfg.data, layout.data, 1)[0]))
+    assert set(base.items["train_loss"]) <= set(_ids(seed_data(cfg.data, layout.data, 0)[0]))
+    assert it.n_test_loss == base.n_test_loss == 4 and set(it.items["test_loss"]) == set(base.items["test_loss"])
