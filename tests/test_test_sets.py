@@ -38,6 +38,8 @@ def test_alpaca_eval_ood_is_553_records_without_selfinstruct(data_dir: Path) -> 
         ]
     assert Counter(row["dataset"] for _, row in kept) == {"oasst": 188, "koala": 156, "helpful_base": 129, "vicuna": 80}
     assert load_records("alpaca_eval_ood", data_dir) == loaded.records  # the same ids on every load
+    empty = [r["id"] for r in loaded.records if not r["messages"][1]["content"]]
+    assert empty == ["alpaca_eval_ood-00247"]  # data.on_empty (drop) leaves 552 in a prepared test set
 
 
 def test_alpaca_eval_ood_is_pinned_and_its_hub_route_excludes_too(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
