@@ -128,9 +128,8 @@ class LrScaleTokens(BaseModel):
 
 
 class TrainSummary(_Record):
-    """``<arm>/seed-<s>/train_summary.json``: what one training unit did and measured.
-
-    ``key`` is the training unit's key (older writers called it ``fingerprint``; that name is accepted on input)."""
+    """``<arm>/seed-<s>/train_summary.json``: what one training unit did and measured; ``key`` is its training key
+    (older writers called it ``fingerprint``; that name is accepted on input)."""
 
     kind: ClassVar[str] = "train_summary.json"
     rerun: ClassVar[str] = "--rerun train"
@@ -180,11 +179,9 @@ class TrainSummary(_Record):
 
 
 class EvalResult(_Record):
-    """``eval/<benchmark>.json``: one benchmark on one model (the fields every benchmark writes).
-
-    ``status`` is ``ok`` or ``skipped`` (then ``reason`` says why and how to provide the inputs). ``items`` holds
-    per-item scores (score name → item id → score), the input of every paired IM − IT comparison.
-    """
+    """``eval/<benchmark>.json``: one benchmark on one model (the fields every benchmark writes). ``status`` is ``ok``
+    or ``skipped`` (then ``reason`` says why and how to provide the inputs). ``items`` holds per-item scores (score
+    name → item id → score), the input of every paired IM − IT comparison."""
 
     kind: ClassVar[str] = "eval result"
     rerun: ClassVar[str] = "--rerun eval"
@@ -327,6 +324,9 @@ class OverfittingResult(EvalResult):
     loss_reduction: str | None = None
     n_train_loss: int | None = None
     n_test_loss: int | None = None
+    in_domain_loss: float | None = None
+    in_domain_loss_token_mean: float | None = None
+    n_in_domain_loss: int | None = None
     held_out_kind: str | None = None
     bleu: BleuDetail | None = None
     max_new_tokens: int | None = None

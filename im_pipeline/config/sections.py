@@ -77,6 +77,14 @@ class DataConfig(Strict):
         description="Held-out examples: split off the training source (held_out null), or a seeded sample of the "
         "held_out set (0 = all of it).",
     )
+    in_domain_size: int = Field(
+        0,
+        ge=0,
+        description="With per_seed and a fixed held_out: each seed also draws an in-domain test sample of this many "
+        "examples from the (ratio-filtered) training source, disjoint from its training sample; the overfitting "
+        "analysis reports the output-token loss on it (in_domain_loss; the base model: on the union of the seeds' "
+        "samples). 0 = none.",
+    )
     n: int | None = Field(None, ge=1, description="Subsample this many training examples (null = all).")
     select_ratio: float | None = Field(
         None, gt=0, description="Pick the n examples whose instruction/output ratio is closest to this α."
@@ -115,13 +123,15 @@ class DataConfig(Strict):
 
     @model_serializer(mode="wrap")
     def _without_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # No columns (ratio_range), no key: the data key (runs/staleness.py) of every config without them stays what
-        # it was.
+        # No columns (ratio_range, in_domain_size), no key: the data key (runs/staleness.py) of every config without
+        # them stays what it was.
         out = handler(self)
         if not self.columns:
             out.pop("columns", None)
         if self.ratio_range is None:
             out.pop("ratio_range", None)
+        if not self.in_domain_size:
+            out.pop("in_domain_size", None)
         return out
 
     @field_validator("ratio_range")
@@ -150,6 +160,11 @@ class DataConfig(Strict):
             ]
             if bad:
                 raise ValueError("data.per_seed: " + "; ".join(bad))
+        if self.in_domain_size and not (self.per_seed and self.held_out):
+            raise ValueError(
+                f"data.in_domain_size {self.in_domain_size} needs data.per_seed true and a data.held_out set (the "
+                "in-domain samples are drawn per seed beside a fixed test set); set them, or in_domain_size 0"
+            )
         return self
 
 

@@ -3,7 +3,14 @@ Table-5 length statistics, seeded subsampling / ratio-targeted selection, held-o
 
 from im_pipeline.data.files import read_jsonl, write_jsonl
 from im_pipeline.data.normalise import DataError, normalise_record
-from im_pipeline.data.prepare import PreparedData, held_out_kind, local_copy_missing, prepare_data, seed_data
+from im_pipeline.data.prepare import (
+    PreparedData,
+    held_out_kind,
+    in_domain_data,
+    local_copy_missing,
+    prepare_data,
+    seed_data,
+)
 from im_pipeline.data.select import seed_sample, select_by_ratio, split_held_out, subsample
 from im_pipeline.data.sources import REGISTRY, DatasetSpec, load_records
 from im_pipeline.data.stats import example_lengths, length_stats
@@ -15,6 +22,7 @@ __all__ = [
     "PreparedData",
     "example_lengths",
     "held_out_kind",
+    "in_domain_data",
     "length_stats",
     "load_records",
     "local_copy_missing",

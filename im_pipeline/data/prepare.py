@@ -12,6 +12,10 @@ Steps, each recorded in ``PreparedData.report``:
 6. Table-5 statistics of what is actually used, plus word-count maxima. The over-length policy
    (``on_overlength``) needs a tokenizer and is applied in training.
 
+With ``per_seed`` the prepared training set is the cleaned (``ratio_range``-filtered) pool: every seed draws its own
+training sample, its test sample or, beside a fixed ``held_out`` set, its ``in_domain_size`` in-domain test sample
+from it (:func:`seed_data`, :func:`in_domain_data`).
+
 Nothing is written unless everything succeeded: with ``out_dir`` the files are written at the end,
 each atomically.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,11 +166,15 @@ def _per_seed_pool(cfg: DataConfig, train: list[dict[str, Any]], report: dict[st
         "test_n": cfg.held_out_size,
         "selected": len(train),
     }
-    test_n = 0 if cfg.held_out else cfg.held_out_size  # a fixed held_out set takes nothing from the pool
+    # A fixed held_out set takes nothing from the pool; the in-domain samples (data.in_domain_size) do.
+    test_n = cfg.in_domain_size if cfg.held_out else cfg.held_out_size
+    if cfg.in_domain_size:
+        report["selection"]["in_domain_n"] = cfg.in_domain_size
     if cfg.n is not None and cfg.n + test_n > len(train):
+        what = "in-domain test (data.in_domain_size)" if cfg.held_out else "test (data.held_out_size)"
         raise DataError(
-            f"data.per_seed: {cfg.n} training + {test_n} test examples per seed, but only "
-            f"{len(train)} examples are left in {cfg.train!r}"
+            f"data.per_seed: {cfg.n} training + {test_n} {what} examples per seed need {cfg.n + test_n}, but only "
+            f"{len(train)} examples are left in {cfg.train!r}" + (" after data.ratio_range" if cfg.ratio_range else "")
         )
     report["stats"] = {"train": length_stats(train)}  # the pool; the samples are drawn per seed
     return PreparedData(train=train, held_out=[], report=report)
@@ -251,9 +260,26 @@ def seed_data(cfg: DataConfig, data_out: Path | str, seed: int) -> tuple[list[di
     train = read_jsonl(data_out / "train.jsonl")
     if not cfg.per_seed:
         return train, read_jsonl(data_out / "held_out.jsonl")
-    if cfg.held_out:  # the seed's own training sample, the one fixed test set
+    if cfg.held_out:  # the seed's own training sample (the first n of its ranking), the one fixed test set
         return seed_sample(train, int(cfg.n or 0), 0, seed)[0], read_jsonl(data_out / "held_out.jsonl")
     return seed_sample(train, int(cfg.n or 0), cfg.held_out_size, seed)
+
+
+def in_domain_data(cfg: DataConfig, data_out: Path | str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The in-domain test records of ``seeds`` (``data.in_domain_size`` > 0, with ``per_seed`` and a fixed
+    ``held_out``): each seed's sample drawn beside its training sample (:func:`seed_sample`, disjoint from it), their
+    union in seed order with each id once (one seed: a trained unit; every seed: the base model). [] without."""
+    from im_pipeline.data.files import read_jsonl
+    from im_pipeline.data.select import seed_sample
+
+    if not (cfg.in_domain_size and cfg.per_seed and cfg.held_out):
+        return []
+    pool = read_jsonl(Path(data_out) / "train.jsonl")
+    union: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        for rec in seed_sample(pool, int(cfg.n or 0), cfg.in_domain_size, seed)[1]:
+            union.setdefault(rec["id"], rec)
+    return list(union.values())
 
 
 def local_copy_missing(cfg: DataConfig, data_dir: Path | None) -> bool:

@@ -1,11 +1,12 @@
 """Where training data come from: a registered name, a local file, or a Hugging Face Hub id.
 
-Registered datasets have a Hub id (used when online), a path relative to the offline data directory (``--data-dir``
-/ config ``data_dir`` / ``$IM_PIPELINE_DATA_DIR``) and, where that copy has a public origin, its URL and sha256
-(``im-pipeline data fetch``). A local copy, in the data directory or else in the per-user data cache, always wins,
-so air-gapped machines never touch the network; a dataset that is neither local nor reachable fails with a
-:class:`DataError` that says how to provide it. Files and shapes: :mod:`im_pipeline.data.files`,
-:mod:`im_pipeline.data.normalise`; every problem is one :class:`DataError` naming the file and the line or row.
+Registered datasets (:mod:`im_pipeline.data.registry`) have a Hub id (used when online), a path relative to the
+offline data directory (``--data-dir`` / config ``data_dir`` / ``$IM_PIPELINE_DATA_DIR``) and, where that copy has a
+public origin, its URL and sha256 (``im-pipeline data fetch``). A local copy, in the data directory or else in the
+per-user data cache, always wins, so air-gapped machines never touch the network; a dataset that is neither local
+nor reachable fails with a :class:`DataError` that says how to provide it. Files and shapes:
+:mod:`im_pipeline.data.files`, :mod:`im_pipeline.data.normalise`; every problem is one :class:`DataError` naming the
+file and the line or row.
 """
 
 from __future__ import annotations
@@ -22,147 +23,9 @@ from im_pipeline.config.base import data_dir_of
 from im_pipeline.config.settings import default_cache_dir
 from im_pipeline.data.files import SUFFIXES, read_raw_file
 from im_pipeline.data.normalise import DataError, Phraser, apply_columns, is_multi_turn, normalise_record
+from im_pipeline.data.registry import REGISTRY, DatasetSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset."""
-
-    name: str
-    description: str
-    local_path: str | None  # relative to the data directory
-    hub_id: str | None = None
-    hub_config: str | None = None
-    hub_data_files: str | None = None
-    hub_split: str = "train"
-    single_turn_only: bool = False
-    upstream: str = ""  # where the file originally comes from (for people building a local copy)
-    url: str | None = None  # public origin of the local copy's exact bytes (``im-pipeline data fetch``)
-    sha256: str | None = None  # of the local copy: a fetched file must match it
-
-
-def _raw(repo: str, commit: str, path: str) -> str:
-    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
-
-
-_PAPER_DATA = "GitHub ZhengxiangShi/InstructionModelling @ 325b77e, data"
-_PAPER = ("ZhengxiangShi/InstructionModelling", "325b77e256d44e6280ba123a8781b26ef85ec362")
-_LIMA = _raw("hiyouga/LLaMA-Factory", "b9cdff41bbb6084380606cde6c875c994b6b1868", "data/lima.json")
-_LIMA_SHA = "1d447bd5d4750e651a6e28660e452c24d18d18e10e1d334b3c8277c2aa956322"
-_ALPAGASUS = ("gpt4life/alpagasus", "95ad3e52510df8c0a2f0dd6cbe50b501acde83a1")
-
-REGISTRY: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in [
-        DatasetSpec(
-            "lima",
-            "LIMA, all conversations (1,000 single-turn + multi-turn; the paper's 1,030; local copy 1,029)",
-            "lima/lima.json",
-            hub_id="GAIR/lima",
-            upstream="hiyouga/LLaMA-Factory data/lima.json @ b9cdff4 (Alpaca style with history)",
-            url=_LIMA,
-            sha256=_LIMA_SHA,
-        ),
-        DatasetSpec(
-            "lima_full",
-            "alias of 'lima': all LIMA conversations including the multi-turn ones",
-            "lima/lima.json",
-            hub_id="GAIR/lima",
-            url=_LIMA,
-            sha256=_LIMA_SHA,
-        ),
-        DatasetSpec(
-            "lima_1k",
-            "LIMA single-turn subset (1,000 conversations)",
-            "lima/lima.json",
-            hub_id="GAIR/lima",
-            single_turn_only=True,
-            url=_LIMA,
-            sha256=_LIMA_SHA,
-        ),
-        DatasetSpec(
-            "dolly_3k",
-            "AlpaGasus Dolly 3k (ChatGPT-filtered databricks-dolly-15k)",
-            "alpagasus/dolly_3k.json",
-            upstream="gpt4life/alpagasus data/filtered/dolly_3k.json",
-            url=_raw(*_ALPAGASUS, "data/filtered/dolly_3k.json"),
-            sha256="cb8d16e85ec217a53587c96596a1e8971b8d72a2fd9d5bc23a2dd3d57b59eeea",
-        ),
-        DatasetSpec(
-            "alpaca_5k",
-            "AlpaGasus Alpaca 5k: Alpaca 52k filtered by Claude, threshold 4.5 (claude_t45)",
-            "alpagasus/claude_t45.json",
-            upstream="gpt4life/alpagasus data/filtered/claude_t45.json",
-            url=_raw(*_ALPAGASUS, "data/filtered/claude_t45.json"),
-            sha256="726de12839a57201915867a0cdaec5010619915d8668fa57ff5fa9efa6e893f3",
-        ),
-        DatasetSpec(
-            "alpaca_random_9k",
-            "9k random Alpaca examples (AlpaGasus random baseline)",
-            "alpagasus/random_9k.json",
-            upstream="gpt4life/alpagasus data/random/random_9k.json",
-            url=_raw(*_ALPAGASUS, "data/random/random_9k.json"),
-            sha256="dbb217523fb750e4c56013844e22f5f3363c8c8b01013df5b39e8cabec0e48b0",
-        ),
-        DatasetSpec(
-            "alpaca_chatgpt_9k",
-            "AlpaGasus Alpaca 9k filtered by ChatGPT (the paper's 'Dolly 9k' label); Hub copy is unofficial",
-            "alpagasus/chatgpt_9k.json",
-            hub_id="mlabonne/alpagasus",
-            upstream="gpt4life/alpagasus data/filtered/chatgpt_9k.json",
-        ),
-        # The paper's own processed training files (released code, data/ @ 325b77e): Tulu ``messages`` format with
-        # the open-instruct instruction phrasings already applied. Table 5's counting rule on these gives the paper's
-        # numbers exactly. No Hub copy: `im-pipeline data fetch` downloads them from the repository at that commit.
-        DatasetSpec(
-            "paper_lima",
-            "LIMA as the paper trained on it (1,030 conversations incl. multi-turn; released lima_data.jsonl)",
-            "paper_processed/lima_data.jsonl",
-            upstream=f"{_PAPER_DATA}/lima_data.jsonl",
-            url=_raw(*_PAPER, "data/lima_data.jsonl"),
-            sha256="c15ce7cacc2696192727351f4392dc059608dc5a96d69bb69f8ca461725c15b1",
-        ),
-        DatasetSpec(
-            "paper_dolly_3k",
-            "AlpaGasus Dolly 3k as the paper trained on it (2,996; instruction phrasings applied)",
-            "paper_processed/alpagasus_3k_dolly.jsonl",
-            upstream=f"{_PAPER_DATA}/alpagasus_3k_dolly.jsonl",
-            url=_raw(*_PAPER, "data/alpagasus_3k_dolly.jsonl"),
-            sha256="28b89ba107e6776179515990d12a231b1a209ee360e21f365341033d8fad9f23",
-        ),
-        DatasetSpec(
-            "paper_alpaca_5k",
-            "AlpaGasus Alpaca 5k (claude_t45) as the paper trained on it (5,305; instruction phrasings applied)",
-            "paper_processed/alpagasus_claude_t45_alpaca.jsonl",
-            upstream=f"{_PAPER_DATA}/alpagasus_claude_t45_alpaca.jsonl",
-            url=_raw(*_PAPER, "data/alpagasus_claude_t45_alpaca.jsonl"),
-            sha256="7faffd3ac3a580402ddca3dd824616d5d5c81cdc782de330c6b0a3e6d95936fe",
-        ),
-        DatasetSpec(
-            "less_mmlu_chat",
-            "LESS-selected Tulu V2 subset for MMLU (paper: 'Less MMLU Chat')",
-            "less/mmlu_chat.jsonl",
-            hub_id="princeton-nlp/less_data",
-            hub_data_files="mmlu*",
-        ),
-        DatasetSpec(
-            "less_bbh_icl",
-            "LESS-selected Tulu V2 subset for BBH (paper: 'Less BBH ICL')",
-            "less/bbh_icl.jsonl",
-            hub_id="princeton-nlp/less_data",
-            hub_data_files="bbh*",
-        ),
-        DatasetSpec(
-            "less_tydiqa",
-            "LESS-selected Tulu V2 subset for TyDiQA (paper: 'Less TydiQA')",
-            "less/tydiqa.jsonl",
-            hub_id="princeton-nlp/less_data",
-            hub_data_files="tydiqa*",
-        ),
-    ]
-}
 
 
 @dataclass
@@ -171,8 +34,9 @@ class Loaded:
 
     records: list[dict[str, Any]]
     locations: list[str]
-    origin: str  # the file or Hub id actually read
+    origin: str  # the file or Hub id actually read (and the rows its spec excludes, if any)
     dropped_multi_turn: int = 0
+    excluded: int = 0  # rows left out by the spec's ``exclude``
     notes: list[str] = field(default_factory=list)
 
 
@@ -198,10 +62,14 @@ def _normalise_all(
     phrase: Phraser | None,
     id_prefix: str,
     columns: dict[str, str] | None = None,
+    exclude: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Normalise every raw row but those ``exclude`` names; ids default to ``<id_prefix>-<row number in raws>``."""
     width = max(5, len(str(len(raws))))
     records, locations = [], []
     for i, (raw, where) in enumerate(raws):
+        if exclude and isinstance(raw, dict) and any(raw.get(k) in values for k, values in exclude.items()):
+            continue
         records.append(
             normalise_record(
                 apply_columns(raw, columns),
@@ -269,8 +137,21 @@ def _load_hub(
         raise _hub_error(hub_id, spec, exc) from None
     where = hub_id + "".join(f" {k}={v}" for k, v in (params or {}).items())
     raws = [(dict(row), f"{where}: row {i}") for i, row in enumerate(ds, start=1)]
-    records, locations = _normalise_all(raws, source, phrase, source, columns)
-    return Loaded(records, locations, origin=f"hub:{hub_id}" + (f"?{urllib.parse.urlencode(params)}" if params else ""))
+    exclude = spec.exclude if spec else None
+    records, locations = _normalise_all(raws, source, phrase, source, columns, exclude)
+    origin = f"hub:{hub_id}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    return _with_exclusions(Loaded(records, locations, origin), spec, len(raws))
+
+
+def _with_exclusions(loaded: Loaded, spec: DatasetSpec | None, rows: int) -> Loaded:
+    """``loaded`` with the rows its spec's ``exclude`` left out counted and named in its origin (``data stats``
+    and ``data_stats.json`` show it)."""
+    if spec is None or not spec.exclude:
+        return loaded
+    loaded.excluded = rows - len(loaded.records)
+    what = ", ".join(f"{key} {'/'.join(values)}" for key, values in spec.exclude.items())
+    loaded.origin += f" (without {what}: {loaded.excluded} of {rows} rows)"
+    return loaded
 
 
 def _local_copy_hint(spec: DatasetSpec | None, data_dir: Path | None) -> str:
@@ -295,8 +176,9 @@ def _load_registered(
     ddir = data_dir_of(data_dir, must_exist=DataError)  # only a registered name reads the data directory
     local = local_copy(spec, ddir)
     if local is not None:
-        records, locations = _normalise_all(read_raw_file(local), spec.name, phrase, spec.name, columns)
-        return Loaded(records, locations, origin=str(local))
+        raws = read_raw_file(local)
+        records, locations = _normalise_all(raws, spec.name, phrase, spec.name, columns, spec.exclude)
+        return _with_exclusions(Loaded(records, locations, origin=str(local)), spec, len(raws))
     if spec.hub_id and hub.hub_reachable(variables=hub.DATASETS):
         return _load_hub(spec.hub_id, spec, spec.name, phrase, columns=columns)
     where = f"{ddir / spec.local_path} does not exist" if ddir and spec.local_path else "no data directory set"

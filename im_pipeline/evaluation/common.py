@@ -88,6 +88,9 @@ class OverfittingInputs:
     train: list[dict[str, Any]]  # the training records (messages format)
     held_out: list[dict[str, Any]]  # the held-out records (another data set or a split)
     held_out_kind: str | None = None  # what the held-out set is, for the result (e.g. "in-distribution split")
+    # In-domain test records (data.in_domain_size): the seed's sample, disjoint from its training sample; for the base
+    # model the union of every seed's. Empty: no in-domain loss in the result.
+    in_domain: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -7,6 +7,12 @@
   ``test_loss``) and the **token mean** over all output tokens (``*_token_mean``). The test set is
   ``data.held_out`` (another data set, as the paper, or an in-distribution split: the pipeline passes
   ``held_out_kind`` and the result records it). IM's claim: a smaller train/test gap.
+* **In-domain loss.** With ``data.in_domain_size`` the pipeline also passes in-domain test records
+  (``OverfittingInputs.in_domain``: the seed's sample of the training source, disjoint from its training sample;
+  for the base model the union of every seed's): ``in_domain_loss`` (per-example mean),
+  ``in_domain_loss_token_mean``, ``n_in_domain_loss`` and ``items["in_domain_loss"]``, over all of them (not capped
+  by ``loss_examples``, so that a seed's items pair with the base model's by id). Without them none of these fields
+  is written.
 * **Memorisation, BLEU-4.** Greedy generations for ``limit`` training prompts, each scored with
   sacrebleu's *sentence* BLEU against its whole training output; the headline value is the mean of
   these (paper Table 2: "average BLEU of each generation against its training output"; LIMA: IT 18.15
@@ -158,17 +164,25 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     train_sample = _sample(train, max(opts.loss_examples, n_bleu), opts.sample_seed)
     loss_train = train_sample[: opts.loss_examples]
     loss_held = _sample(held_out, opts.loss_examples, opts.sample_seed) if held_out else []
-    log.info("overfitting: output-token loss on %d train / %d held-out records", len(loss_train), len(loss_held))
+    # Every in-domain record, not capped by loss_examples: a seed's items pair by id with the base model's union.
+    in_domain = list(ctx.overfitting.in_domain) if ctx.overfitting else []
+    log.info(
+        "overfitting: output-token loss on %d train / %d held-out / %d in-domain records",
+        *(len(x) for x in (loss_train, loss_held, in_domain)),
+    )
     kw = {"template": ctx.template, "max_length": opts.max_length, "batch_size": ctx.batch_size}
     train_items = output_token_losses(model, tokenizer, loss_train, **kw)
     test_items = output_token_losses(model, tokenizer, loss_held, **kw) if loss_held else []
+    in_items = output_token_losses(model, tokenizer, in_domain, **kw) if in_domain else None
     common = {
         **_loss_fields(loss_summary(train_items), loss_summary(test_items)),
+        **_in_domain_fields(in_items),
         "held_out_kind": held_out_kind or ("in-distribution split" if held_out else None),
         "template": ctx.template,
     }
+    items = _loss_items(train_items, test_items, in_items)
     if not opts.bleu:
-        return _losses_only(common, train_items, test_items)
+        return _losses_only(common, items, test_items or train_items)
     bleu_items = train_sample[:n_bleu]
     hypotheses, references = _memorised(ctx, opts, model, tokenizer, bleu_items)
     bleu = bleu4(hypotheses, references)
@@ -183,11 +197,7 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
         **common,
         "bleu": {k: v for k, v in bleu.items() if k not in ("mean_sentence_bleu", "stderr", "sentence", "corpus")},
         "max_new_tokens": opts.max_new_tokens,
-        "items": {
-            "train_loss": {e["id"]: e["loss"] for e in train_items},
-            "test_loss": {e["id"]: e["loss"] for e in test_items},
-            "bleu4": dict(zip(ids, bleu["sentence"], strict=True)),
-        },
+        "items": {**items, "bleu4": dict(zip(ids, bleu["sentence"], strict=True))},
         "examples": [
             {"id": r.get("id"), "generation": h[:300], "reference": ref[:300]}
             for r, h, ref in zip(bleu_items[:3], hypotheses[:3], references[:3], strict=True)
@@ -195,11 +205,32 @@ def run_overfitting(ctx: EvalContext, cfg: BenchmarkConfig) -> dict[str, Any]:
     }
 
 
-def _losses_only(common: dict[str, Any], train_items: list[dict], test_items: list[dict]) -> dict[str, Any]:
+def _loss_items(train: list[dict], test: list[dict], in_domain: list[dict] | None) -> dict[str, dict[str, float]]:
+    """The per-example losses by example id: ``train_loss``, ``test_loss`` and, with in-domain records,
+    ``in_domain_loss``."""
+    items = {"train_loss": {e["id"]: e["loss"] for e in train}, "test_loss": {e["id"]: e["loss"] for e in test}}
+    if in_domain is not None:
+        items["in_domain_loss"] = {e["id"]: e["loss"] for e in in_domain}
+    return items
+
+
+def _in_domain_fields(in_domain: list[dict] | None) -> dict[str, Any]:
+    """The result's in-domain loss fields (both reductions and n); none without in-domain records."""
+    if in_domain is None:
+        return {}
+    summary = loss_summary(in_domain)
+    return {
+        "in_domain_loss": summary["per_example_mean"],
+        "in_domain_loss_token_mean": summary["token_mean"],
+        "n_in_domain_loss": summary["n"],
+    }
+
+
+def _losses_only(common: dict[str, Any], items: dict[str, dict[str, float]], headline: list[dict]) -> dict[str, Any]:
     """``bleu: false``: the losses only; the headline is the per-example test loss (the train loss without a test
     set), ± its standard error over the examples."""
-    which, items = ("test_loss", test_items) if test_items else ("train_loss", train_items)
-    losses = [float(e["loss"]) for e in items]
+    which = "test_loss" if items["test_loss"] else "train_loss"
+    losses = [float(e["loss"]) for e in headline]
     stderr = statistics.stdev(losses) / len(losses) ** 0.5 if len(losses) > 1 else None
     return {
         "metric": which,
@@ -207,10 +238,7 @@ def _losses_only(common: dict[str, Any], train_items: list[dict], test_items: li
         "stderr": stderr,
         "n": len(losses),
         **common,
-        "items": {
-            "train_loss": {e["id"]: e["loss"] for e in train_items},
-            "test_loss": {e["id"]: e["loss"] for e in test_items},
-        },
+        "items": items,
     }
 
 

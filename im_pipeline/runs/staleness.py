@@ -90,10 +90,12 @@ def train_key(cfg: ExperimentConfig, arm: ArmConfig, seed: int, data_hash: str) 
     training = training_identity(cfg)
     if cfg.train_launcher():  # resolved at load (config, else environment): it sets the number of processes
         training["launcher"] = cfg.train_launcher()
+    # data.in_domain_size leaves the training sample as it is (the first n of the seed's ranking): not in the key.
+    data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "in_domain_size"}
     part = {
         "stage": "train",
         "model": model_identity(cfg),
-        "data": cfg.data.model_dump(mode="json"),
+        "data": data,
         "data_hash": data_hash,
         "training": training,
         "arm": arm.model_dump(mode="json"),
@@ -125,6 +127,9 @@ def eval_key(cfg: ExperimentConfig, model_key: str, benchmark: str, bcfg: Benchm
         part["judge"] = cfg.evaluation.judge.model_dump(mode="json")
     if spec.uses_training_data:
         part["data_hash"] = data_hash
+        if cfg.data.in_domain_size:  # the in-domain sample: the seed's, or for the base model every seed's union
+            seeds = list(cfg.seeds) if model_key == base_key(cfg) else None
+            part["in_domain"] = {"size": cfg.data.in_domain_size, "n": cfg.data.n, "seeds": seeds}
     return stable_hash(with_code_version(part, "eval", benchmark))
 
 

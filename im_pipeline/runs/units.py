@@ -163,11 +163,13 @@ def evaluate_unit(cfg: ExperimentConfig, job: EvalJob, models: Any = None, *, on
             return False
         overfitting = None
         if get_spec(job.benchmark).uses_training_data and layout.train_data.is_file():
-            from im_pipeline.data import held_out_kind, seed_data
+            from im_pipeline.data import held_out_kind, in_domain_data, seed_data
 
-            # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's).
+            # The seed's own samples with data.per_seed (the base model, seedless, takes the first seed's training
+            # sample and the union of every seed's in-domain sample).
             train, held_out = seed_data(cfg.data, layout.data, cfg.seeds[0] if job.seed is None else job.seed)
-            overfitting = OverfittingInputs(train, held_out, held_out_kind(cfg.data))
+            in_domain = in_domain_data(cfg.data, layout.data, cfg.seeds if job.seed is None else [job.seed])
+            overfitting = OverfittingInputs(train, held_out, held_out_kind(cfg.data), in_domain)
         models = models if models is not None else ModelCache()
         with eval_lease(cfg.evaluation.device, on_wait=on_wait) as lease:
             try:
