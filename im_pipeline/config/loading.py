@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from im_pipeline.config.base import ConfigError
 from im_pipeline.config.experiment import ExperimentConfig
 from im_pipeline.config.settings import data_dir_origin, fold_settings
+from im_pipeline.evaluation.specs import OptionsError
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -46,6 +47,16 @@ def _unknown_key_line(loc: tuple[Any, ...], value: Any, overrides: dict[str, str
     return f"  {key}: unknown key{origin} (value {value!r}){hint} (every key: `im-pipeline keys`)"
 
 
+def _options_origin(error: OptionsError, overrides: dict[str, str]) -> str:
+    """`` (from --set ITEM)`` when a ``--set`` wrote one of a benchmark's unknown options (the whole ``options``
+    mapping, or one option), else empty."""
+    if not error.unknown:
+        return ""
+    base = f"evaluation.{error.benchmark}"
+    keys = {"evaluation", base, f"{base}.options", *(f"{base}.options.{u}" for u in error.unknown)}
+    return next((f" (from --set {item})" for k, item in overrides.items() if k in keys), "")
+
+
 def _format_validation_error(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
     """One line per error: key, value and allowed values; an unknown key gets its closest known keys (difflib) and,
     when a ``--set`` override wrote it, that override."""
@@ -58,6 +69,11 @@ def _format_validation_error(err: ValidationError, source: str, overrides: dict[
             continue
         allowed = ""
         ctx = e.get("ctx") or {}
+        if isinstance(ctx.get("error"), OptionsError):  # a benchmark's options: its own message, at its own key
+            error = ctx["error"]
+            origin = _options_origin(error, overrides or {})
+            lines.append(f"  evaluation.{error.benchmark}.options: {error}{origin}")
+            continue
         if "expected" in ctx:
             allowed = f"; allowed: {ctx['expected']}"
         shown = e.get("input")

@@ -1,5 +1,5 @@
 """The settings a run takes from its environment, read here and nowhere else: the data directory, the training
-launcher, the model cache and the number of concurrent task runs.
+launcher, the model cache, the number of concurrent task runs and the download mirror.
 
 Loading a config (:func:`im_pipeline.config.load_config`, :func:`~im_pipeline.config.config_from_dict`) folds them
 into its fields with :func:`fold_settings` before the one validation: ``data_dir`` (the config's, else
@@ -9,6 +9,10 @@ and ``orchestration.max_workers`` (else ``$IM_PIPELINE_MAX_WORKERS``, else 1). F
 the only source: unit keys, units and flows read its fields (:attr:`ExperimentConfig.settings
 <im_pipeline.config.ExperimentConfig.settings>`), never the process's environment, and a unit flow on a work pool
 gets the parent's values with the config. A config already folded folds to itself.
+
+The download mirror (``$IM_PIPELINE_MIRROR``, :func:`default_mirror`) is the exception: read when a download
+happens (``data fetch``, ``models fetch``, a shipped model's first use), it is in no config, since it changes where
+bytes come from, never which (every downloaded file is checked against its pinned sha256).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ CACHE_ENV = "IM_PIPELINE_CACHE"
 MAX_WORKERS_ENV = "IM_PIPELINE_MAX_WORKERS"
 """Environment variable with the number of concurrent task runs in one flow run (``orchestration.max_workers`` wins)."""
 
+MIRROR_ENV = "IM_PIPELINE_MIRROR"
+"""Environment variable naming a mirror (an HTTP or ``file://`` URL) that ``data fetch``, ``models fetch`` and the
+shipped models' first use download from instead of the public origins (``--mirror`` wins)."""
+
 
 def env_setting(name: str) -> str | None:
     """The value of one of the ``IM_PIPELINE_*`` variables above, stripped; None when unset or blank."""
@@ -41,6 +49,11 @@ def env_setting(name: str) -> str | None:
 def default_cache_dir() -> Path:
     """The model cache when no config names one: ``$IM_PIPELINE_CACHE``, else ``~/.cache/im-pipeline``."""
     return Path(env_setting(CACHE_ENV) or Path.home() / ".cache" / "im-pipeline").expanduser()
+
+
+def default_mirror() -> str | None:
+    """The mirror when no ``--mirror`` names one: ``$IM_PIPELINE_MIRROR``, else None (the public origins)."""
+    return env_setting(MIRROR_ENV)
 
 
 def default_max_workers() -> int:

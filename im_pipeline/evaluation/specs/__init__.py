@@ -15,6 +15,7 @@ This package imports nothing heavier than pydantic: the config imports it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,20 +59,36 @@ class BenchmarkSpec:
         return getattr(importlib.import_module(module), func)
 
     def validate_options(self, options: dict[str, Any]) -> Options:
-        """The typed options (defaults filled in); ValueError names every bad option."""
+        """The typed options (defaults filled in); :class:`OptionsError` names every bad option (an unknown one
+        with its closest valid options and all of them)."""
         try:
             return self.options.model_validate(options)
         except ValidationError as err:
-            raise ValueError(_options_error(self, err)) from None
+            unknown = tuple(".".join(map(str, e["loc"])) for e in err.errors() if e["type"] == "extra_forbidden")
+            raise OptionsError(_options_error(self, err), self.name, unknown) from None
+
+
+class OptionsError(ValueError):
+    """A benchmark's bad options: the message, the benchmark and its unknown option keys (the config's loader
+    names the ``--set`` that wrote one)."""
+
+    def __init__(self, message: str, benchmark: str, unknown: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.benchmark, self.unknown = benchmark, unknown
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (a task's exception may cross processes)
+        return (OptionsError, (str(self), self.benchmark, self.unknown))
 
 
 def _options_error(spec: BenchmarkSpec, err: ValidationError) -> str:
     parts = []
+    valid = list(spec.options.model_fields)
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "options"
         if e["type"] == "extra_forbidden":
-            allowed = ", ".join(spec.options.model_fields)
-            parts.append(f"unknown option {key!r} (value {e['input']!r}); allowed: {allowed}")
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)  # as unknown config keys (config.loading)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            parts.append(f"unknown option {key!r} (value {e['input']!r}){hint} (valid options: {', '.join(valid)})")
         else:
             shown = e.get("input")
             parts.append(f"option {key}: {e['msg']}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
