@@ -249,3 +249,83 @@ def test_a_strata_run_reports_every_stratum_and_rebuilds_identically(
     again = compare_flow(cfg)
     assert again["timings"]["stages"]["train"]["computed"] == 0
     assert again["timings"]["stages"]["evaluate"]["computed"] == 0
+
+
+# -- the commands and names ------------------------------------------------------------------------------------------
+
+
+def _write_yaml(tmp: Path, cfg: dict[str, Any]) -> Path:
+    import yaml
+
+    path = tmp / "strata.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_plan_and_run_show_one_plan_per_stratum(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from im_pipeline_flows.cli import run
+    from im_pipeline_flows.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _write_yaml(tmp_path, strata_config(tmp_path, seeds=[0, 1]))
+    assert main(["plan", str(path), "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)["strata"]
+    assert {k: v["units"] for k, v in plans.items()} == {
+        "LOW": ["IT/seed-0", "IT/seed-1"],
+        "HIGH": ["IT/seed-0", "IT/seed-1", "IM/seed-0", "IM/seed-1"],
+    }
+    assert main(["plan", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("stratum LOW:\n") and "\nstratum HIGH:\n" in text
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:  # the first step after the plan lines: Prefect's settings, before any flow starts
+        raise Stop
+
+    monkeypatch.setattr(run, "prefect_defaults", stop)
+    with pytest.raises(Stop):
+        main(["run", str(path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("stratum LOW: plan: 2 units (0 done)")
+    assert lines[1].startswith("stratum HIGH: plan: 4 units (0 done)")
+    assert lines[2] == "running experiment 'tiny-strata' (2 strata, 2 arms × 2 seeds)"
+
+
+def test_prefect_names_and_task_records_carry_the_stratum(tmp_path: Path) -> None:
+    from im_pipeline_flows.compare import in_stratum
+    from im_pipeline_flows.pool import unit_run_name
+
+    cfg = config_from_dict(strata_config(tmp_path))
+    high = cfg.stratum_configs()["HIGH"]
+    assert unit_run_name(high, "IM", 3, 1) == "tiny-strata/HIGH/IM/seed-3-1"
+    assert unit_run_name(high, "base", None, 2) == "tiny-strata/HIGH/base-2"
+    assert unit_run_name(cfg, "IM", 3, 1) == "tiny-strata-IM-seed-3-1"  # as before strata
+    assert in_stratum("evaluate/IT/0/overfitting", "LOW") == "evaluate/LOW/IT/0/overfitting"
+    assert in_stratum("evaluate/IT/0/overfitting", "") == "evaluate/IT/0/overfitting"
+
+
+def test_study_base_expands_into_its_two_strata() -> None:
+    """configs/study_base.yaml as the schema fixes it (keys of the `testsets` and `stats` branches are set aside
+    here until they are merged)."""
+    from im_pipeline.config import DataConfig
+    from im_pipeline.config.loading import yaml_load
+    from im_pipeline.config.study import StudyConfig
+
+    data = yaml_load((ROOT / "configs" / "study_base.yaml").read_text(encoding="utf-8"))
+    if "in_domain_size" not in DataConfig.model_fields:
+        data["data"].pop("in_domain_size")
+    if "checks" not in StudyConfig.model_fields:
+        data.pop("study")
+    cfg = config_from_dict(data | {"data_dir": None})
+    subs = cfg.stratum_configs()
+    assert {k: [a.name for a in c.arms] for k, c in subs.items()} == {"LOW": ["IT", "IM"], "HIGH": ["IT", "IM", "IT-w"]}
+    assert subs["LOW"].data.ratio_range == (0, 0.2) and subs["HIGH"].data.ratio_range == (3, None)
+    assert RunLayout.of(subs["HIGH"]).root == Path("runs") / "study_base" / "HIGH"
+    assert (
+        cfg.model.source == "gemma-3-270m" and cfg.data.held_out == "alpaca_eval_ood" and cfg.seeds == [0, 1, 2, 3, 4]
+    )
+    assert (cfg.training.warmup_ratio, cfg.training.loss_normalisation, cfg.data.max_length) == (0.0, "sequence", 384)
