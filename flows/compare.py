@@ -12,6 +12,10 @@ returns at once. A re-run of an unchanged experiment recomputes only the report,
 that arm, a killed run resumes from the checkpoints it left, and ``force`` / ``rerun`` (``im-pipeline run --force``
 / ``--rerun STAGE``) replace units on purpose.
 
+With ``strata`` (``ExperimentConfig.stratum_configs``) every stratum is a run root of its own
+(``runs/<name>/<stratum>``): its data, units and timings; all strata's units go into this one flow run (on a work
+pool one stratum after the other), and the one report covers them all.
+
 ``im-pipeline run CONFIG`` (``flows/cli/run.py``) runs :func:`compare_flow` in-process against Prefect's ephemeral
 local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set, against that server.
 """
