@@ -12,6 +12,10 @@ returns at once. A re-run of an unchanged experiment recomputes only the report,
 that arm, a killed run resumes from the checkpoints it left, and ``force`` / ``rerun`` (``im-pipeline run --force``
 / ``--rerun STAGE``) replace units on purpose.
 
+With ``strata`` (``ExperimentConfig.stratum_configs``) every stratum is a run root of its own
+(``runs/<name>/<stratum>``): its data, units and timings; all strata's units go into this one flow run (on a work
+pool one stratum after the other), and the one report covers them all.
+
 ``im-pipeline run CONFIG`` (``flows/cli/run.py``) runs :func:`compare_flow` in-process against Prefect's ephemeral
 local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set, against that server.
 """
@@ -215,74 +219,111 @@ def _compare(cfg: ExperimentConfig, pool: str | None, rerun: frozenset[str], com
     tag_flow_run(run_tags(cfg))
     layout = RunLayout.of(cfg)
     log.info(
-        "experiment %s: arms %s, seeds %s, benchmarks %s, units %s%s",
+        "experiment %s: arms %s, seeds %s, benchmarks %s, units %s%s%s",
         cfg.name,
         [a.name for a in cfg.arms],
         cfg.seeds,
         [b for b in run_order() if getattr(cfg.evaluation, b).enabled],
         f"on work pool {pool!r}" if pool else "in this process",
         f", replacing {sorted(rerun)}" if rerun else "",
+        f", strata {list(cfg.arms_by_stratum())}" if cfg.strata else "",
     )
+    # With strata every stratum is its own run root (runs/<name>/<stratum>); without, the one run ("" below).
+    runs: dict[str, ExperimentConfig] = cfg.stratum_configs() or {"": cfg}
 
-    # 1. data (the training keys depend on its content, so wait for it)
+    # 1. data (the training keys depend on its content, so wait for it), per run root
+    prepared = {key: _prepare(c, rerun, log) for key, c in runs.items()}
+    if cfg.strata:  # the whole experiment (its strata, its study) at runs/<name>/config.yaml: what the report reads
+        write_resolved_config(cfg, layout.root)
+
+    # 2. the units of every run root, in one flow run: in this process, or as flow runs on the work pool
+    plan = [(key, c, units_of(c, prepared[key][1]), prepared[key][1]) for key, c in runs.items()]
+    by_run = _run_units(cfg, plan, pool, rerun, log)
+    by_run = {key: {"prepare/data": prepared[key][0]} | by_run[key] for key in runs}
+
+    # 3. timings (per run root), then the report, built once (it must see all results; cheap)
+    entries = {key: _timing(by_run[key], started, t0, cfg, command_started) for key in runs}
+    for key, c in runs.items():
+        save_timings(RunLayout.of(c), entries[key])
+    rep = report_task.submit(str(layout.root), str(Path(cfg.report_dir) / cfg.name), "report" in rerun).result()
+    for key, c in runs.items():
+        entries[key]["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
+        entries[key]["total_seconds"] = round(time.perf_counter() - t0, 3)
+        save_timings(RunLayout.of(c), entries[key])
+    _publish(cfg, rep)
+    records = {in_stratum(name, key): r for key in runs for name, r in by_run[key].items()}
+    entry = entries[""] if "" in entries else _timing(records, started, t0, cfg, command_started)
+    entry["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
+    return _summary(cfg, layout, rep, records, entry, pool, log)
+
+
+def in_stratum(name: str, stratum: str) -> str:
+    """A task record's name across strata: ``train/IT/0`` of stratum ``LOW`` → ``train/LOW/IT/0`` (the stage first,
+    as :func:`~im_pipeline.runs.timings.timing_entry` reads it); unchanged without a stratum."""
+    stage, _, rest = name.partition("/")
+    return f"{stage}/{stratum}/{rest}" if stratum else name
+
+
+def _prepare(cfg: ExperimentConfig, rerun: frozenset[str], log: Any) -> tuple[dict[str, Any], str | None]:
+    """Prepare one run root's data and write its resolved config; returns the task record and the data hash."""
     prep_future = prepare_data_task.submit(cfg, data_key(cfg), "data" in rerun)
     prepared = prep_future.result()
-    write_resolved_config(cfg, layout.root)  # after the data: a malformed input writes nothing
-    data_hash = prepared["data_hash"]
+    write_resolved_config(cfg, RunLayout.of(cfg).root)  # after the data: a malformed input writes nothing
     if prepared.get("unavailable"):
         log.warning(
-            "training data unavailable, so no arm is trained; evaluating the base model only: %s",
+            "%s: training data unavailable, so no arm is trained; evaluating the base model only: %s",
+            cfg.run_label(),
             prepared["unavailable"],
         )
-    units = units_of(cfg, data_hash)
-    if not units:
-        log.error("nothing to do: no training data and evaluation.evaluate_base is false")
+    if not units_of(cfg, prepared["data_hash"]):
+        log.error("%s: nothing to do: no training data and evaluation.evaluate_base is false", cfg.run_label())
+    return record(prep_future), prepared["data_hash"]
 
-    # 2. the units: in this process (task runs on this flow's runner), or as flow runs on the work pool
-    records = {"prepare/data": record(prep_future)} | _run_units(cfg, units, data_hash, pool, rerun, log)
 
-    # 3. timings, then the report, built once (it must see all results; cheap)
+def _timing(
+    records: dict[str, dict[str, Any]], started: float, t0: float, cfg: ExperimentConfig, command_started: float | None
+) -> dict[str, Any]:
+    """A run root's timing entry up to writing the report (whose seconds show "–" until it is written)."""
     entry = timing_entry(records, started, cfg.settings.max_workers)
     entry["flow_run"] = {"name": runtime.flow_run.name, "id": runtime.flow_run.id, "url": flow_run_url()}
     entry["stages"]["report"]["seconds"] = None  # the report shows "–": it is being written
     entry["total_seconds"] = round(time.perf_counter() - t0, 3)  # up to writing the report
     if command_started is not None:  # the command's total up to writing the report, Prefect's start-up included
         entry["command_seconds"] = round(time.time() - command_started, 3)
-    save_timings(layout, entry)
-    rep = report_task.submit(str(layout.root), str(Path(cfg.report_dir) / cfg.name), "report" in rerun).result()
-    entry["stages"]["report"] = {"seconds": rep["seconds"], "computed": 1, "cached": 0}
-    entry["total_seconds"] = round(time.perf_counter() - t0, 3)
-    save_timings(layout, entry)
-    _publish(cfg, rep)
-    return _summary(cfg, layout, rep, records, entry, pool, log)
+    return entry
 
 
 def _run_units(
     cfg: ExperimentConfig,
-    units: list[tuple[str, int | None]],
-    data_hash: str | None,
+    plan: list[tuple[str, ExperimentConfig, list[tuple[str, int | None]], str | None]],
     pool: str | None,
     rerun: frozenset[str],
     log: Any,
-) -> dict[str, dict[str, Any]]:
-    """Every unit's task records, with a progress artifact: on the work pool, or on this flow's task runner."""
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every unit's task records per run root (``plan``: key, its config, its units, its data hash), with a
+    progress artifact: on the work pool (one run root after the other), or all on this flow's task runner."""
+    n_units = sum(len(units) for _, _, units, _ in plan)
     progress_id = create_progress_artifact(
-        progress=0.0, key=f"{slug(cfg.name)}-progress", description=f"{cfg.name}: {len(units)} units"
+        progress=0.0, key=f"{slug(cfg.name)}-progress", description=f"{cfg.name}: {n_units} units"
     )
     if pool:
         from im_pipeline_flows.pool import run_units_on_pool
 
-        def on_unit_done(i: int, unit_records: dict[str, dict[str, Any]]) -> None:
-            update_progress_artifact(progress_id, progress=100.0 * i / max(len(units), 1))
+        finished = [0]
 
-        return run_units_on_pool(cfg, units, data_hash, pool, on_unit_done, log, rerun)
-    futures: dict[str, Any] = {}
-    for arm, seed in units:
-        futures |= submit_unit(cfg, arm, seed, data_hash, ModelCache(), rerun)
-    total = max(len(futures), 1)
-    for i, _ in enumerate(as_completed(list(futures.values())), start=1):
-        update_progress_artifact(progress_id, progress=100.0 * i / total)
-    return {name: record(f) for name, f in futures.items()}
+        def on_unit_done(i: int, unit_records: dict[str, dict[str, Any]]) -> None:
+            finished[0] += 1
+            update_progress_artifact(progress_id, progress=100.0 * finished[0] / max(n_units, 1))
+
+        return {key: run_units_on_pool(c, units, h, pool, on_unit_done, log, rerun) for key, c, units, h in plan}
+    futures: dict[str, dict[str, Any]] = {key: {} for key, _, _, _ in plan}
+    for key, c, units, data_hash in plan:
+        for arm, seed in units:
+            futures[key] |= submit_unit(c, arm, seed, data_hash, ModelCache(), rerun)
+    every = [f for by_name in futures.values() for f in by_name.values()]
+    for i, _ in enumerate(as_completed(every), start=1):
+        update_progress_artifact(progress_id, progress=100.0 * i / max(len(every), 1))
+    return {key: {name: record(f) for name, f in by_name.items()} for key, by_name in futures.items()}
 
 
 def _publish(cfg: ExperimentConfig, rep: dict[str, Any]) -> None:

@@ -116,6 +116,13 @@ def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
     return parse_time(page.events[0].occurred) if page.events else None
 
 
+def unit_run_name(cfg: ExperimentConfig, arm: str, seed: int | None, attempt: int) -> str:
+    """A unit flow run's name: ``<exp>-<arm>-seed-<s>-<attempt>``; a stratum's ``<exp>/<stratum>/<arm>/seed-<s>-…``."""
+    if cfg.stratum:
+        return f"{cfg.run_label()}/{arm}" + ("" if seed is None else f"/seed-{seed}") + f"-{attempt}"
+    return f"{cfg.name}-{arm}" + ("" if seed is None else f"-seed-{seed}") + f"-{attempt}"
+
+
 def run_units_on_pool(
     cfg: ExperimentConfig,
     units: list[tuple[str, int | None]],
@@ -144,7 +151,7 @@ def run_units_on_pool(
             name=deployment,
             parameters=u.parameters,
             timeout=0,  # do not wait here: all units are submitted, then watched together
-            flow_run_name=f"{cfg.name}-{u.arm}" + ("" if u.seed is None else f"-seed-{u.seed}") + f"-{u.attempts}",
+            flow_run_name=unit_run_name(cfg, u.arm, u.seed, u.attempts),
             tags=["im-pipeline", cfg.name],
         )
         u.flow_run_id = fr.id

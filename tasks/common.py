@@ -48,13 +48,17 @@ def done(stage: str, seconds: float, computed: bool, **extra: Any) -> dict[str, 
 
 
 def unit_name(prefix: str) -> Any:
-    """A task run name from the task's parameters: ``train IT seed 0``, ``eval mmlu base`` (no ``seed None``)."""
+    """A task run name from the task's parameters: ``train IT seed 0``, ``eval mmlu base`` (no ``seed None``); a
+    stratum's unit: ``train <exp>/<stratum>/IT/seed-0``."""
 
     def name() -> str:
         from prefect.runtime import task_run
 
-        job = task_run.parameters.get("job")
+        job, cfg = task_run.parameters.get("job"), task_run.parameters.get("cfg")
         benchmark, arm, seed = (getattr(job, k, None) for k in ("benchmark", "arm", "seed"))
+        if getattr(cfg, "stratum", None):  # a stratum's unit: eval mmlu <exp>/<stratum>/<arm>/seed-<s>
+            unit = f"{cfg.run_label()}/{arm}" + ("" if seed is None else f"/seed-{seed}")
+            return " ".join(str(x) for x in (prefix, benchmark, unit) if x)
         parts = [prefix, benchmark, arm, None if seed is None else f"seed {seed}"]
         return " ".join(str(x) for x in parts if x)
 

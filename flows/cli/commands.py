@@ -259,6 +259,9 @@ def config_keys(model: Any, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += config_keys(items[0], f"{prefix}{name}.N.")
         elif items:  # X | None: the section's keys, once it is set
             rows += config_keys(items[0], f"{prefix}{name}.")
+        elif lists := [a for a in typing.get_args(kind) if typing.get_origin(a) is list]:  # list[X] | None (strata)
+            inner = [a for a in typing.get_args(lists[0]) if isinstance(a, type) and issubclass(a, BaseModel)]
+            rows += config_keys(inner[0], f"{prefix}{name}.N.") if inner else []
         elif name == "options" and prefix.startswith("evaluation."):
             rows += _option_keys(prefix.split(".")[1], f"{prefix}{name}.")
     return rows
@@ -308,8 +311,16 @@ def plan_command(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     price = tuple(args.judge_price) if args.judge_price else None
-    plan = make_plan(
-        cfg, model_config=args.model_config, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, judge_price=price
-    )
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    runs = cfg.stratum_configs() or {"": cfg}  # with strata: one plan per stratum (its run root, arms and data)
+    plans = {
+        key: make_plan(
+            c, model_config=args.model_config, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, judge_price=price
+        )
+        for key, c in runs.items()
+    }
+    if args.json:
+        print(json.dumps(plans.get("", {"strata": plans}), indent=2))
+        return 0
+    for key, plan in plans.items():
+        print((f"stratum {key}:\n" if key else "") + format_plan(plan))
     return 0

@@ -63,9 +63,12 @@ def run_command(args: argparse.Namespace) -> int:
     pool = getattr(args, "work_pool", None) or cfg.orchestration.work_pool
     from im_pipeline.plan.build import plan_line
 
-    print(plan_line(cfg))
+    strata = cfg.stratum_configs()
+    for key, c in (strata or {"": cfg}).items():
+        print((f"stratum {key}: " if key else "") + plan_line(c))
     units = f", units on work pool {pool!r}" if pool else ""
-    print(f"running experiment {cfg.name!r} ({len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units})")
+    shape = f"{len(strata)} strata, " if strata else ""
+    print(f"running experiment {cfg.name!r} ({shape}{len(cfg.arms)} arms × {len(cfg.seeds)} seeds{units})")
     api = prefect_api_url()  # Prefect's settings from here on (PREFECT_DEFAULTS first)
     if pool and not api:
         # Workers cannot reach the ephemeral server this process would start.

@@ -71,6 +71,13 @@ class TrainingView(_View):
     precision: str | None = None  # with a bfloat16 model: mixed | pure_bf16 (absent in runs before issue 20)
 
 
+class StratumView(_View):
+    name: str = "?"
+    ratio_range: list[float | None] = Field(default_factory=list)
+    arms: list[str] | None = None
+    description: str = ""
+
+
 class RunConfig(_View):
     """``config.yaml`` of a run: what the report prints from it."""
 
@@ -83,6 +90,7 @@ class RunConfig(_View):
     evaluation: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=list)
     study: dict[str, Any] | None = None
+    strata: list[StratumView] | None = None  # an experiment with strata: runs/<name>/<stratum>/ each
     save_results: bool = False
     report_dir: str | None = None
     data_dir: str | None = None
@@ -288,6 +296,27 @@ def is_run_root(path: Path) -> bool:
     if layout.config.is_file() or layout.data_stats.is_file():
         return True
     return any(layout.root.glob("*/seed-*/eval/*.json")) or any(layout.unit(BASE_ARM).eval_dir.glob("*.json"))
+
+
+def read_config(root: Path) -> RunConfig:
+    """``root/config.yaml`` as its view (all defaults when there is none)."""
+    path = RunLayout(Path(root)).config
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return _view(RunConfig, raw or {}, path)
+
+
+def strata_of(root: Path) -> list[str]:
+    """The stratum names of an experiment with ``strata`` whose run root (or results directory) is ``root``, in the
+    config's order; [] for any other directory."""
+    return [s.name for s in read_config(root).strata or []]
+
+
+def load_strata(root: Path) -> tuple[RunConfig, dict[str, RunResults]]:
+    """An experiment with strata: its config (``root/config.yaml``) and each stratum's run (``root/<stratum>``,
+    :func:`load_run`) that has any files yet, in the config's order."""
+    root, config = Path(root), read_config(root)
+    names = [s.name for s in config.strata or []]
+    return config, {n: load_run(root / n) for n in names if (root / n).is_dir() and is_run_root(root / n)}
 
 
 def load_run(root: Path) -> RunResults:

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from im_pipeline.config.base import NAME_CHARS, Strict, check_name, stable_hash
 from im_pipeline.config.evaluation import EvaluationConfig
 from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
 from im_pipeline.config.settings import DATA_DIR_ENV, MAX_WORKERS_ENV, Settings, default_cache_dir
+from im_pipeline.config.strata import StratumConfig
 from im_pipeline.config.study import StudyConfig
 from im_pipeline.loss_modes import LossMode
 
@@ -63,6 +64,19 @@ class ExperimentConfig(Strict):
         default_factory=OrchestrationConfig, description="Where units run (in-process or on a work pool)."
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One run per arm per seed.")
+    strata: list[StratumConfig] | None = Field(
+        None,
+        min_length=1,
+        description="Run the experiment once per stratum, each a full run root runs/<name>/<stratum>/ with the "
+        "stratum's ratio_range as data.ratio_range (then null here) and its arms; needs data.per_seed. Results in "
+        "<report_dir>/<name>/results/<stratum>/; REPORT.md: the study across strata, then each stratum's sections. "
+        "null = one run root.",
+    )
+    stratum: str | None = Field(
+        None,
+        description="Set only in the per-stratum configs that `strata` expands into (runs/<name>/<stratum>/); "
+        "null in a written config.",
+    )
     study: StudyConfig | None = Field(
         None, description="Pre-registered hypotheses, tested and printed at the top of the report (null = none)."
     )
@@ -103,13 +117,40 @@ class ExperimentConfig(Strict):
         if it_w and self.training.loss_normalisation != "sequence":
             raise ValueError(f"arm(s) {it_w}: loss_mode it_w needs training.loss_normalisation 'sequence'")
         if self.study is not None:
-            wanted = [self.study.reference, self.study.treatment, *self.study.controls]
-            missing = [a for a in wanted if a not in names]
-            if missing:
-                raise ValueError(f"study names arm(s) {missing} that are not in arms {names}")
+            check_study(self.study, self.arms_by_stratum())
             if not self.evaluation.overfitting.enabled:
                 raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
         return self
+
+    @model_validator(mode="after")
+    def _check_strata(self) -> ExperimentConfig:
+        if self.strata is None:
+            return self
+        if self.stratum is not None:
+            raise ValueError("stratum is set by the expansion of strata: a config sets strata or stratum, not both")
+        names = [s.name for s in self.strata]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stratum names must be unique; repeated: {dup}")
+        arms = [a.name for a in self.arms]
+        for s in self.strata:
+            missing = [a for a in s.arms or [] if a not in arms]
+            if missing:
+                raise ValueError(f"stratum {s.name!r} names arm(s) {missing} that are not in arms {arms}")
+        if self.data.ratio_range is not None:
+            raise ValueError("with strata, data.ratio_range must be null: each stratum sets its own ratio_range")
+        if not self.data.per_seed:
+            raise ValueError("with strata, data.per_seed must be true (each seed draws its samples from the stratum)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_strata(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # No strata, no keys: every config without them serialises (and hashes, data and unit keys) as before.
+        out = handler(self)
+        for key in ("strata", "stratum"):
+            if getattr(self, key) is None:
+                out.pop(key, None)
+        return out
 
     @model_validator(mode="after")
     def _precision(self) -> ExperimentConfig:
@@ -138,8 +179,36 @@ class ExperimentConfig(Strict):
         return value or None
 
     def results_dir(self) -> Path:
-        """Where ``save_results`` copies the small result files: ``<report_dir>/<name>/results``."""
-        return Path(self.report_dir) / self.name / "results"
+        """Where ``save_results`` copies the small result files: ``<report_dir>/<name>/results`` (a stratum's:
+        ``<report_dir>/<name>/results/<stratum>``)."""
+        root = Path(self.report_dir) / self.name / "results"
+        return root / self.stratum if self.stratum else root
+
+    def run_label(self) -> str:
+        """``<name>``, or ``<name>/<stratum>`` for a stratum's config: how logs and Prefect run names call it."""
+        return f"{self.name}/{self.stratum}" if self.stratum else self.name
+
+    def arms_by_stratum(self) -> dict[str | None, list[str]]:
+        """Each stratum's arm names (``{None: every arm}`` without strata)."""
+        names = [a.name for a in self.arms]
+        if not self.strata:
+            return {None: names}
+        return {s.name: [a for a in names if s.arms is None or a in s.arms] for s in self.strata}
+
+    def stratum_configs(self) -> dict[str, ExperimentConfig]:
+        """One complete config per stratum (``{}`` without strata), in the config's order: the stratum's ratio
+        range and arms, no study (it spans the strata: the report tests it), ``stratum`` set, so that its run root
+        is ``<output_dir>/<name>/<stratum>`` and its results ``<report_dir>/<name>/results/<stratum>``. Everything
+        downstream (data, units, keys, locks, resubmission, ``--rerun``) runs on these without knowing strata."""
+        out: dict[str, ExperimentConfig] = {}
+        for s in self.strata or []:
+            data = self.to_dict()
+            data.pop("strata", None)
+            data |= {"stratum": s.name, "study": None, "description": s.description}
+            data["data"]["ratio_range"] = list(s.ratio_range)
+            data["arms"] = [a for a in data["arms"] if s.arms is None or a["name"] in s.arms]
+            out[s.name] = ExperimentConfig.model_validate(data)
+        return out
 
     def arm(self, name: str) -> ArmConfig:
         for a in self.arms:
@@ -156,3 +225,18 @@ class ExperimentConfig(Strict):
     def config_hash(self) -> str:
         """Stable short hash of the resolved config (what goes into every result JSON)."""
         return stable_hash(self.to_dict())
+
+
+def check_study(study: StudyConfig, arms_by_stratum: dict[str | None, list[str]]) -> None:
+    """The study names only arms (and strata) that exist: ``config.study.check_study_arms`` where it exists (the
+    hypotheses' per-stratum arms), else every study arm must be among the experiment's arms."""
+    try:
+        from im_pipeline.config.study import check_study_arms
+    except ImportError:  # the study module without per-stratum hypotheses
+        names = list(dict.fromkeys(a for arms in arms_by_stratum.values() for a in arms))
+        wanted = [study.reference, study.treatment, *study.controls]
+        missing = [a for a in wanted if a not in names]
+        if missing:
+            raise ValueError(f"study names arm(s) {missing} that are not in arms {names}") from None
+        return
+    check_study_arms(study, arms_by_stratum)

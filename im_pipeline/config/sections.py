@@ -20,6 +20,15 @@ from im_pipeline.loss_modes import LossMode, LossSpec
 from im_pipeline.runs.layout import RESERVED_NAMES
 
 
+def check_ratio_range(value: tuple[float, float | None] | None) -> tuple[float, float | None] | None:
+    """A ``ratio_range`` ``[low, high]`` with 0 <= low <= high (high None: no upper bound), or None."""
+    if value is not None:
+        low, high = value
+        if low < 0 or (high is not None and high < low):
+            raise ValueError(f"ratio_range must be [low, high] with 0 <= low <= high (or high null), got {value}")
+    return value
+
+
 class ModelConfig(Strict):
     source: str = Field(
         "smollm2-135m-instruct",
@@ -137,11 +146,7 @@ class DataConfig(Strict):
     @field_validator("ratio_range")
     @classmethod
     def _check_ratio_range(cls, value: tuple[float, float | None] | None) -> tuple[float, float | None] | None:
-        if value is not None:
-            low, high = value
-            if low < 0 or (high is not None and high < low):
-                raise ValueError(f"ratio_range must be [low, high] with 0 <= low <= high (or high null), got {value}")
-        return value
+        return check_ratio_range(value)
 
     @model_validator(mode="after")
     def _check_per_seed(self) -> DataConfig:

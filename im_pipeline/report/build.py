@@ -37,13 +37,31 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
     """Write ``report_dir/REPORT.md`` and ``report_dir/figures/*.png`` from ``run_root``'s JSON files.
 
     Also writes ``summary.csv`` / ``summary.json`` (:mod:`.summary`). Returns ``{"report": path, "figures": [paths],
-    "table": [rows for a table artifact], "summary": {"csv": path, "json": path}}``.
+    "table": [rows for a table artifact], "summary": {"csv": path, "json": path}}``. A run root of an experiment
+    with ``strata`` gets the strata report (:func:`im_pipeline.report.strata.build_strata_report`).
     """
+    from im_pipeline.report.strata import build_strata_report, strata_of
+
+    if strata_of(Path(run_root)):
+        return build_strata_report(Path(run_root), Path(report_dir))
     run = agg.load_run(Path(run_root))
     report_dir = Path(report_dir)
     if run.config.save_results and not is_results_dir(Path(run_root)):
         save_results(Path(run_root), report_dir / RESULTS_DIR, run.experiment)
     fig_dir = report_dir / "figures"
+    sections, table_records = report_sections(run, fig_dir)
+    text = "\n\n".join(s for s in sections if s) + "\n"
+    out = report_dir / "REPORT.md"
+    write_text_atomic(out, text)
+    summary = write_summary(run, report_dir)  # summary.csv / summary.json: one row per arm × seed × benchmark
+    figures = sorted(str(p) for p in fig_dir.glob("*.png"))
+    log.info("report written: %s (%d figures)", out, len(figures))
+    return {"report": str(out), "figures": figures, "table": table_records, "summary": summary}
+
+
+def report_sections(run: agg.RunResults, fig_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """One run's report sections (title first; figures drawn into ``fig_dir``, linked as ``figures/<name>``) and
+    the comparison table's records."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     stamp, key = fig_dir / INPUTS_STAMP, inputs_key(run)
     if not (stamp.is_file() and stamp.read_text() == key):  # else: same inputs, keep the figures (see cached_figure)
@@ -70,13 +88,7 @@ def build_report(run_root: Path, report_dir: Path) -> dict[str, Any]:
         built_by(run),
     ]
     write_text_atomic(stamp, key)
-    text = "\n\n".join(s for s in sections if s) + "\n"
-    out = report_dir / "REPORT.md"
-    write_text_atomic(out, text)
-    summary = write_summary(run, report_dir)  # summary.csv / summary.json: one row per arm × seed × benchmark
-    figures = sorted(str(p) for p in fig_dir.glob("*.png"))
-    log.info("report written: %s (%d figures)", out, len(figures))
-    return {"report": str(out), "figures": figures, "table": table_records, "summary": summary}
+    return sections, table_records
 
 
 def arm_line(run: agg.RunResults, arm: str) -> str:

@@ -97,13 +97,24 @@ def summary_rows(run: agg.RunResults) -> list[dict[str, Any]]:
 
 def write_summary(run: agg.RunResults, report_dir: Path) -> dict[str, str]:
     """Write ``summary.csv`` and ``summary.json`` into ``report_dir``; returns their paths."""
-    rows = summary_rows(run)
+    return _write(summary_rows(run), COLUMNS, run.experiment, Path(report_dir))
+
+
+def write_strata_summary(experiment: str, runs: dict[str, agg.RunResults], report_dir: Path) -> dict[str, str]:
+    """An experiment with strata: every stratum's rows (:func:`summary_rows`), with a ``stratum`` column after
+    ``experiment``, strata in the config's order."""
+    columns = (COLUMNS[0], "stratum", *COLUMNS[1:])
+    rows = [{c: ({"stratum": name} | r)[c] for c in columns} for name, run in runs.items() for r in summary_rows(run)]
+    return _write(rows, columns, experiment, Path(report_dir))
+
+
+def _write(rows: list[dict[str, Any]], columns: tuple[str, ...], experiment: str, report_dir: Path) -> dict[str, str]:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    out = {"csv": Path(report_dir) / SUMMARY_CSV, "json": Path(report_dir) / SUMMARY_JSON}
+    out = {"csv": report_dir / SUMMARY_CSV, "json": report_dir / SUMMARY_JSON}
     write_text_atomic(out["csv"], buf.getvalue())
-    payload = {"experiment": run.experiment, "columns": list(COLUMNS), "rows": rows}
+    payload = {"experiment": experiment, "columns": list(columns), "rows": rows}
     write_text_atomic(out["json"], json.dumps(payload, indent=1, allow_nan=False) + "\n")
     return {k: str(v) for k, v in out.items()}

@@ -1,7 +1,7 @@
 """Every path under ``runs/<experiment>/``, in one place.
 
 ```
-runs/<experiment>/
+runs/<experiment>/                (with strata: runs/<experiment>/config.yaml, and this tree under <stratum>/)
   config.yaml                     resolved config              timings.json   wall time per stage, per flow run
   data/  train.jsonl held_out.jsonl data_stats.json [unavailable.json]
   base/eval/<benchmark>.json      the base model's results
@@ -137,8 +137,9 @@ class RunLayout:
 
     @classmethod
     def of(cls, cfg: Any) -> RunLayout:
-        """The layout of an experiment config (``<output_dir>/<name>``)."""
-        return cls(Path(cfg.output_dir) / cfg.name)
+        """The layout of an experiment config: ``<output_dir>/<name>`` (a stratum's: ``…/<name>/<stratum>``)."""
+        root = Path(cfg.output_dir) / cfg.name
+        return cls(root / cfg.stratum if getattr(cfg, "stratum", None) else root)
 
     @property
     def config(self) -> Path:

@@ -245,8 +245,9 @@ def report_unit(run_root: Path, report_dir: Path, *, replace: bool = False) -> d
     from im_pipeline.report.build import build_report
     from im_pipeline.report.figures import INPUTS_STAMP
 
-    if replace:
-        (Path(report_dir) / "figures" / INPUTS_STAMP).unlink(missing_ok=True)
+    if replace:  # figures/.inputs, and figures/<stratum>/.inputs of an experiment with strata
+        for stamp in [Path(report_dir) / "figures" / INPUTS_STAMP, *Path(report_dir).glob(f"figures/*/{INPUTS_STAMP}")]:
+            stamp.unlink(missing_ok=True)
     return build_report(Path(run_root), Path(report_dir))
 
 
