@@ -1,7 +1,7 @@
 """Tests of pre-registered hypotheses: one-sided paired tests stratified by seed (randomisation by sign flips,
 exact up to 2^20), a stratified bootstrap CI, Holm's correction, and the seed-level tests (t on seed deltas, Welch's
-two-sample t, the effect detectable at 80% power, a crossed seed × item bootstrap for a shared test set); the one-sided
-sign test across seeds is :func:`im_pipeline.analysis.stats.sign_test`."""
+two-sample t with its interval, the effect detectable at 80% power by either, a crossed seed × item bootstrap for a
+shared test set); the one-sided sign test across seeds is :func:`im_pipeline.analysis.stats.sign_test`."""
 
 from __future__ import annotations
 
