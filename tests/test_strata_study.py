@@ -129,11 +129,13 @@ def test_schema_validation_serialisation_and_arm_checks():
     loose = StudyConfig.model_validate({**STUDY, "hypotheses": [{**STUDY["hypotheses"][0], "stratum": None}]})
     with pytest.raises(ValueError, match="hypothesis P1 names neither stratum nor between_strata"):
         check_study_arms(loose, arms)
-    with pytest.raises(ValueError, match=r"name strata, but the config has none"):
+    with pytest.raises(ValueError, match=r"\['P1', 'P2', 'P3', 'M1', 'M2'\] use fields only a config with strata"):
         check_study_arms(study, {None: ["IT", "IM", "IT-w"]})
+    with pytest.raises(ValueError, match=r"\['H1'\] use fields only .* equivalence_band\), but the config has no"):
+        banded = {"hypotheses": [{**plain["hypotheses"][0], "equivalence_band": 1}]}
+        check_study_arms(StudyConfig.model_validate(banded), {None: ["IT", "IM"]})
     with pytest.raises(ValueError, match=re.escape("study names arm(s) ['IT-w'] that are not in arms ['IT', 'IM']")):
-        check_study_arms(StudyConfig.model_validate({"hypotheses": [{**plain["hypotheses"][0], "reference": "IT-w"}]}),
-                         {None: ["IT", "IM"]})  # fmt: skip
+        check_study_arms(StudyConfig.model_validate({**plain, "controls": ["IT-w"]}), {None: ["IT", "IM"]})
     check_study_arms(StudyConfig.model_validate(plain), {None: ["IT", "IM"]})
     # in_domain_loss is a metric an experiment config accepts
     cfg = {"name": "x", "study": {"hypotheses": [{**plain["hypotheses"][0], "metric": "in_domain_loss"}]}}

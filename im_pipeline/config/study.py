@@ -172,16 +172,17 @@ def check_study_arms(study: StudyConfig, arms_by_stratum: dict[str | None, list[
     name -> its arms; the key None alone = no strata (the experiment's arms; hypotheses may not name strata)."""
     if set(arms_by_stratum) == {None}:
         names = arms_by_stratum[None]
-        wanted = [study.reference, study.treatment, *study.controls]
-        wanted += [a for h in study.hypotheses for a in (h.reference, h.treatment) if a]
-        wanted += [a for c in study.checks for a in (c.reference, c.treatment) if a and a != BASE]
-        missing = list(dict.fromkeys(a for a in wanted if a not in names))
+        missing = [a for a in [study.reference, study.treatment, *study.controls] if a not in names]
         if missing:
             raise ValueError(f"study names arm(s) {missing} that are not in arms {names}")
-        stratified = [h.id for h in study.hypotheses if h.stratum or h.between_strata]
-        stratified += [c.id for c in study.checks if c.strata]
-        if stratified:
-            raise ValueError(f"study: {stratified} name strata, but the config has none")
+        # Without strata the study is im_pipeline.analysis.hypotheses', which reads none of these.
+        only = [h.id for h in study.hypotheses if any(getattr(h, f) is not None for f in _OPTIONAL)]
+        only += [c.id for c in study.checks]
+        if only:
+            raise ValueError(
+                f"study: {only} use fields only a config with strata reads (checks; a hypothesis' "
+                f"{', '.join(_OPTIONAL)}), but the config has no strata"
+            )
         return
     if None in arms_by_stratum:
         raise ValueError("arms_by_stratum: the key None (no strata) cannot be mixed with stratum names")
