@@ -149,8 +149,9 @@ def compare(
     return out
 
 
-def _outcome(r: dict[str, Any], study: StudyConfig, adj_pred: dict, adj_rev: dict) -> str:
-    """confirmed / reversed / not confirmed from the Holm-adjusted p-values (see the module docstring)."""
+def outcome_of(r: dict[str, Any], study: StudyConfig, adj_pred: dict, adj_rev: dict) -> str:
+    """confirmed / reversed / not confirmed from the Holm-adjusted p-values (see the module docstring); sets the
+    row's ``p_holm`` and ``p_opposite_holm``."""
     r["p_holm"], r["p_opposite_holm"] = adj_pred[r["id"]], adj_rev[r["id"]]
     if r["p_holm"] < study.alpha:
         return CONFIRMED
@@ -178,7 +179,7 @@ def evaluate_hypotheses(run: RunResults) -> dict[str, Any] | None:
     adj_pred = holm({r["id"]: r["p_predicted"] for r in tested}) if tested else {}
     adj_rev = holm({r["id"]: r[rev_key] for r in tested}) if tested else {}
     for r in rows:
-        r["outcome"] = _outcome(r, study, adj_pred, adj_rev) if r["tested"] else NOT_TESTED
+        r["outcome"] = outcome_of(r, study, adj_pred, adj_rev) if r["tested"] else NOT_TESTED
     controls = [
         {"id": h.id, **compare(run, study.treatment, control, h.metric, h.direction, study)}
         for control in study.controls

@@ -1,7 +1,7 @@
 """Tests of pre-registered hypotheses: one-sided paired tests stratified by seed (randomisation by sign flips,
 exact up to 2^20), a stratified bootstrap CI, Holm's correction, and the seed-level tests (t on seed deltas, Welch's
-two-sample t, the effect detectable at 80% power, a crossed seed × item bootstrap for a shared test set); the one-sided
-sign test across seeds is :func:`im_pipeline.analysis.stats.sign_test`."""
+two-sample t with its interval, the effect detectable at 80% power by either, a crossed seed × item bootstrap for a
+shared test set); the one-sided sign test across seeds is :func:`im_pipeline.analysis.stats.sign_test`."""
 
 from __future__ import annotations
 
@@ -140,35 +140,52 @@ def seed_t_test(deltas: Sequence[float], alternative: str = "two-sided") -> dict
     }
 
 
-def two_sample_t_test(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> dict[str, Any]:
+def two_sample_t_test(
+    a: Sequence[float], b: Sequence[float], alternative: str = "two-sided", confidence: float = 0.95
+) -> dict[str, Any]:
     """Welch's two-sample t test of mean(a) − mean(b) (seed deltas of two strata, each seed trained on its own
-    sample: independent, variances not assumed equal): scipy's ``ttest_ind(equal_var=False)``."""
+    sample: independent, variances not assumed equal): scipy's ``ttest_ind(equal_var=False)``; ``ci`` is the
+    two-sided Welch interval of the difference at ``confidence`` (scipy's ``confidence_interval``)."""
     from scipy import stats as sps
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         raise ValueError(f"a two-sample t test needs at least 2 seeds per group, got {x.size} and {y.size}")
     res = sps.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    ci = sps.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
+    p = float(res.pvalue) if np.isfinite(res.pvalue) else (1.0 if float(x.mean() - y.mean()) == 0 else 0.0)
     return {"test": "Welch two-sample t on seed deltas", "statistic": float(res.statistic), "df": float(res.df),
-            "p_value": float(res.pvalue)}  # fmt: skip
+            "p_value": p, "difference": float(x.mean() - y.mean()), "ci": [float(ci.low), float(ci.high)]}  # fmt: skip
+
+
+def _noncentrality(df: float, alpha: float, power: float) -> float:
+    """The noncentrality at which a one-sided t test with ``df`` degrees of freedom at level ``alpha`` rejects with
+    probability ``power`` (scipy's noncentral t, solved by brentq)."""
+    from scipy import optimize
+    from scipy import stats as sps
+
+    crit = float(sps.t.ppf(1 - alpha, df))
+    return optimize.brentq(lambda nc: float(sps.nct.sf(crit, df, nc)) - power, 0.0, 100.0)
 
 
 def detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
     """The smallest |effect| a one-sided one-sample t test over ``n`` seeds detects with ``power`` at level ``alpha``,
     given the seed deltas' standard deviation ``sd``: δ with P(T > t_{1−α, n−1} | noncentrality δ√n / sd) = power
     (scipy's noncentral t, solved by brentq). The report's power line, from the observed seed spread."""
-    from scipy import optimize
-    from scipy import stats as sps
-
     if n < 2 or not sd > 0:
         raise ValueError(f"needs n >= 2 seeds and sd > 0, got n={n}, sd={sd}")
-    df, crit = n - 1, float(sps.t.ppf(1 - alpha, n - 1))
+    return _noncentrality(n - 1, alpha, power) * sd / np.sqrt(n)
 
-    def shortfall(nc: float) -> float:
-        return float(sps.nct.sf(crit, df, nc)) - power
 
-    nc = optimize.brentq(shortfall, 0.0, 100.0)
-    return nc * sd / np.sqrt(n)
+def detectable_difference(sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float, power: float = 0.8) -> float:
+    """The two-sample version of :func:`detectable_effect` (Welch): the smallest |mean(a) − mean(b)| a one-sided
+    Welch t test detects with ``power`` at ``alpha``, given each group's SD and size (noncentrality δ / se with
+    se² = sd_a²/n_a + sd_b²/n_b, Welch–Satterthwaite df from the same SDs)."""
+    if n_a < 2 or n_b < 2 or not (sd_a > 0 or sd_b > 0):
+        raise ValueError(f"needs >= 2 seeds per group and some spread, got n={n_a}, {n_b}, sd={sd_a}, {sd_b}")
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return _noncentrality(df, alpha, power) * float(np.sqrt(va + vb))
 
 
 def crossed_bootstrap_ci(

@@ -13,22 +13,23 @@ from im_pipeline.runs.layout import BASE_ARM
 METRIC_TEXT = {
     "train_loss": "the output-token loss of each training example",
     "test_loss": "the output-token loss of each test example",
+    "in_domain_loss": "the output-token loss of each in-domain test example",
     "bleu4": "the sentence BLEU-4 of each training prompt's greedy generation vs its training output",
 }
 
 
-def _p(x: float | None) -> str:
+def p_cell(x: float | None) -> str:
     if x is None:
         return "–"
     return f"{x:.4f}" if x >= 1e-4 else f"{x:.1e}"
 
 
-def _metric_digits(metric: str) -> int:
+def metric_digits(metric: str) -> int:
     return 2 if metric == "bleu4" else 3
 
 
 def _effect_cell(r: dict[str, Any]) -> str:
-    d = _metric_digits(r["metric"])
+    d = metric_digits(r["metric"])
     return f"{signed(r['effect'], d)} [{fmt(r['ci'][0], d)}, {fmt(r['ci'][1], d)}]"
 
 
@@ -110,7 +111,7 @@ def _method_text(res: dict[str, Any], tested: list[dict[str, Any]]) -> str:
 
 
 def _primary_row(r: dict[str, Any], ref: str, trt: str) -> list[Any]:
-    d = _metric_digits(r["metric"])
+    d = metric_digits(r["metric"])
     pap = r["paper"]
     paper_cell = f"{fmt(pap['reference'], d)} / {fmt(pap['treatment'], d)}" if pap else "–"
     if not r["tested"]:
@@ -122,9 +123,9 @@ def _primary_row(r: dict[str, Any], ref: str, trt: str) -> list[Any]:
         paper_cell,
         f"{fmt(r['reference_mean'], d)} / {fmt(r['treatment_mean'], d)}",
         _effect_cell(r),
-        _p(r["p_predicted"]),
-        _p(r["p_holm"]),
-        _p(r["p_opposite_holm"]),
+        p_cell(r["p_predicted"]),
+        p_cell(r["p_holm"]),
+        p_cell(r["p_opposite_holm"]),
         f"**{r['outcome']}**",
     ]
 
@@ -157,21 +158,21 @@ def _paper_note(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _reachable(k: int, alpha: float) -> bool:
+def sign_test_reachable(k: int, alpha: float) -> bool:
     """Whether a one-sided exact sign test over k seeds can reach p < α at all (its smallest p is 0.5^k)."""
     return 0.5**k < alpha
 
 
 def _seed_row(r: dict[str, Any], seeds: list[int], items_primary: bool, sign: bool) -> list[Any]:
-    d = _metric_digits(r["metric"])
+    d = metric_digits(r["metric"])
     cells = [signed(r["seed_deltas"][s], d) if s in r["seed_deltas"] else "–" for s in seeds]
     t = r["seed_t"]
-    second = _p(t["p_predicted"]) if items_primary and t else _p(r["items_test"]["p_predicted"])
+    second = p_cell(t["p_predicted"]) if items_primary and t else p_cell(r["items_test"]["p_predicted"])
     if not items_primary and t is None:
         second = "–"
     row = [r["id"], *cells, second]
     if sign:
-        row.append(_p(r["sign_test"]["p_value"]))
+        row.append(p_cell(r["sign_test"]["p_value"]))
     sd, mde = r["seed_sd"], r["detectable"]
     row += [fmt(sd, d) if sd is not None else "–", fmt(mde, d) if mde is not None else "–"]
     return row
@@ -183,7 +184,7 @@ def seeds_table(study: dict[str, Any], tested: list[dict[str, Any]]) -> str:
     ref, trt, alpha = study["reference"], study["treatment"], study["alpha"]
     seeds = _tested_seeds(tested)
     items_primary = study["primary_test"] == "items"
-    sign = _reachable(len(seeds), alpha)
+    sign = sign_test_reachable(len(seeds), alpha)
     second = "t one-sided p (seeds)" if items_primary else "p one-sided (items | trained models)"
     header = ["id", *[f"seed {s}" for s in seeds], second]
     header += ["sign test p (one-sided)"] if sign else []
@@ -217,14 +218,14 @@ def controls_table(study: dict[str, Any], controls: list[dict[str, Any]]) -> str
         if not r["tested"]:
             crows.append([r["id"], f"{trt} − {r['reference']}", "–", "–", "–"])
             continue
-        d = _metric_digits(r["metric"])
+        d = metric_digits(r["metric"])
         crows.append(
             [
                 r["id"],
                 f"{trt} − {r['reference']} ({'>' if r['direction'] == 'greater' else '<'} 0 predicted)",
                 f"{fmt(r['reference_mean'], d)} / {fmt(r['treatment_mean'], d)}",
                 _effect_cell(r),
-                f"{_p(r['p_predicted'])} / {_p(r['p_opposite'])}",
+                f"{p_cell(r['p_predicted'])} / {p_cell(r['p_opposite'])}",
             ]
         )
     return (
