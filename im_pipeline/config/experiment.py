@@ -13,7 +13,7 @@ from im_pipeline.config.evaluation import EvaluationConfig
 from im_pipeline.config.sections import ArmConfig, DataConfig, ModelConfig, TrainingConfig
 from im_pipeline.config.settings import DATA_DIR_ENV, MAX_WORKERS_ENV, Settings, default_cache_dir
 from im_pipeline.config.strata import StratumConfig
-from im_pipeline.config.study import StudyConfig
+from im_pipeline.config.study import StudyConfig, check_study_arms
 from im_pipeline.loss_modes import LossMode
 
 
@@ -117,7 +117,7 @@ class ExperimentConfig(Strict):
         if it_w and self.training.loss_normalisation != "sequence":
             raise ValueError(f"arm(s) {it_w}: loss_mode it_w needs training.loss_normalisation 'sequence'")
         if self.study is not None:
-            check_study(self.study, self.arms_by_stratum())
+            check_study_arms(self.study, self.arms_by_stratum())
             if not self.evaluation.overfitting.enabled:
                 raise ValueError("study: the hypotheses are tested on the overfitting analysis, which is disabled")
         return self
@@ -225,18 +225,3 @@ class ExperimentConfig(Strict):
     def config_hash(self) -> str:
         """Stable short hash of the resolved config (what goes into every result JSON)."""
         return stable_hash(self.to_dict())
-
-
-def check_study(study: StudyConfig, arms_by_stratum: dict[str | None, list[str]]) -> None:
-    """The study names only arms (and strata) that exist: ``config.study.check_study_arms`` where it exists (the
-    hypotheses' per-stratum arms), else every study arm must be among the experiment's arms."""
-    try:
-        from im_pipeline.config.study import check_study_arms
-    except ImportError:  # the study module without per-stratum hypotheses
-        names = list(dict.fromkeys(a for arms in arms_by_stratum.values() for a in arms))
-        wanted = [study.reference, study.treatment, *study.controls]
-        missing = [a for a in wanted if a not in names]
-        if missing:
-            raise ValueError(f"study names arm(s) {missing} that are not in arms {names}") from None
-        return
-    check_study_arms(study, arms_by_stratum)
