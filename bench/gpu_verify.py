@@ -480,7 +480,9 @@ def train_steps(v: Verify, model: Any, batch: int, seq: int, steps: int) -> dict
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (batch, seq), generator=gen).to(v.device)
     mask = torch.ones_like(ids)
-    weights = torch.ones(batch, seq, device=v.device)
+    keep = torch.ones_like(ids, dtype=torch.bool)  # the training loss's path: logits where it reads (all but the last)
+    keep[:, -1] = False
+    targets = v.p.loss.next_token_labels(ids)[keep]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=v.device == "cuda")
     model.train()
     if v.device == "cuda":
@@ -490,8 +492,8 @@ def train_steps(v: Verify, model: Any, batch: int, seq: int, steps: int) -> dict
         sync(v.device)
         t = time.perf_counter()
         with torch.autocast(v.device, dtype=torch.bfloat16):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = v.p.loss.weighted_lm_loss(logits, ids, weights, "token")
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        loss = v.p.loss.chunked_cross_entropy(logits, targets).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -82,7 +82,7 @@ def test_the_lock_is_the_tested_environment() -> None:
     torch carries a local label, 2.13.0+cpu, and lacks the CUDA build's nvidia-* / cuda-* / triton packages)."""
     env = default_environment()
     cpu_torch = version("torch").endswith("+cpu")
-    gpu_extra = _needed_only_by({"deepspeed"})  # the `gpu` extra: locked, installed only on GPU machines
+    gpu_extra = _needed_only_by({"deepspeed", "bitsandbytes"})  # the `gpu` extra: locked, installed only on GPUs
     for name, (req, _) in _lock().items():
         if req.marker is not None and not req.marker.evaluate(env):
             continue

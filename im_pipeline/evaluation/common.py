@@ -109,15 +109,17 @@ class EvalContext:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     dtype: str = "float32"  # the evaluation dtype (resolved: never "auto")
     device: str = "cpu"  # where every evaluator of this context runs (resolved: "cpu" or "cuda:N")
+    attn_implementation: str | None = None  # model.attn_implementation for the evaluated model (None: transformers')
     cache_dir: str | None = None
     overfitting: OverfittingInputs | None = None  # the run's train / held-out data (the overfitting benchmark)
     cache: ModelCache = field(default_factory=ModelCache, repr=False)  # the unit's models (pass one to share)
     model_key: str | None = None  # what identifies the model's weights beyond its source (e.g. its training key)
 
     @property
-    def model_identity(self) -> tuple[str, str | None, str, str]:
-        """What the unit's :class:`ModelCache` keys the evaluated model by: (source, model key, dtype, device)."""
-        return (self.model_source, self.model_key, self.dtype, self.device)
+    def model_identity(self) -> tuple[str, str | None, str, str, str | None]:
+        """What the unit's :class:`ModelCache` keys the evaluated model by: (source, model key, dtype, device,
+        attention kernel)."""
+        return (self.model_source, self.model_key, self.dtype, self.device, self.attn_implementation)
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """Load once per :class:`ModelCache` (a unit's benchmarks share it) and return (model, tokenizer)."""
@@ -126,7 +128,11 @@ class EvalContext:
             from im_pipeline.models import load_model_and_tokenizer
 
             return load_model_and_tokenizer(
-                self.model_source, dtype=self.dtype, cache_dir=self.cache_dir, device=self.device
+                self.model_source,
+                dtype=self.dtype,
+                cache_dir=self.cache_dir,
+                device=self.device,
+                attn_implementation=self.attn_implementation,  # the kernel the config names (the judge keeps its own)
             )
 
         self.cache.devices.add(self.device)

@@ -104,8 +104,46 @@ def visible_gpus() -> tuple[int, float | None, str | None]:
     return count, None, None
 
 
+def kept_fraction(cfg: ExperimentConfig) -> tuple[float, str]:
+    """(fraction of the positions whose logits the loss reads, how it was estimated), the largest over the arms.
+
+    Every loss term reads the arm's targets and the output tokens (KL and the logged IT loss read the output tokens,
+    ``training.weighted_trainer.Targets.logit_positions``): an arm that trains on the instruction (``im``,
+    ``im_release``, ``weighted`` with λ > 0) reads nearly every position, counted as all; an output-only arm (``it``,
+    ``it_w``, λ = 0) reads the output's share, mean output words / (instruction + output words), from the prepared
+    data's statistics, else the paper's Table 5 ratio for a paper data set, else all positions (an upper bound).
+    """
+    from im_pipeline.analysis.paper_reference import TABLE5_ALIASES, TABLE5_LENGTH_STATS
+
+    reads_instruction = [a.name for a in cfg.arms if a.loss_mode in ("im", "im_release") or (a.prompt_loss_weight or 0)]
+    if reads_instruction:
+        return 1.0, f"all positions: arm {reads_instruction[0]} trains on the instruction too"
+    ratio, basis = _prepared_ratio(cfg), "the prepared data's statistics"
+    if ratio is None:
+        ratio = TABLE5_LENGTH_STATS.get(TABLE5_ALIASES.get(cfg.data.train, cfg.data.train), {}).get("ratio")
+        basis = "paper Table 5's instruction / output ratio"
+    if ratio is None:
+        return 1.0, "all positions assumed, an upper bound (no length statistics of data.train)"
+    return round(1 / (1 + ratio), 4), f"output tokens only, their mean share from {basis} (ratio {ratio:g})"
+
+
+def _prepared_ratio(cfg: ExperimentConfig) -> float | None:
+    """The training data's instruction / output word ratio from ``data_stats.json``, when the data is prepared."""
+    import json
+
+    from im_pipeline.runs.layout import RunLayout
+
+    try:
+        stats = json.loads(RunLayout.of(cfg).data_stats.read_text(encoding="utf-8"))
+        ratio = float(stats["stats"]["train"]["ratio"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return ratio if ratio >= 0 else None
+
+
 def _training(cfg: ExperimentConfig, arch: Arch, n_params: int, engine: str, world: int) -> dict[str, Any]:
     t, d = cfg.training, cfg.data
+    fraction, fraction_basis = kept_fraction(cfg)
     setup = memory.TrainSetup(
         precision=precision_of(cfg),
         engine=engine,
@@ -118,6 +156,7 @@ def _training(cfg: ExperimentConfig, arch: Arch, n_params: int, engine: str, wor
         lora_rank=t.peft.r,
         # with adapters the KL reference is the same model, adapters disabled: no second copy
         reference_model=t.peft.method == "none" and any(a.kl_coef > 0 for a in cfg.arms),
+        kept_fraction=fraction,
     )
     mem = memory.training_memory(arch, n_params, setup)
     examples, tokens_each, basis = _data_size(cfg)
@@ -126,6 +165,8 @@ def _training(cfg: ExperimentConfig, arch: Arch, n_params: int, engine: str, wor
         "examples": examples,
         "tokens_per_example": tokens_each,
         "data_basis": basis,
+        "logits_kept_fraction": fraction,
+        "logits_kept_basis": fraction_basis,
         "tokens_per_unit": examples * tokens_each * (t.epochs if t.max_steps < 0 else 1),
         "checkpointing": t.gradient_checkpointing,
         "kl_per_unit": [a.kl_coef > 0 for a in cfg.arms for _ in cfg.seeds],

@@ -24,6 +24,9 @@ GIB = 2**30
 # Bytes per parameter: (weights, gradients, optimizer state) of the trained parameters.
 _STATE_BYTES = {"fp32": (4, 4, 8), "bf16_autocast": (4, 4, 8), "bf16_weights": (2, 2, 4)}
 _QLORA_BYTES = 0.5 + 0.127 / 8  # NF4 (4 bits) + double-quantised constants (~0.127 bits) per parameter
+CE_CHUNK_ROWS = 1024
+"""Rows per chunk of the training loss's cross-entropy (``im_pipeline.training.loss.CE_CHUNK_ROWS``; a test checks
+they are equal: this module imports neither torch nor the training code)."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,14 @@ class TrainSetup:
     gradient_checkpointing: bool = False
     gradient_accumulation_steps: int = 1
     reference_model: bool = False  # a frozen copy for the KL term, in the weights' dtype
+    kept_fraction: float = 1.0  # of the positions, those whose logits the loss reads (1: every one, an upper bound)
 
     def __post_init__(self) -> None:
         for value, allowed in ((self.precision, PRECISIONS), (self.engine, ENGINES), (self.adapter, ADAPTERS)):
             if value not in allowed:
                 raise ValueError(f"{value!r} is not one of {allowed}")
+        if not 0 < self.kept_fraction <= 1:
+            raise ValueError(f"kept_fraction must be in (0, 1], got {self.kept_fraction}")
 
 
 def layer_activation_bytes(arch: Arch, precision: str, gqa_repeated: bool = True) -> int:
@@ -67,13 +73,24 @@ def layer_activation_bytes(arch: Arch, precision: str, gqa_repeated: bool = True
 
 
 def logits_bytes(arch: Arch, precision: str) -> int:
-    """Bytes per token of the loss's vocabulary-sized tensors at their peak (start of backward): 30 · vocab.
-
-    The logits and their fp32 copy, the contiguous copy without the last position, the log-softmax the cross-entropy
-    keeps, its gradient and the gradients of its input and of the logits: calibrated on CPU with transformers' Llama
-    forward and the project's ``token_ce`` (tests/test_plan.py measures it).
+    """Bytes per kept position (one whose logits the loss reads) of the loss's vocabulary-sized tensors: the logits
+    in the LM head's output dtype (bf16 under autocast), their gradient and the copies the LM head's backward makes,
+    5 · 2 · vocab (fp32 weights: 5 · 4 · vocab, scaled by the dtype, not measured). Measured on CPU with
+    transformers' Llama forward (boolean ``logits_to_keep``) and the project's ``chunked_cross_entropy`` under bf16
+    autocast: 8.3–10.5 · vocab per kept position (tests/test_plan.py).
     """
-    return 30 * arch.vocab
+    return 5 * (4 if precision == "fp32" else 2) * arch.vocab
+
+
+def ce_chunk_bytes(arch: Arch, rows: int) -> int:
+    """The chunked cross-entropy's fp32 work for ``rows`` rows (at most :data:`CE_CHUNK_ROWS`): one fp32 chunk of
+    logits live at a time, 4 · rows · vocab (measured: about 2.3 · rows · vocab above the per-position cost)."""
+    return 4 * min(rows, CE_CHUNK_ROWS) * arch.vocab
+
+
+BACKWARD_LAYERS = 3.5
+"""The gradient buffers one decoder layer's backward holds while it runs, in units of that layer's saved activations:
+fitted to the measured CPU peaks of two shapes (3.3–3.8 there; tests/test_plan.py), not derived op by op."""
 
 
 def lora_param_count(arch: Arch, rank: int) -> int:
@@ -114,15 +131,16 @@ def _states(arch: Arch, n_params: int, s: TrainSetup) -> dict[str, float]:
 def training_memory(arch: Arch, n_params: int, setup: TrainSetup) -> dict[str, Any]:
     """Peak training memory of one GPU (bytes per part and ``total``).
 
-    ``total`` is the larger of two moments: the start of backward (weights, optimizer state, autocast copies,
-    activations and the loss's logits; the gradients too when they accumulate over micro-batches) and the end of
-    backward (all gradients, the activations freed; the Trainer sets gradients to None after each step).
+    ``total`` is the larger of two moments: the backward (weights, optimizer state, autocast copies, activations,
+    the loss's logits and a layer's backward buffers, summed: the measured CPU peaks are their sum; the gradients
+    too when they accumulate over micro-batches) and its end (all gradients, the activations freed; the Trainer sets
+    gradients to None after each step).
 
     Sharding (``zero3`` / ``fsdp``) divides weights, gradients and optimizer state by the world size and adds two
     gathered decoder layers in bf16; ``ddp`` adds its gradient buckets (one more copy of the gradients).
+    Logits: only at the kept positions (``kept_fraction`` of batch × sequence), plus one chunk of the cross-entropy.
     Activations: every layer's saved tensors, or with gradient checkpointing each layer's input (the residual
-    stream) plus one layer recomputed during backward (``activations_with_checkpointing``; the total counts the
-    recomputed layer only where it exceeds the logits' peak, which it follows).
+    stream) plus the one layer recomputed during backward. Backward buffers: :data:`BACKWARD_LAYERS` × one layer's.
     """
     s = setup
     parts = _states(arch, n_params, s)
@@ -139,16 +157,17 @@ def training_memory(arch: Arch, n_params: int, setup: TrainSetup) -> dict[str, A
         parts["ddp_buckets"] = parts["gradients"]
     if s.reference_model:  # loaded whole on every process (issue 20: not partitioned under ZeRO-3 / FSDP)
         parts["reference_model"] = (4 if s.precision == "fp32" else 2) * n_params
-    parts["logits"] = logits_bytes(arch, s.precision) * tokens
-    # With checkpointing the recomputed layer lives during backward, after the loss's tensors are freed: only
-    # the part of it beyond the logits' peak adds (measured: summing both overestimated a 4-layer model by 18%).
-    recompute_extra = max(per_layer - parts["logits"], 0)
-    parts["activations"] = arch.layers * residual + recompute_extra if s.gradient_checkpointing else full
+    kept = max(round(s.kept_fraction * tokens), 1)  # logits only where the loss reads (training/loss.py)
+    parts["logits"] = logits_bytes(arch, s.precision) * kept + ce_chunk_bytes(arch, kept)
+    parts["activations"] = checkpointed if s.gradient_checkpointing else full
+    parts["backward_buffers"] = BACKWARD_LAYERS * per_layer
     out: dict[str, Any] = {k: int(v) for k, v in parts.items()}
     grads = out["gradients"] + out.get("ddp_buckets", 0)
-    fixed = sum(v for k, v in out.items() if k not in ("gradients", "ddp_buckets", "activations", "logits"))
+    live = out["activations"] + out["logits"] + out["backward_buffers"]
+    transient = ("gradients", "ddp_buckets", "activations", "logits", "backward_buffers")
+    fixed = sum(v for k, v in out.items() if k not in transient)
     accumulating = s.gradient_accumulation_steps > 1  # gradients of earlier micro-batches live through the forward
-    out["total"] = fixed + max(out["activations"] + out["logits"] + (grads if accumulating else 0), grads)
+    out["total"] = fixed + max(live + (grads if accumulating else 0), grads)
     out["activations_without_checkpointing"] = int(full)
     out["activations_with_checkpointing"] = int(checkpointed)
     out["setup"] = asdict(s)

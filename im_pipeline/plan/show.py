@@ -45,12 +45,17 @@ def _memory_lines(plan: dict[str, Any]) -> list[str]:
         f"batch {s['batch_size']} × {s['seq_len']} tokens, checkpointing {ckpt}):",
         f"  weights {m['weights']} + gradients {m['gradients']} + optimizer {m['optimizer']} + autocast copies "
         f"{m['autocast_copies']} + KL reference model {m.get('reference_model', 0)} + activations "
-        f"{m['activations']} + logits {m['logits']} GiB; peak {m['total']} GiB (gradients and activations are live "
-        "together only when gradients accumulate)",
+        f"{m['activations']} + logits {m['logits']} + backward buffers {m['backward_buffers']} GiB; peak {m['total']} "
+        "GiB (gradients and activations are live together only when gradients accumulate)",
         f"  activations without / with checkpointing: {m['activations_without_checkpointing']} / "
         f"{m['activations_with_checkpointing']} GiB; {_gpus(plan)}: "
         + {True: "fits", False: "does NOT fit", None: "unknown (pass --gpus N --gpu-memory GiB)"}[m["fits"]],
     ]
+    t = plan["training"]
+    lines.append(
+        f"  logits at {t['logits_kept_fraction']:.0%} of the positions ({t['logits_kept_basis']}) plus one "
+        "cross-entropy chunk"
+    )
     ev = plan["memory"]["evaluation"]
     lines.append(f"evaluation: batch {ev['batch_size']}, KV cache {ev['kv_bytes_per_token'] / 2**20:.2f} MiB per token")
     for name in ("humaneval", "alpaca_eval"):

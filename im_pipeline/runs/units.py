@@ -199,6 +199,7 @@ def _evaluate(cfg: ExperimentConfig, job: EvalJob, out_dir: Path, models: Any, o
         judge=ev.judge,
         dtype=resolve_eval_dtype(ev.dtype, device),
         device=device,
+        attn_implementation=cfg.model.attn_implementation,
         cache_dir=cfg.model.cache_dir,
         overfitting=overfitting,
         cache=models,

@@ -42,7 +42,7 @@ def check_runnable(peft_cfg: AdapterConfig) -> None:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise AdapterError(
-            "training.peft.method=qlora needs bitsandbytes: pip install 'bitsandbytes>=0.45' (CUDA machines)"
+            "training.peft.method=qlora needs bitsandbytes (the gpu extra): pip install -e '.[gpu]' (CUDA machines)"
         ) from exc
 
 
