@@ -281,7 +281,7 @@ def test_concurrent_launched_units_see_only_their_gpus(gpus, tiny_model_dir, tmp
 
     def fake_launch(*_args, env, **_kw):
         envs.append(env["CUDA_VISIBLE_DEVICES"])
-        barrier.wait(timeout=20)  # both units train at the same time
+        barrier.wait(timeout=120)  # both units train at the same time (generous: a loaded CI box)
         return {}
 
     monkeypatch.setattr(launch_module, "launch", fake_launch)
@@ -289,7 +289,7 @@ def test_concurrent_launched_units_see_only_their_gpus(gpus, tiny_model_dir, tmp
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=180)
     assert sorted(envs) == ["0,1", "2,3"]
 
 
