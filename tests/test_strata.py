@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -183,30 +181,16 @@ def test_demote_moves_headings_down_outside_code() -> None:
     assert demote(text) == "### Results\n\ntext # not a heading\n```\n# code\n```\n#### Sub\n#tag"
 
 
-@pytest.fixture
-def fake_study(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
-    """``im_pipeline.report.strata_study`` replaced by a recorder (the study's own tests are the `stats` module's):
-    this tests what the strata report hands it and where its section goes."""
-    calls: list[tuple[Any, Any]] = []
-
-    def strata_study_section(runs: dict[str, Any], study: Any) -> str:
-        calls.append((runs, study))
-        return f"## Study across strata\n\nstrata {sorted(runs)}; reference {study.reference}"
-
-    module = types.ModuleType("im_pipeline.report.strata_study")
-    module.strata_study_section = strata_study_section  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "im_pipeline.report.strata_study", module)
-    return calls
-
-
 @pytest.mark.slow
 def test_a_strata_run_reports_every_stratum_and_rebuilds_identically(
-    prefect_harness, tiny_model_dir: Path, tmp_path: Path, fake_study: list[tuple[Any, Any]]
+    prefect_harness, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from im_pipeline.report.build import build_report
     from im_pipeline_flows.compare import compare_flow
 
-    study = {"hypotheses": [{"id": "H1", "metric": "test_loss", "direction": "less", "text": "lower"}]}
+    study = {
+        "hypotheses": [{"id": "H1", "stratum": "HIGH", "metric": "test_loss", "direction": "less", "text": "lower"}]
+    }
     cfg = strata_config(tmp_path, str(tiny_model_dir), study=study)
     summary = compare_flow(cfg)
     assert summary["failed"] == []
@@ -223,12 +207,14 @@ def test_a_strata_run_reports_every_stratum_and_rebuilds_identically(
     assert set(summary["timings"]["tasks"]) >= {"train/LOW/IT/0", "train/HIGH/IM/0", "prepare/LOW/data"}
     high_timings = json.loads((root / "HIGH" / "timings.json").read_text())["runs"][-1]
     assert high_timings["stages"]["train"]["computed"] == 2 and high_timings["stages"]["report"]["computed"] == 1
-    # the report: the study first (given every stratum's results), then each stratum's sections one level down
+    # the report: the study across strata first (one seed: H1 is not tested), then each stratum's sections one level
+    # down
     text = (report_dir / "REPORT.md").read_text()
     assert text.startswith("# IT vs IM: tiny-strata\n\nTwo strata of a tiny model.")
     assert "- Stratum `LOW`: instruction/output word ratio 0.0 ≤ ratio ≤ 0.5; arms IT" in text
-    assert text.index("## Study across strata") < text.index("## Stratum LOW") < text.index("## Stratum HIGH")
-    assert "strata ['HIGH', 'LOW']; reference IT" in text and fake_study[0][1].reference == "IT"
+    assert text.index("## Pre-registered hypotheses") < text.index("## Stratum LOW") < text.index("## Stratum HIGH")
+    study_text = text[: text.index("## Stratum LOW")]
+    assert "| H1 |" in study_text and "**not tested**" in study_text
     low = text[text.index("## Stratum LOW") : text.index("## Stratum HIGH")]
     assert "### Results" in low and "Long outputs." in low and "`IM`" not in low
     assert "\n## Results" not in text and text.count("### Overfitting") == 2
@@ -325,17 +311,10 @@ def test_prefect_names_and_task_records_carry_the_stratum(tmp_path: Path) -> Non
 
 
 def test_study_base_expands_into_its_two_strata() -> None:
-    """configs/study_base.yaml as the schema fixes it (keys of the `testsets` and `stats` branches are set aside
-    here until they are merged)."""
-    from im_pipeline.config import DataConfig
+    """configs/study_base.yaml as issue 23 pre-registers it."""
     from im_pipeline.config.loading import yaml_load
-    from im_pipeline.config.study import StudyConfig
 
     data = yaml_load((ROOT / "configs" / "study_base.yaml").read_text(encoding="utf-8"))
-    if "in_domain_size" not in DataConfig.model_fields:
-        data["data"].pop("in_domain_size")
-    if "checks" not in StudyConfig.model_fields:
-        data.pop("study")
     cfg = config_from_dict(data | {"data_dir": None})
     subs = cfg.stratum_configs()
     assert {k: [a.name for a in c.arms] for k, c in subs.items()} == {"LOW": ["IT", "IM"], "HIGH": ["IT", "IM", "IT-w"]}
@@ -345,3 +324,9 @@ def test_study_base_expands_into_its_two_strata() -> None:
         cfg.model.source == "gemma-3-270m" and cfg.data.held_out == "alpaca_eval_ood" and cfg.seeds == [0, 1, 2, 3, 4]
     )
     assert (cfg.training.warmup_ratio, cfg.training.loss_normalisation, cfg.data.max_length) == (0.0, "sequence", 384)
+    assert [(h.id, h.stratum, h.between_strata, h.reference) for h in cfg.study.hypotheses] == [
+        ("P1", "HIGH", None, None),
+        ("P2", None, ("HIGH", "LOW"), None),
+        ("P3", "HIGH", None, "IT-w"),
+    ]
+    assert [(c.id, c.reference, c.margin) for c in cfg.study.checks] == [("M1", "base", 0.1), ("M2", None, 0.0)]
