@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from processes import processes_naming
 from test_trainer import make_cfg, make_records
 from transformers import AutoModelForCausalLM
 
@@ -34,20 +35,6 @@ cfg = config_from_dict(json.loads(Path(sys.argv[1]).read_text()))
 launch(cfg.train_launcher(), cfg, "IM", 0, Path(sys.argv[2]), Path(sys.argv[3]), key="k")
 """
 STEPS = 40
-
-
-def processes_naming(word: str) -> set[int]:
-    """Live processes (not zombies) whose command line contains ``word``."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError, IndexError):
-            continue
-        if proc.name.isdigit() and word in cmdline and state != "Z":
-            found.add(int(proc.name))
-    return found
 
 
 def whole_checkpoints(run: Path) -> list[int]:

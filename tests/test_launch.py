@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import processes_naming
 from test_trainer import make_cfg, make_records
 from transformers import AutoModelForCausalLM
 
@@ -145,20 +146,6 @@ launch(cfg.train_launcher(), cfg, "IM", 0, Path(sys.argv[2]), Path(sys.argv[3]),
 """
 
 
-def _processes_naming(word: str) -> dict[int, str]:
-    """Live processes (not zombies) whose command line contains ``word``: pid → command line."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError, IndexError):
-            continue
-        if proc.name.isdigit() and word in cmdline and state != "Z":
-            found[int(proc.name)] = cmdline
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -179,15 +166,15 @@ def test_a_unit_killed_with_sigkill_leaves_no_rank_alive(tiny_model_dir: Path, t
             assert unit.poll() is None, f"the unit ended before training ({unit.returncode})"
             assert time.monotonic() < deadline, "no training step within 240 s"
             time.sleep(0.5)
-        launched = _processes_naming(job)  # torchrun and its two ranks, training
+        launched = processes_naming(job)  # torchrun and its two ranks, training
         assert len(launched) == 3, launched
         unit.send_signal(signal.SIGKILL)
         unit.wait()
         deadline = time.monotonic() + 60
-        while (alive := set(_processes_naming(job)) & set(launched)) and time.monotonic() < deadline:
+        while (alive := set(processes_naming(job)) & set(launched)) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not alive, {p: launched[p] for p in alive}
     finally:
         unit.kill()
-        for pid in _processes_naming(job):  # only if the test failed: clean up what it started
+        for pid in processes_naming(job):  # only if the test failed: clean up what it started
             os.kill(pid, signal.SIGKILL)

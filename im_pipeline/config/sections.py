@@ -173,6 +173,15 @@ class DataConfig(Strict):
         return self
 
 
+def check_dir_name(value: str, what: str) -> str:
+    """``value`` as the name of a directory under ``runs/<experiment>/`` (an arm, a stratum): the allowed characters
+    and none of the names the pipeline uses there."""
+    check_name(value, what)
+    if value in RESERVED_NAMES:
+        raise ValueError(f"{what} {value!r} is reserved (runs/<experiment>/{value} is used by the pipeline)")
+    return value
+
+
 class ArmConfig(Strict):
     # loss_mode stays a LossMode (not its string): the mode masking, loss and trainer receive via ``loss``.
     model_config = ConfigDict(use_enum_values=False)
@@ -204,10 +213,7 @@ class ArmConfig(Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        check_name(value, "arm name")
-        if value in RESERVED_NAMES:
-            raise ValueError(f"arm name {value!r} is reserved (runs/<experiment>/{value} is used by the pipeline)")
-        return value
+        return check_dir_name(value, "arm name")
 
     @field_validator("lr_scale")
     @classmethod

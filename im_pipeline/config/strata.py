@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from im_pipeline.config.base import NAME_CHARS, Strict, check_name
-from im_pipeline.config.sections import check_ratio_range
-from im_pipeline.runs.layout import RESERVED_NAMES
+from im_pipeline.config.base import NAME_CHARS, Strict
+from im_pipeline.config.sections import check_dir_name, check_ratio_range
 
 
 class StratumConfig(Strict):
@@ -27,10 +26,7 @@ class StratumConfig(Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        check_name(value, "stratum name")
-        if value in RESERVED_NAMES:
-            raise ValueError(f"stratum name {value!r} is reserved (runs/<experiment>/{value} is used by the pipeline)")
-        return value
+        return check_dir_name(value, "stratum name")
 
     @field_validator("ratio_range")
     @classmethod
