@@ -289,3 +289,10 @@ def test_estimates_read_in_minutes_under_an_hour() -> None:
     assert duration(0.999) == "~60 min"
     assert duration(1.0) == "~1.0 h"
     assert duration(1234.56) == "~1,234.6 h"
+
+
+def test_overfitting_work_without_bleu_counts_no_generations_and_the_in_domain_losses() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "study_base.yaml")
+    overfitting = work.per_model_work(cfg)["overfitting"]
+    assert overfitting["generations"] == 0  # bleu: false
+    assert overfitting["loss_examples"] == 2 * 40 + 16  # train and OOD (loss_examples 40 each), in-domain 16

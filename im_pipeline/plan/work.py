@@ -82,9 +82,10 @@ def per_model_work(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     if found := _options(cfg, "overfitting"):
         bench, o = found
         work["overfitting"] = {
-            "generations": bench.limit or o.loss_examples,
+            "generations": (bench.limit or o.loss_examples) if o.bleu else 0,  # bleu: false generates nothing
             "max_new_tokens": o.max_new_tokens,
-            "loss_examples": 2 * o.loss_examples,  # train and held-out
+            # train and held-out, plus a seed's in-domain sample (data.in_domain_size, every record of it)
+            "loss_examples": 2 * o.loss_examples + cfg.data.in_domain_size,
         }
     return work
 
