@@ -331,8 +331,7 @@ def load_run(root: Path) -> RunResults:
         raise FileNotFoundError(f"run directory not found: {root}")
     if not is_run_root(root):
         raise ValueError(f"{root} is not an experiment run directory (no config.yaml, data/ or <arm>/seed-*/eval/)")
-    raw = yaml.safe_load(layout.config.read_text(encoding="utf-8")) if layout.config.is_file() else None
-    config = _view(RunConfig, raw or {}, layout.config)
+    config = read_config(root)
     run = RunResults(experiment=config.name or root.name, root=root, config=config)
     if layout.data_stats.is_file():
         run.data_stats = _view(DataStats, _read_json(layout.data_stats), layout.data_stats)
