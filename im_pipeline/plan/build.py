@@ -231,8 +231,8 @@ def make_plan(
     judge_calls = models * benchmarks.get("alpaca_eval", {}).get("judge_calls", 0)
     mem = training.pop("memory")
     mem_gib = {k: memory.gib(v) for k, v in mem.items() if isinstance(v, int)}
-    fits = None if not per_gpu else mem["total"] <= 0.95 * per_gpu * memory.GIB
-    mem_gib.update(setup=mem["setup"], gpu_gib=per_gpu, fits=fits)
+    fits = None if not per_gpu else mem["total"] <= memory.FITS_FRACTION * per_gpu * memory.GIB
+    mem_gib.update(setup=mem["setup"], peak_moment=mem["peak_moment"], gpu_gib=per_gpu, fits=fits)
     plan: dict[str, Any] = {
         "experiment": cfg.name,
         "units": unit_names(cfg),

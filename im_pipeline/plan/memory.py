@@ -20,6 +20,10 @@ autocast (transformers' ``bf16=True`` on an fp32 model); ``bf16_weights``: bf16 
 ENGINES = ("single", "ddp", "zero3", "fsdp")
 ADAPTERS = ("none", "lora", "qlora")
 GIB = 2**30
+FITS_FRACTION = 0.85
+"""A plan "fits" when its peak is at most this share of a GPU's memory: the peak counts tensors (what
+``torch.cuda.max_memory_allocated`` reports), and PyTorch's caching allocator reserves more than that (blocks it keeps
+but cannot reuse for a larger tensor); 15% is headroom for it, not a measured figure."""
 
 # Bytes per parameter: (weights, gradients, optimizer state) of the trained parameters.
 _STATE_BYTES = {"fp32": (4, 4, 8), "bf16_autocast": (4, 4, 8), "bf16_weights": (2, 2, 4)}
@@ -72,25 +76,24 @@ def layer_activation_bytes(arch: Arch, precision: str, gqa_repeated: bool = True
     return 2 * 8 * h + 2 * (3 * h + 2 * kv) + 4 * 2 * i
 
 
-def logits_bytes(arch: Arch, precision: str) -> int:
-    """Bytes per kept position (one whose logits the loss reads) of the loss's vocabulary-sized tensors: the logits
-    in the LM head's output dtype (bf16 under autocast), their gradient and the copies the LM head's backward makes,
-    5 · 2 · vocab (fp32 weights: 5 · 4 · vocab, scaled by the dtype, not measured). Measured on CPU with
-    transformers' Llama forward (boolean ``logits_to_keep``) and the project's ``chunked_cross_entropy`` under bf16
-    autocast: 8.3–10.5 · vocab per kept position (tests/test_plan.py).
-    """
-    return 5 * (4 if precision == "fp32" else 2) * arch.vocab
+def _dtype_bytes(precision: str) -> int:
+    """Bytes of one element of the tensors the matmuls produce: 4 in fp32, else 2 (bf16)."""
+    return 4 if precision == "fp32" else 2
 
 
-def ce_chunk_bytes(arch: Arch, rows: int) -> int:
-    """The chunked cross-entropy's fp32 work for ``rows`` rows (at most :data:`CE_CHUNK_ROWS`): one fp32 chunk of
-    logits live at a time, 4 · rows · vocab (measured: about 2.3 · rows · vocab above the per-position cost)."""
-    return 4 * min(rows, CE_CHUNK_ROWS) * arch.vocab
+def final_norm_bytes(arch: Arch, precision: str) -> int:
+    """Per token, what the final RMSNorm saves for backward: it runs on every position before the logits are sliced
+    to the kept ones; its fp32 input and output (8h), or an fp32 copy of a bf16 input and its bf16 output (6h)."""
+    return (6 if precision == "bf16_weights" else 8) * arch.hidden
 
 
-BACKWARD_LAYERS = 3.5
-"""The gradient buffers one decoder layer's backward holds while it runs, in units of that layer's saved activations:
-fitted to the measured CPU peaks of two shapes (3.3–3.8 there; tests/test_plan.py), not derived op by op."""
+def logits_bytes(arch: Arch, precision: str, kept: int) -> int:
+    """The loss's own tensors at its peak (the start of the cross-entropy's backward), for ``kept`` positions: the
+    logits in the LM head's output dtype, the gradient it writes for them in the same dtype (2 · dtype · vocab per
+    position), the LM head's input at those positions (dtype · hidden) and the cross-entropy's one fp32 chunk of
+    :data:`CE_CHUNK_ROWS` rows (``im_pipeline.training.loss``: 4 · rows · vocab)."""
+    d = _dtype_bytes(precision)
+    return (2 * d * arch.vocab + d * arch.hidden) * kept + 4 * min(kept, CE_CHUNK_ROWS) * arch.vocab
 
 
 def lora_param_count(arch: Arch, rank: int) -> int:
@@ -129,26 +132,32 @@ def _states(arch: Arch, n_params: int, s: TrainSetup) -> dict[str, float]:
 
 
 def training_memory(arch: Arch, n_params: int, setup: TrainSetup) -> dict[str, Any]:
-    """Peak training memory of one GPU (bytes per part and ``total``).
+    """Peak training memory of one GPU (bytes per part and ``total``), as the allocator counts tensors
+    (``torch.cuda.max_memory_allocated``; its cache's unused blocks are not counted).
 
-    ``total`` is the larger of two moments: the backward (weights, optimizer state, autocast copies, activations,
-    the loss's logits and a layer's backward buffers, summed: the measured CPU peaks are their sum; the gradients
-    too when they accumulate over micro-batches) and its end (all gradients, the activations freed; the Trainer sets
-    gradients to None after each step).
+    ``total`` is the fixed state (weights, optimizer state, autocast copies) plus the larger of two moments:
 
-    Sharding (``zero3`` / ``fsdp``) divides weights, gradients and optimizer state by the world size and adds two
-    gathered decoder layers in bf16; ``ddp`` adds its gradient buckets (one more copy of the gradients).
-    Logits: only at the kept positions (``kept_fraction`` of batch × sequence), plus one chunk of the cross-entropy.
-    Activations: every layer's saved tensors, or with gradient checkpointing each layer's input (the residual
-    stream) plus the one layer recomputed during backward. Backward buffers: :data:`BACKWARD_LAYERS` × one layer's.
+    - **the loss's backward**: the activations saved through the forward (every layer's, or with gradient checkpointing
+      each layer's input, the residual stream; plus the final norm's) and the loss's logits (:func:`logits_bytes`);
+      the gradients too when they accumulate over micro-batches;
+    - **the decoder layers' backward**: the gradients (all of them, an upper bound: the last layers' exist before the
+      first layers' backward) beside one layer's saved activations, or beside every layer's at its start
+      (whichever is larger); with checkpointing ``unit`` is a layer's input and the layer being recomputed adds its
+      activations (``recomputed_layer``). The end of the backward, all gradients and no activations, is below this.
+
+    Measured (tests/test_plan.py, on the CPU with the profiler's count of tensor bytes): within 15% for shapes where
+    either moment is the peak. Sharding (``zero3`` / ``fsdp``) divides weights, gradients and optimizer state by the
+    world size and adds two gathered decoder layers in bf16; ``ddp`` adds its gradient buckets (one more copy of the
+    gradients).
     """
     s = setup
     parts = _states(arch, n_params, s)
     tokens = s.batch_size * s.seq_len
     per_layer = layer_activation_bytes(arch, s.precision) * tokens
     residual = (2 if s.precision == "bf16_weights" else 4) * arch.hidden * tokens
-    full = arch.layers * per_layer
-    checkpointed = arch.layers * residual + per_layer
+    final_norm = final_norm_bytes(arch, s.precision) * tokens
+    full = arch.layers * per_layer + final_norm
+    checkpointed = arch.layers * residual + final_norm
     if s.engine in ("zero3", "fsdp") and s.world_size > 1:
         for key in ("weights", "gradients", "optimizer", "autocast_copies"):
             parts[key] /= s.world_size
@@ -158,16 +167,19 @@ def training_memory(arch: Arch, n_params: int, setup: TrainSetup) -> dict[str, A
     if s.reference_model:  # loaded whole on every process (issue 20: not partitioned under ZeRO-3 / FSDP)
         parts["reference_model"] = (4 if s.precision == "fp32" else 2) * n_params
     kept = max(round(s.kept_fraction * tokens), 1)  # logits only where the loss reads (training/loss.py)
-    parts["logits"] = logits_bytes(arch, s.precision) * kept + ce_chunk_bytes(arch, kept)
+    parts["logits"] = logits_bytes(arch, s.precision, kept)
     parts["activations"] = checkpointed if s.gradient_checkpointing else full
-    parts["backward_buffers"] = BACKWARD_LAYERS * per_layer
+    parts["recomputed_layer"] = per_layer if s.gradient_checkpointing else 0
     out: dict[str, Any] = {k: int(v) for k, v in parts.items()}
     grads = out["gradients"] + out.get("ddp_buckets", 0)
-    live = out["activations"] + out["logits"] + out["backward_buffers"]
-    transient = ("gradients", "ddp_buckets", "activations", "logits", "backward_buffers")
-    fixed = sum(v for k, v in out.items() if k not in transient)
     accumulating = s.gradient_accumulation_steps > 1  # gradients of earlier micro-batches live through the forward
-    out["total"] = fixed + max(live + (grads if accumulating else 0), grads)
+    loss_backward = out["activations"] + out["logits"] + (grads if accumulating else 0)
+    unit = int(residual if s.gradient_checkpointing else per_layer)
+    layers_backward = out["recomputed_layer"] + max(arch.layers * unit, unit + grads)
+    transient = ("gradients", "ddp_buckets", "activations", "logits", "recomputed_layer")
+    fixed = sum(v for k, v in out.items() if k not in transient)
+    out["total"] = fixed + max(loss_backward, layers_backward)
+    out["peak_moment"] = "loss backward" if loss_backward >= layers_backward else "layers backward"
     out["activations_without_checkpointing"] = int(full)
     out["activations_with_checkpointing"] = int(checkpointed)
     out["setup"] = asdict(s)

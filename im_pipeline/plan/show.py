@@ -45,8 +45,9 @@ def _memory_lines(plan: dict[str, Any]) -> list[str]:
         f"batch {s['batch_size']} × {s['seq_len']} tokens, checkpointing {ckpt}):",
         f"  weights {m['weights']} + gradients {m['gradients']} + optimizer {m['optimizer']} + autocast copies "
         f"{m['autocast_copies']} + KL reference model {m.get('reference_model', 0)} + activations "
-        f"{m['activations']} + logits {m['logits']} + backward buffers {m['backward_buffers']} GiB; peak {m['total']} "
-        "GiB (gradients and activations are live together only when gradients accumulate)",
+        f"{m['activations']} + logits {m['logits']} + recomputed layer {m['recomputed_layer']} GiB; peak {m['total']} "
+        f"GiB of tensors, at the {m['peak_moment']} (the parts are not all live at once: `im-pipeline plan --json` and "
+        "im_pipeline/plan/memory.py say which are)",
         f"  activations without / with checkpointing: {m['activations_without_checkpointing']} / "
         f"{m['activations_with_checkpointing']} GiB; {_gpus(plan)}: "
         + {True: "fits", False: "does NOT fit", None: "unknown (pass --gpus N --gpu-memory GiB)"}[m["fits"]],

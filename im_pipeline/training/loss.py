@@ -169,7 +169,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     By hand because ``F.cross_entropy`` upcasts the whole ``[N, V]`` logits to fp32 and keeps its fp32 log-softmax for
     the backward (for a 262k vocabulary that is the largest tensor of a step). This keeps only the logits (already
     alive as the model's output) and each row's log-sum-exp; the backward recomputes ``softmax − onehot`` per chunk and
-    writes the gradient in the logits' dtype. Rows whose target is ``IGNORE_INDEX`` get 0 and no gradient.
+    writes the gradient in the logits' dtype, in place on one fp32 chunk (forward and backward alike hold a single
+    ``chunk × V`` fp32 tensor at a time). Rows whose target is ``IGNORE_INDEX`` get 0 and no gradient.
     """
 
     @staticmethod
@@ -178,7 +179,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         safe = torch.where(valid, targets, torch.zeros_like(targets))
         lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         for s in range(0, logits.shape[0], chunk):
-            lse[s : s + chunk] = torch.logsumexp(logits[s : s + chunk].float(), dim=-1)
+            lse[s : s + chunk] = _logsumexp_in_place(logits[s : s + chunk].to(torch.float32, copy=True))
         picked = logits.gather(1, safe[:, None]).squeeze(1).float()
         ctx.save_for_backward(logits, safe, valid, lse)
         ctx.chunk = chunk
@@ -191,10 +192,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for s in range(0, logits.shape[0], ctx.chunk):
             e = slice(s, s + ctx.chunk)
-            g = torch.exp(logits[e].float() - lse[e, None])
+            g = logits[e].to(
+                torch.float32, copy=True
+            )  # the one fp32 chunk (a copy even of fp32 logits): in place below
+            g.sub_(lse[e, None]).exp_()
             g.scatter_add_(1, safe[e, None], -torch.ones_like(lse[e, None]))
-            grad[e] = g * scale[e, None]
+            grad[e] = g.mul_(scale[e, None])
+            del g  # before the next chunk's copy, or two chunks are alive at once
         return grad, None, None
+
+
+def _logsumexp_in_place(x: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(x, dim=-1)`` of a 2-D fp32 ``x`` it owns, overwriting ``x`` (``torch.logsumexp`` allocates a
+    second chunk-sized tensor for ``exp(x - max)``). Rows are never all ``-inf`` here (they are logits)."""
+    top = x.amax(dim=-1, keepdim=True)
+    return x.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk: int = CE_CHUNK_ROWS) -> torch.Tensor:
