@@ -318,3 +318,19 @@ def test_overfitting_work_without_bleu_counts_no_generations_and_the_in_domain_l
     overfitting = work.per_model_work(cfg)["overfitting"]
     assert overfitting["generations"] == 0  # bleu: false
     assert overfitting["loss_examples"] == 2 * 40 + 16  # train and OOD (loss_examples 40 each), in-domain 16
+
+
+def test_cpu_time_uses_the_models_own_measured_speed_else_the_closest_in_size() -> None:
+    from im_pipeline.plan import timing
+
+    gemma = timing.cpu_reference("gemma-3-270m", 268_098_176)
+    assert gemma.model.startswith("gemma-3-270m") and gemma.tokens_per_s == 57.6
+    assert timing.train_seconds(
+        268_098_176, 5760, gpus=0, gpu_name=None, ckpt=False, kl=False, source="gemma-3-270m"
+    ) == (pytest.approx(100.0))
+    # a 1B model nobody measured here: gemma's speed (closer in size than SmolLM2's) scaled by parameters
+    assert timing.cpu_reference("my/1b", 1_000_000_000) is gemma
+    assert timing.train_seconds(1_072_392_704, 5760, gpus=0, gpu_name=None, ckpt=False, kl=False) == pytest.approx(
+        400.0
+    )
+    assert timing.cpu_reference("my/100m", 100_000_000).model.startswith("SmolLM2")
