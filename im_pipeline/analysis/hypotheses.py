@@ -84,23 +84,29 @@ def seed_level(deltas: list[float], direction: str, alpha: float, family: int) -
     return {"seed_t": t, "seed_sd": sd, "detectable": mde, "power_alpha": alpha / family}
 
 
+def seeds_interval(
+    diffs: dict[int, np.ndarray], item_ids: dict[int, list[str]], confidence: float, seed: int
+) -> tuple[list[float], str]:
+    """The seed-level interval of the mean of the seed deltas at ``confidence`` (≥ 2 seeds), and what varies in it:
+    a crossed seed × item bootstrap when every seed scored the same items (a shared test set), else the t interval
+    on the seed deltas."""
+    seeds = sorted(diffs)
+    if len({tuple(item_ids[s]) for s in seeds}) == 1:
+        ci = crossed_bootstrap_ci(np.stack([diffs[s] for s in seeds]), confidence=confidence, seed=seed)
+        return list(ci), "seeds and items (crossed bootstrap: every seed scored the same items)"
+    ci = st.t_interval([float(diffs[s].mean()) for s in seeds], confidence)[1:]
+    return list(ci), f"seeds (Student t on the seed deltas, {len(seeds) - 1} df)"
+
+
 def _seeds_primary(
     diffs: dict[int, np.ndarray], item_ids: dict[int, list[str]], out: dict[str, Any], study: StudyConfig
 ) -> dict[str, Any]:
-    """Primary test 'seeds': the t test's p-values, and one interval: a crossed seed × item bootstrap when every
-    seed scored the same items (a shared test set), else the t interval on the seed deltas."""
-    seeds = sorted(diffs)
-    deltas = [float(diffs[s].mean()) for s in seeds]
+    """Primary test 'seeds': the t test's p-values, and one 95% interval (:func:`seeds_interval`)."""
+    deltas = [float(diffs[s].mean()) for s in sorted(diffs)]
     t = out["seed_t"]
     if t is None:
         return {"p_predicted": 1.0, "p_opposite": 1.0, "p_two_sided": 1.0, "ci": [deltas[0]] * 2, "ci_varies": "–"}
-    shared = len({tuple(item_ids[s]) for s in seeds}) == 1
-    if shared:
-        ci = list(crossed_bootstrap_ci(np.stack([diffs[s] for s in seeds]), seed=study.seed))
-        varies = "seeds and items (crossed bootstrap: every seed scored the same items)"
-    else:
-        ci = list(st.t_interval(deltas)[1:])
-        varies = f"seeds (Student t on the seed deltas, {len(seeds) - 1} df)"
+    ci, varies = seeds_interval(diffs, item_ids, 0.95, study.seed)
     opposite = seed_t_test(deltas, OPPOSITE[out["direction"]])["p_value"]
     return {"p_predicted": t["p_predicted"], "p_opposite": opposite, "p_two_sided": t["p_two_sided"], "ci": ci,
             "ci_varies": varies}  # fmt: skip

@@ -35,9 +35,9 @@ from im_pipeline.analysis.hypotheses import (
     compare,
     outcome_of,
     paired_differences,
+    seeds_interval,
 )
 from im_pipeline.analysis.hypothesis_tests import (
-    crossed_bootstrap_ci,
     detectable_difference,
     holm,
     two_sample_t_test,
@@ -75,10 +75,7 @@ def equivalence(ci: list[float], band: float) -> str:
 def _within_interval(run: RunResults, row: dict[str, Any], confidence: float, seed: int) -> list[float]:
     """The within-stratum effect's interval at ``confidence``, of the same kind as the primary one."""
     diffs, _, item_ids = paired_differences(run, row["treatment"], row["reference"], row["metric"])
-    seeds = sorted(diffs)
-    if len({tuple(item_ids[s]) for s in seeds}) == 1:
-        return list(crossed_bootstrap_ci(np.stack([diffs[s] for s in seeds]), confidence=confidence, seed=seed))
-    return list(st.t_interval([float(diffs[s].mean()) for s in seeds], confidence)[1:])
+    return seeds_interval(diffs, item_ids, confidence, seed)[0]
 
 
 def within_stratum(runs: dict[str, RunResults], h: Hypothesis, study: StudyConfig) -> dict[str, Any]:
