@@ -28,7 +28,8 @@ def metric_digits(metric: str) -> int:
     return 2 if metric == "bleu4" else 3
 
 
-def _effect_cell(r: dict[str, Any]) -> str:
+def effect_cell(r: dict[str, Any]) -> str:
+    """'effect [low, high]' of a comparison's row, in its metric's digits."""
     d = metric_digits(r["metric"])
     return f"{signed(r['effect'], d)} [{fmt(r['ci'][0], d)}, {fmt(r['ci'][1], d)}]"
 
@@ -122,7 +123,7 @@ def _primary_row(r: dict[str, Any], ref: str, trt: str) -> list[Any]:
         f"{r['text']} ({trt} − {ref} {sign} 0 on {METRIC_TEXT[r['metric']]})",
         paper_cell,
         f"{fmt(r['reference_mean'], d)} / {fmt(r['treatment_mean'], d)}",
-        _effect_cell(r),
+        effect_cell(r),
         p_cell(r["p_predicted"]),
         p_cell(r["p_holm"]),
         p_cell(r["p_opposite_holm"]),
@@ -224,7 +225,7 @@ def controls_table(study: dict[str, Any], controls: list[dict[str, Any]]) -> str
                 r["id"],
                 f"{trt} − {r['reference']} ({'>' if r['direction'] == 'greater' else '<'} 0 predicted)",
                 f"{fmt(r['reference_mean'], d)} / {fmt(r['treatment_mean'], d)}",
-                _effect_cell(r),
+                effect_cell(r),
                 f"{p_cell(r['p_predicted'])} / {p_cell(r['p_opposite'])}",
             ]
         )

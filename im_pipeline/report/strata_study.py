@@ -9,7 +9,7 @@ from typing import Any
 from im_pipeline.analysis.run_files import RunResults
 from im_pipeline.config.study import BASE, StudyConfig
 from im_pipeline.report.cells import fmt, md_table, signed
-from im_pipeline.report.hypotheses import METRIC_TEXT, metric_digits, p_cell, sign_test_reachable
+from im_pipeline.report.hypotheses import METRIC_TEXT, effect_cell, metric_digits, p_cell, sign_test_reachable
 
 
 def _sign(direction: str) -> str:
@@ -31,14 +31,12 @@ def _hypothesis_row(r: dict[str, Any], informative: bool) -> list[Any]:
     text = f"{r['text']} ({_claim(r)} on {METRIC_TEXT[r['metric']]})"
     if not r["tested"]:
         return [r["id"], text, where, "–", "–", "–", "–", "–", f"**{r['outcome']}**{label} ({r['reason']})", "–"]
-    d = metric_digits(r["metric"])
-    effect = f"{signed(r['effect'], d)} [{fmt(r['ci'][0], d)}, {fmt(r['ci'][1], d)}]"
-    mde = fmt(r["detectable"], d) if r["detectable"] is not None else "–"
+    mde = fmt(r["detectable"], metric_digits(r["metric"])) if r["detectable"] is not None else "–"
     return [
         r["id"],
         text,
         where,
-        effect,
+        effect_cell(r),
         r["ci_varies"],
         p_cell(r["p_predicted"]),
         p_cell(r["p_holm"]),
