@@ -42,6 +42,12 @@ class _Server:
         self.httpd.server_close()
 
 
+@pytest.fixture(autouse=True)
+def no_mirror_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The public origins unless a test names a mirror ($IM_PIPELINE_MIRROR would redirect every fetch)."""
+    monkeypatch.delenv("IM_PIPELINE_MIRROR", raising=False)
+
+
 @pytest.fixture
 def mirror(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
     """An HTTP server laid out like a data directory: good/tiny.jsonl (right bytes), corrupt/tiny.jsonl (wrong)."""
@@ -98,6 +104,17 @@ def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_p
     _, root = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=(root / "good").as_uri())
     assert item.status == "fetched" and item.path.read_bytes() == GOOD
+
+
+def test_mirror_from_the_environment_unless_one_is_given(tiny_spec, mirror, monkeypatch, tmp_path: Path) -> None:
+    """README: a mirror is ``--mirror``, else ``$IM_PIPELINE_MIRROR``."""
+    server, _ = mirror
+    monkeypatch.setenv("IM_PIPELINE_MIRROR", f"{server.url}/corrupt")  # the origin (tiny_spec.url) is good/
+    with pytest.raises(DataError, match=f"{server.url}/corrupt/fixture/tiny.jsonl: sha256 mismatch"):
+        fetch(["tiny_fixture"], to=tmp_path / "env")
+    (item,) = fetch(["tiny_fixture"], to=tmp_path / "arg", mirror=f"{server.url}/good")  # --mirror wins
+    assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
+    assert server.requests == ["/corrupt/fixture/tiny.jsonl", "/good/fixture/tiny.jsonl"]
 
 
 def test_corrupt_file_is_an_error_and_nothing_is_kept(tiny_spec: DatasetSpec, mirror, tmp_path: Path) -> None:
