@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -170,7 +171,7 @@ def fetch(names: Sequence[str] = (), *, to: str | Path | None = None, mirror: st
             done.append(Fetched(tuple(asked), dest, "present", None, dest.stat().st_size))
             continue
         url = f"{mirror.rstrip('/')}/{local_path}" if mirror else spec.url
-        offline = lambda reason: _offline_message(asked[0], url, local_path, reason)  # noqa: B023, E731
+        offline = partial(_offline_message, asked[0], url, local_path)
         size = download_verified(url, dest, spec.sha256, what=repr(asked[0]), offline=offline)
         done.append(Fetched(tuple(asked), dest, "fetched", url, size))
     return done
