@@ -271,6 +271,16 @@ def test_checks_pair_the_base_model_by_id_and_m1_failing_makes_the_study_uninfor
     assert "| HIGH | IT − the base model | – (no paired in_domain_loss items of IT and base) | 0 | ≤ −0.1 | – |" in text
 
 
+def test_a_check_with_strata_is_run_and_counted_only_there():
+    """``checks[].strata``: the check's rows are the named strata's; a failure elsewhere is not looked at."""
+    runs = _runs()
+    runs["LOW"] = _stratum("LOW", {"IT": 0.0, "IM": 0.0}, in_domain_gain=0.05)  # M1 would fail in LOW
+    study = StudyConfig.model_validate({**STUDY, "checks": [{**STUDY["checks"][0], "strata": ["HIGH"]}]})
+    res = evaluate_strata_study(runs, study)
+    assert [(c["id"], c["stratum"], c["passed"]) for c in res["checks"]] == [("M1", "HIGH", True)]
+    assert res["informative"] is True and res["uninformative_reason"] is None
+
+
 # -- the report section ---------------------------------------------------------------------------------------------
 
 
