@@ -205,6 +205,11 @@ def test_kept_fraction_follows_the_arms_and_the_data_stats(tmp_path: Path, tiny_
         return ExperimentConfig(name="k", model=model, data=data, arms=arms, output_dir=str(tmp_path))
 
     assert kept_fraction(cfg("paper_lima", "it", "im"))[0] == 1.0  # IM reads the instruction: all positions
+    assert kept_fraction(cfg("paper_lima", "im_release"))[0] == 1.0
+    weighted = cfg("paper_lima", "it")
+    for lam, everything in ((0.5, True), (0.0, False)):  # λ > 0 reads the instruction, λ = 0 only the output
+        arm = ArmConfig(name="W", loss_mode="weighted", prompt_loss_weight=lam)
+        assert (kept_fraction(weighted.model_copy(update={"arms": [arm]}))[0] == 1.0) is everything
     fraction, basis = kept_fraction(cfg("paper_lima", "it"))
     assert fraction == round(1 / 1.094, 4) and "Table 5" in basis  # LIMA: instruction / output words 0.094
     fraction, basis = kept_fraction(cfg("my.jsonl", "it"))

@@ -115,7 +115,7 @@ def kept_fraction(cfg: ExperimentConfig) -> tuple[float, str]:
     """
     from im_pipeline.analysis.paper_reference import TABLE5_ALIASES, TABLE5_LENGTH_STATS
 
-    reads_instruction = [a.name for a in cfg.arms if a.loss_mode in ("im", "im_release") or (a.prompt_loss_weight or 0)]
+    reads_instruction = [a.name for a in cfg.arms if a.loss.user_weight > 0]  # im, im_release, weighted with λ > 0
     if reads_instruction:
         return 1.0, f"all positions: arm {reads_instruction[0]} trains on the instruction too"
     ratio, basis = _prepared_ratio(cfg), "the prepared data's statistics"
