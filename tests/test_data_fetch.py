@@ -73,6 +73,18 @@ def test_mirror_laid_out_like_the_data_directory(tiny_spec: DatasetSpec, mirror:
     assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
 
 
+def test_mirror_from_the_environment_and_the_flag_wins(
+    tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = mirror
+    monkeypatch.setenv("IM_PIPELINE_MIRROR", f"{server.url}/good")
+    (item,) = fetch(["tiny_fixture"], to=tmp_path / "env")
+    assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
+    with pytest.raises(DataError, match="sha256 mismatch"):  # --mirror names another mirror: the variable is unread
+        fetch(["tiny_fixture"], to=tmp_path / "flag", mirror=f"{server.url}/corrupt")
+    assert server.requests == ["/good/fixture/tiny.jsonl", "/corrupt/fixture/tiny.jsonl"]
+
+
 def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path) -> None:
     _, root = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=(root / "good").as_uri())
