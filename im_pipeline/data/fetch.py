@@ -58,11 +58,8 @@ def fetchable() -> list[str]:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def verified_present(dest: Path, sha256: str, *, what: str, remedy: str, error: type[ValueError] = DataError) -> bool:
