@@ -274,6 +274,22 @@ def test_plan_json_offline_without_network(
     assert plan["time"]["train_hours"] > 0
 
 
+@pytest.mark.parametrize(
+    ("launcher", "key", "label"),
+    [(None, "gathered_layers", "gathered layers"), ("torchrun --nproc_per_node 8", "ddp_buckets", "DDP buckets")],
+)
+def test_text_plan_shows_the_engines_own_part(
+    capsys: pytest.CaptureFixture, tmp_path: Path, launcher: str | None, key: str, label: str
+) -> None:
+    """ZeRO-3's two gathered layers and DDP's gradient buckets are in the peak: the text names them with the rest."""
+    args = ["plan", str(REPO / "configs" / "paper_llama2_7b_lima.yaml"), "--set", f"output_dir={tmp_path}"]
+    args += ["--set", f"training.launcher={launcher}"] if launcher else []
+    assert main([*args, "--gpus", "8", "--gpu-memory", "80", "--json"]) == 0
+    part = json.loads(capsys.readouterr().out)["memory"]["training_gib"][key]
+    assert main([*args, "--gpus", "8", "--gpu-memory", "80"]) == 0
+    assert f" + {label} {part} + KL reference model " in capsys.readouterr().out
+
+
 def test_run_prints_the_plan_line_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = load_config(REPO / "configs" / "paper_llama2_7b_lima.yaml", [f"output_dir={tmp_path}"])
