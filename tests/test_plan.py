@@ -355,3 +355,13 @@ def test_cpu_time_uses_the_models_own_measured_speed_else_the_closest_in_size() 
         400.0
     )
     assert timing.cpu_reference("my/100m", 100_000_000).model.startswith("SmolLM2")
+    plan = {
+        "training": {"tokens_per_unit": 5760, "checkpointing": False, "kl_per_unit": [False]},
+        "memory": {"training_gib": {"setup": {"world_size": 1}}},
+        "benchmarks": {},
+        "models_evaluated": 1,
+    }
+    own = timing.stage_times({**plan, "model": {"source": " Gemma-3-270m"}}, 268_098_176, 0, None)
+    assert own["train_hours"] == round(100 / 3600, 2) and own["note"].endswith("from this model's measured speed")
+    other = timing.stage_times({**plan, "model": {"source": "my/1b"}}, 1_000_000_000, 0, None)
+    assert other["note"].endswith("scaled by parameters from the measured model closest in size")
