@@ -13,7 +13,7 @@ endif
 DEMO_DATA := paper_lima paper_dolly_3k
 DATA_MIRROR ?=
 
-.PHONY: setup setup-locked demo test test-all lint format bench clean
+.PHONY: setup setup-locked demo test test-all lint format clean
 
 # requirements.lock pins every package with the sha256 of its PyPI files. `make setup` installs the lock's versions
 # and markers as *constraints* with the hashes stripped ($(VENV)/constraints.txt), because pip refuses hashes in a

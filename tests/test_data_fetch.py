@@ -4,16 +4,14 @@ pinned sha256 of every registered file, the per-user cache the loaders search, a
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
+from http_mirror import Server
 
 from im_pipeline.data import REGISTRY, DataError, DatasetSpec, load_records
 from im_pipeline.data.fetch import fetch, fetchable, sha256_of
@@ -23,25 +21,6 @@ GOOD = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", 
 SHA = hashlib.sha256(GOOD).hexdigest()
 
 
-class _Server:
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        seen = self.requests
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                seen.append(self.path)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture(autouse=True)
 def no_mirror_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The public origins unless a test names a mirror ($IM_PIPELINE_MIRROR would redirect every fetch)."""
@@ -49,20 +28,20 @@ def no_mirror_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
+def mirror(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     """An HTTP server laid out like a data directory: good/tiny.jsonl (right bytes), corrupt/tiny.jsonl (wrong)."""
     root = tmp_path / "served"
     (root / "good" / "fixture").mkdir(parents=True)
     (root / "good" / "fixture" / "tiny.jsonl").write_bytes(GOOD)
     (root / "corrupt" / "fixture").mkdir(parents=True)
     (root / "corrupt" / "fixture" / "tiny.jsonl").write_bytes(GOOD.replace(b"Hello", b"Hullo"))
-    server = _Server(root)
+    server = Server(root)
     yield server, root
     server.close()
 
 
 @pytest.fixture
-def tiny_spec(monkeypatch: pytest.MonkeyPatch, mirror: tuple[_Server, Path]) -> DatasetSpec:
+def tiny_spec(monkeypatch: pytest.MonkeyPatch, mirror: tuple[Server, Path]) -> DatasetSpec:
     server, _ = mirror
     spec = DatasetSpec("tiny_fixture", "fixture", "fixture/tiny.jsonl", url=f"{server.url}/good/fixture/tiny.jsonl")
     spec = DatasetSpec(**{**spec.__dict__, "sha256": SHA})
@@ -82,7 +61,7 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob("*")) if directory.exists() else []
 
 
-def test_good_file_from_origin_then_present(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path: Path):
+def test_good_file_from_origin_then_present(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path):
     server, _ = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out")
     assert item.status == "fetched" and item.url == tiny_spec.url and item.size == len(GOOD)
@@ -94,27 +73,28 @@ def test_good_file_from_origin_then_present(tiny_spec: DatasetSpec, mirror: tupl
     assert again.status == "present" and len(server.requests) == 1  # verified locally, nothing downloaded
 
 
-def test_mirror_laid_out_like_the_data_directory(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path):
+def test_mirror_laid_out_like_the_data_directory(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path):
     server, _ = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=f"{server.url}/good/")
     assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
 
 
-def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[_Server, Path], tmp_path: Path) -> None:
+def test_mirror_from_the_environment_and_the_flag_wins(
+    tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = mirror
+    monkeypatch.setenv("IM_PIPELINE_MIRROR", f"{server.url}/good")
+    (item,) = fetch(["tiny_fixture"], to=tmp_path / "env")
+    assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
+    with pytest.raises(DataError, match="sha256 mismatch"):  # --mirror names another mirror: the variable is unread
+        fetch(["tiny_fixture"], to=tmp_path / "flag", mirror=f"{server.url}/corrupt")
+    assert server.requests == ["/good/fixture/tiny.jsonl", "/corrupt/fixture/tiny.jsonl"]
+
+
+def test_file_mirror(tiny_spec: DatasetSpec, mirror: tuple[Server, Path], tmp_path: Path) -> None:
     _, root = mirror
     (item,) = fetch(["tiny_fixture"], to=tmp_path / "out", mirror=(root / "good").as_uri())
     assert item.status == "fetched" and item.path.read_bytes() == GOOD
-
-
-def test_mirror_from_the_environment_unless_one_is_given(tiny_spec, mirror, monkeypatch, tmp_path: Path) -> None:
-    """README: a mirror is ``--mirror``, else ``$IM_PIPELINE_MIRROR``."""
-    server, _ = mirror
-    monkeypatch.setenv("IM_PIPELINE_MIRROR", f"{server.url}/corrupt")  # the origin (tiny_spec.url) is good/
-    with pytest.raises(DataError, match=f"{server.url}/corrupt/fixture/tiny.jsonl: sha256 mismatch"):
-        fetch(["tiny_fixture"], to=tmp_path / "env")
-    (item,) = fetch(["tiny_fixture"], to=tmp_path / "arg", mirror=f"{server.url}/good")  # --mirror wins
-    assert item.url == f"{server.url}/good/fixture/tiny.jsonl" and item.path.read_bytes() == GOOD
-    assert server.requests == ["/corrupt/fixture/tiny.jsonl", "/good/fixture/tiny.jsonl"]
 
 
 def test_corrupt_file_is_an_error_and_nothing_is_kept(tiny_spec: DatasetSpec, mirror, tmp_path: Path) -> None:

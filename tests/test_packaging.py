@@ -112,3 +112,31 @@ def test_make_setup_constraints_view_has_the_lock_without_hashes(tmp_path: Path)
     assert set(view) == set(lock)
     for name, req in view.items():
         assert str(req) == str(lock[name][0]), name
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_targets_the_readme_names_run_what_it_says(tmp_path: Path) -> None:
+    """`make setup-locked` (the lock with every hash checked, then the package without dependencies), `make test-all`
+    (every marker) and `make lint` (ruff check + format check), with a fake python and ruff that log their calls."""
+    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    for tool in ("python", "ruff"):
+        fake = tmp_path / "venv" / "bin" / tool
+        fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
+        fake.chmod(0o755)
+
+    def make(target: str) -> list[str]:
+        log.unlink(missing_ok=True)
+        subprocess.run(["make", "-s", target, "VENV=venv"], cwd=tmp_path, check=True)
+        return log.read_text().splitlines()
+
+    assert make("setup-locked") == [
+        "python -m pip install -q --upgrade pip>=24",
+        "python -m pip install -q --require-hashes -r requirements.lock",
+        "python -m pip install -q --no-deps -e .[dev,bench]",
+    ]
+    assert (tmp_path / "venv" / ".installed").is_file()  # `make test` after it installs nothing more
+    assert make("test-all")[-1] == "python -m pytest -q -m "  # -m "": no marker left out
+    assert [c for c in make("lint") if c.startswith("ruff")] == ["ruff check .", "ruff format --check ."]

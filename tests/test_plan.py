@@ -205,6 +205,11 @@ def test_kept_fraction_follows_the_arms_and_the_data_stats(tmp_path: Path, tiny_
         return ExperimentConfig(name="k", model=model, data=data, arms=arms, output_dir=str(tmp_path))
 
     assert kept_fraction(cfg("paper_lima", "it", "im"))[0] == 1.0  # IM reads the instruction: all positions
+    assert kept_fraction(cfg("paper_lima", "im_release"))[0] == 1.0
+    weighted = cfg("paper_lima", "it")
+    for lam, everything in ((0.5, True), (0.0, False)):  # λ > 0 reads the instruction, λ = 0 only the output
+        arm = ArmConfig(name="W", loss_mode="weighted", prompt_loss_weight=lam)
+        assert (kept_fraction(weighted.model_copy(update={"arms": [arm]}))[0] == 1.0) is everything
     fraction, basis = kept_fraction(cfg("paper_lima", "it"))
     assert fraction == round(1 / 1.094, 4) and "Table 5" in basis  # LIMA: instruction / output words 0.094
     fraction, basis = kept_fraction(cfg("my.jsonl", "it"))
@@ -267,6 +272,22 @@ def test_plan_json_offline_without_network(
     assert plan["memory"]["training_gib"]["setup"]["precision"] == "bf16_weights"
     assert any("no fp32 master weights" in w for w in plan["warnings"])
     assert plan["time"]["train_hours"] > 0
+
+
+@pytest.mark.parametrize(
+    ("launcher", "key", "label"),
+    [(None, "gathered_layers", "gathered layers"), ("torchrun --nproc_per_node 8", "ddp_buckets", "DDP buckets")],
+)
+def test_text_plan_shows_the_engines_own_part(
+    capsys: pytest.CaptureFixture, tmp_path: Path, launcher: str | None, key: str, label: str
+) -> None:
+    """ZeRO-3's two gathered layers and DDP's gradient buckets are in the peak: the text names them with the rest."""
+    args = ["plan", str(REPO / "configs" / "paper_llama2_7b_lima.yaml"), "--set", f"output_dir={tmp_path}"]
+    args += ["--set", f"training.launcher={launcher}"] if launcher else []
+    assert main([*args, "--gpus", "8", "--gpu-memory", "80", "--json"]) == 0
+    part = json.loads(capsys.readouterr().out)["memory"]["training_gib"][key]
+    assert main([*args, "--gpus", "8", "--gpu-memory", "80"]) == 0
+    assert f" + {label} {part} + KL reference model " in capsys.readouterr().out
 
 
 def test_run_prints_the_plan_line_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -334,3 +355,13 @@ def test_cpu_time_uses_the_models_own_measured_speed_else_the_closest_in_size() 
         400.0
     )
     assert timing.cpu_reference("my/100m", 100_000_000).model.startswith("SmolLM2")
+    plan = {
+        "training": {"tokens_per_unit": 5760, "checkpointing": False, "kl_per_unit": [False]},
+        "memory": {"training_gib": {"setup": {"world_size": 1}}},
+        "benchmarks": {},
+        "models_evaluated": 1,
+    }
+    own = timing.stage_times({**plan, "model": {"source": " Gemma-3-270m"}}, 268_098_176, 0, None)
+    assert own["train_hours"] == round(100 / 3600, 2) and own["note"].endswith("from this model's measured speed")
+    other = timing.stage_times({**plan, "model": {"source": "my/1b"}}, 1_000_000_000, 0, None)
+    assert other["note"].endswith("scaled by parameters from the measured model closest in size")

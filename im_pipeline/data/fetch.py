@@ -22,7 +22,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -59,11 +59,21 @@ def fetchable() -> list[str]:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verified_present(dest: Path, sha256: str, *, what: str, remedy: str, error: type[ValueError] = DataError) -> bool:
+    """Whether ``dest`` is already there with the pinned ``sha256`` (False when it is missing). A file there with
+    another sha256 raises ``error`` naming ``what`` and ``remedy``: it is never overwritten."""
+    if not dest.is_file():
+        return False
+    found = sha256_of(dest)
+    if found != sha256:
+        raise error(
+            f"{dest} exists with sha256 {found}, not the pinned {sha256} of {what}; it is not overwritten: {remedy}"
+        )
+    return True
 
 
 def default_target() -> Path:
@@ -98,6 +108,34 @@ def _offline_message(name: str, url: str, local_path: str, reason: object) -> st
     )
 
 
+def write_verified(dest: Path, blocks: Iterable[bytes], sha256: str, mismatch: Callable[[str, int], Exception]) -> int:
+    """Write ``blocks`` to ``dest`` atomically when their sha256 is ``sha256``; returns the size.
+
+    A temporary file beside ``dest``, hashed while written, renamed only when the sha256 matches (else
+    ``mismatch(found sha256, size)`` is raised); an error from ``blocks`` or a mismatch keeps nothing. The one writer
+    of downloads (:func:`download_verified`) and of gemma's joined chunks (:mod:`im_pipeline.models.shipped`).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as fh:
+            for block in blocks:
+                digest.update(block)
+                fh.write(block)
+                size += len(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if digest.hexdigest() != sha256:
+            raise mismatch(digest.hexdigest(), size)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are for everyone who may read the directory
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return size
+
+
 def download_verified(
     url: str,
     dest: Path,
@@ -114,38 +152,28 @@ def download_verified(
     naming ``what``: on an HTTP error (``on_404`` says what a 404 means), a network failure (``offline(reason)``
     is the message) or a sha256 mismatch; nothing of a failed download is kept.
     """
-    request = urllib.request.Request(url, headers={"User-Agent": f"im-pipeline/{__version__}"})
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as fh:
-            try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                    while chunk := response.read(_CHUNK):
-                        digest.update(chunk)
-                        fh.write(chunk)
-                        size += len(chunk)
-            except urllib.error.HTTPError as exc:
-                raise error(
-                    f"cannot download {what}: {url} answered HTTP {exc.code} ({exc.reason}); "
-                    + (on_404 if exc.code == 404 else "nothing was written")
-                ) from None
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-                raise error(offline(getattr(exc, "reason", None) or exc)) from None
-            fh.flush()
-            os.fsync(fh.fileno())
-        if digest.hexdigest() != sha256:
+
+    def blocks() -> Iterator[bytes]:
+        request = urllib.request.Request(url, headers={"User-Agent": f"im-pipeline/{__version__}"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                while chunk := response.read(_CHUNK):
+                    yield chunk
+        except urllib.error.HTTPError as exc:
             raise error(
-                f"{url}: sha256 mismatch for {what}: got {digest.hexdigest()}, expected {sha256} ({size} bytes); "
-                "nothing was kept (the origin or mirror holds another file)"
-            )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are for everyone who may read the directory
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return size
+                f"cannot download {what}: {url} answered HTTP {exc.code} ({exc.reason}); "
+                + (on_404 if exc.code == 404 else "nothing was written")
+            ) from None
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+            raise error(offline(getattr(exc, "reason", None) or exc)) from None
+
+    def mismatch(found: str, size: int) -> Exception:
+        return error(
+            f"{url}: sha256 mismatch for {what}: got {found}, expected {sha256} ({size} bytes); "
+            "nothing was kept (the origin or mirror holds another file)"
+        )
+
+    return write_verified(dest, blocks(), sha256, mismatch)
 
 
 def fetch(names: Sequence[str] = (), *, to: str | Path | None = None, mirror: str | None = None) -> list[Fetched]:
@@ -161,13 +189,8 @@ def fetch(names: Sequence[str] = (), *, to: str | Path | None = None, mirror: st
     for local_path, (spec, asked) in _specs(names).items():
         assert spec.url and spec.sha256
         dest = root / local_path
-        if dest.is_file():
-            found = sha256_of(dest)
-            if found != spec.sha256:
-                raise DataError(
-                    f"{dest} exists with sha256 {found}, not the pinned {spec.sha256} of {spec.name!r}; "
-                    "it is not overwritten: move it away, or fetch with --to another directory"
-                )
+        remedy = "move it away, or fetch with --to another directory"
+        if verified_present(dest, spec.sha256, what=repr(spec.name), remedy=remedy):
             done.append(Fetched(tuple(asked), dest, "present", None, dest.stat().st_size))
             continue
         url = f"{mirror.rstrip('/')}/{local_path}" if mirror else spec.url

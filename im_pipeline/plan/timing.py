@@ -36,6 +36,10 @@ class Measured:
     hardware: str
     source: str
 
+    def is_of(self, model_source: str) -> bool:
+        """Whether this measurement is of the model ``model_source`` (a config's ``model.source``) names."""
+        return model_source.strip().lower() in self.sources
+
 
 CPU_2CORE = "2-core CPU (this project's development machine)"
 MEASURED = (
@@ -64,7 +68,7 @@ def cpu_reference(source: str, n_params: int) -> Measured:
     """The CPU measurement of this model, else the one closest in parameter count (scaled by parameters: gemma-3's
     measured speed is 12% below SmolLM2's scaled that way, its 262k-vocabulary LM head being 63% of its matmuls)."""
     for m in MEASURED:
-        if source.strip().lower() in m.sources:
+        if m.is_of(source):
             return m
     return min(MEASURED, key=lambda m: abs(math.log(m.params / max(n_params, 1))))
 
@@ -129,10 +133,9 @@ def stage_times(plan: dict[str, Any], n_params: int, gpus: int, gpu_name: str | 
     if gpus <= 0:
         m = cpu_reference(source, n_params)
         out["basis"] = f"measured: {m.model} {m.tokens_per_s} tokens/s on {m.hardware}"
-        same = source.strip().lower() in m.sources
         out["note"] = "no GPU visible or declared: CPU estimate " + (
             "from this model's measured speed"
-            if same
+            if m.is_of(source)
             else "scaled by parameters from the measured model closest in size"
         )
         return out

@@ -192,9 +192,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for s in range(0, logits.shape[0], ctx.chunk):
             e = slice(s, s + ctx.chunk)
-            g = logits[e].to(
-                torch.float32, copy=True
-            )  # the one fp32 chunk (a copy even of fp32 logits): in place below
+            # the one fp32 chunk (a copy even of fp32 logits), worked on in place
+            g = logits[e].to(torch.float32, copy=True)
             g.sub_(lse[e, None]).exp_()
             g.scatter_add_(1, safe[e, None], -torch.ones_like(lse[e, None]))
             grad[e] = g.mul_(scale[e, None])
