@@ -19,6 +19,7 @@ from im_pipeline.config.study import StudyConfig
 from im_pipeline.provenance import write_text_atomic
 from im_pipeline.report.provenance import built_by
 from im_pipeline.report.results import RESULTS_DIR, is_results_dir, save_results
+from im_pipeline.report.strata_study import strata_study_section
 from im_pipeline.report.summary import write_strata_summary
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,6 @@ def study_section(runs: dict[str, RunResults], study: dict[str, Any] | None) -> 
     """The study across strata (``im_pipeline.report.strata_study``); "" without a study."""
     if not study:
         return ""
-    try:
-        from im_pipeline.report.strata_study import strata_study_section
-    except ImportError:  # a build without the strata study: say so, test nothing
-        return "## Pre-registered study\n\n_Not tested: this build has no strata study analysis._"
     return strata_study_section(runs, StudyConfig.model_validate(study))
 
 
