@@ -44,7 +44,7 @@ def build_strata_report(root: Path, report_dir: Path) -> dict[str, Any]:
     sections = [f"# IT vs IM: {name}", config.description.strip(), strata_lines(config)]
     sections.append(study_section(runs, config.study))
     table: list[dict[str, Any]] = []
-    for stratum in strata_of(root):
+    for stratum in (s.name for s in config.strata or []):  # every configured stratum, with results or not
         sections.append(f"## Stratum {stratum}")
         if stratum not in runs:
             sections.append("_No results yet._")
