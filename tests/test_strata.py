@@ -18,20 +18,6 @@ from im_pipeline.runs.layout import RunLayout
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("prefect")
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    storage = tmp_path_factory.mktemp("prefect-storage")
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}),
-    ):
-        yield
-
-
 WORDS = [
     "the",
     "model",
