@@ -14,7 +14,7 @@ that arm, a killed run resumes from the checkpoints it left, and ``force`` / ``r
 
 With ``strata`` (``ExperimentConfig.stratum_configs``) every stratum is a run root of its own
 (``runs/<name>/<stratum>``): its data, units and timings; all strata's units go into this one flow run (on a work
-pool one stratum after the other), and the one report covers them all.
+pool too, submitted together), and the one report covers them all.
 
 ``im-pipeline run CONFIG`` (``flows/cli/run.py``) runs :func:`compare_flow` in-process against Prefect's ephemeral
 local server (SQLite, nothing to set up) or, when ``PREFECT_API_URL`` is set, against that server.
@@ -301,7 +301,7 @@ def _run_units(
     log: Any,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every unit's task records per run root (``plan``: key, its config, its units, its data hash), with a
-    progress artifact: on the work pool (one run root after the other), or all on this flow's task runner."""
+    progress artifact: all at once, on the work pool or on this flow's task runner."""
     n_units = sum(len(units) for _, _, units, _ in plan)
     progress_id = create_progress_artifact(
         progress=0.0, key=f"{slug(cfg.name)}-progress", description=f"{cfg.name}: {n_units} units"
@@ -309,13 +309,11 @@ def _run_units(
     if pool:
         from im_pipeline_flows.pool import run_units_on_pool
 
-        finished = [0]
-
         def on_unit_done(i: int, unit_records: dict[str, dict[str, Any]]) -> None:
-            finished[0] += 1
-            update_progress_artifact(progress_id, progress=100.0 * finished[0] / max(n_units, 1))
+            update_progress_artifact(progress_id, progress=100.0 * i / max(n_units, 1))
 
-        return {key: run_units_on_pool(c, units, h, pool, on_unit_done, log, rerun) for key, c, units, h in plan}
+        by_root = run_units_on_pool([(c, units, h) for _, c, units, h in plan], pool, on_unit_done, log, rerun)
+        return {key: records for (key, *_), records in zip(plan, by_root, strict=True)}
     futures: dict[str, dict[str, Any]] = {key: {} for key, _, _, _ in plan}
     for key, c, units, data_hash in plan:
         for arm, seed in units:

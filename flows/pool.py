@@ -29,12 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from im_pipeline.config import ExperimentConfig
-from im_pipeline.runs.layout import RunLayout, UnitLayout
+from im_pipeline.runs.layout import RunLayout
 from im_pipeline.runs.resubmit import after_final, lock_evidence, parse_time, verdict
 
 UNIT_FLOW = "im-unit"
@@ -88,10 +88,14 @@ def unit_parameters(
 
 
 class UnitRun:
-    """One unit's flow runs on the pool (the current one and how many were started)."""
+    """One unit's flow runs on the pool (the current one and how many were started); ``root``: the index of its run
+    root in :func:`run_units_on_pool`'s plan."""
 
-    def __init__(self, arm: str, seed: int | None, parameters: dict[str, Any], unit: UnitLayout) -> None:
-        self.arm, self.seed, self.parameters, self.unit = arm, seed, parameters, unit
+    def __init__(
+        self, cfg: ExperimentConfig, root: int, arm: str, seed: int | None, parameters: dict[str, Any]
+    ) -> None:
+        self.cfg, self.root, self.arm, self.seed, self.parameters = cfg, root, arm, seed, parameters
+        self.unit = RunLayout.of(cfg).unit(arm, seed)
         self.flow_run_id: Any = None
         self.attempts = 0
         self.final: str | None = None  # final state name once settled
@@ -99,7 +103,8 @@ class UnitRun:
 
     @property
     def name(self) -> str:
-        return self.arm if self.seed is None else f"{self.arm}/seed-{self.seed}"
+        name = self.arm if self.seed is None else f"{self.arm}/seed-{self.seed}"
+        return f"{self.cfg.stratum}/{name}" if self.cfg.stratum else name
 
 
 def _last_heartbeat(client: Any, flow_run_id: Any) -> float | None:
@@ -124,26 +129,30 @@ def unit_run_name(cfg: ExperimentConfig, arm: str, seed: int | None, attempt: in
 
 
 def run_units_on_pool(
-    cfg: ExperimentConfig,
-    units: list[tuple[str, int | None]],
-    data_hash: str | None,
+    plan: Sequence[tuple[ExperimentConfig, list[tuple[str, int | None]], str | None]],
     pool: str,
     on_unit_done: Callable[[int, dict[str, dict[str, Any]]], None],
     log: logging.Logger | Any,
     rerun: frozenset[str] = frozenset(),
-) -> dict[str, dict[str, Any]]:
-    """Run every unit as a flow run on ``pool``, wait for all, resubmit crashed or silent ones.
+) -> list[dict[str, dict[str, Any]]]:
+    """Run every unit of every run root in ``plan`` (its config, its units, its data hash: the experiment's, or one
+    per stratum) as a flow run on ``pool``, all at once; wait for all, resubmit crashed or silent ones.
 
-    Returns the units' task records (``train/<arm>/<seed>``, ``evaluate/<arm>/<seed>/<benchmark>`` → state,
-    seconds, computed), read from the record each unit writes (``.<unit>.unit.json``); a unit that never
-    completed contributes one record ``unit/<arm>/<seed>`` with its last state.
+    Returns each run root's task records, in ``plan``'s order (``train/<arm>/<seed>``,
+    ``evaluate/<arm>/<seed>/<benchmark>`` → state, seconds, computed), read from the record each unit writes
+    (``.<unit>.unit.json``); a unit that never completed contributes one record ``unit/<arm>/<seed>`` with its last
+    state. ``on_unit_done(i, records)`` after the i-th unit (of all) settles.
     """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    orch, layout = cfg.orchestration, RunLayout.of(cfg)
-    deployment = ensure_unit_deployment(cfg, pool)
-    runs = [UnitRun(a, s, unit_parameters(cfg, a, s, data_hash, rerun), layout.unit(a, s)) for a, s in units]
+    orch = plan[0][0].orchestration  # the experiment's: every stratum has the same
+    deployment = ensure_unit_deployment(plan[0][0], pool)
+    runs = [
+        UnitRun(c, i, a, s, unit_parameters(c, a, s, data_hash, rerun))
+        for i, (c, units, data_hash) in enumerate(plan)
+        for a, s in units
+    ]
 
     def submit(u: UnitRun) -> None:
         u.attempts += 1
@@ -151,21 +160,21 @@ def run_units_on_pool(
             name=deployment,
             parameters=u.parameters,
             timeout=0,  # do not wait here: all units are submitted, then watched together
-            flow_run_name=unit_run_name(cfg, u.arm, u.seed, u.attempts),
-            tags=["im-pipeline", cfg.name],
+            flow_run_name=unit_run_name(u.cfg, u.arm, u.seed, u.attempts),
+            tags=["im-pipeline", u.cfg.name],
         )
         u.flow_run_id = fr.id
         log.info("unit %s: flow run %s submitted to work pool %r (attempt %d)", u.name, fr.id, pool, u.attempts)
 
     for u in runs:
         submit(u)
-    records: dict[str, dict[str, Any]] = {}
+    records: list[dict[str, dict[str, Any]]] = [{} for _ in plan]
     done = 0
     with get_client(sync_client=True) as client:
         while any(u.final is None for u in runs):
             time.sleep(orch.poll_s)
             for u in (u for u in runs if u.final is None):
-                state = _current_state(client, u, cfg, log)
+                state = _current_state(client, u, log)
                 if state is None or not state.is_final():
                     continue
                 u.history.append({"flow_run_id": str(u.flow_run_id), "state": state.name, "message": state.message})
@@ -179,14 +188,14 @@ def run_units_on_pool(
                     continue
                 u.final = state.name
                 unit_records = _unit_records(u, state)
-                records |= unit_records
+                records[u.root] |= unit_records
                 done += 1
                 on_unit_done(done, unit_records)
                 log.info("unit %s: %s after %d flow run(s)", u.name, state.name, u.attempts)
     return records
 
 
-def _current_state(client: Any, u: UnitRun, cfg: ExperimentConfig, log: logging.Logger | Any) -> Any:
+def _current_state(client: Any, u: UnitRun, log: logging.Logger | Any) -> Any:
     """The state of the unit's flow run; a ``Running`` one that the library's policy finds dead
     (:func:`~im_pipeline.runs.resubmit.verdict`) is set to ``Crashed`` first."""
     from prefect.states import Crashed
@@ -198,7 +207,7 @@ def _current_state(client: Any, u: UnitRun, cfg: ExperimentConfig, log: logging.
         running_since=parse_time(state.timestamp),
         last_heartbeat=_last_heartbeat(client, u.flow_run_id),
         now=time.time(),
-        timeout_s=cfg.orchestration.heartbeat_timeout_s,
+        timeout_s=u.cfg.orchestration.heartbeat_timeout_s,
         evidence=lock_evidence(u.unit, str(u.flow_run_id)),
     )
     if not dead:

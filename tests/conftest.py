@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random model built offline, and the offline data directory."""
+"""Shared fixtures: a tiny random model built offline, the offline data directory, and Prefect's test harness."""
 
 from __future__ import annotations
 
@@ -33,3 +33,20 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"offline data directory not found at {path} (set IM_PIPELINE_DATA_DIR)")
     return path
+
+
+@pytest.fixture(scope="module")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """Prefect's test harness (a temporary database behind an ephemeral API) for a module that runs flows
+    (test_flows, test_strata), with task results stored in a temporary directory. Module scope: a harness left up
+    would count as a Prefect server for the modules after it (test_cli's schedules refused without a server)."""
+    pytest.importorskip("prefect")
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-storage")
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}),
+    ):
+        yield

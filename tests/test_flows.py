@@ -1,8 +1,8 @@
 """A real Prefect run of the compare flow on a tiny model: files, report, artifacts, caching, per-arm invalidation.
 
-Uses Prefect's test harness (a temporary database behind an ephemeral API) once per session. The cold run is made
-once per module and never changed; every test that re-runs, edits or deletes works on its own copy, so the tests
-do not depend on their order.
+Uses Prefect's test harness (a temporary database behind an ephemeral API: ``prefect_harness`` in conftest.py)
+once per module. The cold run is made once per module and never changed; every test that re-runs, edits or deletes
+works on its own copy, so the tests do not depend on their order.
 """
 
 from __future__ import annotations
@@ -15,24 +15,11 @@ from typing import Any
 import pytest
 
 pytest.importorskip("prefect")
-from prefect.testing.utilities import prefect_test_harness
 
 from im_pipeline.config import config_from_dict
 from im_pipeline_flows.records import TaskRunsFailed
 
 SPECIALS = ["Paris", "fox", "sum", "dog"]
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-
-    storage = tmp_path_factory.mktemp("prefect-storage")
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}),
-    ):
-        yield
 
 
 def _records(n: int) -> list[dict[str, Any]]:

@@ -47,6 +47,20 @@ def test_init_takes_your_file_and_model(tmp_path: Path) -> None:
         write_starter("../x", tmp_path)
 
 
+def test_init_from_the_command_line_is_what_the_readme_says(tmp_path: Path) -> None:
+    """README, "Your model, your data": `init NAME --train FILE --model ID` (here with --dir) writes a config with
+    64 training examples, 16 held out, max length 256, one epoch, HumanEval (8 problems) and the overfitting
+    analysis on, MMLU, TruthfulQA and AlpacaEval off."""
+    args = ["init", "myexp", "--train", "my_chats.jsonl", "--model", "HuggingFaceTB/SmolLM2-135M"]
+    assert main([*args, "--dir", str(tmp_path)]) == 0
+    cfg = load_config(tmp_path / "myexp.yaml")
+    assert (cfg.name, cfg.data.train, cfg.model.source) == ("myexp", "my_chats.jsonl", "HuggingFaceTB/SmolLM2-135M")
+    assert (cfg.data.n, cfg.data.held_out_size, cfg.data.max_length, cfg.training.epochs) == (64, 16, 256, 1)
+    ev = cfg.evaluation
+    assert (ev.humaneval.enabled, ev.humaneval.limit, ev.overfitting.enabled) == (True, 8, True)
+    assert not (ev.mmlu.enabled or ev.truthfulqa.enabled or ev.alpaca_eval.enabled)
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

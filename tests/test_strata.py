@@ -18,20 +18,6 @@ from im_pipeline.runs.layout import RunLayout
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("prefect")
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    storage = tmp_path_factory.mktemp("prefect-storage")
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}),
-    ):
-        yield
-
-
 WORDS = [
     "the",
     "model",
@@ -289,6 +275,58 @@ def test_prefect_names_and_task_records_carry_the_stratum(tmp_path: Path) -> Non
     assert unit_run_name(cfg, "IM", 3, 1) == "tiny-strata-IM-seed-3-1"  # as before strata
     assert in_stratum("evaluate/IT/0/overfitting", "LOW") == "evaluate/LOW/IT/0/overfitting"
     assert in_stratum("evaluate/IT/0/overfitting", "") == "evaluate/IT/0/overfitting"
+
+
+def test_on_a_work_pool_every_stratum_is_submitted_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One unit deployment, every stratum's units submitted before any is watched, records per stratum."""
+    pytest.importorskip("prefect")
+    import logging
+    import uuid
+    from types import SimpleNamespace
+
+    import prefect.client.orchestration
+    import prefect.deployments
+    from prefect.states import Completed
+
+    from im_pipeline_flows import pool
+
+    cfg = config_from_dict(strata_config(tmp_path) | {"orchestration": {"poll_s": 0.01}})
+    low, high = cfg.stratum_configs().values()
+    events: list[str] = []
+
+    def ensure(c: Any, p: str) -> str:
+        events.append(f"deploy {p}")
+        return f"im-unit/units-{p}"
+
+    def run_deployment(name: str, parameters: dict, timeout: int, flow_run_name: str, tags: list[str]):
+        events.append(f"submit {flow_run_name} {parameters['config']['stratum']} {parameters['data_hash']}")
+        return SimpleNamespace(id=uuid.uuid4())
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_flow_run(self, run_id):
+            events.append("watch")
+            return SimpleNamespace(id=run_id, state=Completed())
+
+    monkeypatch.setattr(pool, "ensure_unit_deployment", ensure)
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: Client())
+    done: list[int] = []
+    plan = [(low, [("IT", 0)], "h-low"), (high, [("IT", 0), ("IM", 0)], "h-high")]
+    records = pool.run_units_on_pool(plan, "p", lambda i, r: done.append(i), logging.getLogger())
+    assert events[:4] == [
+        "deploy p",
+        "submit tiny-strata/LOW/IT/seed-0-1 LOW h-low",
+        "submit tiny-strata/HIGH/IT/seed-0-1 HIGH h-high",
+        "submit tiny-strata/HIGH/IM/seed-0-1 HIGH h-high",
+    ]
+    assert events.count("deploy p") == 1 and done == [1, 2, 3]
+    assert [sorted(r) for r in records] == [["unit/IT/0"], ["unit/IM/0", "unit/IT/0"]]
 
 
 def test_study_base_expands_into_its_two_strata() -> None:

@@ -292,8 +292,8 @@ def test_a_crashed_unit_is_submitted_again_up_to_max_attempts(tmp_path: Path, mo
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
     monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: Client())
     done: list[int] = []
-    records = pool.run_units_on_pool(
-        cfg, [("IT", 0), ("IM", 0)], "h", "p", lambda i, r: done.append(i), logging.getLogger()
+    [records] = pool.run_units_on_pool(
+        [(cfg, [("IT", 0), ("IM", 0)], "h")], "p", lambda i, r: done.append(i), logging.getLogger()
     )
     assert sorted(submitted) == ["cap-IM-seed-0-1", "cap-IM-seed-0-2", "cap-IT-seed-0-1"]
     assert done == [1, 2]

@@ -254,14 +254,14 @@ def config_keys(model: Any, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += config_keys(kind, f"{prefix}{name}.")
             continue
         rows.append((prefix + name, _default(field), field.description or ""))
+        args = typing.get_args(kind)
+        if type(None) in args and len(args) == 2:  # X | None (study, strata): X's keys, once it is set
+            kind = next(a for a in args if a is not type(None))
         items = [a for a in typing.get_args(kind) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if typing.get_origin(kind) is list and items:
+        if typing.get_origin(kind) is list and items:  # a list of sections (arms, strata): one item's keys
             rows += config_keys(items[0], f"{prefix}{name}.N.")
-        elif items:  # X | None: the section's keys, once it is set
-            rows += config_keys(items[0], f"{prefix}{name}.")
-        elif lists := [a for a in typing.get_args(kind) if typing.get_origin(a) is list]:  # list[X] | None (strata)
-            inner = [a for a in typing.get_args(lists[0]) if isinstance(a, type) and issubclass(a, BaseModel)]
-            rows += config_keys(inner[0], f"{prefix}{name}.N.") if inner else []
+        elif isinstance(kind, type) and issubclass(kind, BaseModel):
+            rows += config_keys(kind, f"{prefix}{name}.")
         elif name == "options" and prefix.startswith("evaluation."):
             rows += _option_keys(prefix.split(".")[1], f"{prefix}{name}.")
     return rows

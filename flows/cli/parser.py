@@ -164,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="registered dataset names (default: every fetchable one)")
     p.add_argument("--to", default=None, metavar="DIR", help="write here (laid out like the data directory)")
     p.add_argument(
-        "--mirror", default=None, metavar="URL", help="fetch <URL>/<path in the data directory> instead (http, file)"
+        "--mirror",
+        default=None,
+        metavar="URL",
+        help="fetch <URL>/<path in the data directory> instead (http, file; default $IM_PIPELINE_MIRROR)",
     )
 
     models = sub.add_parser("models", help="shipped-model tools").add_subparsers(

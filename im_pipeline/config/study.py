@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
@@ -144,26 +145,30 @@ class StudyConfig(Strict):
 
 def _stratum_errors(study: StudyConfig, arms_by_stratum: dict[str | None, list[str]]) -> list[str]:
     """What a study with strata names that its strata do not have."""
-    errors, strata = [], list(arms_by_stratum)
+    errors: list[str] = []
     for h in study.hypotheses:
         named = [h.stratum] if h.stratum is not None else list(h.between_strata or ())
         if not named:
             errors.append(f"hypothesis {h.id} names neither stratum nor between_strata (the config has strata)")
-        for s in named:
-            if s not in arms_by_stratum:
-                errors.append(f"hypothesis {h.id}: unknown stratum {s!r} (strata: {strata})")
-                continue
-            wanted = [h.treatment or study.treatment, h.reference or study.reference]
-            errors += [f"hypothesis {h.id}: arm {a!r} is not in stratum {s}" for a in wanted
-                       if a not in arms_by_stratum[s]]  # fmt: skip
+        wanted = [h.treatment or study.treatment, h.reference or study.reference]
+        errors += _missing_in_strata(f"hypothesis {h.id}", named, wanted, arms_by_stratum)
     for c in study.checks:
-        for s in c.strata if c.strata is not None else strata:
-            if s not in arms_by_stratum:
-                errors.append(f"check {c.id}: unknown stratum {s!r} (strata: {strata})")
-                continue
-            wanted = [c.treatment or study.treatment, c.reference or study.reference]
-            errors += [f"check {c.id}: arm {a!r} is not in stratum {s}" for a in wanted
-                       if a != BASE and a not in arms_by_stratum[s]]  # fmt: skip
+        wanted = [a for a in (c.treatment or study.treatment, c.reference or study.reference) if a != BASE]
+        named = c.strata if c.strata is not None else list(arms_by_stratum)
+        errors += _missing_in_strata(f"check {c.id}", named, wanted, arms_by_stratum)
+    return errors
+
+
+def _missing_in_strata(
+    what: str, strata: Sequence[str | None], arms: list[str], arms_by_stratum: dict[str | None, list[str]]
+) -> list[str]:
+    """Each of ``strata`` the experiment does not have, and each of ``arms`` missing from one it has."""
+    errors = []
+    for s in strata:
+        if s not in arms_by_stratum:
+            errors.append(f"{what}: unknown stratum {s!r} (strata: {list(arms_by_stratum)})")
+        else:
+            errors += [f"{what}: arm {a!r} is not in stratum {s}" for a in arms if a not in arms_by_stratum[s]]
     return errors
 
 
