@@ -281,11 +281,8 @@ def test_on_a_work_pool_every_stratum_is_submitted_at_once(tmp_path: Path, monke
     """One unit deployment, every stratum's units submitted before any is watched, records per stratum."""
     pytest.importorskip("prefect")
     import logging
-    import uuid
-    from types import SimpleNamespace
 
-    import prefect.client.orchestration
-    import prefect.deployments
+    from fake_pool import fake_pool
     from prefect.states import Completed
 
     from im_pipeline_flows import pool
@@ -294,28 +291,13 @@ def test_on_a_work_pool_every_stratum_is_submitted_at_once(tmp_path: Path, monke
     low, high = cfg.stratum_configs().values()
     events: list[str] = []
 
-    def ensure(c: Any, p: str) -> str:
-        events.append(f"deploy {p}")
-        return f"im-unit/units-{p}"
-
-    def run_deployment(name: str, parameters: dict, timeout: int, flow_run_name: str, tags: list[str]):
+    def submit(name: str, parameters: dict, flow_run_name: str) -> Completed:
         events.append(f"submit {flow_run_name} {parameters['config']['stratum']} {parameters['data_hash']}")
-        return SimpleNamespace(id=uuid.uuid4())
+        return Completed()
 
-    class Client:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read_flow_run(self, run_id):
-            events.append("watch")
-            return SimpleNamespace(id=run_id, state=Completed())
-
-    monkeypatch.setattr(pool, "ensure_unit_deployment", ensure)
-    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
-    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: Client())
+    fake_pool(
+        monkeypatch, submit, on_deploy=lambda p: events.append(f"deploy {p}"), on_read=lambda: events.append("watch")
+    )
     done: list[int] = []
     plan = [(low, [("IT", 0)], "h-low"), (high, [("IT", 0), ("IM", 0)], "h-high")]
     records = pool.run_units_on_pool(plan, "p", lambda i, r: done.append(i), logging.getLogger())

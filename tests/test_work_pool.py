@@ -254,11 +254,7 @@ def test_units_on_two_workers_then_recovery_after_kill(tmp_path: Path, tiny_mode
 
 def test_a_crashed_unit_is_submitted_again_up_to_max_attempts(tmp_path: Path, monkeypatch) -> None:
     """orchestration.max_attempts caps the flow runs of a unit that keeps crashing; a completed unit is not rerun."""
-    import uuid
-    from types import SimpleNamespace
-
-    import prefect.client.orchestration
-    import prefect.deployments
+    from fake_pool import fake_pool
     from prefect.states import Completed, Crashed
 
     from im_pipeline.config import config_from_dict
@@ -269,28 +265,13 @@ def test_a_crashed_unit_is_submitted_again_up_to_max_attempts(tmp_path: Path, mo
         "<test>",
     )
     submitted: list[str] = []  # flow run names, in order
-    states: dict[uuid.UUID, object] = {}
 
-    def run_deployment(name: str, parameters: dict, timeout: int, flow_run_name: str, tags: list[str]):
-        assert (name, timeout) == ("im-unit/units-p", 0)
+    def submit(name: str, parameters: dict, flow_run_name: str) -> object:
+        assert name == "im-unit/units-p"
         submitted.append(flow_run_name)
-        run_id = uuid.uuid4()
-        states[run_id] = Crashed(message="worker died") if parameters["arm"] == "IM" else Completed()
-        return SimpleNamespace(id=run_id)
+        return Crashed(message="worker died") if parameters["arm"] == "IM" else Completed()
 
-    class Client:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read_flow_run(self, run_id):
-            return SimpleNamespace(id=run_id, state=states[run_id])
-
-    monkeypatch.setattr(pool, "ensure_unit_deployment", lambda cfg, p: f"im-unit/units-{p}")
-    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
-    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: Client())
+    fake_pool(monkeypatch, submit)
     done: list[int] = []
     [records] = pool.run_units_on_pool(
         [(cfg, [("IT", 0), ("IM", 0)], "h")], "p", lambda i, r: done.append(i), logging.getLogger()
